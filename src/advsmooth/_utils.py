@@ -1,0 +1,121 @@
+"""Small shared helpers: lazy optional imports, cache directory, seeding, progress bars.
+
+Nothing here imports a heavy optional dependency at module import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = [
+    "optional_import",
+    "cache_dir",
+    "make_generator",
+    "progress",
+    "check_positive",
+    "check_nonnegative",
+    "check_int_at_least",
+    "check_choice",
+]
+
+#: optional module -> extra that installs it
+_EXTRAS = {
+    "torchvision": "vision",
+    "timm": "timm",
+    "matplotlib": "plot",
+    "foolbox": "peers",
+    "torchattacks": "peers",
+    "art": "peers",
+    "hypothesis": "dev",
+}
+
+
+def optional_import(name: str) -> ModuleType:
+    """Import an optional dependency, or raise ``ImportError`` naming the extra to install.
+
+    >>> np = optional_import("numpy")
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        top = name.split(".")[0]
+        extra = _EXTRAS.get(top)
+        hint = f"pip install 'advsmooth[{extra}]'" if extra else f"pip install {top}"
+        raise ImportError(f"{name!r} is required for this feature but is not installed: {hint}") from exc
+
+
+def cache_dir() -> Path:
+    """The user cache directory of advsmooth (created on demand).
+
+    ``$ADVSMOOTH_CACHE`` if set, else ``$XDG_CACHE_HOME/advsmooth``, else ``~/.cache/advsmooth``.
+    """
+    env = os.environ.get("ADVSMOOTH_CACHE")
+    if env:
+        path = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "advsmooth"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_generator(
+    seed: int | torch.Generator | None, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """Return a ``torch.Generator`` on ``device``: the one given, or a new one seeded with ``seed``.
+
+    ``None`` means seed 0, so that every random component is reproducible by default.
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0 if seed is None else int(seed))
+    return gen
+
+
+def progress(iterable: Any = None, *, total: int | None = None, desc: str = "", enabled: bool = True,
+             **kwargs: Any) -> Any:
+    """A tqdm progress bar on stderr, or a silent pass-through when ``enabled`` is False.
+
+    Disabled automatically when ``$ADVSMOOTH_NO_PROGRESS`` is set (CI, tests).
+    """
+    from tqdm.auto import tqdm
+
+    disable = (not enabled) or bool(os.environ.get("ADVSMOOTH_NO_PROGRESS"))
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
+
+
+# --- argument validation (raise ValueError with the parameter name) -------------------------
+
+def check_positive(name: str, value: float) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_int_at_least(name: str, value: int, minimum: int) -> int:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

@@ -1,0 +1,8 @@
+"""Attacks: every one is an :class:`Attack` called as ``attack(model, x, y, target=...)``.
+
+Each submodule adds its public names to ``__all__`` below (one import line per module).
+"""
+
+from .base import Attack, AttackContext, AttackOutput, AttackResult, CostCounter, run_batched
+
+__all__ = ["Attack", "AttackContext", "AttackOutput", "AttackResult", "CostCounter", "run_batched"]

@@ -1,0 +1,538 @@
+"""The attack contract: :class:`Attack`, :class:`AttackResult`, input checks, cost accounting.
+
+Every attack in advsmooth is an :class:`Attack` subclass that holds hyper-parameters only and is
+called as ``attack(model, x, y, target=None, generator=None)``. The base class
+
+* validates the inputs (rank, dtype, device, NaN/Inf, ``[0, 1]`` range, label range and length)
+  and raises ``ValueError``/``TypeError`` with a precise message;
+* puts the model in eval mode with ``requires_grad=False`` on every parameter and restores every
+  module's training flag and every parameter's flag afterwards, even when the attack raises;
+* computes the clean prediction once, so that inputs that are already misclassified (or, for a
+  targeted attack, already classified as the target) are returned unchanged with ``success=True``
+  and zero iterations, and never enter the attack;
+* re-checks success on the returned ``x_adv`` with one final forward pass;
+* accounts every per-image forward and gradient evaluation (:class:`CostCounter`).
+
+Subclasses implement :meth:`Attack._attack`, which receives an :class:`AttackContext` holding only
+the samples that still need attacking.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._utils import make_generator, progress
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "AttackContext",
+    "AttackOutput",
+    "CostCounter",
+    "frozen_model",
+    "check_images",
+    "check_labels",
+    "predict",
+    "run_batched",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# input validation
+# ----------------------------------------------------------------------------------------------
+
+def check_images(x: Any, name: str = "x") -> Tensor:
+    """Validate an image batch: a floating tensor ``N×C×H×W`` with finite values in ``[0, 1]``.
+
+    Raises ``TypeError`` for a non-tensor and ``ValueError`` for a wrong rank/dtype, NaN/Inf, or
+    values outside ``[0, 1]``. Returns ``x`` unchanged.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape N×C×H×W, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape N×C×H×W (4 dimensions), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        return x
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise ValueError(f"{name} contains NaN or Inf values ({bad} sample(s) affected)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} must lie in [0, 1] (pixel space; put mean/std normalisation inside the model "
+            f"with advsmooth.models.Normalize), got values in [{lo:.4g}, {hi:.4g}]"
+        )
+    return x
+
+
+def check_labels(labels: Any, n: int, num_classes: int | None, device: torch.device,
+                 name: str = "y") -> Tensor:
+    """Validate labels: integer tensor of shape ``(n,)`` with values in ``[0, num_classes)``.
+
+    Python sequences are converted. Returns an int64 tensor on ``device``.
+    """
+    if not isinstance(labels, Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
+            raise TypeError(f"{name} must be a tensor of integer class labels, got {type(labels).__name__}") from exc
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but x has {n} samples")
+    if labels.device != device:
+        labels = labels.to(device)
+    labels = labels.long()
+    if n and num_classes is not None:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} must be class indices in [0, {num_classes - 1}] for this model, "
+                f"got values in [{lo}, {hi}]"
+            )
+    return labels
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.device, b.dtype
+    return None, None
+
+
+def _check_model_compat(model: nn.Module, x: Tensor) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device, dtype = _model_device_dtype(model)
+    if device is not None and device != x.device:
+        raise ValueError(f"x is on {x.device} but the model's parameters are on {device}; "
+                         "move x (or the model) to the same device")
+    if dtype is not None and dtype != x.dtype:
+        raise ValueError(f"x has dtype {x.dtype} but the model's parameters have dtype {dtype}; "
+                         f"convert x with x.to({dtype})")
+
+
+# ----------------------------------------------------------------------------------------------
+# model hygiene
+# ----------------------------------------------------------------------------------------------
+
+@contextmanager
+def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with parameter gradients off; restore everything on exit.
+
+    Every submodule's ``training`` flag and every parameter's ``requires_grad`` flag are restored
+    exactly (also when the body raises). Gradients are enabled inside the block, so attacks work
+    when the caller is under ``torch.no_grad()``. Stochastic layers (noise injection) stay
+    stochastic in eval mode by their own design.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def predict(logits: Tensor) -> Tensor:
+    """Predicted labels from model outputs.
+
+    ``N×K`` logits → argmax (ties → lowest index). A single score per sample (``(N,)`` or
+    ``N×1``, binary classifier) → ``1`` where the score is > 0, else ``0``.
+    """
+    if logits.ndim == 1:
+        return (logits > 0).long()
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    if logits.ndim != 2:
+        raise ValueError(f"model output must have shape N×K (or N for a binary score), got {tuple(logits.shape)}")
+    return logits.argmax(dim=1)
+
+
+def _num_classes(logits: Tensor) -> int:
+    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
+        return 2
+    return int(logits.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# cost accounting
+# ----------------------------------------------------------------------------------------------
+
+class CostCounter:
+    """Per-image forward and gradient evaluation counts for a batch of ``n`` images.
+
+    ``add_forward(index, k)`` adds ``k`` forward evaluations to each image selected by ``index``
+    (a LongTensor of positions in the full batch, a bool mask, or ``None`` for all images). A
+    gradient evaluation is one backward pass through the model for one image and one scalar
+    objective (a K-class Jacobian therefore costs K gradient evaluations).
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.forward = torch.zeros(n, dtype=torch.long, device=device)
+        self.grad = torch.zeros(n, dtype=torch.long, device=device)
+
+    def add_forward(self, index: Tensor | None = None, k: int = 1) -> None:
+        if index is None:
+            self.forward += k
+        else:
+            self.forward[index] += k
+
+    def add_grad(self, index: Tensor | None = None, k: int = 1) -> None:
+        if index is None:
+            self.grad += k
+        else:
+            self.grad[index] += k
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class AttackResult:
+    """The outcome of an attack on a batch of ``N`` images.
+
+    Attributes:
+        x: the clean input ``N×C×H×W`` (the caller's tensor, never modified).
+        x_adv: adversarial images ``N×C×H×W`` (same dtype/device as ``x``).
+        success: ``(N,)`` bool, re-checked on ``x_adv`` itself: untargeted → prediction differs
+            from the label; targeted → prediction equals the target. An input that is already
+            misclassified counts as a success with zero iterations (see ``skipped``).
+        iterations: ``(N,)`` int64, attack iterations spent on each image.
+        forward_evals: ``(N,)`` int64, forward evaluations of the model per image, including the
+            clean and the final verification pass.
+        grad_evals: ``(N,)`` int64, gradient evaluations per image (one backward for one scalar
+            objective and one image).
+        labels: ``(N,)`` int64 true labels used (the clean prediction when ``y`` was omitted).
+        target: ``(N,)`` int64 target labels, or ``None`` for an untargeted attack.
+        clean_pred: ``(N,)`` prediction on ``x``; adv_pred: ``(N,)`` prediction on ``x_adv``.
+        extras: algorithm-specific per-sample tensors (first dimension ``N``).
+        info: algorithm-specific scalars and metadata.
+        elapsed: wall-clock seconds of the call.
+        attack: ``repr`` of the attack that produced the result.
+    """
+
+    x: Tensor
+    x_adv: Tensor
+    success: Tensor
+    iterations: Tensor
+    forward_evals: Tensor
+    grad_evals: Tensor
+    labels: Tensor
+    target: Tensor | None
+    clean_pred: Tensor
+    adv_pred: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0
+    attack: str = ""
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def perturbation(self) -> Tensor:
+        """``x_adv - x``, shape ``N×C×H×W``."""
+        return self.x_adv - self.x
+
+    def norms(self, p: float | str = 2) -> Tensor:
+        """Per-sample ``p``-norm of the perturbation, shape ``(N,)`` (``p`` in {1, 2, inf, any > 0})."""
+        r = self.perturbation.flatten(1)
+        if p in ("inf", float("inf")):
+            return r.abs().amax(dim=1) if r.shape[1] else r.new_zeros(r.shape[0])
+        return torch.linalg.vector_norm(r, ord=float(p), dim=1)
+
+    @property
+    def skipped(self) -> Tensor:
+        """``(N,)`` bool: inputs that needed no attack (already misclassified / already on target)."""
+        if self.target is None:
+            return self.clean_pred != self.labels
+        return self.clean_pred == self.target
+
+    @property
+    def mean_forward_evals(self) -> float:
+        """Mean forward evaluations per image."""
+        return float(self.forward_evals.float().mean()) if len(self) else 0.0
+
+    @property
+    def mean_grad_evals(self) -> float:
+        """Mean gradient evaluations per image."""
+        return float(self.grad_evals.float().mean()) if len(self) else 0.0
+
+    def __getitem__(self, index: Tensor | slice | Sequence[int]) -> AttackResult:
+        """A result restricted to the samples selected by ``index`` (mask, indices or slice)."""
+        def sel(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+        return replace(
+            self,
+            x=self.x[index], x_adv=self.x_adv[index], success=self.success[index],
+            iterations=self.iterations[index], forward_evals=self.forward_evals[index],
+            grad_evals=self.grad_evals[index], labels=self.labels[index], target=sel(self.target),
+            clean_pred=self.clean_pred[index], adv_pred=self.adv_pred[index],
+            extras={k: v[index] for k, v in self.extras.items()}, info=dict(self.info),
+        )
+
+    @staticmethod
+    def cat(results: Sequence[AttackResult]) -> AttackResult:
+        """Concatenate results of consecutive batches (same attack) into one."""
+        if not results:
+            raise ValueError("cannot concatenate an empty list of results")
+        first = results[0]
+
+        def c(name: str) -> Tensor:
+            return torch.cat([getattr(r, name) for r in results])
+
+        keys = set(first.extras)
+        return AttackResult(
+            x=c("x"), x_adv=c("x_adv"), success=c("success"), iterations=c("iterations"),
+            forward_evals=c("forward_evals"), grad_evals=c("grad_evals"), labels=c("labels"),
+            target=None if first.target is None else c("target"),
+            clean_pred=c("clean_pred"), adv_pred=c("adv_pred"),
+            extras={k: torch.cat([r.extras[k] for r in results]) for k in keys
+                    if all(k in r.extras for r in results)},
+            info=dict(first.info), elapsed=sum(r.elapsed for r in results), attack=first.attack,
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Aggregate numbers over the samples that were attacked (``~skipped``).
+
+        Keys: ``n``, ``skipped``, ``success_rate`` (over attacked samples), ``median_l2``,
+        ``mean_l2``, ``median_linf``, ``mean_linf`` (over successful attacked samples),
+        ``mean_iterations``, ``forward_evals``, ``grad_evals`` (means per image), ``seconds``.
+        """
+        att = ~self.skipped
+        ok = att & self.success
+        l2, linf = self.norms(2), self.norms("inf")
+
+        def stat(t: Tensor, fn: str) -> float:
+            if t.numel() == 0:
+                return float("nan")
+            t = t.double()
+            return float(t.median() if fn == "median" else t.mean())
+
+        return {
+            "n": float(len(self)),
+            "skipped": float(self.skipped.sum()),
+            "success_rate": float(self.success[att].double().mean()) if att.any() else float("nan"),
+            "median_l2": stat(l2[ok], "median"),
+            "mean_l2": stat(l2[ok], "mean"),
+            "median_linf": stat(linf[ok], "median"),
+            "mean_linf": stat(linf[ok], "mean"),
+            "mean_iterations": stat(self.iterations[att].double(), "mean"),
+            "forward_evals": self.mean_forward_evals,
+            "grad_evals": self.mean_grad_evals,
+            "seconds": float(self.elapsed),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# the attack base class
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class AttackContext:
+    """What :meth:`Attack._attack` receives: the samples still to attack, and the cost counter.
+
+    ``x``, ``labels``, ``target``, ``clean_logits`` hold only the active samples (those that are
+    not already misclassified); ``index`` maps them to positions in the caller's batch, which is
+    what :class:`CostCounter` methods expect (use :meth:`count_forward` / :meth:`count_grad` with
+    indices *into the active subset* to avoid the mapping by hand).
+    """
+
+    model: nn.Module
+    x: Tensor
+    labels: Tensor
+    target: Tensor | None
+    clean_logits: Tensor
+    index: Tensor
+    generator: torch.Generator
+    cost: CostCounter
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def count_forward(self, sub: Tensor | None = None, k: int = 1) -> None:
+        """Add ``k`` forward evaluations to the active samples ``sub`` (indices or mask into ``x``)."""
+        self.cost.add_forward(self.index if sub is None else self.index[sub], k)
+
+    def count_grad(self, sub: Tensor | None = None, k: int = 1) -> None:
+        """Add ``k`` gradient evaluations to the active samples ``sub`` (indices or mask into ``x``)."""
+        self.cost.add_grad(self.index if sub is None else self.index[sub], k)
+
+
+@dataclass
+class AttackOutput:
+    """What :meth:`Attack._attack` returns for the active samples (first dimension = active count)."""
+
+    x_adv: Tensor
+    iterations: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(abc.ABC):
+    """Base class of every attack: hyper-parameters in ``__init__``, the model at call time.
+
+    Subclasses set ``supports_targeted`` and implement :meth:`_attack`. Constructor arguments are
+    keyword-only and validated; :meth:`__repr__` lists them (subclasses store them in
+    ``self._params``).
+    """
+
+    supports_targeted: bool = True
+    #: whether ``_attack`` consumes randomness (then a ``seed``/``generator`` matters)
+    stochastic: bool = False
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self._params: dict[str, Any] = {}
+
+    def _set_params(self, **params: Any) -> None:
+        self._params.update(params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- public entry point ---------------------------------------------------------------------
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor | Sequence[int] | None = None,
+        *,
+        target: Tensor | Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` at ``x``.
+
+        Args:
+            model: a classifier taking ``N×C×H×W`` pixels in ``[0, 1]`` and returning ``N×K``
+                logits (or one score per sample for a binary classifier, where supported).
+            x: clean images ``N×C×H×W`` in ``[0, 1]``; never modified.
+            y: true labels ``(N,)``; ``None`` uses the model's clean predictions.
+            target: target labels ``(N,)`` for a targeted attack; must differ from ``y``.
+            generator: random source for stochastic attacks; default: a new generator seeded
+                with ``self.seed`` on ``x``'s device (so the same call gives the same result).
+
+        Returns:
+            An :class:`AttackResult`.
+        """
+        check_images(x)
+        _check_model_compat(model, x)
+        if target is not None and not self.supports_targeted:
+            raise ValueError(f"{type(self).__name__} does not support targeted attacks")
+        start = time.perf_counter()
+        n = x.shape[0]
+        cost = CostCounter(n, device=x.device)
+        x = x.detach()
+        with frozen_model(model):
+            if n == 0:
+                empty = torch.zeros(0, dtype=torch.long, device=x.device)
+                return AttackResult(
+                    x=x, x_adv=x.clone(), success=torch.zeros(0, dtype=torch.bool, device=x.device),
+                    iterations=empty, forward_evals=empty.clone(), grad_evals=empty.clone(),
+                    labels=empty.clone(), target=None if target is None else empty.clone(),
+                    clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
+                )
+            with torch.no_grad():
+                z0 = model(x)
+            cost.add_forward(None, 1)
+            num_classes = _num_classes(z0)
+            clean_pred = predict(z0)
+            labels = clean_pred.clone() if y is None else check_labels(y, n, num_classes, x.device)
+            tgt = None
+            if target is not None:
+                tgt = check_labels(target, n, num_classes, x.device, name="target")
+                if bool((tgt == labels).any()):
+                    raise ValueError("target must differ from the true label y for every sample "
+                                     f"({int((tgt == labels).sum())} sample(s) have target == y)")
+            done = clean_pred != labels if tgt is None else clean_pred == tgt
+            active = torch.nonzero(~done).flatten()
+            x_adv = x.clone()
+            iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+            extras: dict[str, Tensor] = {}
+            info: dict[str, Any] = {}
+            if active.numel():
+                gen = generator if generator is not None else make_generator(self.seed, x.device)
+                ctx = AttackContext(
+                    model=model, x=x[active], labels=labels[active],
+                    target=None if tgt is None else tgt[active], clean_logits=z0[active],
+                    index=active, generator=gen, cost=cost,
+                )
+                out = self._attack(ctx)
+                x_adv[active] = out.x_adv.detach().to(x.dtype)
+                iterations[active] = out.iterations.to(torch.long)
+                info = dict(out.info)
+                for key, val in out.extras.items():
+                    full = torch.zeros((n, *val.shape[1:]), dtype=val.dtype, device=val.device)
+                    full[active] = val
+                    extras[key] = full
+            with torch.no_grad():
+                adv_pred = predict(model(x_adv)) if active.numel() else clean_pred.clone()
+            if active.numel():
+                cost.add_forward(active, 1)
+            success = adv_pred != labels if tgt is None else adv_pred == tgt
+        return AttackResult(
+            x=x, x_adv=x_adv, success=success, iterations=iterations,
+            forward_evals=cost.forward, grad_evals=cost.grad, labels=labels, target=tgt,
+            clean_pred=clean_pred, adv_pred=adv_pred, extras=extras, info=info,
+            elapsed=time.perf_counter() - start, attack=repr(self),
+        )
+
+    @abc.abstractmethod
+    def _attack(self, ctx: AttackContext) -> AttackOutput:
+        """Run the attack on the active samples of ``ctx`` and return their adversarial images."""
+
+
+def run_batched(
+    attack: Attack,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None = None,
+    *,
+    target: Tensor | None = None,
+    batch_size: int = 256,
+    progress_bar: bool = True,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Run ``attack`` over ``x`` in batches of ``batch_size`` with a progress bar; one result.
+
+    With a stochastic attack, pass one ``generator`` to make the whole run reproducible (the
+    batches then consume it in order).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = x.shape[0]
+    if n == 0:
+        return attack(model, x, y, target=target, generator=generator)
+    gen = generator if generator is not None else make_generator(attack.seed, x.device)
+    results = []
+    starts = range(0, n, batch_size)
+    for s in progress(starts, total=len(starts), desc=type(attack).__name__, enabled=progress_bar):
+        sl = slice(s, s + batch_size)
+        results.append(attack(model, x[sl], None if y is None else y[sl],
+                              target=None if target is None else target[sl], generator=gen))
+    return AttackResult.cat(results)

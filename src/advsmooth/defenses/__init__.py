@@ -1,0 +1,3 @@
+"""Defences: training methods, smoothed inference, noise injection."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Metrics: fooling rate, robustness ρ_adv, roughness, transfer matrices, destruction rate, ..."""
+
+__all__: list[str] = []
