@@ -1,0 +1,275 @@
+"""Core evaluation metrics: fooling rate (overall and per class), robustness ρ_adv, σ^A%, ρ_FGSM.
+
+All functions work in pixel space (``[0, 1]`` images) and never change the model's state: the
+model is evaluated in eval mode under :func:`advsmooth.attacks.base.frozen_model`, which restores
+every training flag and ``requires_grad`` flag afterwards (ALGORITHMS.md §0, §14, §3.3).
+
+Conventions
+
+* The white-box fooling rate (SmoothFool) is defined on the inputs the model classifies
+  correctly: ``FR = mean 1[pred(x_adv) ≠ y]`` over ``{pred(x) = y}``. Inputs that are already
+  misclassified are *excluded* and counted (``n_excluded``), never silently mixed in.
+* The universal-perturbation fooling rate (``mean 1[pred(x+v) ≠ pred(x)]`` over all inputs) lives
+  in :func:`advsmooth.attacks.universal.universal_fooling_rate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks.base import check_images, frozen_model, predict
+
+__all__ = [
+    "FoolingRate",
+    "fooling_rate",
+    "per_class_fooling_rate",
+    "robustness",
+    "sigma_at",
+    "fgsm_rho",
+    "predict_batched",
+]
+
+
+@dataclass
+class FoolingRate:
+    """A fooling rate restricted to correctly classified inputs.
+
+    Attributes:
+        rate: fraction of the used inputs whose adversarial prediction differs from the label
+            (``nan`` when no input is used).
+        n_used: number of inputs classified correctly on the clean image (the denominator).
+        n_excluded: number of inputs excluded because the clean image is already misclassified.
+        fooled: ``(N,)`` bool, ``pred(x_adv) ≠ y`` for every input (also the excluded ones).
+        used: ``(N,)`` bool, ``pred(x) = y`` (the inputs that enter ``rate``).
+    """
+
+    rate: float
+    n_used: int
+    n_excluded: int
+    fooled: Tensor
+    used: Tensor
+
+    @property
+    def n_fooled(self) -> int:
+        """Number of used inputs that are fooled (the numerator)."""
+        return int((self.fooled & self.used).sum())
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The scalar fields as a plain dict (JSON friendly)."""
+        return {"rate": self.rate, "n_used": self.n_used, "n_excluded": self.n_excluded,
+                "n_fooled": self.n_fooled}
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256) -> Tensor:
+    """Predicted labels ``(N,)`` of ``model`` on ``x`` (``N×C×H×W``), in batches, in eval mode."""
+    _check_batch_size(batch_size)
+    check_images(x)
+    out = []
+    with frozen_model(model), torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            out.append(predict(model(x[s:s + batch_size])))
+    if not out:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    return torch.cat(out)
+
+
+def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+    check_images(x)
+    check_images(x_adv, "x_adv")
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, "
+                         f"got {tuple(x_adv.shape)}")
+    y = torch.as_tensor(y, device=x.device)
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if y.is_floating_point():
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    return y.long()
+
+
+def fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
+                 batch_size: int = 256) -> FoolingRate:
+    """White-box fooling rate over the correctly classified inputs (ALGORITHMS.md §14).
+
+    Args:
+        model: classifier on pixel-space images.
+        x: clean images ``N×C×H×W`` in ``[0, 1]``.
+        x_adv: adversarial images, same shape, in ``[0, 1]``.
+        y: true labels ``(N,)``.
+        batch_size: forward-pass chunk size.
+
+    Returns:
+        :class:`FoolingRate` with ``rate = mean 1[pred(x_adv) ≠ y]`` over ``{pred(x) = y}``,
+        the number of inputs used and excluded, and per-sample masks.
+    """
+    y = _check_pair(x, x_adv, y)
+    clean = predict_batched(model, x, batch_size=batch_size)
+    adv = predict_batched(model, x_adv, batch_size=batch_size)
+    used = clean == y
+    fooled = adv != y
+    n_used = int(used.sum())
+    rate = float((fooled & used).sum()) / n_used if n_used else float("nan")
+    return FoolingRate(rate=rate, n_used=n_used, n_excluded=int(x.shape[0]) - n_used,
+                       fooled=fooled, used=used)
+
+
+def per_class_fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
+                           batch_size: int = 256) -> dict[int, dict[str, float | int]]:
+    """Fooling rate per true class, each over that class's correctly classified inputs.
+
+    Returns:
+        ``{class: {"rate": float, "n_used": int, "n_excluded": int}}`` for every class present
+        in ``y`` (sorted); ``rate`` is ``nan`` for a class with no correctly classified input.
+    """
+    fr = fooling_rate(model, x, x_adv, y, batch_size=batch_size)
+    y = torch.as_tensor(y, device=x.device).long()
+    out: dict[int, dict[str, float | int]] = {}
+    for c in sorted(int(v) for v in torch.unique(y).tolist()):
+        in_c = y == c
+        used = in_c & fr.used
+        n_used = int(used.sum())
+        rate = float((fr.fooled & used).sum()) / n_used if n_used else float("nan")
+        out[c] = {"rate": rate, "n_used": n_used, "n_excluded": int(in_c.sum()) - n_used}
+    return out
+
+
+def _pnorm(t: Tensor, p: float | str) -> Tensor:
+    flat = t.reshape(t.shape[0], -1)
+    if p in ("inf", float("inf")):
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    p = float(p)
+    if not p > 0:
+        raise ValueError(f"p must be > 0 or 'inf', got {p!r}")
+    return torch.linalg.vector_norm(flat, ord=p, dim=1)
+
+
+def robustness(r: Tensor, x: Tensor, p: float | str = 2, *, mask: Tensor | None = None) -> float:
+    """Robustness ρ_adv = mean over samples of ``||r||_p / ||x||_p`` (DeepFool paper, §3.3).
+
+    Args:
+        r: perturbations ``N×...`` (e.g. ``result.perturbation``).
+        x: the clean images they apply to (same shape).
+        p: ``2`` for ρ_adv, ``"inf"`` (or ``float('inf')``) for ρ∞_adv; any ``p > 0`` works.
+        mask: optional ``(N,)`` bool selecting the samples to average over (e.g. the successful
+            attacks on correctly classified inputs).
+
+    Returns:
+        The mean ratio as a float (``nan`` if no sample is selected). A zero image contributes
+        ``||r||_p / 1e-12`` (safe division; never NaN). The value depends on the input
+        representation: here pixel space ``[0, 1]``.
+    """
+    if r.shape != x.shape:
+        raise ValueError(f"r must have the shape of x {tuple(x.shape)}, got {tuple(r.shape)}")
+    ratio = _pnorm(r.double(), p) / _pnorm(x.double(), p).clamp_min(1e-12)
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=ratio.device)
+        if mask.dtype != torch.bool or mask.shape != ratio.shape:
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(ratio.shape)}")
+        ratio = ratio[mask]
+    return float(ratio.mean()) if ratio.numel() else float("nan")
+
+
+def sigma_at(sigmas: Sequence[float] | Tensor, fooling_rates: Sequence[float] | Tensor,
+             level: float) -> float:
+    """σ^A%: the largest smoothing σ at which the fooling rate is still ≥ ``level`` (§14).
+
+    The grid is sorted by σ. With ``i`` the last grid point whose fooling rate is ≥ ``level``,
+    the result interpolates linearly between ``(σ_i, FR_i)`` and ``(σ_{i+1}, FR_{i+1})`` to the
+    crossing of ``level``. If the fooling rate never drops below ``level`` the grid maximum is
+    returned; if no grid point reaches ``level`` the result is ``nan``.
+
+    Args:
+        sigmas: the σ grid (any order, no duplicates).
+        fooling_rates: the fooling rate at each σ, as fractions in ``[0, 1]``.
+        level: the level A as a fraction in ``[0, 1]`` (``0.2`` for σ^20%).
+    """
+    s = [float(v) for v in (sigmas.tolist() if isinstance(sigmas, Tensor) else sigmas)]
+    f = [float(v) for v in (fooling_rates.tolist() if isinstance(fooling_rates, Tensor)
+                            else fooling_rates)]
+    if len(s) != len(f):
+        raise ValueError("sigmas and fooling_rates must have the same length, "
+                         f"got {len(s)} and {len(f)}")
+    if not s:
+        raise ValueError("sigmas must not be empty")
+    if len(set(s)) != len(s):
+        raise ValueError("sigmas must not contain duplicates")
+    if any(math.isnan(v) for v in s + f):
+        raise ValueError("sigmas and fooling_rates must not contain NaN")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 <= level <= 1.0:
+        raise ValueError(f"level must be a fraction in [0, 1] (0.2 for σ^20%), got {level!r}")
+    pairs = sorted(zip(s, f))
+    above = [i for i, (_, fr) in enumerate(pairs) if fr >= level]
+    if not above:
+        return float("nan")
+    i = above[-1]
+    if i == len(pairs) - 1:
+        return pairs[-1][0]
+    (s0, f0), (s1, f1) = pairs[i], pairs[i + 1]
+    return s0 + (f0 - level) / (f0 - f1) * (s1 - s0)
+
+
+def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
+             target_rate: float = 0.9, eps_max: float = 0.5, grid: int = 200,
+             batch_size: int = 256) -> dict[str, float]:
+    """ρ_FGSM of the DeepFool paper (§3.3): robustness of the 90 %-rule FGSM.
+
+    The FGSM direction ``s = sign(∇_x CE(model(x), y))`` does not depend on ε, so it is computed
+    once (one gradient evaluation per image); then the smallest ε on a uniform grid of ``grid``
+    values in ``(0, eps_max]`` such that FGSM misclassifies at least ``target_rate`` of *all*
+    inputs (``pred(clamp(x + ε s)) ≠ y``) is found by bisection (forward passes only; the
+    misclassification rate is assumed non-decreasing in ε). The perturbation used for ρ is the
+    clamped one, ``clamp(x + ε s, 0, 1) − x``.
+
+    Returns:
+        ``{"eps": ε, "rho": mean ||r||_p/||x||_p, "rate": misclassification rate at ε}``;
+        ``eps`` and ``rho`` are ``nan`` if even ``eps_max`` does not reach ``target_rate``.
+    """
+    _check_batch_size(batch_size)
+    check_images(x)
+    y = torch.as_tensor(y, device=x.device).long()
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if not 0.0 < target_rate <= 1.0:
+        raise ValueError(f"target_rate must be in (0, 1], got {target_rate!r}")
+    if not eps_max > 0:
+        raise ValueError(f"eps_max must be > 0, got {eps_max!r}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
+    signs = []
+    with frozen_model(model):
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s:s + batch_size].detach().clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xb), y[s:s + batch_size],
+                                                     reduction="sum")
+            (g,) = torch.autograd.grad(loss, xb)
+            signs.append(g.sign())
+    sign = torch.cat(signs) if signs else x.new_zeros(x.shape)
+
+    def rate_at(eps: float) -> float:
+        x_adv = (x + eps * sign).clamp(0, 1)
+        return float((predict_batched(model, x_adv, batch_size=batch_size) != y).double().mean())
+
+    epss = [eps_max * (k + 1) / grid for k in range(grid)]
+    if rate_at(epss[-1]) < target_rate:
+        return {"eps": float("nan"), "rho": float("nan"), "rate": rate_at(epss[-1])}
+    lo, hi = -1, grid - 1  # invariant: rate(epss[hi]) >= target; lo is below (or -1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if rate_at(epss[mid]) >= target_rate:
+            hi = mid
+        else:
+            lo = mid
+    eps = epss[hi]
+    r = (x + eps * sign).clamp(0, 1) - x
+    return {"eps": eps, "rho": robustness(r, x, p), "rate": rate_at(eps)}
