@@ -6,3 +6,7 @@ Each submodule adds its public names to ``__all__`` below (one import line per m
 from .base import Attack, AttackContext, AttackOutput, AttackResult, CostCounter, run_batched
 
 __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackResult", "CostCounter", "run_batched"]
+
+from .baselines import ColorShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
+
+__all__ += ["ColorShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]

@@ -1,0 +1,232 @@
+"""Baselines of SmoothFool's Table 1: the iterative smooth attack (IS) and the colour shift (CS).
+
+* :class:`IterativeSmooth` — ALGORITHMS.md §7.1 (SmoothFool Eq. 12): gradient descent on
+  ``−CE(model(clamp(x + r)), y) + λ_s·Ω(r)`` with a per-sample stop at the first misclassified
+  iterate.
+* :class:`ColorShift` — §7.2 (Hosseini & Poovendran's semantic attack): random hue and saturation
+  shifts in HSV space, ``trials`` attempts with a progressively wider saturation range, stop at
+  the first misclassified trial. RGB inputs only (see the class docstring for greyscale).
+
+Also the vectorised colour conversions :func:`rgb_to_hsv` and :func:`hsv_to_rgb` (``N×3×H×W``,
+all channels in ``[0, 1]``; hue as a fraction of a turn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._utils import check_int_at_least, check_nonnegative, check_positive
+from .base import Attack, AttackContext, AttackOutput, AttackResult, predict
+
+__all__ = ["IterativeSmooth", "ColorShift", "rgb_to_hsv", "hsv_to_rgb"]
+
+_TINY = 1e-12
+
+
+# ----------------------------------------------------------------------------------------------
+# colour conversions
+# ----------------------------------------------------------------------------------------------
+
+def _check_rgb(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be an N×3×H×W tensor, got {shape}")
+
+
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """RGB → HSV for ``N×3×H×W`` images in ``[0, 1]``; returns ``N×3×H×W`` (H, S, V) in ``[0, 1]``.
+
+    Hue is a fraction of a full turn (``0`` = red, ``1/3`` = green, ``2/3`` = blue) and is ``0``
+    for grey pixels (undefined hue); saturation is ``0`` for black. Same definitions as Python's
+    :mod:`colorsys`, vectorised.
+    """
+    _check_rgb(x, "x")
+    r, g, b = x.unbind(1)
+    maxc, argmax = x.max(dim=1)
+    minc = x.min(dim=1).values
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(_TINY), torch.zeros_like(maxc))
+    d = delta.clamp_min(_TINY)
+    h = torch.where(argmax == 0, (g - b) / d,
+                    torch.where(argmax == 1, (b - r) / d + 2.0, (r - g) / d + 4.0))
+    h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
+    return torch.stack([h, s, maxc], dim=1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """HSV → RGB for ``N×3×H×W`` tensors (H as a fraction of a turn, S and V in ``[0, 1]``).
+
+    Uses the closed form ``c_n = V − V·S·clamp(min(k, 4 − k), 0, 1)``, ``k = (n + 6H) mod 6`` with
+    ``n = 5, 3, 1`` for R, G, B (exact inverse of :func:`rgb_to_hsv` up to rounding).
+    """
+    _check_rgb(hsv, "hsv")
+    h, s, v = hsv.unbind(1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + 6.0 * h, 6.0)
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# IS: iterative smooth attack
+# ----------------------------------------------------------------------------------------------
+
+class IterativeSmooth(Attack):
+    """Iterative smooth attack (IS, SmoothFool Eq. 12; ALGORITHMS.md §7.1).
+
+    Minimises, per sample, ``L(r) = −CE(model(clamp(x + r, 0, 1)), y) + λ_s·Ω(r; σ_h)`` over
+    ``r`` (initialised at 0) by plain gradient descent, ``r ← r − lr_t·∇L`` with
+    ``lr_t = lr · 0.5^⌊t / halve_every⌋`` (``t = 0, 1, ...``). Ω is the roughness of
+    :func:`advsmooth.filters.roughness` (Gaussian h with σ_h, replicate padding, unnormalised).
+    Every sample stops at the first iterate that is misclassified (without that stop the
+    unbounded −CE term makes r grow for ever); at most ``max_iter`` updates per sample.
+    A targeted call minimises ``+CE(·, target) + λ_s·Ω`` and stops when the target is reached.
+
+    Cost per iteration and active image: one forward and one gradient evaluation (the forward
+    that computes the gradient also checks the iterate). ``x_adv = clamp(x + r, 0, 1)``.
+
+    Seed settings: ``lambda_s`` 0.1 (MNIST), 0.01 (CIFAR-10), 0.05 (ImageNet); lr 1e-3 halved
+    every 100 iterations; ``max_iter`` is not given in the seed (DEFAULT 1000).
+    """
+
+    def __init__(self, *, lambda_s: float = 0.1, lr: float = 1e-3, halve_every: int = 100,
+                 max_iter: int = 1000, sigma_h: float = 1.0, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.lambda_s = check_nonnegative("lambda_s", lambda_s)
+        self.lr = check_positive("lr", lr)
+        self.halve_every = check_int_at_least("halve_every", halve_every, 1)
+        self.max_iter = check_int_at_least("max_iter", max_iter, 0)
+        self.sigma_h = check_positive("sigma_h", sigma_h)
+        self._set_params(lambda_s=self.lambda_s, lr=self.lr, halve_every=self.halve_every,
+                         max_iter=self.max_iter, sigma_h=self.sigma_h)
+
+    def _attack(self, ctx: AttackContext) -> AttackOutput:
+        from ..filters import roughness
+
+        x, model = ctx.x, ctx.model
+        n = x.shape[0]
+        r = torch.zeros_like(x)
+        iters = torch.zeros(n, dtype=torch.long, device=x.device)
+        goal = ctx.labels if ctx.target is None else ctx.target
+        sign = -1.0 if ctx.target is None else 1.0
+        active = torch.arange(n, device=x.device)
+        for it in range(self.max_iter):
+            if active.numel() == 0:
+                break
+            ra = r[active].clone().requires_grad_(True)
+            logits = model((x[active] + ra).clamp(0.0, 1.0))
+            ctx.count_forward(active)
+            pred = predict(logits)
+            done = pred != goal[active] if ctx.target is None else pred == goal[active]
+            keep = ~done
+            if not bool(keep.any()):
+                active = active[keep]
+                break
+            ce = F.cross_entropy(logits[keep], goal[active][keep], reduction="sum")
+            omega = roughness(ra[keep], sigma_h=self.sigma_h, normalized=False).sum()
+            (grad,) = torch.autograd.grad(sign * ce + self.lambda_s * omega, ra)
+            idx = active[keep]
+            ctx.count_grad(idx)
+            lr_t = self.lr * 0.5 ** (it // self.halve_every)
+            r[idx] = (r[idx] - lr_t * grad[keep]).detach()
+            iters[idx] += 1
+            active = idx
+        x_adv = (x + r).clamp(0.0, 1.0)
+        return AttackOutput(x_adv=x_adv, iterations=iters)
+
+
+# ----------------------------------------------------------------------------------------------
+# CS: colour shift
+# ----------------------------------------------------------------------------------------------
+
+class ColorShift(Attack):
+    """Colour-shift (semantic) attack (CS; ALGORITHMS.md §7.2).
+
+    The image is converted to HSV. For trial ``t = 1..T`` every still-correct sample draws
+    ``δH ~ U[0, 1)`` and ``δS ~ U[−s_t, s_t]`` with the progressive range ``s_t = t/T``, and is
+    tried at ``H' = (H + δH) mod 1``, ``S' = clamp(S + δS, 0, 1)``, V unchanged (converted back to
+    RGB). A sample stops at its first misclassified trial. No gradients: ``T`` forward
+    evaluations per image at most.
+
+    Randomness: all draws are made up front from the call's generator as one tensor of shape
+    ``(n_active, T, 2)`` (sample-major: ``[..., 0]`` → δH, ``[..., 1]`` → the uniform that gives
+    δS), so a run split into batches that share one generator (:func:`run_batched`) consumes
+    exactly the same numbers as a single run; the same seed gives the same result.
+
+    A sample that is not fooled within ``T`` trials is returned unchanged (``success=False``).
+    ``result.extras``: ``hsv_magnitude`` — ``||(Δ_circ H, ΔS, 0)||₂`` over all pixels with the
+    circular hue difference ``min(|ΔH|, 1 − |ΔH|)`` (0 for unchanged samples); ``hue_shift`` and
+    ``saturation_shift`` — the successful δH and δS. Ω should be computed on the RGB
+    perturbation ``x_adv − x``.
+
+    Greyscale inputs: a grey image has no hue and zero saturation, so there is nothing to shift
+    without inventing colour channels the model cannot see (treating grey as R = G = B and
+    averaging back would turn the attack into a brightness change, which is not what CS is). The
+    attack therefore requires 3-channel RGB inputs and raises ``ValueError`` for any other
+    channel count: on MNIST-like data CS does not apply and should be reported as n/a.
+    """
+
+    stochastic = True
+
+    def __init__(self, *, trials: int = 100, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.trials = check_int_at_least("trials", trials, 1)
+        self._set_params(trials=self.trials, seed=self.seed)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | Sequence[int] | None = None, *,
+                 target: Tensor | Sequence[int] | None = None,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        if isinstance(x, Tensor) and x.ndim == 4 and x.shape[1] != 3:
+            raise ValueError(
+                f"ColorShift needs RGB images (N×3×H×W), got {x.shape[1]} channel(s): a greyscale "
+                "image has no hue or saturation to shift, so the colour-shift attack does not "
+                "apply to it"
+            )
+        return super().__call__(model, x, y, target=target, generator=generator)
+
+    def _attack(self, ctx: AttackContext) -> AttackOutput:
+        x, model = ctx.x, ctx.model
+        n, T = x.shape[0], self.trials
+        hsv = rgb_to_hsv(x)
+        draws = torch.rand((n, T, 2), generator=ctx.generator, dtype=x.dtype, device=x.device)
+        ranges = torch.arange(1, T + 1, dtype=x.dtype, device=x.device) / T
+        d_hue = draws[..., 0]
+        d_sat = (2.0 * draws[..., 1] - 1.0) * ranges
+        goal = ctx.labels if ctx.target is None else ctx.target
+        x_adv = x.clone()
+        iters = torch.zeros(n, dtype=torch.long, device=x.device)
+        magnitude = torch.zeros(n, dtype=x.dtype, device=x.device)
+        hue_shift = torch.zeros(n, dtype=x.dtype, device=x.device)
+        sat_shift = torch.zeros(n, dtype=x.dtype, device=x.device)
+        active = torch.arange(n, device=x.device)
+        with torch.no_grad():
+            for t in range(T):
+                if active.numel() == 0:
+                    break
+                h, s, v = hsv[active].unbind(1)
+                dh = d_hue[active, t].view(-1, 1, 1)
+                h2 = torch.remainder(h + dh, 1.0)
+                s2 = (s + d_sat[active, t].view(-1, 1, 1)).clamp(0.0, 1.0)
+                cand = hsv_to_rgb(torch.stack([h2, s2, v], dim=1)).clamp(0.0, 1.0)
+                pred = predict(model(cand))
+                ctx.count_forward(active)
+                iters[active] = t + 1
+                hit = pred != goal[active] if ctx.target is None else pred == goal[active]
+                if bool(hit.any()):
+                    idx = active[hit]
+                    x_adv[idx] = cand[hit]
+                    dhc = (h2[hit] - h[hit]).abs()
+                    dhc = torch.minimum(dhc, 1.0 - dhc)
+                    ds = s2[hit] - s[hit]
+                    magnitude[idx] = (dhc.pow(2) + ds.pow(2)).flatten(1).sum(1).sqrt()
+                    hue_shift[idx] = d_hue[idx, t]
+                    sat_shift[idx] = d_sat[idx, t]
+                active = active[~hit]
+        return AttackOutput(x_adv=x_adv, iterations=iters,
+                            extras={"hsv_magnitude": magnitude, "hue_shift": hue_shift,
+                                    "saturation_shift": sat_shift})
