@@ -10,3 +10,14 @@ __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackResult", "CostCount
 from .baselines import ColorShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
 
 __all__ += ["ColorShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]
+
+from .gradients import (  # noqa: E402
+    AttackObjective,
+    GradientEstimate,
+    GradientEstimator,
+    PlainGradient,
+    SmoothedGradient,
+)
+
+__all__ += ["AttackObjective", "GradientEstimate", "GradientEstimator", "PlainGradient",
+            "SmoothedGradient"]
