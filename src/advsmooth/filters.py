@@ -1,0 +1,318 @@
+"""Low-pass filters (Gaussian / linear / uniform / custom kernels) and the roughness metric.
+
+One :class:`LowPassFilter` object serves SmoothFool (the smoothing filter ``g``), SmoothClip (mask
+spreading), smooth universal perturbations and the roughness metric (filter ``h``). Filtering is
+depthwise: every channel is filtered on its own with the same kernel, channels are never mixed.
+Separable kernels run as two depthwise ``conv2d`` calls (``C×1×K×1`` then ``C×1×1×K``), so the
+cost is O(K) per pixel.
+
+>>> import torch
+>>> g = LowPassFilter("gaussian", 2.0)
+>>> g.size
+11
+>>> x = torch.rand(2, 3, 16, 16)
+>>> g(x).shape
+torch.Size([2, 3, 16, 16])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["LowPassFilter", "gaussian_kernel1d", "roughness", "PADDINGS", "KINDS"]
+
+#: supported padding modes
+PADDINGS = ("zeros", "replicate", "reflect", "circular")
+#: supported named kernels
+KINDS = ("gaussian", "linear", "uniform")
+#: supported kernel-size rules for the Gaussian
+SIZE_RULES = ("odd", "ref")
+
+
+def _gaussian_size(sigma: float, size_rule: str) -> int:
+    if size_rule == "odd":
+        return 2 * int(math.floor(2.5 * sigma)) + 1
+    k5 = 5.0 * sigma
+    if abs(k5 - round(k5)) > 1e-9:
+        raise ValueError(
+            f"size_rule='ref' uses K = int(5*sigma) taps and needs 5*sigma to be an integer, "
+            f"got sigma={sigma!r} (5*sigma={k5:g}); use size_rule='odd' for arbitrary sigma"
+        )
+    return int(round(k5))
+
+
+def gaussian_kernel1d(sigma: float, size: int | None = None, *, dtype: torch.dtype = torch.float64,
+                      device: torch.device | str | None = None) -> Tensor:
+    """Normalised 1-D Gaussian taps ``k[i] ∝ exp(-(i-c)² / (2σ²))``, ``c = (size-1)/2``, sum 1.
+
+    Args:
+        sigma: standard deviation in pixels (> 0).
+        size: number of taps; default ``2*floor(2.5σ)+1`` (odd, ≈ 5σ; 1 tap — the identity —
+            for ``σ < 0.4``). An even size gives a kernel centred between two taps.
+
+    Returns:
+        A 1-D tensor of ``size`` taps summing to 1.
+    """
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 \
+            or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    k = _gaussian_size(float(sigma), "odd") if size is None else size
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    c = (k - 1) / 2.0
+    i = torch.arange(k, dtype=torch.float64)
+    taps = torch.exp(-((i - c) ** 2) / (2.0 * float(sigma) ** 2))
+    taps = taps / taps.sum()
+    return taps.to(dtype=dtype, device=device)
+
+
+def _linear_kernel1d(k: int) -> Tensor:
+    if k == 1:
+        return torch.ones(1, dtype=torch.float64)
+    c = (k - 1) / 2.0
+    i = torch.arange(k, dtype=torch.float64)
+    taps = c - (i - c).abs()
+    return taps / taps.sum()
+
+
+def _pad_amounts(k: int) -> tuple[int, int]:
+    """Padding (before, after) along one axis for a kernel of ``k`` taps (even: REF rule)."""
+    if k % 2 == 1:
+        return k // 2, k // 2
+    return k // 2 - 1, k // 2
+
+
+def _wrap_index(n: int, lo: int, hi: int, mode: str, device: torch.device) -> Tensor:
+    idx = torch.arange(-lo, n + hi, device=device)
+    if mode == "circular":
+        return idx.remainder(n)
+    return idx.clamp(0, n - 1)  # replicate
+
+
+class LowPassFilter:
+    """A depthwise low-pass filter on ``N×C×H×W`` tensors (output has the same shape).
+
+    Args:
+        kind: ``"gaussian"`` (parameter σ in pixels), ``"linear"`` (triangular, parameter = size k),
+            ``"uniform"`` (box, parameter = size k), or a user kernel tensor: 1-D (applied along H
+            then along W, i.e. the separable outer product) or 2-D ``Kh×Kw`` (one depthwise
+            convolution). User kernels are used as given (not renormalised).
+        param: σ for the Gaussian, the size k for linear/uniform; ignored for a user kernel.
+        padding: ``"zeros"`` (default; the attack filter g), ``"replicate"`` (keeps constants
+            everywhere; the roughness filter h), ``"reflect"`` (falls back to ``"replicate"`` with a
+            warning when the kernel half-width is >= H or W), ``"circular"``.
+        size_rule: Gaussian kernel size, ``"odd"`` (default, ``K = 2*floor(2.5σ)+1``; the identity
+            for σ < 0.4) or ``"ref"`` (``K = int(5σ)`` as in the SmoothFool reference code; 5σ
+            must be an integer; even sizes are padded ``(K//2-1, K//2)``, a half-pixel shift).
+
+    The kernel taps sum to 1 for the named kinds, so constant images are preserved away from the
+    borders. Kernels are cached per (channels, dtype, device).
+    """
+
+    def __init__(self, kind: str | Tensor = "gaussian", param: float | None = None, *,
+                 padding: str = "zeros", size_rule: str = "odd") -> None:
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        if size_rule not in SIZE_RULES:
+            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
+        self.padding = padding
+        self.size_rule = size_rule
+        self._cache: dict[tuple[Any, ...], tuple[Tensor, ...]] = {}
+        self._separable = True
+        if isinstance(kind, Tensor):
+            ker = kind.detach().to(torch.float64).cpu()
+            if ker.ndim not in (1, 2) or ker.numel() == 0:
+                raise ValueError(f"a user kernel must be a non-empty 1-D or 2-D tensor, "
+                                 f"got shape {tuple(kind.shape)}")
+            if not bool(torch.isfinite(ker).all()):
+                raise ValueError("the user kernel contains NaN or Inf")
+            self.kind = "custom"
+            self.param = None
+            if ker.ndim == 1:
+                self._k1d: Tensor | None = ker
+                self._k2d: Tensor | None = None
+            else:
+                self._separable = False
+                self._k1d = None
+                self._k2d = ker
+        elif kind == "gaussian":
+            if param is None:
+                raise ValueError("param (sigma) is required for kind='gaussian'")
+            if isinstance(param, bool) or not isinstance(param, (int, float)) or not param > 0 \
+                    or not math.isfinite(param):
+                raise ValueError(f"param (sigma) must be a finite number > 0, got {param!r}")
+            self.kind, self.param = "gaussian", float(param)
+            size = _gaussian_size(self.param, size_rule)
+            self._k1d = (gaussian_kernel1d(self.param, size) if size >= 1
+                         else torch.ones(1, dtype=torch.float64))
+            self._k2d = None
+        elif kind in ("linear", "uniform"):
+            if isinstance(param, bool) or not isinstance(param, int) or param < 1:
+                raise ValueError(f"param (kernel size k) must be an integer >= 1 for "
+                                 f"kind={kind!r}, got {param!r}")
+            if kind == "linear" and param == 2:
+                raise ValueError("param (kernel size k) = 2 gives an all-zero triangular kernel; "
+                                 "use k = 1 or k >= 3")
+            self.kind, self.param = kind, int(param)
+            self._k1d = (_linear_kernel1d(param) if kind == "linear"
+                         else torch.full((param,), 1.0 / param, dtype=torch.float64))
+            self._k2d = None
+        else:
+            raise ValueError(f"kind must be one of {KINDS} or a kernel tensor, got {kind!r}")
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def size(self) -> int | tuple[int, int]:
+        """Kernel size K (``(Kh, Kw)`` for a 2-D user kernel)."""
+        if self._k1d is not None:
+            return int(self._k1d.numel())
+        assert self._k2d is not None
+        return int(self._k2d.shape[0]), int(self._k2d.shape[1])
+
+    @property
+    def is_identity(self) -> bool:
+        """True for a 1-tap kernel equal to 1 (then filtering returns the input unchanged)."""
+        return self._k1d is not None and self._k1d.numel() == 1 and float(self._k1d[0]) == 1.0
+
+    def kernel1d(self) -> Tensor:
+        """The 1-D taps (float64); raises ``ValueError`` for a non-separable 2-D user kernel."""
+        if self._k1d is None:
+            raise ValueError("this filter has a non-separable 2-D kernel")
+        return self._k1d.clone()
+
+    def kernel2d(self) -> Tensor:
+        """The 2-D kernel (float64): the outer product of the 1-D taps, or the user 2-D kernel."""
+        if self._k1d is not None:
+            return torch.outer(self._k1d, self._k1d)
+        assert self._k2d is not None
+        return self._k2d.clone()
+
+    def __repr__(self) -> str:
+        what = f"{self.kind!r}" if self.param is None else f"{self.kind!r}, {self.param!r}"
+        extra = f", size_rule={self.size_rule!r}" if self.kind == "gaussian" else ""
+        return f"LowPassFilter({what}, padding={self.padding!r}{extra}, size={self.size})"
+
+    # -- filtering -------------------------------------------------------------------------------
+    def _weights(self, c: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+        key = (c, dtype, device)
+        w = self._cache.get(key)
+        if w is None:
+            if self._k1d is not None:
+                k = self._k1d.to(dtype=dtype, device=device)
+                kk = k.numel()
+                w = (k.view(1, 1, kk, 1).expand(c, 1, kk, 1).contiguous(),
+                     k.view(1, 1, 1, kk).expand(c, 1, 1, kk).contiguous())
+            else:
+                assert self._k2d is not None
+                k2 = self._k2d.to(dtype=dtype, device=device)
+                w = (k2.view(1, 1, *k2.shape).expand(c, 1, *k2.shape).contiguous(),)
+            self._cache[key] = w
+        return w
+
+    def _mode(self, kh: int, kw: int, h: int, w: int) -> str:
+        mode = self.padding
+        if mode == "reflect" and (kh // 2 >= h or kw // 2 >= w):
+            warnings.warn(
+                f"reflect padding needs the kernel half-width < image size (kernel {kh}×{kw}, "
+                f"image {h}×{w}); falling back to replicate padding", stacklevel=3)
+            mode = "replicate"
+        return mode
+
+    @staticmethod
+    def _pad_axis(x: Tensor, dim: int, lo: int, hi: int, mode: str) -> Tensor:
+        if lo == 0 and hi == 0:
+            return x
+        if mode == "zeros":
+            pad = (0, 0, lo, hi) if dim == 2 else (lo, hi, 0, 0)
+            return F.pad(x, pad)
+        if mode == "reflect":
+            pad = (0, 0, lo, hi) if dim == 2 else (lo, hi, 0, 0)
+            return F.pad(x, pad, mode="reflect")
+        idx = _wrap_index(x.shape[dim], lo, hi, mode, x.device)
+        return x.index_select(dim, idx)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Filter ``x`` (``N×C×H×W``, floating) channel by channel; returns a new tensor."""
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            raise ValueError(f"LowPassFilter expects an N×C×H×W tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"LowPassFilter expects a floating-point tensor, got {x.dtype}")
+        if self.is_identity:
+            return x.clone()
+        n, c, h, w = x.shape
+        weights = self._weights(c, x.dtype, x.device)
+        if self._separable:
+            k = self.size
+            assert isinstance(k, int)
+            mode = self._mode(k, k, h, w)
+            lo, hi = _pad_amounts(k)
+            wh, ww = weights
+            if mode == "zeros" and lo == hi:
+                y = F.conv2d(x, wh, padding=(lo, 0), groups=c)
+                return F.conv2d(y, ww, padding=(0, lo), groups=c)
+            y = F.conv2d(self._pad_axis(x, 2, lo, hi, mode), wh, groups=c)
+            return F.conv2d(self._pad_axis(y, 3, lo, hi, mode), ww, groups=c)
+        kh, kw = self.size  # type: ignore[misc]
+        mode = self._mode(kh, kw, h, w)
+        (lo_h, hi_h), (lo_w, hi_w) = _pad_amounts(kh), _pad_amounts(kw)
+        y = self._pad_axis(self._pad_axis(x, 2, lo_h, hi_h, mode), 3, lo_w, hi_w, mode)
+        return F.conv2d(y, weights[0], groups=c)
+
+
+# ----------------------------------------------------------------------------------------------
+# roughness
+# ----------------------------------------------------------------------------------------------
+
+def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
+              padding: str = "replicate", filter: LowPassFilter | None = None) -> Tensor:
+    """Roughness of perturbations: ``Ω = ||r − h∗r||²`` per sample (sum over C, H, W).
+
+    Args:
+        r: perturbations ``N×C×H×W`` (pixel space).
+        sigma_h: σ of the Gaussian filter h (default 1, i.e. 5 taps, as in the SmoothFool paper).
+        normalized: return ``Ωn = Ω / ||r||²`` instead (0 where ``r = 0``); scale-invariant.
+        padding: padding of h (default ``"replicate"``, so a constant perturbation has Ω = 0).
+        filter: a :class:`LowPassFilter` to use as h instead of the Gaussian (``sigma_h`` and
+            ``padding`` are then ignored).
+
+    Returns:
+        ``(N,)`` tensor (dtype of ``r``). ``Ω(c·r) = c²·Ω(r)``. For the default Gaussian h
+        (σ_h = 1, replicate padding) ``Ωn`` lies in ``[0, 1]``; for other filters ``Ωn`` can exceed
+        1 slightly where the filter's frequency response is negative (truncated Gaussians with
+        large σ, box kernels) — it is not clamped.
+
+    The paper reports Ω×10³ and Ωn×10³.
+    """
+    if not isinstance(r, Tensor) or r.ndim != 4 or not r.is_floating_point():
+        raise ValueError("r must be a floating-point N×C×H×W tensor")
+    h = filter if filter is not None else _roughness_filter(float(sigma_h), padding)
+    diff = (r - h(r)).flatten(1)
+    omega = (diff * diff).sum(dim=1)
+    if not normalized:
+        return omega
+    energy = (r.flatten(1) ** 2).sum(dim=1)
+    return torch.where(energy > 0, omega / energy.clamp_min(torch.finfo(r.dtype).tiny),
+                       torch.zeros_like(omega))
+
+
+_H_CACHE: dict[tuple[float, str], LowPassFilter] = {}
+
+
+def _roughness_filter(sigma_h: float, padding: str) -> LowPassFilter:
+    key = (sigma_h, padding)
+    f = _H_CACHE.get(key)
+    if f is None:
+        if not sigma_h > 0 or not math.isfinite(sigma_h):
+            raise ValueError(f"sigma_h must be a finite number > 0, got {sigma_h!r}")
+        f = LowPassFilter("gaussian", sigma_h, padding=padding)
+        if len(_H_CACHE) > 64:
+            _H_CACHE.clear()
+        _H_CACHE[key] = f
+    return f
