@@ -21,3 +21,7 @@ from .gradients import (  # noqa: E402
 
 __all__ += ["AttackObjective", "GradientEstimate", "GradientEstimator", "PlainGradient",
             "SmoothedGradient"]
+
+from .deepfool import DeepFool  # noqa: E402
+
+__all__ += ["DeepFool"]
