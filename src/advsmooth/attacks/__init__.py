@@ -25,3 +25,7 @@ __all__ += ["AttackObjective", "GradientEstimate", "GradientEstimator", "PlainGr
 from .deepfool import DeepFool  # noqa: E402
 
 __all__ += ["DeepFool"]
+
+from .iterative import BIM, FGSM, IGSM, MIFGSM, PGD, IterativeAttack  # noqa: E402
+
+__all__ += ["BIM", "FGSM", "IGSM", "MIFGSM", "PGD", "IterativeAttack"]
