@@ -17,3 +17,29 @@ __all__ += ["FoolingRate", "fooling_rate", "per_class_fooling_rate", "robustness
 from .roughness import roughness  # noqa: E402
 
 __all__ += ["roughness"]
+
+from .transfer import (  # noqa: E402
+    DecisionBoundaryMap,
+    GradientSimilarity,
+    TransferMatrix,
+    correct_by_all,
+    decision_boundary_map,
+    destruction_curve,
+    destruction_rate,
+    gradient_similarity,
+    random_wrong_targets,
+    topk_success,
+    transfer_matrix,
+)
+from .transforms import (  # noqa: E402
+    JPEG,
+    GaussianBlur,
+    GaussianNoise,
+    Rotation,
+    make_transform,
+)
+
+__all__ += ["TransferMatrix", "transfer_matrix", "correct_by_all", "random_wrong_targets",
+            "topk_success", "destruction_rate", "destruction_curve", "GradientSimilarity",
+            "gradient_similarity", "DecisionBoundaryMap", "decision_boundary_map", "JPEG",
+            "GaussianBlur", "GaussianNoise", "Rotation", "make_transform"]
