@@ -1,0 +1,397 @@
+"""The model zoo: named models, :func:`load`, :func:`available`, digits models trained on first use,
+``torchvision:`` / ``timm:`` adapters and self-describing saved models.
+
+Checkpoint folder for the pretrained ``cifar10-*`` / ``mnist-*`` models: the ``models_dir=``
+argument (CLI ``--models-dir``), else ``$ADVSMOOTH_MODELS``, else ``./models`` and, as a
+convenience, ``../shared/models`` relative to the current working directory.
+
+``digits-*`` models are trained on the embedded digits train split the first time they are
+asked for (seeded, deterministic, seconds on a CPU) and cached in
+``advsmooth._utils.cache_dir() / "models"`` with a metadata JSON; later loads reuse the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from .._utils import cache_dir, optional_import
+from .checkpoints import file_sha256, load_checkpoint
+from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
+
+__all__ = ["ModelSpec", "ZOO", "load", "available", "spec", "models_dirs", "save_model",
+           "digits_model_path"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: architecture, input, where its weights come from, expected accuracy."""
+
+    name: str
+    arch: str
+    dataset: str
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    source: str  # "shared" (checkpoint file) or "digits" (trained on first use)
+    file: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    accuracy: float | None = None  # expected test accuracy in percent (README / recipe)
+    description: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+_CIFAR_ACC = {20: 81.03, 32: 82.56, 44: 82.67, 56: 83.20}
+
+ZOO: dict[str, ModelSpec] = {}
+for _d, _acc in _CIFAR_ACC.items():
+    ZOO[f"cifar10-resnet{_d}"] = ModelSpec(
+        f"cifar10-resnet{_d}", f"resnet{_d}", "cifar10", (3, 32, 32), 10, "shared",
+        f"cifar10_resnet{_d}.pt", IMAGENET_MEAN, IMAGENET_STD, accuracy=_acc,
+        description=f"CIFAR-10 ResNet-{_d} (akamaster, option A, ImageNet mean/std inside); "
+                    f"{_acc} % on the shared JPEG-decoded test set")
+ZOO["mnist-lenet"] = ModelSpec(
+    "mnist-lenet", "lenet", "mnist", (1, 28, 28), 10, "shared", "mnist_lenet_clean.pt",
+    accuracy=98.89, description="advertorch MNIST CNN, clean training")
+ZOO["mnist-lenet-pgd"] = ModelSpec(
+    "mnist-lenet-pgd", "lenet", "mnist", (1, 28, 28), 10, "shared", "mnist_lenet_pgdadv.pt",
+    accuracy=98.64, description="advertorch MNIST CNN, PGD adversarial training (Linf eps 0.3)")
+ZOO["mnist-mlp"] = ModelSpec(
+    "mnist-mlp", "mlp", "mnist", (1, 28, 28), 10, "shared", "mnist_mlp300_100.pt",
+    kwargs={"hidden": (300, 100)}, accuracy=98.17, description="advertorch MLP 784-300-100-10")
+
+#: bump when a digits recipe changes: cached models of another version are retrained
+DIGITS_RECIPE_VERSION = 1
+_DIGITS_RECIPES = {
+    "digits-fc": ("mlp", {"hidden": (300, 100)},
+                  {"epochs": 30, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "seed": 0}),
+    "digits-lenet": ("lenet", {},
+                     {"epochs": 15, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",
+                      "seed": 0}),
+    "digits-resnet20": ("resnet20", {},
+                        {"epochs": 8, "lr": 2e-3, "batch_size": 64, "optimizer": "adam",
+                         "seed": 0, "schedule": "cosine"}),
+}
+for _name, (_arch, _kw, _recipe) in _DIGITS_RECIPES.items():
+    ZOO[_name] = ModelSpec(
+        _name, _arch, "digits", (1, 28, 28), 10, "digits", kwargs=_kw, recipe=_recipe,
+        description=f"{_arch} trained on the embedded digits train split on first use "
+                    f"({_recipe['epochs']} epochs, seed {_recipe['seed']}), cached")
+
+
+def spec(name: str) -> ModelSpec:
+    """The zoo entry for ``name`` (``ValueError`` listing the known names otherwise)."""
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(ZOO)}, torchvision:NAME, "
+                         f"timm:NAME, or a path to a model saved by advsmooth")
+    return ZOO[name]
+
+
+def models_dirs(models_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Folders searched for pretrained checkpoint files, in order (see module docstring)."""
+    if models_dir is not None:
+        return [Path(models_dir).expanduser()]
+    env = os.environ.get("ADVSMOOTH_MODELS")
+    if env:
+        return [Path(env).expanduser()]
+    return [Path("models"), Path("..") / "shared" / "models"]
+
+
+def _find_checkpoint(file: str, models_dir: Any) -> Path:
+    dirs = models_dirs(models_dir)
+    for d in dirs:
+        if (d / file).is_file():
+            return d / file
+    tried = ", ".join(str(d / file) for d in dirs)
+    raise FileNotFoundError(f"checkpoint {file} not found: expected at {tried} (set "
+                            f"models_dir=, --models-dir or ADVSMOOTH_MODELS; nothing is "
+                            f"downloaded)")
+
+
+def _build(s: ModelSpec) -> nn.Module:
+    return create(s.arch, s.in_shape, s.num_classes, mean=s.mean, std=s.std, **dict(s.kwargs))
+
+
+# ----------------------------------------------------------------------------------------------
+# digits models: trained on first use, cached
+# ----------------------------------------------------------------------------------------------
+
+def digits_model_path(name: str) -> Path:
+    """Cache path of the weights of a digits model (its metadata is the same path + ``.json``)."""
+    spec(name)
+    return cache_dir() / "models" / f"{name}-v{DIGITS_RECIPE_VERSION}.pt"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock (POSIX ``flock``; a no-op where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_meta(pt: Path) -> dict[str, Any] | None:
+    meta_path = pt.with_name(pt.name + ".json")
+    if not (pt.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("recipe_version") != DIGITS_RECIPE_VERSION or meta.get("sha256") != file_sha256(pt):
+        return None
+    return meta
+
+
+def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
+    from .. import data as data_mod
+    from ..defenses.training import evaluate, train
+
+    recipe = dict(s.recipe)
+    seed = recipe["seed"]
+    train_xy = data_mod.load("digits", split="train")
+    test_xy = data_mod.load("digits", split="test")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _build(s)
+    t0 = time.perf_counter()
+    if verbose:
+        print(f"advsmooth: training {s.name} on the digits train split "
+              f"({len(train_xy[1])} images, {recipe['epochs']} epochs; first use only)...",
+              file=sys.stderr, flush=True)
+    train(model, train_xy, epochs=recipe["epochs"], lr=recipe["lr"],
+          batch_size=recipe["batch_size"], optimizer=recipe["optimizer"], seed=seed,
+          schedule=recipe.get("schedule"), show_progress=verbose)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(model, test_xy)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pt.with_name(f".{pt.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    meta = {
+        "name": s.name,
+        "arch": s.arch,
+        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
+        "data": "digits",
+        "train_split": "train",
+        "n_train": len(train_xy[1]),
+        "n_test": len(test_xy[1]),
+        "test_accuracy": round(100.0 * acc, 3),
+        "seed": seed,
+        "recipe": recipe,
+        "recipe_version": DIGITS_RECIPE_VERSION,
+        "train_seconds": round(seconds, 2),
+        "advsmooth": __version__,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sha256": file_sha256(tmp),
+    }
+    meta_path = pt.with_name(pt.name + ".json")
+    meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, pt)          # weights first, then the metadata that validates them
+    os.replace(meta_tmp, meta_path)
+    if verbose:
+        print(f"advsmooth: {s.name}: test accuracy {meta['test_accuracy']:.2f} % on "
+              f"{meta['n_test']} digits ({seconds:.1f} s); cached at {pt}",
+              file=sys.stderr, flush=True)
+    return meta
+
+
+def _load_digits(s: ModelSpec, *, retrain: bool, verbose: bool) -> tuple[nn.Module, dict]:
+    pt = digits_model_path(s.name)
+    meta = None if retrain else _read_meta(pt)
+    if meta is None:
+        with _file_lock(pt.with_name(pt.name + ".lock")):
+            meta = None if retrain else _read_meta(pt)  # another process may have trained it
+            if meta is None:
+                meta = _train_digits(s, pt, verbose)
+    model = _build(s)
+    load_checkpoint(model, pt)
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------
+# adapters
+# ----------------------------------------------------------------------------------------------
+
+def _torchvision_model(name: str, *, pretrained: bool, checkpoint: Any,
+                       allow_download: bool) -> nn.Module:
+    tv = optional_import("torchvision")
+    try:
+        net = tv.models.get_model(name, weights=None)
+    except ValueError as exc:
+        raise ValueError(f"unknown torchvision model {name!r}: {exc}") from None
+    if checkpoint is not None:
+        load_checkpoint(net, checkpoint)
+    elif pretrained:
+        weights = tv.models.get_model_weights(name).DEFAULT
+        url = weights.url
+        hub_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if not hub_file.is_file():
+            if not allow_download:
+                raise FileNotFoundError(
+                    f"pretrained weights for torchvision:{name} not found at {hub_file}; pass "
+                    f"allow_download=True (CLI --allow-download) to fetch {url}, or "
+                    f"checkpoint=PATH")
+            torch.hub.load_state_dict_from_url(url, progress=False)
+        load_checkpoint(net, hub_file)
+    return Normalized(net, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _timm_model(name: str, *, pretrained: bool, checkpoint: Any,
+                allow_download: bool) -> nn.Module:
+    timm = optional_import("timm")
+    if checkpoint is not None or not pretrained:
+        net = timm.create_model(name, pretrained=False)
+        if checkpoint is not None:
+            load_checkpoint(net, checkpoint)
+    else:
+        old = os.environ.get("HF_HUB_OFFLINE")
+        if not allow_download:
+            os.environ["HF_HUB_OFFLINE"] = "1"  # only the local Hugging Face cache
+        try:
+            net = timm.create_model(name, pretrained=True)
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"pretrained weights for timm:{name} are not in the local cache "
+                f"({type(exc).__name__}); pass allow_download=True (CLI --allow-download) or "
+                f"checkpoint=PATH") from None
+        finally:
+            if not allow_download:
+                if old is None:
+                    os.environ.pop("HF_HUB_OFFLINE", None)
+                else:
+                    os.environ["HF_HUB_OFFLINE"] = old
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean = cfg.get("mean", IMAGENET_MEAN)
+    std = cfg.get("std", IMAGENET_STD)
+    return Normalized(net, mean, std)
+
+
+# ----------------------------------------------------------------------------------------------
+# self-describing saved models (what `advsmooth train` writes)
+# ----------------------------------------------------------------------------------------------
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
+               in_shape: Sequence[int], num_classes: int, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, **info: Any) -> Path:
+    """Save ``model.state_dict()`` to ``path`` and a description to ``path + '.json'`` so that
+    :func:`load` can rebuild it from the path alone. ``info`` may add JSON-serialisable facts
+    (data, accuracy, ...) and ``kwargs`` (architecture keyword arguments)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, p)
+    desc = {"arch": arch, "in_shape": list(in_shape), "num_classes": int(num_classes),
+            "mean": list(mean) if mean is not None else None,
+            "std": list(std) if std is not None else None,
+            "kwargs": info.pop("kwargs", {}), "sha256": file_sha256(p),
+            "advsmooth": __version__, **info}
+    p.with_name(p.name + ".json").write_text(json.dumps(desc, indent=2))
+    return p
+
+
+def _load_saved(path: Path) -> nn.Module:
+    meta_path = path.with_name(path.name + ".json")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} has no description {meta_path.name} next to it; build "
+                                f"the model with advsmooth.models.create(...) and use "
+                                f"advsmooth.models.load_checkpoint(model, {str(path)!r})")
+    desc = json.loads(meta_path.read_text())
+    model = create(desc["arch"], tuple(desc["in_shape"]), int(desc["num_classes"]),
+                   mean=desc.get("mean"), std=desc.get("std"), **desc.get("kwargs", {}))
+    return load_checkpoint(model, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+
+def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
+         device: torch.device | str = "cpu", pretrained: bool = True,
+         checkpoint: str | os.PathLike[str] | None = None, allow_download: bool = False,
+         retrain: bool = False, verbose: bool = True) -> nn.Module:
+    """Load a model by name, in eval mode, on ``device``, taking ``[0, 1]`` pixels.
+
+    ``name`` is a zoo name (see :func:`available`): ``cifar10-resnet20/32/44/56``,
+    ``mnist-lenet``, ``mnist-lenet-pgd``, ``mnist-mlp`` (checkpoints in ``models_dir``),
+    ``digits-fc``, ``digits-lenet``, ``digits-resnet20`` (trained on first use, cached;
+    ``retrain=True`` forces training); ``torchvision:NAME`` / ``timm:NAME`` (optional extras;
+    pretrained weights only from the local cache unless ``allow_download=True``, or from
+    ``checkpoint=``); or the path of a model saved with :func:`save_model` (``advsmooth train``).
+    ``checkpoint=`` loads user weights (``weights_only=True``) into a zoo architecture.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    model: nn.Module
+    if name.startswith("torchvision:"):
+        model = _torchvision_model(name.split(":", 1)[1], pretrained=pretrained,
+                                   checkpoint=checkpoint, allow_download=allow_download)
+    elif name.startswith("timm:"):
+        model = _timm_model(name.split(":", 1)[1], pretrained=pretrained,
+                            checkpoint=checkpoint, allow_download=allow_download)
+    elif name not in ZOO and (name.endswith((".pt", ".pth")) or os.sep in name):
+        model = _load_saved(Path(name).expanduser())
+    else:
+        s = spec(name)
+        if checkpoint is not None:
+            model = load_checkpoint(_build(s), checkpoint)
+        elif not pretrained:
+            model = _build(s)
+        elif s.source == "shared":
+            assert s.file is not None
+            model = load_checkpoint(_build(s), _find_checkpoint(s.file, models_dir))
+        else:
+            model, _ = _load_digits(s, retrain=retrain, verbose=verbose)
+    return model.to(device).eval()
+
+
+def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """One dict per zoo model: name, arch, dataset, in_shape, num_classes, source, accuracy,
+    description, ``available`` (weights present here, or trainable on first use) and
+    ``cached`` (digits models: already trained and cached)."""
+    rows = []
+    for s in ZOO.values():
+        row = {k: v for k, v in asdict(s).items() if k not in ("kwargs", "recipe", "mean", "std")}
+        row["normalization"] = ({"mean": list(s.mean), "std": list(s.std)}
+                                if s.mean is not None and s.std is not None else None)
+        if s.source == "shared":
+            assert s.file is not None
+            try:
+                row["path"] = str(_find_checkpoint(s.file, models_dir))
+                row["available"] = True
+            except FileNotFoundError:
+                row["path"] = None
+                row["available"] = False
+            row["cached"] = None
+        else:
+            meta = _read_meta(digits_model_path(s.name))
+            row["available"] = True
+            row["cached"] = meta is not None
+            row["path"] = str(digits_model_path(s.name)) if meta is not None else None
+            if meta is not None:
+                row["accuracy"] = meta["test_accuracy"]
+        rows.append(row)
+    return rows
