@@ -29,3 +29,7 @@ __all__ += ["DeepFool"]
 from .iterative import BIM, FGSM, IGSM, MIFGSM, PGD, IterativeAttack  # noqa: E402
 
 __all__ += ["BIM", "FGSM", "IGSM", "MIFGSM", "PGD", "IterativeAttack"]
+
+from .nattack import NAttack  # noqa: E402
+
+__all__ += ["NAttack"]
