@@ -33,3 +33,7 @@ __all__ += ["BIM", "FGSM", "IGSM", "MIFGSM", "PGD", "IterativeAttack"]
 from .nattack import NAttack  # noqa: E402
 
 __all__ += ["NAttack"]
+
+from .smoothing_gradients import ExpectationGradient, SmoothAdvGradient  # noqa: E402
+
+__all__ += ["ExpectationGradient", "SmoothAdvGradient"]

@@ -1,0 +1,148 @@
+"""EPGD / SmoothAdv-PGD gradient estimators in the iterative engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TinyCNN
+
+from advsmooth.attacks import PGD, ExpectationGradient, SmoothAdvGradient
+from advsmooth.attacks.gradients import AttackObjective
+from advsmooth.defenses import SmoothedClassifier
+
+VARIANTS = ("prob_average", "logit_average", "expected_loss")
+
+
+@pytest.fixture
+def setup():
+    model = TinyCNN(channels=1, num_classes=4, seed=5).double().eval()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = model(x).argmax(1)
+    return model, x, y
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_m1_sigma0_equals_pgd(setup, variant):
+    model, x, y = setup
+    kw = dict(eps=0.1, alpha=0.02, steps=5, random_start=True, seed=7)
+    ref = PGD(**kw)(model, x, y)
+    res = PGD(gradient=ExpectationGradient(0.0, 1, variant=variant), **kw)(model, x, y)
+    assert torch.equal(res.x_adv, ref.x_adv)
+    assert torch.equal(res.grad_evals, ref.grad_evals)
+
+
+def _manual_grad(model, x, y, noise, variant):
+    xv = x.clone().requires_grad_(True)
+    m = noise.shape[0]
+    z = model((xv.unsqueeze(0) + noise).reshape(-1, *x.shape[1:])).reshape(m, x.shape[0], -1)
+    yy = y.expand(m, -1)
+    if variant == "prob_average":
+        p = z.softmax(-1).gather(-1, yy[..., None])[..., 0].mean(0)
+        loss = -p.log()
+    elif variant == "logit_average":
+        loss = torch.nn.functional.cross_entropy(z.mean(0), y, reduction="none")
+    else:
+        loss = torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), yy.reshape(-1),
+                                                 reduction="none").reshape(m, -1).mean(0)
+    (g,) = torch.autograd.grad(loss.sum(), xv)
+    return g, loss.detach()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_estimator_matches_formula(setup, variant, chunk):
+    model, x, y = setup
+    sigma, m = 0.2, 5
+    est = ExpectationGradient(sigma, m, variant=variant, chunk_size=chunk)
+    obj = AttackObjective("ce", y)
+    out = est.estimate(model, x, obj, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn((m, *x.shape), generator=torch.Generator().manual_seed(4),
+                        dtype=x.dtype) * sigma
+    g, loss = _manual_grad(model, x, y, noise, variant)
+    torch.testing.assert_close(out.grad, g)
+    torch.testing.assert_close(out.value, loss)
+    assert out.grad_evals == m
+
+
+def test_variants_differ_with_noise_and_coincide_without(setup):
+    model, x, y = setup
+    obj = AttackObjective("ce", y)
+    grads = [ExpectationGradient(0.3, 6, variant=v).estimate(
+        model, x, obj, generator=torch.Generator().manual_seed(1)).grad for v in VARIANTS]
+    assert not torch.allclose(grads[0], grads[1]) and not torch.allclose(grads[0], grads[2])
+    flat = [ExpectationGradient(0.0, 6, variant=v).estimate(model, x, obj).grad for v in VARIANTS]
+    torch.testing.assert_close(flat[0], flat[1])
+    torch.testing.assert_close(flat[0], flat[2])
+
+
+@pytest.mark.parametrize("grad", [ExpectationGradient(0.25, 4), SmoothAdvGradient(0.25, 4),
+                                  ExpectationGradient(0.25, 4, variant="expected_loss")])
+def test_ball_box_cost_and_hygiene(setup, grad):
+    model, x, y = setup
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    x0 = x.clone()
+    res = PGD(eps=0.05, alpha=0.02, steps=3, random_start=True, gradient=grad)(model, x, y)
+    assert float((res.x_adv - x).abs().max()) <= 0.05
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    assert torch.equal(x, x0)
+    assert torch.equal(torch.get_rng_state(), rng)
+    att = ~res.skipped
+    assert bool((res.grad_evals[att] == 3 * 4).all())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_against_smoothed_classifier_takes_its_sigma(setup):
+    model, x, y = setup
+    sm = SmoothedClassifier(model, 0.2, 8, vote="prediction", seed=0)
+    obj = AttackObjective("ce", y)
+    g_sm = ExpectationGradient(None, 4).estimate(sm, x, obj,
+                                                 generator=torch.Generator().manual_seed(3)).grad
+    g_base = ExpectationGradient(0.2, 4).estimate(model, x, obj,
+                                                  generator=torch.Generator().manual_seed(3)).grad
+    torch.testing.assert_close(g_sm, g_base)
+    res = PGD(eps=0.1, alpha=0.03, steps=2, gradient=ExpectationGradient(None, 4))(sm, x, y)
+    assert float((res.x_adv - x).abs().max()) <= 0.1
+    with pytest.raises(ValueError, match="SmoothedClassifier"):
+        ExpectationGradient(None, 4).estimate(model, x, obj)
+
+
+def test_normalized_noise_space(setup):
+    model, x, y = setup
+    obj = AttackObjective("ce", y)
+    a = ExpectationGradient(0.4, 3, noise_space="normalized", std=0.5).estimate(
+        model, x, obj, generator=torch.Generator().manual_seed(0))
+    b = ExpectationGradient(0.2, 3).estimate(model, x, obj,
+                                             generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_targeted_prob_average_pulls_towards_target(setup):
+    model, x, y = setup
+    t = (y + 1) % 4
+    obj = AttackObjective("ce", y, t)
+    est = ExpectationGradient(0.1, 4).estimate(model, x, obj,
+                                               generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((4, *x.shape), generator=torch.Generator().manual_seed(0),
+                        dtype=x.dtype) * 0.1
+    z = model((x.unsqueeze(0) + noise).reshape(-1, 1, 8, 8)).reshape(4, 6, 4)
+    logp_t = torch.log(z.softmax(-1).gather(-1, t.expand(4, -1)[..., None])[..., 0].mean(0))
+    torch.testing.assert_close(est.value, logp_t)
+    assert math.isfinite(float(est.grad.abs().sum()))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="variant"):
+        ExpectationGradient(0.1, 4, variant="mean")
+    with pytest.raises(ValueError, match="sigma"):
+        ExpectationGradient(-0.1, 4)
+    with pytest.raises(ValueError, match="samples"):
+        ExpectationGradient(0.1, 0)
+    with pytest.raises(ValueError, match="noise_space"):
+        ExpectationGradient(0.1, 4, noise_space="latent")
+    with pytest.raises(ValueError, match="std"):
+        ExpectationGradient(0.1, 4, std=0.5)
+    assert "variant='prob_average'" in repr(ExpectationGradient(0.1, 8))
+    assert "SmoothAdvGradient(sigma=0.1" in repr(SmoothAdvGradient(0.1, 8))
