@@ -29,3 +29,8 @@ from .training import (  # noqa: E402
 )
 
 __all__ += ["METHODS", "StandardTraining", "TrainingMethod", "evaluate", "get_method", "train"]
+
+from . import methods  # noqa: E402  (registers the robust training methods in METHODS)
+from .methods import finetune, pgd_linf  # noqa: E402
+
+__all__ += ["methods", "finetune", "pgd_linf"]

@@ -290,9 +290,18 @@ def train(
 
     dev = torch.device(device) if device is not None else _device_of(model)
     model.to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: Any = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
+    # optional method hooks (defenses.methods): parameter groups (no weight decay on noise
+    # scales) and a training set prepared once from the starting model (DeepFool fine-tuning)
+    if hasattr(meth, "parameter_groups"):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]}
+                  for g in meth.parameter_groups(model, weight_decay)]
+        params = [g for g in params if g["params"]]
+    if hasattr(meth, "prepare"):
+        src = meth.prepare(model, src, out_dir=out_dir, device=dev, show_progress=show_progress)
+        n = _length(src)
     opt: torch.optim.Optimizer
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
