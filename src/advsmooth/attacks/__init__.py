@@ -37,3 +37,7 @@ __all__ += ["NAttack"]
 from .smoothing_gradients import ExpectationGradient, SmoothAdvGradient  # noqa: E402
 
 __all__ += ["ExpectationGradient", "SmoothAdvGradient"]
+
+from .universal import UniversalPerturbation, universal_fooling_rate  # noqa: E402
+
+__all__ += ["UniversalPerturbation", "universal_fooling_rate"]
