@@ -1,0 +1,63 @@
+"""``advsmooth run SPEC.toml --out DIR``: run (or resume) an experiment spec.
+
+Under ``torchrun --nproc_per_node=N -m advsmooth run SPEC.toml`` the samples are sharded over
+the N processes and rank 0 writes the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run", help="run or resume an experiment spec (TOML) into a result store",
+        description="Validate SPEC, expand its grid into cells and run every batch not yet in "
+                    "DIR/results.sqlite (re-running resumes). Exit status 2 on an invalid spec.")
+    p.add_argument("spec", help="experiment spec (TOML), e.g. experiments/digits_deepfool.toml")
+    p.add_argument("--out", "-o", default=None,
+                   help="output directory (default: runs/<spec name>)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or auto (default: the spec's device, else auto)")
+    p.add_argument("--data-root", default=None, help="folder holding dataset files")
+    p.add_argument("--save-adversarial", action="store_true", default=None,
+                   help="also save adversarial examples as .npz artefacts")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the spec and list its cells; run nothing")
+    p.add_argument("--report", action="store_true",
+                   help="write the report (advsmooth report DIR) after the run")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..experiments import SpecError, expand_cells, load_spec, run_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"advsmooth run: error: {exc}", file=sys.stderr)
+        return 2
+    if args.device is not None and args.device not in ("auto", "cpu", "mps") \
+            and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N, mps or auto, got {args.device!r}")
+    if args.check:
+        cells = expand_cells(spec)
+        print(f"{args.spec}: valid; {len(cells)} cell(s)")
+        for c in cells:
+            where = f"{c.dataset.key}/{c.model.key}" if c.dataset and c.model else "study"
+            print(f"  {c.cell_id}  {where:28s} {c.label}")
+        return 0
+    result = run_spec(args.spec, args.out, device=args.device, data_root=args.data_root,
+                      progress=not args.no_progress, save_adversarial=args.save_adversarial)
+    if result.rank == 0:
+        print(result)
+        if args.report:
+            from ..report import build_report
+
+            paths = build_report(result.out_dir)
+            print(f"report: {paths['html']}")
+    return 0

@@ -1,0 +1,583 @@
+"""Experiment specs: a TOML file describing a grid of datasets × models × attacks (+ studies).
+
+A spec is parsed with :mod:`tomllib` and validated with pydantic *before anything runs*. Every
+problem is reported as ``FILE: KEY.PATH: what was expected (got VALUE)``; all problems of a file
+are collected into one :class:`SpecError` (a ``ValueError``), which the CLI turns into exit
+status 2.
+
+Validation has two passes:
+
+1. **structure** (pydantic, ``extra="forbid"``): unknown keys, wrong types, impossible values
+   (``n = 0``, an empty grid, a negative seed, ...);
+2. **meaning**: dataset names and splits exist, every model name is known, every attack of
+   every grid point can be constructed with its parameters (the attack constructors validate
+   their own hyper-parameters), study tasks exist and accept their parameters, report tables and
+   plots refer to known metrics and grid parameters.
+
+Example::
+
+    name = "digits-deepfool"
+    seed = 0
+    batch_size = 50
+
+    [[datasets]]
+    name = "digits"
+    split = "test"
+    sample = 100          # a seeded random subset (or n = 100: the first 100)
+
+    [[models]]
+    name = "digits-lenet"
+
+    [[attacks]]
+    name = "smoothfool"
+    params = { max_iter = 20 }
+    grid = { sigma = [1, 2, 5, 10] }
+
+    [report]
+    tables = ["summary", "per_class"]
+    [[report.plots]]
+    kind = "curve"
+    x = "sigma"
+    y = "fooling_rate"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Spec",
+    "SpecError",
+    "DatasetSpec",
+    "ModelSpec",
+    "AttackSpec",
+    "StudySpec",
+    "TableSpec",
+    "PlotSpec",
+    "ReportSpec",
+    "load_spec",
+    "parse_spec",
+    "spec_hash",
+    "ATTACK_METRICS",
+    "BUILTIN_TABLES",
+]
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+ParamValue = Scalar | list[Scalar] | None
+
+#: per-cell metrics of attack cells (the columns of the ``cells`` summary, see ``store.py``)
+ATTACK_METRICS: dict[str, str] = {
+    "n": "number of samples",
+    "n_correct": "samples classified correctly before the attack",
+    "accuracy": "clean accuracy",
+    "adv_accuracy": "accuracy on the adversarial inputs (all samples)",
+    "fooling_rate": "fooling rate over correctly classified samples",
+    "rho_adv": "mean ||r||2/||x||2 over successfully attacked correct samples",
+    "rho_inf": "mean ||r||inf/||x||inf over successfully attacked correct samples",
+    "mean_l2": "mean ||r||2 over successfully attacked correct samples",
+    "median_l2": "median ||r||2 over successfully attacked correct samples",
+    "mean_linf": "mean ||r||inf over successfully attacked correct samples",
+    "omega": "mean roughness Omega (sigma_h = 1) over successfully attacked correct samples",
+    "omega_n": "mean normalised roughness Omega_n over successfully attacked correct samples",
+    "iterations": "mean attack iterations over correct samples",
+    "forward_evals": "mean forward evaluations per image",
+    "grad_evals": "mean gradient evaluations per image",
+    "seconds_per_sample": "wall-clock seconds per sample",
+}
+
+#: built-in table kinds (see ``advsmooth.report.tables``)
+BUILTIN_TABLES = ("summary", "per_class", "sigma_threshold", "pivot", "study")
+
+_DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?|mps)$"
+
+
+class SpecError(ValueError):
+    """A spec that failed validation; ``errors`` holds one ``(key_path, message)`` per problem."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in errors]
+        head = f"{source}: invalid experiment spec ({len(errors)} problem(s))"
+        super().__init__("\n".join([head, *lines]) if len(lines) > 1 else lines[0])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class DatasetSpec(_Strict):
+    """One dataset: ``name`` (``digits``, ``mnist``, ``cifar10``, ..., ``npz:PATH``), split and
+    selection (``n`` first samples or a seeded random ``sample``; neither = the whole split)."""
+
+    name: StrictStr = Field(min_length=1)
+    split: StrictStr = "test"
+    n: Annotated[StrictInt, Field(ge=1)] | None = None
+    sample: Annotated[StrictInt, Field(ge=1)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0)] | None = None
+    root: StrictStr | None = None
+    label: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> DatasetSpec:
+        if self.n is not None and self.sample is not None:
+            raise ValueError("give at most one of n (first n samples) and sample "
+                             "(seeded random subset)")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class ModelSpec(_Strict):
+    """One model of the zoo (``advsmooth.models.load(name)``), optionally restricted to some
+    datasets (by dataset label; default: every dataset of the spec)."""
+
+    name: StrictStr = Field(min_length=1)
+    label: StrictStr | None = None
+    datasets: list[StrictStr] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _check_params(v: dict[str, Any]) -> dict[str, Any]:
+    for k in v:
+        if not k.isidentifier():
+            raise ValueError(f"parameter names must be identifiers, got {k!r}")
+    return v
+
+
+class AttackSpec(_Strict):
+    """An attack (registry name or ``module:Class``), fixed ``params`` and a ``grid`` of
+    parameter lists whose Cartesian product gives one cell per combination."""
+
+    name: StrictStr = Field(min_length=1)
+    label: StrictStr | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    grid: dict[str, Annotated[list[ParamValue], Field(min_length=1)]] = Field(default_factory=dict)
+    models: list[StrictStr] | None = None
+    batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    _v_params = field_validator("params", "grid")(_check_params)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> AttackSpec:
+        both = sorted(set(self.params) & set(self.grid))
+        if both:
+            raise ValueError(f"parameter(s) {both} appear in both params and grid")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every parameter combination of the grid (grid order: first key varies slowest)."""
+        keys = list(self.grid)
+        combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
+        return [{**self.params, **dict(zip(keys, c))} for c in combos]
+
+
+class StudySpec(_Strict):
+    """A registered study task (``advsmooth.experiments.tasks``) with ``params`` and an optional
+    ``grid``; each grid point is one cell whose result is a table of rows."""
+
+    task: StrictStr = Field(min_length=1)
+    label: StrictStr | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+
+    _v_params = field_validator("params", "grid")(_check_params)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> StudySpec:
+        both = sorted(set(self.params) & set(self.grid))
+        if both:
+            raise ValueError(f"parameter(s) {both} appear in both params and grid")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.label or self.task
+
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
+        return [{**self.params, **dict(zip(keys, c))} for c in combos]
+
+
+class TableSpec(_Strict):
+    """A table of the report.
+
+    * ``summary``: one row per attack cell with ``metrics`` as columns;
+    * ``pivot``: rows = ``rows`` fields, columns = ``columns`` fields × ``metrics``
+      (the layout of the papers' tables: networks down, attacks across);
+    * ``per_class``: fooling rate per true class (SmoothFool Table 2);
+    * ``sigma_threshold``: σ^A% for each ``levels`` entry over the grid parameter ``param``
+      (SmoothFool Fig. 6 numbers);
+    * ``study``: the rows of the study cells labelled ``source`` (optionally pivoted with
+      ``rows``/``columns``/``value``).
+    """
+
+    kind: Literal["summary", "pivot", "per_class", "sigma_threshold", "study"]
+    name: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    title: StrictStr | None = None
+    metrics: list[StrictStr] | None = None
+    rows: list[StrictStr] | None = None
+    columns: list[StrictStr] | None = None
+    value: StrictStr | None = None
+    param: StrictStr = "sigma"
+    levels: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [1.0, 0.5, 0.2])
+    source: StrictStr | None = None
+    scale: dict[str, StrictFloat | StrictInt] = Field(default_factory=dict)
+
+
+class PlotSpec(_Strict):
+    """A figure of the report.
+
+    * ``curve``: ``y`` against ``x``, one line per value of the ``hue`` fields (attack cells: x is a
+      grid parameter and y a metric, e.g. fooling rate vs σg; studies: columns of the study rows);
+    * ``heatmap``: a matrix ``rows`` × ``columns`` of ``value`` (transfer matrices);
+    * ``perturbation_grid``: clean image, perturbation and adversarial image for a few samples of
+      every attack cell (needs ``save_adversarial = true``).
+    """
+
+    kind: Literal["curve", "heatmap", "perturbation_grid"]
+    name: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    title: StrictStr | None = None
+    source: StrictStr | None = None
+    x: StrictStr | None = None
+    y: StrictStr | None = None
+    hue: list[StrictStr] | None = None
+    rows: StrictStr | None = None
+    columns: StrictStr | None = None
+    value: StrictStr | None = None
+    facet: StrictStr | None = None
+    xlabel: StrictStr | None = None
+    ylabel: StrictStr | None = None
+    logx: StrictBool = False
+    samples: Annotated[StrictInt, Field(ge=1, le=20)] = 4
+
+    @model_validator(mode="after")
+    def _fields(self) -> PlotSpec:
+        if self.kind == "curve" and (self.x is None or self.y is None):
+            raise ValueError("a curve needs x and y")
+        if self.kind == "heatmap" and None in (self.rows, self.columns, self.value):
+            raise ValueError("a heatmap needs rows, columns and value")
+        return self
+
+
+def _table_from_str(v: Any) -> Any:
+    if isinstance(v, str):
+        return {"kind": v}
+    return v
+
+
+class ReportSpec(_Strict):
+    """What ``advsmooth report`` produces: tables (built-in kind names or full tables), plots."""
+
+    title: StrictStr | None = None
+    tables: list[TableSpec] = Field(default_factory=lambda: [TableSpec(kind="summary")])
+    plots: list[PlotSpec] = Field(default_factory=list)
+
+    @field_validator("tables", mode="before")
+    @classmethod
+    def _strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [_table_from_str(t) for t in v]
+        return v
+
+
+class Spec(_Strict):
+    """A validated experiment spec (see the module docstring for the TOML layout)."""
+
+    name: StrictStr = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: StrictStr = ""
+    paper: StrictStr = ""
+    seed: Annotated[StrictInt, Field(ge=0, lt=2**63)] = 0
+    batch_size: Annotated[StrictInt, Field(ge=1)] = 64
+    device: StrictStr = Field(default="auto", pattern=_DEVICE_PATTERN)
+    save_adversarial: StrictBool = False
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    models: list[ModelSpec] = Field(default_factory=list)
+    attacks: list[AttackSpec] = Field(default_factory=list)
+    studies: list[StudySpec] = Field(default_factory=list)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @model_validator(mode="after")
+    def _consistency(self) -> Spec:
+        if not self.attacks and not self.studies:
+            raise ValueError("a spec needs at least one [[attacks]] or [[studies]] entry")
+        if self.attacks and (not self.datasets or not self.models):
+            raise ValueError("[[attacks]] need at least one [[datasets]] and one [[models]] entry")
+        for what, items in (("datasets", self.datasets), ("models", self.models),
+                            ("attacks", self.attacks), ("studies", self.studies)):
+            keys = [i.key for i in items]
+            dup = sorted({k for k in keys if keys.count(k) > 1})
+            if dup and what != "attacks":
+                raise ValueError(f"{what} labels must be unique, duplicated: {dup} "
+                                 "(set label = ...)")
+        return self
+
+    # -- derived ------------------------------------------------------------------------------
+    def canonical(self) -> dict[str, Any]:
+        """The validated spec as plain JSON data (defaults filled in)."""
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------------
+# errors and loading
+# ----------------------------------------------------------------------------------------------
+
+def _loc(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            s = str(part)
+            # pydantic adds the union member / validator name to some locations
+            if s.startswith(("function-", "list[", "dict[", "str", "int", "float", "bool",
+                             "tagged-union")) and s not in ("str",):
+                continue
+            out += ("." if out else "") + s
+    return out
+
+
+def _pydantic_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    seen: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False):
+        path = _loc(err.get("loc", ()))
+        etype = err.get("type", "")
+        msg = str(err.get("msg", "invalid value"))
+        if etype == "extra_forbidden":
+            msg = "unknown key (not part of the spec format; check the spelling)"
+        elif etype == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if "input" in err and etype not in ("missing",):
+            val = err["input"]
+            text = repr(val)
+            if len(text) > 60:
+                text = text[:57] + "..."
+            msg = f"{msg} (got {text})"
+        seen.setdefault(path, [])
+        if msg not in seen[path]:
+            seen[path].append(msg)
+    out = []
+    for path, msgs in seen.items():
+        # a union of scalar types yields one message per member: keep them on one line
+        out.append((path, "expected " + " or ".join(m.replace("Input should be ", "") for m in msgs)
+                    if len(msgs) > 1 else msgs[0]))
+    return out
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", check: bool = True) -> Spec:
+    """Validate spec data (a dict as read from TOML); raise :class:`SpecError` on any problem.
+
+    ``check=False`` skips the semantic pass (names of datasets/models/attacks/studies).
+    """
+    try:
+        spec = Spec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise SpecError(source, _pydantic_errors(exc)) from None
+    if check:
+        errors = semantic_errors(spec)
+        if errors:
+            raise SpecError(source, errors)
+    return spec
+
+
+def load_spec(path: str | os.PathLike[str], *, check: bool = True) -> Spec:
+    """Read and validate the TOML spec at ``path`` (``SpecError``/``FileNotFoundError``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"experiment spec not found: {p}")
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(p), [("", f"not valid TOML: {exc}")]) from None
+    return parse_spec(data, source=str(p), check=check)
+
+
+def spec_hash(spec: Spec) -> str:
+    """SHA-256 (hex, 16 chars) of the canonical JSON of the validated spec."""
+    blob = json.dumps(spec.canonical(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# semantic checks
+# ----------------------------------------------------------------------------------------------
+
+def _model_info(name: str) -> Any | None:
+    """The zoo entry of ``name`` (None for torchvision:/timm:/paths); ``ValueError`` if unknown."""
+    from .. import models
+
+    if ":" in name or name.endswith((".pt", ".pth")) or os.sep in name:
+        return None
+    return models.spec(name)
+
+
+def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Problems that need the registries: unknown names, impossible attack parameters."""
+    from .. import data
+    from . import tasks
+
+    errors: list[tuple[str, str]] = []
+    ds_keys = [d.key for d in spec.datasets]
+    for i, d in enumerate(spec.datasets):
+        if d.name.startswith("npz:"):
+            continue
+        if d.name not in data.names():
+            errors.append((f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
+                           f"{data.names()} or npz:PATH"))
+            continue
+        splits = data.info(d.name).splits
+        if d.split not in splits:
+            errors.append((f"datasets[{i}].split", f"expected one of {list(splits)} for "
+                           f"{d.name!r} (got {d.split!r})"))
+        size = data.info(d.name).sizes.get(d.split)
+        for key in ("n", "sample"):
+            v = getattr(d, key)
+            if v is not None and size is not None and v > size:
+                errors.append((f"datasets[{i}].{key}", f"expected at most {size} (the size of "
+                               f"{d.name} {d.split}) (got {v})"))
+    model_keys = [m.key for m in spec.models]
+    ds_by_key = {d.key: d for d in spec.datasets}
+    for i, m in enumerate(spec.models):
+        try:
+            minfo = _model_info(m.name)
+        except ValueError as exc:
+            errors.append((f"models[{i}].name", str(exc)))
+            minfo = None
+        for j, dk in enumerate(m.datasets or []):
+            if dk not in ds_keys:
+                errors.append((f"models[{i}].datasets[{j}]", f"expected a dataset label of this "
+                               f"spec {ds_keys} (got {dk!r})"))
+        if minfo is None:
+            continue
+        for dk in (m.datasets or ds_keys):
+            d = ds_by_key.get(dk)
+            if d is None or d.name not in data.names():
+                continue
+            shape = data.info(d.name).shape
+            if shape is not None and tuple(shape) != tuple(minfo.in_shape):
+                errors.append((f"models[{i}]", f"model {m.name!r} takes inputs of shape "
+                               f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
+                               f"{tuple(shape)}; restrict it with datasets = [...]"))
+    for i, a in enumerate(spec.attacks):
+        for j, mk in enumerate(a.models or []):
+            if mk not in model_keys:
+                errors.append((f"attacks[{i}].models[{j}]", f"expected a model label of this "
+                               f"spec {model_keys} (got {mk!r})"))
+        try:
+            tasks.attack_class(a.name)
+        except (ValueError, ImportError) as exc:
+            errors.append((f"attacks[{i}].name", str(exc)))
+            continue
+        for point in a.points():
+            try:
+                tasks.build_attack(a.name, point)
+            except (ValueError, TypeError) as exc:
+                grid_part = {k: point[k] for k in a.grid}
+                where = f"attacks[{i}]" + (f" (grid point {grid_part})" if grid_part else "")
+                errors.append((where + ".params", str(exc)))
+                break
+    for i, s in enumerate(spec.studies):
+        try:
+            task = tasks.get_task(s.task)
+        except ValueError as exc:
+            errors.append((f"studies[{i}].task", str(exc)))
+            continue
+        for point in s.points():
+            try:
+                task.check(point)
+            except (ValueError, TypeError) as exc:
+                errors.append((f"studies[{i}].params", str(exc)))
+                break
+    study_keys = [s.key for s in spec.studies]
+    grid_params = {k for a in spec.attacks for k in (*a.grid, *a.params)}
+    cell_fields = {"dataset", "model", "attack", "label", *grid_params}
+    for i, t in enumerate(spec.report.tables):
+        where = f"report.tables[{i}]"
+        if t.kind == "study":
+            if t.source not in study_keys:
+                errors.append((f"{where}.source", f"expected a study label of this spec "
+                               f"{study_keys} (got {t.source!r})"))
+            continue
+        for j, mname in enumerate(t.metrics or []):
+            if mname not in ATTACK_METRICS:
+                errors.append((f"{where}.metrics[{j}]", f"expected one of {list(ATTACK_METRICS)} "
+                               f"(got {mname!r})"))
+        for fld in ("rows", "columns"):
+            for j, name in enumerate(getattr(t, fld) or []):
+                if name not in cell_fields:
+                    errors.append((f"{where}.{fld}[{j}]", f"expected one of {sorted(cell_fields)} "
+                                   f"(got {name!r})"))
+        if t.kind == "sigma_threshold" and t.param not in grid_params:
+            errors.append((f"{where}.param", f"expected a grid parameter of an attack "
+                           f"{sorted(grid_params)} (got {t.param!r})"))
+        if not spec.attacks:
+            errors.append((f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"))
+    for i, p in enumerate(spec.report.plots):
+        where = f"report.plots[{i}]"
+        if p.source is not None:
+            if p.source not in study_keys:
+                errors.append((f"{where}.source", f"expected a study label of this spec "
+                               f"{study_keys} (or no source for attack cells) (got {p.source!r})"))
+            continue
+        if not spec.attacks:
+            errors.append((f"{where}.source", "plots of attack cells need [[attacks]]; set "
+                           "source = a study label"))
+            continue
+        if p.kind == "curve":
+            if p.x not in cell_fields | set(ATTACK_METRICS):
+                errors.append((f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
+                               f"or a metric (got {p.x!r})"))
+            if p.y not in ATTACK_METRICS:
+                errors.append((f"{where}.y", f"expected one of {list(ATTACK_METRICS)} "
+                               f"(got {p.y!r})"))
+            for j, h in enumerate(p.hue or []):
+                if h not in cell_fields:
+                    errors.append((f"{where}.hue[{j}]", f"expected one of {sorted(cell_fields)} "
+                                   f"(got {h!r})"))
+        elif p.kind == "heatmap":
+            for fld in ("rows", "columns"):
+                v = getattr(p, fld)
+                if v not in cell_fields:
+                    errors.append((f"{where}.{fld}", f"expected one of {sorted(cell_fields)} "
+                                   f"(got {v!r})"))
+            if p.value not in ATTACK_METRICS:
+                errors.append((f"{where}.value", f"expected one of {list(ATTACK_METRICS)} "
+                               f"(got {p.value!r})"))
+        elif p.kind == "perturbation_grid" and not spec.save_adversarial:
+            errors.append((f"{where}.kind", "a perturbation_grid needs save_adversarial = true"))
+    return errors
+

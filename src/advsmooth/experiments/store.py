@@ -1,0 +1,375 @@
+"""The SQLite result store of an experiment directory (``DIR/results.sqlite``, WAL mode).
+
+Tables:
+
+``specs``       every spec run into this directory (hash, canonical JSON, TOML text).
+``runs``        one row per invocation of the runner (start/finish time, world size, device).
+``cells``       one row per cell: its configuration, provenance (spec hash, advsmooth and torch
+                versions, seed, device, data and checkpoint hashes), status, timings and — for
+                attack cells — the summary metrics computed from its sample rows.
+``spec_cells``  which cells belong to which spec (and in which order).
+``batches``     one row per committed batch (which run and rank computed it, seconds).
+``samples``     one row per attacked sample (see :data:`SAMPLE_COLUMNS`).
+``study_rows``  the table rows produced by study cells (JSON per row).
+
+Every batch is committed in one transaction together with its ``batches`` row, so a process
+killed at any moment leaves only whole batches behind; the ``batches`` primary key makes a
+repeated batch an error rather than a silent duplicate. Summaries are recomputed from the sample
+rows, so they do not depend on how a run was interrupted or sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Store", "SAMPLE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "summarize",
+           "STORE_NAME"]
+
+STORE_NAME = "results.sqlite"
+
+#: per-sample columns (``samples`` table, besides cell_id, idx and batch)
+SAMPLE_COLUMNS = ("source_index", "label", "clean_pred", "adv_pred", "success", "l2", "linf",
+                  "x_l2", "x_linf", "omega", "omega_n", "iterations", "forward_evals", "grad_evals")
+_INT_COLUMNS = {"source_index", "label", "clean_pred", "adv_pred", "success", "iterations",
+                "forward_evals", "grad_evals"}
+
+#: summary metrics of an attack cell (columns of ``cells``)
+SUMMARY_COLUMNS = ("n", "n_correct", "accuracy", "adv_accuracy", "fooling_rate", "rho_adv",
+                   "rho_inf", "mean_l2", "median_l2", "mean_linf", "omega", "omega_n",
+                   "iterations", "forward_evals", "grad_evals")
+
+#: columns that depend on when/where a run happened (excluded when comparing runs)
+TIMING_COLUMNS = frozenset({"seconds", "seconds_per_sample", "started", "finished", "committed",
+                            "run_id", "rank", "added", "pid", "host", "world_size"})
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS specs (
+    spec_hash TEXT PRIMARY KEY, name TEXT, spec_json TEXT, spec_toml TEXT, added TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT, spec_hash TEXT, started TEXT, finished TEXT,
+    world_size INTEGER, device TEXT, pid INTEGER, host TEXT);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT, dataset TEXT, model TEXT,
+    attack TEXT, task TEXT, params_json TEXT, config_json TEXT,
+    n_samples INTEGER, n_batches INTEGER, batch_size INTEGER, seed INTEGER,
+    status TEXT NOT NULL DEFAULT 'pending',
+    spec_hash TEXT, advsmooth_version TEXT, torch_version TEXT, device TEXT,
+    data_hash TEXT, checkpoint_hash TEXT,
+    {", ".join(f"{c} REAL" for c in SUMMARY_COLUMNS)},
+    seconds REAL, seconds_per_sample REAL, started TEXT, finished TEXT);
+CREATE TABLE IF NOT EXISTS spec_cells (
+    spec_hash TEXT NOT NULL, cell_id TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (spec_hash, cell_id));
+CREATE TABLE IF NOT EXISTS batches (
+    cell_id TEXT NOT NULL, batch INTEGER NOT NULL, start INTEGER, stop INTEGER, n INTEGER,
+    run_id INTEGER, rank INTEGER, seconds REAL, committed TEXT,
+    PRIMARY KEY (cell_id, batch));
+CREATE TABLE IF NOT EXISTS samples (
+    cell_id TEXT NOT NULL, idx INTEGER NOT NULL, batch INTEGER NOT NULL,
+    {", ".join(f"{c} {'INTEGER' if c in _INT_COLUMNS else 'REAL'}" for c in SAMPLE_COLUMNS)},
+    PRIMARY KEY (cell_id, idx));
+CREATE TABLE IF NOT EXISTS study_rows (
+    cell_id TEXT NOT NULL, row INTEGER NOT NULL, data_json TEXT NOT NULL,
+    PRIMARY KEY (cell_id, row));
+"""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if hasattr(o, "tolist"):  # torch tensors
+        return o.tolist()
+    return str(o)
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys; NaN/inf kept as JSON extensions) of ``obj``."""
+    return json.dumps(obj, sort_keys=True, default=_json_default)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def summarize(cols: Mapping[str, np.ndarray], seconds: float = 0.0) -> dict[str, float | None]:
+    """Summary metrics of an attack cell from its per-sample columns (see ``ATTACK_METRICS``).
+
+    Metrics defined on correctly classified inputs (fooling rate, ρ_adv, norms, roughness) use
+    those only; norms and roughness also require a successful attack (the set D_s). Undefined
+    values (empty sets) are ``None``.
+    """
+    label = np.asarray(cols["label"])
+    n = int(label.shape[0])
+    clean = np.asarray(cols["clean_pred"])
+    adv = np.asarray(cols["adv_pred"])
+    success = np.asarray(cols["success"]).astype(bool)
+    correct = clean == label
+    ds = correct & success
+
+    def mean(v: np.ndarray, mask: np.ndarray) -> float | None:
+        v = np.asarray(v, dtype=np.float64)[mask]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else None
+
+    def median(v: np.ndarray, mask: np.ndarray) -> float | None:
+        v = np.asarray(v, dtype=np.float64)[mask]
+        return float(np.median(v)) if v.size else None
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.asarray(cols["l2"], np.float64) / np.asarray(cols["x_l2"], np.float64)
+        rho_inf = np.asarray(cols["linf"], np.float64) / np.asarray(cols["x_linf"], np.float64)
+    return {
+        "n": float(n),
+        "n_correct": float(correct.sum()),
+        "accuracy": float(correct.mean()) if n else None,
+        "adv_accuracy": float((adv == label).mean()) if n else None,
+        "fooling_rate": float(success[correct].mean()) if correct.any() else None,
+        "rho_adv": mean(rho, ds),
+        "rho_inf": mean(rho_inf, ds),
+        "mean_l2": mean(cols["l2"], ds),
+        "median_l2": median(cols["l2"], ds),
+        "mean_linf": mean(cols["linf"], ds),
+        "omega": mean(cols["omega"], ds),
+        "omega_n": mean(cols["omega_n"], ds),
+        "iterations": mean(cols["iterations"], correct),
+        "forward_evals": mean(cols["forward_evals"], np.ones(n, bool)),
+        "grad_evals": mean(cols["grad_evals"], np.ones(n, bool)),
+    }
+
+
+class Store:
+    """A result store at ``path`` (a ``results.sqlite`` file, or a directory holding one).
+
+    Use as a context manager or call :meth:`close`. ``readonly=True`` opens an existing store
+    without creating or migrating anything.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        p = Path(path)
+        if p.is_dir() or p.suffix != ".sqlite":
+            p = p / STORE_NAME
+        self.path = p
+        self.readonly = readonly
+        if readonly:
+            if not p.is_file():
+                raise FileNotFoundError(f"no result store at {p} (run `advsmooth run` first)")
+            self.conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+        else:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(p), timeout=60, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+        self.conn.row_factory = sqlite3.Row
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _tx(self, statements: Iterable[tuple[str, Any, bool]]) -> None:
+        """Run ``(sql, params, many)`` statements in one IMMEDIATE transaction."""
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params, many in statements:
+                if many:
+                    cur.executemany(sql, params)  # type: ignore[arg-type]
+                else:
+                    cur.execute(sql, params)  # type: ignore[arg-type]
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # -- runs and specs ------------------------------------------------------------------------
+    def add_spec(self, spec_hash: str, name: str, spec_json: Mapping[str, Any],
+                 toml_text: str) -> None:
+        self._tx([
+            ("INSERT OR IGNORE INTO specs VALUES (?,?,?,?,?)",
+             (spec_hash, name, dumps(spec_json), toml_text, _now()), False),
+            ("INSERT OR REPLACE INTO meta VALUES ('current_spec', ?)", (spec_hash,), False),
+        ])
+
+    def begin_run(self, spec_hash: str, world_size: int, device: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs (spec_hash, started, world_size, device, pid, host) "
+            "VALUES (?,?,?,?,?,?)",
+            (spec_hash, _now(), world_size, device, os.getpid(), os.uname().nodename))
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int) -> None:
+        self.conn.execute("UPDATE runs SET finished=? WHERE run_id=?", (_now(), run_id))
+
+    def current_spec(self) -> tuple[str, dict[str, Any], str]:
+        """``(hash, canonical spec dict, TOML text)`` of the spec last run into this store."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key='current_spec'").fetchone()
+        if row is None:
+            raise ValueError(f"{self.path} holds no experiment (no spec recorded)")
+        spec = self.conn.execute("SELECT spec_json, spec_toml FROM specs WHERE spec_hash=?",
+                                 (row[0],)).fetchone()
+        return row[0], json.loads(spec[0]), spec[1]
+
+    # -- cells ---------------------------------------------------------------------------------
+    def register_cells(self, spec_hash: str, cells: Sequence[Mapping[str, Any]]) -> None:
+        """Insert cells not yet known (keeping finished ones) and map them to ``spec_hash``."""
+        stmts: list[tuple[str, Any, bool]] = []
+        for pos, c in enumerate(cells):
+            stmts.append((
+                "INSERT INTO cells (cell_id, kind, label, dataset, model, attack, task, "
+                "params_json, config_json, n_samples, n_batches, batch_size, seed, spec_hash) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(cell_id) DO UPDATE SET "
+                "label=excluded.label, dataset=excluded.dataset, model=excluded.model, "
+                "attack=excluded.attack, task=excluded.task",
+                (c["cell_id"], c["kind"], c["label"], c.get("dataset"), c.get("model"),
+                 c.get("attack"), c.get("task"), dumps(c.get("params", {})),
+                 dumps(c.get("config", {})), c.get("n_samples"), c.get("n_batches"),
+                 c.get("batch_size"), c.get("seed"), spec_hash), False))
+            stmts.append(("INSERT OR REPLACE INTO spec_cells VALUES (?,?,?)",
+                          (spec_hash, c["cell_id"], pos), False))
+        self._tx(stmts)
+
+    def done_batches(self, cell_id: str) -> set[int]:
+        rows = self.conn.execute("SELECT batch FROM batches WHERE cell_id=?", (cell_id,)).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def cell_status(self, cell_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM cells WHERE cell_id=?", (cell_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def commit_batch(self, cell_id: str, batch: int, start: int, cols: Mapping[str, np.ndarray],
+                     *, run_id: int, rank: int, seconds: float) -> None:
+        """Commit the per-sample rows of one batch (samples ``start .. start+len-1``) atomically."""
+        n = len(cols["label"])
+        idx = np.arange(start, start + n)
+        data = [np.asarray(cols[c]) for c in SAMPLE_COLUMNS]
+        rows = []
+        for i in range(n):
+            row: list[Any] = [cell_id, int(idx[i]), int(batch)]
+            for name, col in zip(SAMPLE_COLUMNS, data):
+                v = col[i]
+                if name in _INT_COLUMNS:
+                    row.append(int(v))
+                else:
+                    fv = float(v)
+                    row.append(fv if math.isfinite(fv) else None)
+            rows.append(row)
+        marks = ",".join("?" * (3 + len(SAMPLE_COLUMNS)))
+        self._tx([
+            (f"INSERT INTO samples VALUES ({marks})", rows, True),
+            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+             (cell_id, int(batch), int(start), int(start + n), n, run_id, rank, float(seconds),
+              _now()), False),
+        ])
+
+    def commit_study(self, cell_id: str, rows: Sequence[Mapping[str, Any]], *, run_id: int,
+                     rank: int, seconds: float, meta: Mapping[str, Any]) -> None:
+        """Commit the rows of a study cell and mark it done, atomically."""
+        self._tx([
+            ("INSERT INTO study_rows VALUES (?,?,?)",
+             [(cell_id, i, dumps(dict(r))) for i, r in enumerate(rows)], True),
+            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+             (cell_id, 0, 0, len(rows), len(rows), run_id, rank, float(seconds), _now()), False),
+            ("UPDATE cells SET status='done', spec_hash=?, advsmooth_version=?, torch_version=?, "
+             "device=?, data_hash=?, checkpoint_hash=?, seconds=?, finished=? WHERE cell_id=?",
+             (meta.get("spec_hash"), meta.get("advsmooth_version"), meta.get("torch_version"),
+              meta.get("device"), meta.get("data_hash"), meta.get("checkpoint_hash"),
+              float(seconds), _now(), cell_id), False),
+        ])
+
+    def finalize_cell(self, cell_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Compute the summary of an attack cell from its samples and mark it done."""
+        cols = self.samples(cell_id)
+        secs = self.conn.execute("SELECT COALESCE(SUM(seconds),0), MIN(committed), MAX(committed) "
+                                 "FROM batches WHERE cell_id=?", (cell_id,)).fetchone()
+        summary = summarize(cols)
+        n = len(cols["label"])
+        sets = ", ".join(f"{c}=?" for c in SUMMARY_COLUMNS)
+        self._tx([(
+            f"UPDATE cells SET status='done', {sets}, spec_hash=?, advsmooth_version=?, "
+            "torch_version=?, device=?, data_hash=?, checkpoint_hash=?, seconds=?, "
+            "seconds_per_sample=?, started=?, finished=? WHERE cell_id=?",
+            (*[summary[c] for c in SUMMARY_COLUMNS], meta.get("spec_hash"),
+             meta.get("advsmooth_version"), meta.get("torch_version"), meta.get("device"),
+             meta.get("data_hash"), meta.get("checkpoint_hash"), float(secs[0]),
+             float(secs[0]) / n if n else None, secs[1], secs[2], cell_id), False)])
+        return summary
+
+    # -- reading -------------------------------------------------------------------------------
+    def cells(self, spec_hash: str | None = None) -> list[dict[str, Any]]:
+        """Cells of ``spec_hash`` (default: the current spec) in spec order, as dicts with
+        ``params`` and ``config`` decoded."""
+        if spec_hash is None:
+            spec_hash = self.current_spec()[0]
+        rows = self.conn.execute(
+            "SELECT c.*, s.position FROM cells c JOIN spec_cells s ON s.cell_id=c.cell_id "
+            "WHERE s.spec_hash=? ORDER BY s.position", (spec_hash,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["params"] = json.loads(d.pop("params_json") or "{}")
+            d["config"] = json.loads(d.pop("config_json") or "{}")
+            out.append(d)
+        return out
+
+    def samples(self, cell_id: str) -> dict[str, np.ndarray]:
+        """Per-sample columns of a cell ordered by sample index (``idx`` and ``batch`` included)."""
+        names = ("idx", "batch", *SAMPLE_COLUMNS)
+        rows = self.conn.execute(f"SELECT {', '.join(names)} FROM samples WHERE cell_id=? "
+                                 "ORDER BY idx", (cell_id,)).fetchall()
+        out: dict[str, np.ndarray] = {}
+        for j, name in enumerate(names):
+            if name in _INT_COLUMNS or name in ("idx", "batch"):
+                out[name] = np.array([r[j] for r in rows], dtype=np.int64)
+            else:
+                out[name] = np.array([np.nan if r[j] is None else r[j] for r in rows],
+                                     dtype=np.float64)
+        return out
+
+    def study_rows(self, cell_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT data_json FROM study_rows WHERE cell_id=? ORDER BY row",
+                                 (cell_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def batch_log(self) -> list[dict[str, Any]]:
+        """Every committed batch: cell_id, batch, run_id, rank, n."""
+        rows = self.conn.execute("SELECT cell_id, batch, run_id, rank, n FROM batches "
+                                 "ORDER BY cell_id, batch").fetchall()
+        return [dict(r) for r in rows]
+
+    def snapshot(self, *, exclude: Iterable[str] = TIMING_COLUMNS
+                 ) -> dict[str, list[tuple[Any, ...]]]:
+        """The contents of ``cells``, ``samples`` and ``study_rows`` (sorted rows), without the
+        columns in ``exclude`` — for comparing two runs of the same spec."""
+        skip = set(exclude)
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table, order in (("cells", "cell_id"), ("samples", "cell_id, idx"),
+                             ("study_rows", "cell_id, row")):
+            cols = [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+                    if r[1] not in skip]
+            rows = self.conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}")
+            out[table] = [tuple(r) for r in rows.fetchall()]
+        return out

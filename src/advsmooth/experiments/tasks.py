@@ -1,0 +1,343 @@
+"""Tasks an experiment cell can run: the built-in ``attack`` task and pluggable *study* tasks.
+
+* The **attack task** (``[[attacks]]`` in a spec) runs one configured attack on one model over the
+  selected samples of one dataset, batch by batch; each batch yields per-sample rows (see
+  :func:`attack_rows`) that the runner commits to the store.
+* A **study task** (``[[studies]]``) is any function ``fn(params, ctx) -> list[dict]`` returning
+  the rows of a table (one dict per row, JSON-serialisable values). Register one with
+  :func:`register_task`; ``check(params)`` validates parameters before anything runs.
+
+Built-in studies are registered lazily from the modules that implement them
+(``advsmooth.studies.transfer``, ``advsmooth.studies.smoothing``) when those are installed.
+
+Example::
+
+    from advsmooth.experiments import tasks
+
+    def my_study(params, ctx):
+        return [{"k": k, "square": k * k} for k in range(params["n"])]
+
+    tasks.register_task("squares", my_study, check=lambda p: None, description="demo")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Task",
+    "StudyContext",
+    "register_task",
+    "get_task",
+    "task_names",
+    "attack_class",
+    "build_attack",
+    "attack_names",
+    "attack_rows",
+    "batch_seed",
+    "roughness",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# attacks by name
+# ----------------------------------------------------------------------------------------------
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _registry() -> Any:
+    try:
+        return importlib.import_module("advsmooth.attacks.registry")
+    except ImportError:
+        return None
+
+
+def attack_names() -> list[str]:
+    """Attack names accepted in specs (the registry's, else the classes' lower-case names)."""
+    reg = _registry()
+    if reg is not None:
+        for attr in ("names", "available", "list_attacks"):
+            fn = getattr(reg, attr, None)
+            if callable(fn):
+                return sorted(str(n) for n in fn())
+    from .. import attacks
+    from ..attacks.base import Attack
+
+    out = []
+    for n in getattr(attacks, "__all__", dir(attacks)):
+        obj = getattr(attacks, n, None)
+        if inspect.isclass(obj) and issubclass(obj, Attack) and not inspect.isabstract(obj):
+            out.append(n.lower())
+    return sorted(out)
+
+
+def attack_class(name: str) -> type:
+    """The :class:`~advsmooth.attacks.Attack` subclass named ``name``.
+
+    ``name`` is a registry name (``"deepfool"``, ``"smoothfool"``, ...; case and ``-``/``_`` are
+    ignored) or an import path ``"package.module:ClassName"``.
+    """
+    from ..attacks.base import Attack
+
+    if ":" in name:
+        mod, _, cls_name = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), cls_name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import attack {name!r}: {exc}") from None
+        if not (inspect.isclass(obj) and issubclass(obj, Attack)):
+            raise ValueError(f"{name!r} is not an advsmooth.attacks.Attack subclass")
+        return obj
+    reg = _registry()
+    if reg is not None:
+        for attr in ("get", "attack_class", "lookup", "get_attack"):
+            fn = getattr(reg, attr, None)
+            if callable(fn):
+                try:
+                    obj = fn(name)
+                except (KeyError, ValueError):
+                    break
+                if inspect.isclass(obj):
+                    return obj
+                cls = getattr(obj, "cls", None) or getattr(obj, "attack_class", None)
+                if inspect.isclass(cls):
+                    return cls
+                break
+    from .. import attacks
+
+    want = _norm_name(name)
+    for n in dir(attacks):
+        obj = getattr(attacks, n)
+        if (inspect.isclass(obj) and issubclass(obj, Attack) and not inspect.isabstract(obj)
+                and _norm_name(n) == want):
+            return obj
+    raise ValueError(f"unknown attack {name!r}; expected one of {attack_names()} or "
+                     "'module:ClassName'")
+
+
+def build_attack(name: str, params: dict[str, Any]) -> Any:
+    """Construct the attack ``name`` with keyword ``params`` (``ValueError``/``TypeError`` on bad
+    parameters, naming them). Uses the attack registry's ``build`` when it exists."""
+    reg = _registry()
+    if ":" not in name and reg is not None and callable(getattr(reg, "build", None)):
+        try:
+            return reg.build(name, **params)
+        except TypeError as exc:
+            raise TypeError(f"{name}: {exc}") from None
+    cls = attack_class(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# determinism
+# ----------------------------------------------------------------------------------------------
+
+def batch_seed(seed: int, cell_id: str, batch: int) -> int:
+    """A 63-bit seed derived from ``(spec seed, cell id, batch index)`` only.
+
+    Resumed and sharded runs therefore draw exactly the random numbers of an uninterrupted
+    single-process run.
+    """
+    h = hashlib.sha256(f"{int(seed)}:{cell_id}:{int(batch)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the attack task: per-sample rows of one batch
+# ----------------------------------------------------------------------------------------------
+
+def _roughness_fn() -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+    """``r -> (Ω, Ωn)`` per sample with a Gaussian h of σh = 1 (ALGORITHMS.md §2), or None."""
+    candidates = []
+    try:
+        filters = importlib.import_module("advsmooth.filters")
+        candidates.append(getattr(filters, "roughness", None))
+    except ImportError:
+        pass
+    try:
+        metrics = importlib.import_module("advsmooth.metrics")
+        candidates.append(getattr(metrics, "roughness", None))
+    except ImportError:
+        pass
+    fn = next((c for c in candidates if callable(c)), None)
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters
+
+    def both(r: Tensor) -> tuple[Tensor, Tensor]:
+        kw: dict[str, Any] = {}
+        if "sigma_h" in params:
+            kw["sigma_h"] = 1.0
+        elif "sigma" in params:
+            kw["sigma"] = 1.0
+        om = fn(r, normalized=False, **kw)
+        omn = fn(r, normalized=True, **kw)
+        return om.reshape(-1), omn.reshape(-1)
+
+    return both
+
+
+_ROUGHNESS: list[Any] = []
+
+
+def roughness(r: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Per-sample ``(Ω, Ωn)`` of perturbations ``r`` (N×C×H×W), or None when unavailable."""
+    if not _ROUGHNESS:
+        _ROUGHNESS.append(_roughness_fn())
+    fn = _ROUGHNESS[0]
+    if fn is None:
+        return None
+    with torch.no_grad():
+        return fn(r.double())
+
+
+def attack_rows(attack: Any, model: nn.Module, x: Tensor, y: Tensor, *,
+                generator: torch.Generator) -> tuple[dict[str, np.ndarray], Tensor, float]:
+    """Run ``attack`` on one batch; return the per-sample columns, ``x_adv`` and the seconds.
+
+    Columns (numpy arrays of length N): label, clean_pred, adv_pred, success, l2, linf (of
+    ``r = x_adv − x``), x_l2, x_linf (of the clean input), omega, omega_n (roughness at σh = 1,
+    NaN when unavailable), iterations, forward_evals, grad_evals.
+    """
+    res = attack(model, x, y, generator=generator)
+    r = (res.x_adv - res.x).detach()
+    flat = r.flatten(1).double()
+    xf = res.x.flatten(1).double()
+    rough = roughness(r)
+    n = len(res)
+    nan = np.full(n, np.nan)
+    cols = {
+        "label": res.labels.cpu().numpy().astype(np.int64),
+        "clean_pred": res.clean_pred.cpu().numpy().astype(np.int64),
+        "adv_pred": res.adv_pred.cpu().numpy().astype(np.int64),
+        "success": res.success.cpu().numpy().astype(np.int64),
+        "l2": flat.norm(dim=1).cpu().numpy(),
+        "linf": (flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(n)).cpu().numpy(),
+        "x_l2": xf.norm(dim=1).cpu().numpy(),
+        "x_linf": (xf.abs().amax(dim=1) if xf.shape[1] else xf.new_zeros(n)).cpu().numpy(),
+        "omega": nan if rough is None else rough[0].cpu().numpy().astype(np.float64),
+        "omega_n": nan if rough is None else rough[1].cpu().numpy().astype(np.float64),
+        "iterations": res.iterations.cpu().numpy().astype(np.int64),
+        "forward_evals": res.forward_evals.cpu().numpy().astype(np.int64),
+        "grad_evals": res.grad_evals.cpu().numpy().astype(np.int64),
+    }
+    return cols, res.x_adv.detach(), float(res.elapsed)
+
+
+# ----------------------------------------------------------------------------------------------
+# study tasks
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class StudyContext:
+    """What a study task receives besides its parameters.
+
+    Attributes:
+        seed: a seed derived from the spec seed and the cell (use it for every random choice).
+        device: the torch device to run on.
+        data_root: the ``--data-root`` given to the runner (or None).
+        progress: whether progress bars are wanted.
+        cell_id: the id of the cell being run.
+    """
+
+    seed: int
+    device: torch.device
+    data_root: str | None = None
+    progress: bool = True
+    cell_id: str = ""
+    _models: dict[str, nn.Module] = field(default_factory=dict)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """A fresh generator seeded with :attr:`seed` on :attr:`device`."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.seed)
+        return g
+
+    def load_model(self, name: str) -> nn.Module:
+        """``advsmooth.models.load(name)`` in eval mode on :attr:`device` (cached per cell)."""
+        if name not in self._models:
+            from .. import models
+
+            self._models[name] = models.load(name).to(self.device).eval()
+        return self._models[name]
+
+    def load_data(self, name: str, split: str = "test", **kw: Any) -> tuple[Tensor, Tensor]:
+        """``advsmooth.data.load(name, split, root=data_root, **kw)`` moved to :attr:`device`."""
+        from .. import data
+
+        x, y = data.load(name, split, root=self.data_root, **kw)
+        return x.to(self.device), y.to(self.device)
+
+
+@dataclass
+class Task:
+    """A registered study task: ``fn(params, ctx) -> list[dict]`` plus a parameter check."""
+
+    name: str
+    fn: Callable[[dict[str, Any], StudyContext], list[dict[str, Any]]]
+    check: Callable[[dict[str, Any]], None] = lambda params: None
+    description: str = ""
+
+
+_TASKS: dict[str, Task] = {}
+_LAZY: dict[str, str] = {
+    # study name -> module that registers it on import
+    "transfer": "advsmooth.experiments.studies_builtin",
+    "smoothing": "advsmooth.experiments.studies_builtin",
+    "destruction": "advsmooth.experiments.studies_builtin",
+    "uap": "advsmooth.experiments.studies_builtin",
+}
+
+
+def register_task(name: str, fn: Callable[[dict[str, Any], StudyContext], list[dict[str, Any]]],
+                  *, check: Callable[[dict[str, Any]], None] | None = None,
+                  description: str = "", replace: bool = False) -> Task:
+    """Register a study task under ``name`` (``ValueError`` if taken, unless ``replace``)."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"task name must be a non-empty identifier-like string, got {name!r}")
+    if name == "attack":
+        raise ValueError("'attack' is the built-in attack task; choose another name")
+    if name in _TASKS and not replace:
+        raise ValueError(f"task {name!r} is already registered (pass replace=True)")
+    task = Task(name, fn, check or (lambda params: None), description)
+    _TASKS[name] = task
+    return task
+
+
+def _load_lazy() -> None:
+    for mod in sorted(set(_LAZY.values())):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+def get_task(name: str) -> Task:
+    """The study task registered as ``name`` (``ValueError`` naming the known ones)."""
+    if name not in _TASKS:
+        _load_lazy()
+    if name not in _TASKS:
+        raise ValueError(f"unknown study task {name!r}; expected one of {task_names()}")
+    return _TASKS[name]
+
+
+def task_names() -> list[str]:
+    """Names of the registered study tasks."""
+    _load_lazy()
+    return sorted(_TASKS)
