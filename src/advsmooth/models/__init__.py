@@ -61,3 +61,7 @@ __all__ = [
     "save_model",
     "spec",
 ]
+
+from .ensemble import Ensemble  # noqa: E402
+
+__all__ += ["Ensemble"]
