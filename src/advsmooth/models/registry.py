@@ -76,12 +76,13 @@ ZOO["mnist-mlp"] = ModelSpec(
 DIGITS_RECIPE_VERSION = 1
 _DIGITS_RECIPES = {
     "digits-fc": ("mlp", {"hidden": (300, 100)},
-                  {"epochs": 30, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "seed": 0}),
+                  {"epochs": 20, "lr": 1e-3, "batch_size": 32, "optimizer": "adam", "seed": 0,
+                   "schedule": "cosine"}),
     "digits-lenet": ("lenet", {},
-                     {"epochs": 15, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",
-                      "seed": 0}),
+                     {"epochs": 10, "lr": 2e-3, "batch_size": 32, "optimizer": "adam",
+                      "seed": 0, "schedule": "cosine"}),
     "digits-resnet20": ("resnet20", {},
-                        {"epochs": 8, "lr": 2e-3, "batch_size": 64, "optimizer": "adam",
+                        {"epochs": 5, "lr": 2e-3, "batch_size": 64, "optimizer": "adam",
                          "seed": 0, "schedule": "cosine"}),
 }
 for _name, (_arch, _kw, _recipe) in _DIGITS_RECIPES.items():
