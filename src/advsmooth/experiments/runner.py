@@ -78,6 +78,8 @@ class Cell:
             config["dataset"] = self.dataset.model_dump(mode="json")
         if self.model is not None:
             config["model"] = self.model.model_dump(mode="json")
+        if self.study is not None:
+            config["study"] = self.study.key
         return {
             "cell_id": self.cell_id, "kind": self.kind, "label": self.label,
             "dataset": None if self.dataset is None else self.dataset.key,

@@ -243,7 +243,7 @@ class Store:
                 "params_json, config_json, n_samples, n_batches, batch_size, seed, spec_hash) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(cell_id) DO UPDATE SET "
                 "label=excluded.label, dataset=excluded.dataset, model=excluded.model, "
-                "attack=excluded.attack, task=excluded.task",
+                "attack=excluded.attack, task=excluded.task, config_json=excluded.config_json",
                 (c["cell_id"], c["kind"], c["label"], c.get("dataset"), c.get("model"),
                  c.get("attack"), c.get("task"), dumps(c.get("params", {})),
                  dumps(c.get("config", {})), c.get("n_samples"), c.get("n_batches"),

@@ -1,0 +1,30 @@
+"""``advsmooth report DIR``: Markdown/CSV/JSON tables, PNG/SVG figures and a self-contained
+``report.html`` from the result store of an experiment directory."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "report", help="write tables, figures and report.html from an experiment's result store",
+        description="Read DIR/results.sqlite (written by `advsmooth run`) and write DIR/report/: "
+                    "tables (md, csv, json), figures (png, svg), report.md and a self-contained "
+                    "report.html that opens offline.")
+    p.add_argument("dir", help="experiment output directory (holding results.sqlite)")
+    p.add_argument("--out", "-o", default=None, help="report folder (default: DIR/report)")
+    p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib)")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..report.html import build_report
+
+    paths = build_report(args.dir, report_dir=args.out, figures=not args.no_figures)
+    print(f"{len(paths['tables']) // 3} table(s), {len(paths['figures']) // 2} figure(s) -> "
+          f"{paths['dir']}")
+    print(f"open {paths['html']}")
+    return 0

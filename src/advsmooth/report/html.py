@@ -1,0 +1,318 @@
+"""``advsmooth report DIR``: tables, figures and one self-contained ``report.html`` from a store.
+
+:func:`build_report` reads ``DIR/results.sqlite`` (and, for perturbation grids, the ``.npz``
+artefacts under ``DIR/artefacts``) and writes ``DIR/report/``:
+
+* ``tables/NAME.md``, ``tables/NAME.csv``, ``tables/NAME.json`` — every table;
+* ``figures/NAME.png`` and ``figures/NAME.svg`` — every figure (labelled axes, legends);
+* ``report.md`` — all tables and links to the figures;
+* ``report.html`` — everything in one file, figures embedded as base64 PNG, no external
+  resources (opens offline). ``<body data-figures-loaded="yes">`` is set by an inline script once
+  every figure has decoded (used by the headless-browser test).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tables import METRIC_DISPLAY, Table, attack_cells, build_tables, cell_field, study_rows_for
+
+__all__ = ["build_report", "build_figures", "render_html", "Figure"]
+
+
+class Figure:
+    """A figure of the report: a name, a caption and its PNG/SVG files."""
+
+    def __init__(self, name: str, caption: str, files: Sequence[Path]) -> None:
+        self.name = name
+        self.caption = caption
+        self.files = [Path(f) for f in files]
+
+    @property
+    def png(self) -> Path:
+        return next(f for f in self.files if f.suffix == ".png")
+
+
+def _axis_label(name: str) -> str:
+    if name in METRIC_DISPLAY:
+        return METRIC_DISPLAY[name][0]
+    return {"sigma": "σ_g (pixels)", "eps": "ε", "samples": "M (noise samples)"}.get(name, name)
+
+
+def _scaled(name: str, v: Any) -> Any:
+    if v is None:
+        return None
+    return float(v) * METRIC_DISPLAY.get(name, ("", 1.0))[1]
+
+
+def _series_attack(cells: Sequence[Mapping[str, Any]], x: str, y: str,
+                   hue: Sequence[str]) -> dict[str, tuple[list[Any], list[Any]]]:
+    series: dict[str, tuple[list[Any], list[Any]]] = {}
+    for c in attack_cells(cells):
+        xv = cell_field(c, x)
+        if xv is None:
+            continue
+        label = " / ".join(str(cell_field(c, h)) for h in hue) or "all"
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(_scaled(x, xv) if x in METRIC_DISPLAY else xv)
+        ys.append(_scaled(y, c.get(y)))
+    return series
+
+
+def _series_rows(rows: Sequence[Mapping[str, Any]], x: str, y: str,
+                 hue: Sequence[str]) -> dict[str, tuple[list[Any], list[Any]]]:
+    series: dict[str, tuple[list[Any], list[Any]]] = {}
+    for r in rows:
+        if x not in r or y not in r:
+            continue
+        label = " / ".join(str(r.get(h)) for h in hue) or y
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(r[x])
+        ys.append(r[y])
+    return series
+
+
+def _load_artefacts(out_dir: Path, cell_id: str, k: int) -> dict[str, np.ndarray] | None:
+    folder = out_dir / "artefacts" / cell_id
+    files = sorted(folder.glob("batch_*.npz")) if folder.is_dir() else []
+    if not files:
+        return None
+    parts: dict[str, list[np.ndarray]] = {}
+    total = 0
+    for f in files:
+        with np.load(f) as z:
+            for key in ("x", "x_adv", "label", "adv_pred"):
+                parts.setdefault(key, []).append(z[key])
+            total += len(z["label"])
+        if total >= k:
+            break
+    return {key: np.concatenate(v)[:k] for key, v in parts.items()}
+
+
+def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os.PathLike[str],
+                  spec: Mapping[str, Any] | None = None) -> list[Figure]:
+    """Draw the figures requested by the spec's ``[report]`` plots (PNG + SVG).
+
+    Without explicit plots: one fooling-rate curve per numeric grid parameter of the attacks,
+    and a perturbation grid per attack cell when adversarial examples were saved.
+    """
+    from . import plots_store
+
+    out_dir, fig_dir = Path(out_dir), Path(fig_dir)
+    if spec is None:
+        spec = store.current_spec()[1]
+    cells = store.cells()
+    plots = list(spec.get("report", {}).get("plots", []))
+    if not plots:
+        grid_keys: list[str] = []
+        for a in spec.get("attacks", []):
+            for k, vals in a.get("grid", {}).items():
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) \
+                        and k not in grid_keys and len(vals) > 1:
+                    grid_keys.append(k)
+        plots = [{"kind": "curve", "x": k, "y": "fooling_rate"} for k in grid_keys]
+        if spec.get("save_adversarial"):
+            plots.append({"kind": "perturbation_grid", "samples": 4})
+    figures: list[Figure] = []
+    used: set[str] = set()
+
+    def unique(base: str) -> str:
+        nm, i = base, 2
+        while nm in used:
+            nm, i = f"{base}_{i}", i + 1
+        used.add(nm)
+        return nm
+
+    for p in plots:
+        kind, source = p["kind"], p.get("source")
+        if kind == "curve":
+            x, y = p["x"], p["y"]
+            if source is None:
+                hue = p.get("hue") or ["dataset", "model", "attack"]
+                series = _series_attack(cells, x, y, hue)
+                ylim = (-2.0, 102.0) if y in ("fooling_rate", "accuracy", "adv_accuracy") else None
+            else:
+                hue = p.get("hue") or []
+                series = _series_rows(study_rows_for(store, cells, source), x, y, hue)
+                ylim = None
+            if not series:
+                continue
+            name = unique(p.get("name") or f"{source or 'cells'}_{y}_vs_{x}")
+            title = p.get("title") or f"{_axis_label(y)} vs {_axis_label(x)}"
+            files = plots_store.curve_plot(series, fig_dir / name,
+                                           xlabel=p.get("xlabel") or _axis_label(x),
+                                           ylabel=p.get("ylabel") or _axis_label(y),
+                                           title=title, logx=bool(p.get("logx")), ylim=ylim)
+            figures.append(Figure(name, title, files))
+        elif kind == "heatmap":
+            rows_f, cols_f, val_f = p["rows"], p["columns"], p["value"]
+            if source is None:
+                records = [{rows_f: cell_field(c, rows_f), cols_f: cell_field(c, cols_f),
+                            val_f: _scaled(val_f, c.get(val_f)),
+                            **({p["facet"]: cell_field(c, p["facet"])} if p.get("facet") else {})}
+                           for c in attack_cells(cells)]
+            else:
+                records = study_rows_for(store, cells, source)
+            facets: list[Any] = [None]
+            if p.get("facet"):
+                facets = []
+                for r in records:
+                    if r.get(p["facet"]) not in facets:
+                        facets.append(r.get(p["facet"]))
+            for fv in facets:
+                sub = [r for r in records if fv is None or r.get(p["facet"]) == fv]
+                rl: list[str] = []
+                cl: list[str] = []
+                vals: dict[tuple[str, str], Any] = {}
+                for r in sub:
+                    rk, ck = str(r.get(rows_f)), str(r.get(cols_f))
+                    if rk not in rl:
+                        rl.append(rk)
+                    if ck not in cl:
+                        cl.append(ck)
+                    vals[(rk, ck)] = r.get(val_f)
+                if not rl or not cl:
+                    continue
+                suffix = "" if fv is None else f"_{fv}"
+                base = p.get("name") or f"{source or 'cells'}_{val_f}_heatmap"
+                name = unique("".join(ch if ch.isalnum() or ch in "._-" else "_"
+                                      for ch in base + suffix))
+                title = (p.get("title") or f"{_axis_label(val_f)}") + \
+                    ("" if fv is None else f" ({p['facet']} = {fv})")
+                files = plots_store.heatmap_plot(
+                    [[vals.get((rk, ck)) for ck in cl] for rk in rl], rl, cl, fig_dir / name,
+                    xlabel=p.get("xlabel") or cols_f, ylabel=p.get("ylabel") or rows_f,
+                    value_label=_axis_label(val_f), title=title)
+                figures.append(Figure(name, title, files))
+        elif kind == "perturbation_grid":
+            from .figures import perturbation_grid
+
+            k = int(p.get("samples", 4))
+            for c in attack_cells(cells):
+                art = _load_artefacts(out_dir, c["cell_id"], k)
+                if art is None:
+                    continue
+                name = unique(p.get("name", "perturbations") + "_" + c["cell_id"][:8])
+                title = f"{c['label']} on {c['model']} ({c['dataset']})"
+                files = []
+                for fmt in ("png", "svg"):
+                    files.append(perturbation_grid(
+                        art["x"], art["x_adv"], art["label"], art["adv_pred"],
+                        fig_dir / f"{name}.{fmt}", max_images=k, title=title))
+                figures.append(Figure(name, "Clean (top, true label), adversarial (middle, "
+                                      f"prediction) and perturbation (bottom): {title}", files))
+    return figures
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1100px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table.results{border-collapse:collapse;font-size:.85em;margin:.5em 0 1em 0}
+table.results th,table.results td{border:1px solid #bbb;padding:.25em .55em;text-align:right}
+table.results th{background:#f0f0f0}
+table.results td:first-child,table.results th:first-child{text-align:left}
+figure{display:inline-block;margin:.5em 1em 1em 0;vertical-align:top}
+figure img{max-width:520px;border:1px solid #ddd}
+figcaption{font-size:.85em;max-width:520px;color:#444}
+.notes{font-size:.8em;color:#555}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
+"""
+
+_SCRIPT = """
+(function(){
+  function check(){
+    var imgs=document.images, ok=true;
+    for(var i=0;i<imgs.length;i++){ if(!(imgs[i].complete && imgs[i].naturalWidth>0)) ok=false; }
+    document.body.setAttribute('data-figure-count', String(imgs.length));
+    var n=document.querySelectorAll('table.results').length;
+    document.body.setAttribute('data-tables', String(n));
+    document.body.setAttribute('data-figures-loaded', ok ? 'yes' : 'no');
+  }
+  window.addEventListener('load', check);
+})();
+"""
+
+
+def render_html(title: str, tables: Sequence[Table], figures: Sequence[Figure], *,
+                meta: Mapping[str, Any], spec_text: str = "") -> str:
+    """One self-contained HTML page: inline CSS and script, figures as base64 ``data:`` URLs."""
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>",
+        '<body data-figures-loaded="pending">',
+        f"<h1>{html.escape(title)}</h1>",
+        "<p>" + " · ".join(f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}"
+                           for k, v in meta.items()) + "</p>",
+    ]
+    main_tables = [t for t in tables if t.name != "provenance"]
+    parts.append("<h2>Tables</h2>")
+    parts += [t.to_html() for t in main_tables]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for f in figures:
+            data = base64.b64encode(f.png.read_bytes()).decode("ascii")
+            parts.append(f'<figure id="fig-{html.escape(f.name)}">'
+                         f'<img alt="{html.escape(f.caption)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>'
+                         f"{html.escape(f.caption)}</figcaption></figure>")
+    parts.append("<h2>Provenance</h2>")
+    parts += [t.to_html() for t in tables if t.name == "provenance"]
+    if spec_text:
+        parts.append(f"<h2>Spec</h2><pre>{html.escape(spec_text)}</pre>")
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(parts)
+
+
+def build_report(out_dir: str | os.PathLike[str], *,
+                 report_dir: str | os.PathLike[str] | None = None,
+                 figures: bool = True) -> dict[str, Any]:
+    """Write the report of the experiment in ``out_dir`` (see the module docstring).
+
+    Returns ``{"dir", "html", "markdown", "tables": [paths], "figures": [paths]}``.
+    """
+    from ..experiments.store import Store
+
+    out = Path(out_dir)
+    rdir = Path(report_dir) if report_dir is not None else out / "report"
+    with Store(out, readonly=True) as store:
+        shash, spec, spec_text = store.current_spec()
+        tables = build_tables(store, spec)
+        figs: list[Figure] = []
+        if figures:
+            figs = build_figures(store, out, rdir / "figures", spec)
+        cells = store.cells()
+    tdir = rdir / "tables"
+    tdir.mkdir(parents=True, exist_ok=True)
+    table_files: list[Path] = []
+    for t in tables:
+        for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()),
+                          ("json", json.dumps(t.to_json(), indent=1, ensure_ascii=False))):
+            p = tdir / f"{t.name}.{ext}"
+            p.write_text(text, encoding="utf-8")
+            table_files.append(p)
+    title = spec.get("report", {}).get("title") or f"advsmooth experiment: {spec['name']}"
+    done = sum(1 for c in cells if c.get("status") == "done")
+    meta = {"spec": spec["name"], "spec hash": shash, "paper": spec.get("paper") or "–",
+            "cells": f"{done}/{len(cells)} done", "seed": spec.get("seed"),
+            "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if spec.get("description"):
+        meta["description"] = spec["description"]
+    md = [f"# {title}", "", *[f"- **{k}**: {v}" for k, v in meta.items()], ""]
+    md += [t.to_markdown() for t in tables]
+    for f in figs:
+        md.append(f"![{f.caption}](figures/{f.png.name})\n")
+    (rdir / "report.md").write_text("\n".join(md), encoding="utf-8")
+    page = render_html(title, tables, figs, meta=meta, spec_text=spec_text)
+    (rdir / "report.html").write_text(page, encoding="utf-8")
+    return {"dir": rdir, "html": rdir / "report.html", "markdown": rdir / "report.md",
+            "tables": table_files, "figures": [p for f in figs for p in f.files]}
+
