@@ -505,7 +505,7 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
         for point in a.points():
             try:
                 tasks.build_attack(a.name, point)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ImportError) as exc:
                 grid_part = {k: point[k] for k in a.grid}
                 where = f"attacks[{i}]" + (f" (grid point {grid_part})" if grid_part else "")
                 errors.append((where + ".params", str(exc)))
@@ -519,7 +519,7 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
         for point in s.points():
             try:
                 task.check(point)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ImportError) as exc:
                 errors.append((f"studies[{i}].params", str(exc)))
                 break
     study_keys = [s.key for s in spec.studies]

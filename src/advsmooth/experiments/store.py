@@ -290,7 +290,8 @@ class Store:
         """Commit the rows of a study cell and mark it done, atomically."""
         self._tx([
             ("INSERT INTO study_rows VALUES (?,?,?)",
-             [(cell_id, i, dumps(dict(r))) for i, r in enumerate(rows)], True),
+             [(cell_id, i, json.dumps(dict(r), default=_json_default))
+              for i, r in enumerate(rows)], True),
             ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
              (cell_id, 0, 0, len(rows), len(rows), run_id, rank, float(seconds), _now()), False),
             ("UPDATE cells SET status='done', spec_hash=?, advsmooth_version=?, torch_version=?, "

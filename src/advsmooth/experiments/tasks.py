@@ -67,19 +67,17 @@ def _registry() -> Any:
 def attack_names() -> list[str]:
     """Attack names accepted in specs (the registry's, else the classes' lower-case names)."""
     reg = _registry()
-    if reg is not None:
-        for attr in ("names", "available", "list_attacks"):
-            fn = getattr(reg, attr, None)
-            if callable(fn):
-                return sorted(str(n) for n in fn())
+    out = []
+    if reg is not None and callable(getattr(reg, "names", None)):
+        out = [str(n) for n in reg.names()]
     from .. import attacks
     from ..attacks.base import Attack
 
-    out = []
     for n in getattr(attacks, "__all__", dir(attacks)):
         obj = getattr(attacks, n, None)
         if inspect.isclass(obj) and issubclass(obj, Attack) and not inspect.isabstract(obj):
-            out.append(n.lower())
+            if n.lower() not in out:
+                out.append(n.lower())
     return sorted(out)
 
 
@@ -101,20 +99,17 @@ def attack_class(name: str) -> type:
             raise ValueError(f"{name!r} is not an advsmooth.attacks.Attack subclass")
         return obj
     reg = _registry()
-    if reg is not None:
-        for attr in ("get", "attack_class", "lookup", "get_attack"):
-            fn = getattr(reg, attr, None)
-            if callable(fn):
-                try:
-                    obj = fn(name)
-                except (KeyError, ValueError):
-                    break
-                if inspect.isclass(obj):
-                    return obj
-                cls = getattr(obj, "cls", None) or getattr(obj, "attack_class", None)
-                if inspect.isclass(cls):
-                    return cls
-                break
+    if reg is not None and callable(getattr(reg, "entry", None)):
+        try:
+            e = reg.entry(name)
+        except ValueError:
+            e = None
+        if e is not None:
+            if getattr(e, "kind", "sample") != "sample":
+                raise ValueError(f"{name!r} builds a universal perturbation, not a per-sample "
+                                 "attack; use the 'uap' study ([[studies]] task = \"uap\")")
+            obj = e.resolve()
+            return obj if inspect.isclass(obj) else Attack
     from .. import attacks
 
     want = _norm_name(name)
@@ -131,7 +126,8 @@ def build_attack(name: str, params: dict[str, Any]) -> Any:
     """Construct the attack ``name`` with keyword ``params`` (``ValueError``/``TypeError`` on bad
     parameters, naming them). Uses the attack registry's ``build`` when it exists."""
     reg = _registry()
-    if ":" not in name and reg is not None and callable(getattr(reg, "build", None)):
+    if (":" not in name and reg is not None and callable(getattr(reg, "build", None))
+            and name in getattr(reg, "REGISTRY", {})):
         try:
             return reg.build(name, **params)
         except TypeError as exc:
@@ -300,7 +296,6 @@ _LAZY: dict[str, str] = {
     # study name -> module that registers it on import
     "transfer": "advsmooth.experiments.studies_builtin",
     "smoothing": "advsmooth.experiments.studies_builtin",
-    "destruction": "advsmooth.experiments.studies_builtin",
     "uap": "advsmooth.experiments.studies_builtin",
 }
 

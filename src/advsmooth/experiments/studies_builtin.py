@@ -1,0 +1,178 @@
+"""Built-in study tasks for ``[[studies]]`` cells (registered on import by ``tasks.get_task``).
+
+* ``transfer`` — a transfer matrix (sg paper Tables 1, 2, 3, 5): an attack crafted on each source
+  model, success rates on each target model, over images every model classifies correctly.
+  Rows: ``source, target, top1, top5, white_box, n, grad_evals`` (rates in %).
+* ``smoothing`` — base vs smoothed-classifier accuracy, clean and under attack, optionally the
+  σ × M sweep (smoothing paper Tables 1/4, Figs 1/2): the rows of
+  :func:`advsmooth.studies.smoothing.run_smoothing_study`.
+* ``uap`` — a (smooth) universal perturbation fitted on one model and evaluated on several
+  (SmoothFool Table 5). Rows: ``fit_model, model, sigma, fooling_rate, linf, l2``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .tasks import StudyContext, build_attack, register_task
+
+__all__: list[str] = []
+
+
+def _require(params: dict[str, Any], allowed: Sequence[str], required: Sequence[str]) -> None:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ValueError(f"missing parameter(s) {missing}")
+
+
+def _model_names(v: Any, key: str) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+        raise ValueError(f"{key} must be a model name or a non-empty list of model names")
+    return list(v)
+
+
+def _check_models(names: Sequence[str]) -> None:
+    from .. import models
+
+    for n in names:
+        if ":" not in n and not n.endswith((".pt", ".pth")):
+            models.spec(n)  # ValueError for an unknown name
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer matrix
+# ---------------------------------------------------------------------------------------------
+
+_TRANSFER_KEYS = ("dataset", "split", "n", "sources", "targets", "attack", "attack_params",
+                  "targeted", "batch_size")
+
+
+def _check_transfer(p: dict[str, Any]) -> None:
+    _require(p, _TRANSFER_KEYS, ("sources", "targets", "attack"))
+    _check_models(_model_names(p["sources"], "sources"))
+    _check_models(_model_names(p["targets"], "targets"))
+    if not isinstance(p.get("attack_params", {}), dict):
+        raise ValueError("attack_params must be a table of attack parameters")
+    build_attack(p["attack"], dict(p.get("attack_params", {})))
+    n = p.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+
+
+def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    from ..metrics.transfer import transfer_matrix
+
+    x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"))
+    srcs = [(n, ctx.load_model(n)) for n in _model_names(p["sources"], "sources")]
+    tgts = [(n, ctx.load_model(n)) for n in _model_names(p["targets"], "targets")]
+    atk = build_attack(p["attack"], dict(p.get("attack_params", {})))
+    tm = transfer_matrix(srcs, tgts, atk, (x, y), targeted=bool(p.get("targeted", False)),
+                         n=p.get("n"), seed=ctx.seed % 2**31, target_seed=ctx.seed % 2**31,
+                         batch_size=int(p.get("batch_size", 256)), progress=ctx.progress)
+    rows = []
+    for i, s in enumerate(tm.sources):
+        for j, t in enumerate(tm.targets):
+            rows.append({"source": s, "target": t, "top1": 100.0 * float(tm.top1[i, j]),
+                         "top5": 100.0 * float(tm.top5[i, j]),
+                         "white_box": bool(tm.white_box[i, j]), "n": int(tm.n),
+                         "grad_evals": float(tm.grad_evals[i])})
+    return rows
+
+
+register_task("transfer", _transfer, check=_check_transfer,
+              description="transfer matrix: sources x targets success rates (%)")
+
+
+# ---------------------------------------------------------------------------------------------
+# smoothing
+# ---------------------------------------------------------------------------------------------
+
+def _smoothing_fn() -> Any:
+    from ..studies.smoothing import run_smoothing_study
+
+    return run_smoothing_study
+
+
+def _check_smoothing(p: dict[str, Any]) -> None:
+    try:
+        fn = _smoothing_fn()
+    except ImportError as exc:  # pragma: no cover - module shipped with the package
+        raise ValueError(f"the smoothing study is unavailable: {exc}") from None
+    allowed = [k for k in inspect.signature(fn).parameters if k not in ("out", "device")]
+    _require(p, allowed, ("model",))
+    _check_models(_model_names(p["model"], "model"))
+
+
+def _smoothing(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    fn = _smoothing_fn()
+    kw = dict(p)
+    kw.setdefault("seed", ctx.seed % 2**31)
+    kw.setdefault("data_root", ctx.data_root)
+    for key in ("votes", "attacks", "sweep_sigmas", "sweep_samples", "budgets"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
+    return fn(device=str(ctx.device), **kw)
+
+
+register_task("smoothing", _smoothing, check=_check_smoothing,
+              description="base vs smoothed accuracy, clean and under attack (+ sigma x M sweep)")
+
+
+# ---------------------------------------------------------------------------------------------
+# universal perturbations
+# ---------------------------------------------------------------------------------------------
+
+_UAP_KEYS = ("dataset", "split", "n_fit", "n_eval", "fit_model", "models", "attack",
+             "attack_params")
+
+
+def _check_uap(p: dict[str, Any]) -> None:
+    _require(p, _UAP_KEYS, ("fit_model",))
+    _check_models(_model_names(p["fit_model"], "fit_model"))
+    _check_models(_model_names(p.get("models", p["fit_model"]), "models"))
+    from ..attacks import registry
+
+    name = p.get("attack", "smooth-uap")
+    e = registry.entry(name)
+    if e.kind != "universal":
+        raise ValueError(f"attack {name!r} is not a universal perturbation (use uap or smooth-uap)")
+    registry.build(name, **dict(p.get("attack_params", {})))
+
+
+def _uap(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    from .. import data
+    from ..attacks import registry
+    from ..attacks.universal import universal_fooling_rate
+
+    ds, split = p.get("dataset", "digits"), p.get("split", "test")
+    n_fit, n_eval = int(p.get("n_fit", 100)), p.get("n_eval")
+    x_all, _ = data.load(ds, split, root=ctx.data_root)
+    g = torch.Generator().manual_seed(ctx.seed % 2**31)
+    perm = torch.randperm(x_all.shape[0], generator=g)
+    x_fit = x_all[perm[:n_fit]].to(ctx.device)
+    rest = perm[n_fit:] if n_eval is None else perm[n_fit:n_fit + int(n_eval)]
+    x_eval = x_all[rest].to(ctx.device)
+    params = {"progress_bar": False, "seed": ctx.seed % 2**31, **dict(p.get("attack_params", {}))}
+    uap = registry.build(p.get("attack", "smooth-uap"), **params)
+    v = uap.fit(ctx.load_model(p["fit_model"]), x_fit)
+    rows = []
+    for name in _model_names(p.get("models", p["fit_model"]), "models"):
+        fr = universal_fooling_rate(ctx.load_model(name), x_eval, v)
+        rows.append({"fit_model": p["fit_model"], "model": name,
+                     "sigma": params.get("sigma", 0), "fooling_rate": 100.0 * float(fr),
+                     "linf": float(v.abs().max()), "l2": float(v.flatten().norm()),
+                     "n_fit": int(x_fit.shape[0]), "n_eval": int(x_eval.shape[0])})
+    return rows
+
+
+register_task("uap", _uap, check=_check_uap,
+              description="(smooth) universal perturbation fitted on one model, FR on several")
