@@ -1,0 +1,236 @@
+"""DeepFool (ALGORITHMS.md §3): closed forms on affine models, batching, costs, options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import Affine, TinyCNN
+from torch import nn
+
+from advsmooth.attacks import DeepFool
+
+
+def _x(n=8, shape=(1, 6, 6), seed=0, dtype=torch.float64):
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _closed_form(model: Affine, x: torch.Tensor, q: float):
+    """Nearest face of an affine classifier: (l, d, w') per sample, dual norm q."""
+    w, b = model.weight.detach(), model.bias.detach()
+    z = x.flatten(1) @ w.T + b
+    k0 = z.argmax(1)
+    out = []
+    for i in range(x.shape[0]):
+        wd = w - w[k0[i]]
+        fd = z[i] - z[i, k0[i]]
+        d = fd.abs() / torch.linalg.vector_norm(wd, ord=q, dim=1)
+        d[k0[i]] = math.inf
+        l = int(d.argmin())
+        out.append((l, float(d[l]), wd[l]))
+    return out
+
+
+def test_affine_l2_closed_form_in_one_iteration():
+    model = Affine((1, 6, 6), 5, seed=1)
+    x = _x()
+    res = DeepFool(norm=2, stabilizer=0.0)(model, x)
+    assert res.success.all() and (res.iterations == 1).all()
+    r_tot = res.extras["r_tot"].flatten(1)
+    for i, (l, d, wd) in enumerate(_closed_form(model, x, 2.0)):
+        r_star = d * wd / wd.norm()
+        assert torch.allclose(r_tot[i], r_star, atol=1e-12)
+        assert int(res.extras["face"][i]) == l
+    assert torch.allclose(res.perturbation, 1.02 * res.extras["r_tot"], atol=1e-14)
+
+
+def test_affine_linf_closed_form_in_one_iteration():
+    model = Affine((1, 6, 6), 5, seed=2)
+    x = _x()
+    delta = 1e-4
+    res = DeepFool(norm="inf", stabilizer=delta)(model, x)
+    assert res.success.all() and (res.iterations == 1).all()
+    r_tot = res.extras["r_tot"].flatten(1)
+    for i, (_, d, wd) in enumerate(_closed_form(model, x, 1.0)):
+        assert torch.allclose(r_tot[i], (d + delta) * wd.sign(), atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1.5, 3.0, 7.0])
+def test_general_p_holder(p):
+    model = Affine((1, 6, 6), 5, seed=3)
+    x = _x()
+    delta = 1e-4
+    res = DeepFool(norm=p, stabilizer=delta)(model, x)
+    assert res.success.all() and (res.iterations == 1).all()
+    q = p / (p - 1)
+    r_tot = res.extras["r_tot"].flatten(1)
+    for i, (_, d, wd) in enumerate(_closed_form(model, x, q)):
+        assert torch.linalg.vector_norm(r_tot[i], ord=p).item() == pytest.approx(d + delta,
+                                                                                 rel=1e-10)
+        # the step reaches the face exactly (plus the stabiliser): <w', r> = |f'| + δ||w'||_q
+        assert (wd @ r_tot[i]).item() == pytest.approx(
+            d * torch.linalg.vector_norm(wd, ord=q).item()
+            + delta * torch.linalg.vector_norm(wd, ord=q).item(), rel=1e-9)
+
+
+class BinaryAffine(nn.Module):
+    def __init__(self, keepdim: bool) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.w = nn.Parameter(torch.randn(36, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        s = x.flatten(1) @ self.w + self.b
+        return s[:, None] if self.keepdim else s
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_binary_affine_exact_projection(keepdim):
+    model = BinaryAffine(keepdim)
+    x = _x(10)
+    res = DeepFool(stabilizer=0.0)(model, x)
+    w = model.w.detach()
+    s = x.flatten(1) @ w + model.b.detach()
+    r_star = -(s / (w @ w))[:, None] * w
+    assert torch.allclose(res.extras["r_tot"].flatten(1), r_star, atol=1e-12)
+    assert res.success.all() and (res.iterations == 1).all()
+    assert ((x + res.perturbation).flatten(1) @ w + model.b.detach() > 0).long().ne(
+        (s > 0).long()).all()
+    assert (res.grad_evals == 1).all()  # one face per iteration
+
+
+def test_targeted_reaches_target():
+    model = Affine((1, 6, 6), 6, seed=4)
+    x = _x(12)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    target = (pred + 3) % 6
+    res = DeepFool()(model, x, target=target)
+    assert res.success.all()
+    assert torch.equal(res.adv_pred, target)
+    assert (res.grad_evals == res.iterations).all()
+
+
+def test_batch_equals_one_by_one():
+    model = TinyCNN(channels=3).double().eval()
+    x = _x(7, (3, 8, 8), seed=3)
+    res = DeepFool(max_iter=20)(model, x)
+    for i in range(7):
+        one = DeepFool(max_iter=20)(model, x[i:i + 1])
+        assert torch.allclose(one.x_adv[0], res.x_adv[i], atol=1e-10)
+        assert int(one.iterations[0]) == int(res.iterations[i])
+        assert int(one.grad_evals[0]) == int(res.grad_evals[i])
+
+
+def test_jacobian_methods_agree():
+    model = TinyCNN().double().eval()
+    x = _x(6, (1, 8, 8))
+    ref = DeepFool(jacobian="loop")(model, x)
+    for method in ("loop_logits", "batched", "vmap", "replicate"):  # all strategies
+        res = DeepFool(jacobian=method)(model, x)
+        assert torch.allclose(res.x_adv, ref.x_adv, atol=1e-10), method
+        assert torch.equal(res.iterations, ref.iterations)
+
+
+def _trained_tiny_cnn():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(128, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > x[:, 0, 4:].mean((1, 2))).long() \
+        + 2 * (x[:, 0, :, :4].mean((1, 2)) > x[:, 0, :, 4:].mean((1, 2))).long()
+    model = TinyCNN(num_classes=4)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    return model, x, y
+
+
+def test_success_and_costs_on_trained_model():
+    model, x, y = _trained_tiny_cnn()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.8
+    atk = DeepFool()
+    res = atk(model, x[:40], y[:40])
+    assert res.success.all()
+    att = ~res.skipped
+    # already misclassified: untouched, 0 iterations, only the clean forward
+    assert torch.equal(res.x_adv[~att], x[:40][~att])
+    assert (res.iterations[~att] == 0).all() and (res.grad_evals[~att] == 0).all()
+    assert (res.forward_evals[~att] == 1).all()
+    per_it = atk.gradients_per_iteration(4)
+    assert per_it == 3
+    assert torch.equal(res.grad_evals[att], res.iterations[att] * per_it)
+    assert torch.equal(res.forward_evals[att], 2 * res.iterations[att] + 2)
+    assert (res.iterations[att] >= 1).all()
+    # the perturbation is (1 + η) r_tot, and removing the overshoot mostly undoes the attack
+    assert torch.allclose(res.perturbation, 1.02 * res.extras["r_tot"], atol=1e-6)
+    assert torch.equal(res.extras["label_orig"][att], y[:40][att])
+
+
+def test_candidates_limit_the_faces():
+    model = Affine((1, 6, 6), 10, seed=6)
+    x = _x(10)
+    with torch.no_grad():
+        z = model(x)
+    res = DeepFool(candidates=3)(model, x)
+    top3 = z.topk(3, dim=1).indices
+    assert (res.extras["face"][:, None] == top3[:, 1:]).any(1).all()
+    assert (res.grad_evals == 2 * res.iterations).all()
+
+
+def test_clip_keeps_images_in_range_and_overshoot_option():
+    model = TinyCNN().double().eval()
+    x = _x(8, (1, 8, 8), seed=9)
+    res = DeepFool(clip=True)(model, x)
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert res.success.all()
+    res2 = DeepFool(linearize_with_overshoot=True)(model, x)
+    assert res2.success.all()
+
+
+def test_vanishing_normals_fail_gracefully():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Parameter(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64))
+
+        def forward(self, x):
+            return self.b.expand(x.shape[0], 3) + 0 * x.flatten(1)[:, :1]
+
+    res = DeepFool()(Flat(), _x(3))
+    assert not res.success.any()
+    assert res.extras["failed"].all()
+    assert torch.isfinite(res.x_adv).all() and (res.iterations == 1).all()
+
+
+def test_float32_model_and_repr():
+    model = TinyCNN().eval()
+    x = _x(5, (1, 8, 8), dtype=torch.float32)
+    res = DeepFool()(model, x)
+    assert res.x_adv.dtype == torch.float32 and res.success.all()
+    assert "DeepFool(norm=2, overshoot=0.02" in repr(DeepFool())
+    assert "norm='inf'" in repr(DeepFool(norm="inf"))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"norm": 1}, "norm"), ({"norm": "l3"}, "norm"), ({"norm": 0.5}, "norm"),
+    ({"overshoot": -0.1}, "overshoot"), ({"max_iter": 0}, "max_iter"),
+    ({"max_iter": 2.5}, "max_iter"), ({"candidates": 1}, "candidates"),
+    ({"stabilizer": -1.0}, "stabilizer"), ({"clip": 1}, "clip"),
+    ({"jacobian": "fast"}, "jacobian"), ({"linearize_with_overshoot": "yes"}, "linearize"),
+])
+def test_bad_hyperparameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DeepFool(**kwargs)
+
+
+def test_keyword_only():
+    with pytest.raises(TypeError):
+        DeepFool(2)  # type: ignore[misc]
