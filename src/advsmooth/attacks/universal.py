@@ -100,9 +100,21 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
     return float((torch.cat(adv) != clean_pred.to(x.device)).double().mean())
 
 
+def _bound(xi: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` that is ≤ ``xi`` (so ``|v| ≤ ξ`` holds after rounding)."""
+    b = torch.tensor(xi, dtype=dtype)
+    if float(b) > xi:
+        b = torch.nextafter(b, torch.zeros_like(b))
+    return float(b)
+
+
 def project_linf(v: Tensor, xi: float) -> Tensor:
-    """Projection onto the ℓ∞ ball of radius ``xi``: ``clamp(v, −ξ, ξ)`` (exact)."""
-    return v.clamp(-xi, xi)
+    """Projection onto the ℓ∞ ball of radius ``xi``: ``clamp(v, −ξ, ξ)``.
+
+    Exact in ``v``'s dtype: the bound is rounded down, so ``float(v.abs().max()) ≤ xi``.
+    """
+    b = _bound(xi, v.dtype)
+    return v.clamp(-b, b)
 
 
 def project_l2(v: Tensor, xi: float, *, sphere: bool = False) -> Tensor:
@@ -285,7 +297,7 @@ class UniversalPerturbation:
         if self.smooth:
             u = (v / self.xi + 1.0) / 2.0
             u = _smooth_clip_unit(u, _filter_of(self.base), self.clip_step).clamp(0.0, 1.0)
-            return ((2.0 * u - 1.0) * self.xi).clamp(-self.xi, self.xi)
+            return project_linf((2.0 * u - 1.0) * self.xi, self.xi)
         if self.norm == "inf":
             return project_linf(v, self.xi)
         return project_l2(v, self.xi, sphere=self.l2_projection == "sphere")
