@@ -301,7 +301,7 @@ class ReportSpec(_Strict):
     """What ``advsmooth report`` produces: tables (built-in kind names or full tables), plots."""
 
     title: StrictStr | None = None
-    tables: list[TableSpec] = Field(default_factory=lambda: [TableSpec(kind="summary")])
+    tables: list[TableSpec] | None = None
     plots: list[PlotSpec] = Field(default_factory=list)
 
     @field_validator("tables", mode="before")
@@ -341,6 +341,9 @@ class Spec(_Strict):
             if dup and what != "attacks":
                 raise ValueError(f"{what} labels must be unique, duplicated: {dup} "
                                  "(set label = ...)")
+        if self.report.tables is None:  # default: a summary of the attacks, every study's rows
+            self.report.tables = ([TableSpec(kind="summary")] if self.attacks else []) + [
+                TableSpec(kind="study", source=s.key) for s in self.studies]
         return self
 
     # -- derived ------------------------------------------------------------------------------
@@ -525,7 +528,7 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
     study_keys = [s.key for s in spec.studies]
     grid_params = {k for a in spec.attacks for k in (*a.grid, *a.params)}
     cell_fields = {"dataset", "model", "attack", "label", *grid_params}
-    for i, t in enumerate(spec.report.tables):
+    for i, t in enumerate(spec.report.tables or []):
         where = f"report.tables[{i}]"
         if t.kind == "study":
             if t.source not in study_keys:

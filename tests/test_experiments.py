@@ -1,0 +1,180 @@
+"""Experiment specs (validation with file / key path / expectation, exit status 2), grid
+expansion, per-batch seeding, study tasks, and an in-process run that resumes without redoing
+work."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from advsmooth.cli import main
+from advsmooth.experiments import (
+    SpecError,
+    Store,
+    batch_seed,
+    expand_cells,
+    get_task,
+    load_spec,
+    parse_spec,
+    register_task,
+    run_spec,
+    spec_hash,
+)
+
+GOOD = """
+name = "tiny"
+seed = 3
+batch_size = 4
+[[datasets]]
+name = "digits"
+sample = 10
+[[models]]
+name = "digits-lenet"
+[[attacks]]
+name = "fgsm"
+grid = { eps = [0.05, 0.2] }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def errors_of(tmp_path: Path, text: str) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text))
+    assert str(tmp_path / "spec.toml") in str(info.value)
+    return info.value.errors
+
+
+def test_good_spec_expands_grid(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    cells = expand_cells(spec)
+    assert [c.label for c in cells] == ["fgsm[eps=0.05]", "fgsm[eps=0.2]"]
+    assert [c.params for c in cells] == [{"eps": 0.05}, {"eps": 0.2}]
+    assert len({c.cell_id for c in cells}) == 2
+    # ids depend on content, not on labels; the spec hash on the whole validated spec
+    relabelled = load_spec(write(tmp_path, GOOD.replace('name = "fgsm"',
+                                                        'name = "fgsm"\nlabel = "F"'), "b.toml"))
+    assert [c.cell_id for c in expand_cells(relabelled)] == [c.cell_id for c in cells]
+    assert spec_hash(relabelled) != spec_hash(spec)
+
+
+def test_unknown_key_reports_path(tmp_path):
+    errs = errors_of(tmp_path, GOOD.replace("sample = 10", "sample = 10\nsampel = 3"))
+    assert ("datasets[0].sampel", "unknown key (not part of the spec format; check the "
+            "spelling) (got 3)") in errs
+
+
+def test_wrong_type_and_impossible_values(tmp_path):
+    text = GOOD.replace("batch_size = 4", 'batch_size = "four"').replace("sample = 10",
+                                                                         "sample = 0")
+    errs = dict(errors_of(tmp_path, text))
+    assert "batch_size" in errs and "integer" in errs["batch_size"] and "'four'" in errs["batch_size"]
+    assert "datasets[0].sample" in errs and "greater than or equal to 1" in errs["datasets[0].sample"]
+
+
+def test_semantic_errors(tmp_path):
+    text = (GOOD.replace('name = "digits-lenet"', 'name = "no-such-model"')
+            .replace('grid = { eps = [0.05, 0.2] }', 'grid = { eps = [0.05, -1.0] }')
+            .replace('sample = 10', 'sample = 10\nsplit = "validation"'))
+    errs = dict(errors_of(tmp_path, text))
+    assert "unknown model 'no-such-model'" in errs["models[0].name"]
+    assert "expected one of ['train', 'test']" in errs["datasets[0].split"]
+    key = next(k for k in errs if k.startswith("attacks[0]"))
+    assert "eps" in key and "-1.0" in key and "eps" in errs[key]
+
+
+def test_unknown_attack_and_study(tmp_path):
+    text = GOOD.replace('name = "fgsm"', 'name = "nope"') + '\n[[studies]]\ntask = "nope"\n'
+    errs = dict(errors_of(tmp_path, text))
+    assert "unknown attack 'nope'" in errs["attacks[0].name"]
+    assert "unknown study task 'nope'" in errs["studies[0].task"]
+
+
+def test_report_references_are_checked(tmp_path):
+    text = GOOD + '[report]\ntables = ["summary", {kind="pivot", metrics=["fr"]}]\n' \
+        '[[report.plots]]\nkind = "curve"\nx = "sigma"\ny = "fooling_rate"\n'
+    errs = dict(errors_of(tmp_path, text))
+    assert "report.tables[1].metrics[0]" in errs
+    assert "report.plots[0].x" in errs and "'sigma'" in errs["report.plots[0].x"]
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(write(tmp_path, "name = \n"))
+    with pytest.raises(FileNotFoundError):
+        load_spec(tmp_path / "absent.toml")
+
+
+def test_cli_exit_status_2(tmp_path, capsys):
+    p = write(tmp_path, GOOD.replace("seed = 3", "seed = -1"))
+    assert main(["run", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}: seed: Input should be greater than or equal to 0 (got -1)" in err
+    assert not (tmp_path / "out").exists()  # validated before anything runs
+    assert main(["run", str(write(tmp_path, GOOD, "ok.toml")), "--check"]) == 0
+    assert "2 cell(s)" in capsys.readouterr().out
+
+
+def test_batch_seed_is_a_pure_function():
+    assert batch_seed(0, "abc", 1) == batch_seed(0, "abc", 1)
+    assert len({batch_seed(0, "abc", b) for b in range(50)}) == 50
+    assert batch_seed(1, "abc", 0) != batch_seed(0, "abc", 0)
+    assert 0 <= batch_seed(2**40, "x", 10**6) < 2**63
+
+
+def test_study_task_registry_and_run(tmp_path):
+    def squares(params, ctx):
+        g = ctx.generator
+        import torch
+
+        noise = torch.rand(1, generator=g).item()
+        return [{"k": k, "square": k * k, "noise": noise} for k in range(params["n"])]
+
+    def check(params):
+        if not isinstance(params.get("n"), int) or params["n"] < 1:
+            raise ValueError("n must be an integer >= 1")
+
+    register_task("test-squares", squares, check=check, replace=True)
+    assert get_task("test-squares").fn is squares
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("test-squares", squares)
+    with pytest.raises(SpecError, match=r"studies\[0\]\.params: n must be an integer"):
+        parse_spec({"name": "s", "studies": [{"task": "test-squares", "params": {"n": 0}}]})
+    spec = parse_spec({"name": "s", "studies": [{"task": "test-squares", "grid": {"n": [2, 3]}}]})
+    r = run_spec(spec, tmp_path / "o", progress=False)
+    assert r.computed_batches == 2
+    with Store(tmp_path / "o", readonly=True) as st:
+        cells = st.cells()
+        rows = [st.study_rows(c["cell_id"]) for c in cells]
+    assert [len(x) for x in rows] == [2, 3]
+    assert rows[1][2] == {"k": 2, "square": 4, "noise": rows[1][0]["noise"]}
+    assert all(c["status"] == "done" for c in cells)
+
+
+def test_run_and_resume_in_process(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    out = tmp_path / "run"
+    first = run_spec(spec, out, progress=False)
+    assert (first.computed_batches, first.skipped_batches) == (6, 0)  # 2 cells × ceil(10/4)
+    with Store(out, readonly=True) as st:
+        snap = st.snapshot()
+        cells = st.cells()
+        log = st.batch_log()
+    assert len(snap["samples"]) == 20 and {c["status"] for c in cells} == {"done"}
+    for c in cells:
+        assert c["n"] == 10 and 0 <= c["fooling_rate"] <= 1
+        assert c["spec_hash"] == spec_hash(spec) and c["torch_version"] and c["data_hash"]
+        assert c["checkpoint_hash"] and c["device"] == "cpu" and c["seed"] == 3
+    # a larger eps fools at least as many samples (FGSM, same samples)
+    assert cells[1]["fooling_rate"] >= cells[0]["fooling_rate"]
+    again = run_spec(spec, out, progress=False)
+    assert (again.computed_batches, again.skipped_batches) == (0, 6)
+    with Store(out, readonly=True) as st:
+        assert st.snapshot() == snap
+        assert st.batch_log() == log  # nothing recomputed
