@@ -74,8 +74,8 @@ def test_wrong_type_and_impossible_values(tmp_path):
     text = GOOD.replace("batch_size = 4", 'batch_size = "four"').replace("sample = 10",
                                                                          "sample = 0")
     errs = dict(errors_of(tmp_path, text))
-    assert "batch_size" in errs and "integer" in errs["batch_size"] and "'four'" in errs["batch_size"]
-    assert "datasets[0].sample" in errs and "greater than or equal to 1" in errs["datasets[0].sample"]
+    assert "integer" in errs["batch_size"] and "'four'" in errs["batch_size"]
+    assert "greater than or equal to 1" in errs["datasets[0].sample"]
 
 
 def test_semantic_errors(tmp_path):
