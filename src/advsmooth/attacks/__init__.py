@@ -41,3 +41,7 @@ __all__ += ["ExpectationGradient", "SmoothAdvGradient"]
 from .universal import UniversalPerturbation, universal_fooling_rate  # noqa: E402
 
 __all__ += ["UniversalPerturbation", "universal_fooling_rate"]
+
+from .smoothfool import SmoothFool, smooth_clip  # noqa: E402
+
+__all__ += ["SmoothFool", "smooth_clip"]
