@@ -178,11 +178,19 @@ def _filter_of(base: Attack) -> Any:
     raise ValueError(f"cannot find the low-pass filter of {base!r} (expected a .filter attribute)")
 
 
-def _smooth_clip_unit(u: Tensor, g: Any, step: float) -> Tensor:
-    """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (§6.2), returning the clipped ``u``."""
+def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> Tensor:
+    """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (§6.2), returning the clipped ``u``.
+
+    Uses the SmoothFool attack's filter and its SmoothClip settings (iteration cap, minimum step,
+    mask normalisation) with the step ``step``.
+    """
     from .smoothfool import smooth_clip
 
-    out = smooth_clip(torch.zeros_like(u), u, g, step)
+    kwargs = {k: getattr(base, a) for k, a in (("max_iter", "clip_max_iter"),
+                                                ("min_step", "clip_min_step"),
+                                                ("normalize_mask", "normalize_mask"))
+              if hasattr(base, a)}
+    out = smooth_clip(torch.zeros_like(u), u, _filter_of(base), step, **kwargs)
     if isinstance(out, Tensor):
         return out
     if isinstance(out, (tuple, list)):
@@ -296,7 +304,7 @@ class UniversalPerturbation:
         """Project ``v`` (``1×C×H×W``) onto the constraint set: ℓ∞/ℓ2 ball, or smooth ℓ∞ (§6.2)."""
         if self.smooth:
             u = (v / self.xi + 1.0) / 2.0
-            u = _smooth_clip_unit(u, _filter_of(self.base), self.clip_step).clamp(0.0, 1.0)
+            u = _smooth_clip_unit(u, self.base, self.clip_step).clamp(0.0, 1.0)
             return project_linf((2.0 * u - 1.0) * self.xi, self.xi)
         if self.norm == "inf":
             return project_linf(v, self.xi)
