@@ -196,12 +196,12 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
         elif kind == "perturbation_grid":
             from .figures import perturbation_grid
 
-            k = int(p.get("samples", 4))
+            k = int(p.get("samples") or 4)
             for c in attack_cells(cells):
                 art = _load_artefacts(out_dir, c["cell_id"], k)
                 if art is None:
                     continue
-                name = unique(p.get("name", "perturbations") + "_" + c["cell_id"][:8])
+                name = unique((p.get("name") or "perturbations") + "_" + c["cell_id"][:8])
                 title = f"{c['label']} on {c['model']} ({c['dataset']})"
                 files = []
                 for fmt in ("png", "svg"):

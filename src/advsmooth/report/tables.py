@@ -228,6 +228,7 @@ def per_class_table(store: Any, cells: Sequence[Mapping[str, Any]], *, name: str
         k_max = max(k_max, int(s["label"].max()) + 1 if s["label"].size else 0)
         data.append((c, s, correct))
     class_names = _class_names(acs, k_max)
+    k_max = len(class_names)
     rows = []
     for c, s, correct in data:
         r: list[Any] = [c["dataset"], c["model"], c["label"]]
@@ -250,7 +251,7 @@ def _class_names(cells: Sequence[Mapping[str, Any]], k: int) -> list[str]:
             if ds in data.names():
                 cl = data.info(ds).classes
                 if cl is not None and len(cl) >= k:
-                    names.add(tuple(cl[:k]))
+                    names.add(tuple(cl))
         if len(names) == 1:
             return list(next(iter(names)))
     except Exception:  # noqa: BLE001 - names are cosmetic

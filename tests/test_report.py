@@ -1,0 +1,104 @@
+"""``advsmooth report DIR``: tables (md/csv/json) consistent with the store, figures (png+svg),
+a self-contained report.html that renders in headless Chromium with every figure loaded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from advsmooth.cli import main
+from advsmooth.experiments import Store, parse_spec, register_task, run_spec
+
+pytest.importorskip("matplotlib")
+
+
+def _grid_study(params, ctx):
+    return [{"source": s, "target": t, "rate": 10.0 * s + t} for s in range(2) for t in range(3)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    register_task("test-grid", _grid_study, replace=True)
+    spec = parse_spec({
+        "name": "rep", "seed": 1, "batch_size": 6, "save_adversarial": True,
+        "datasets": [{"name": "digits", "sample": 12}],
+        "models": [{"name": "digits-lenet"}],
+        "attacks": [{"name": "fgsm", "grid": {"eps": [0.02, 0.1, 0.3]}}],
+        "studies": [{"task": "test-grid", "label": "grid"}],
+        "report": {
+            "tables": ["summary", "per_class",
+                       {"kind": "sigma_threshold", "param": "eps", "levels": [0.5]},
+                       {"kind": "pivot", "rows": ["model"], "columns": ["label"],
+                        "metrics": ["fooling_rate"]},
+                       {"kind": "study", "source": "grid", "rows": ["source"],
+                        "columns": ["target"], "value": "rate"}],
+            "plots": [{"kind": "curve", "x": "eps", "y": "fooling_rate"},
+                      {"kind": "heatmap", "source": "grid", "rows": "source",
+                       "columns": "target", "value": "rate"},
+                      {"kind": "perturbation_grid", "samples": 3}]}})
+    out = tmp_path_factory.mktemp("report") / "run"
+    run_spec(spec, out, progress=False)
+    assert main(["report", str(out)]) == 0
+    return out
+
+
+def test_report_files_and_tables(run_dir):
+    rdir = run_dir / "report"
+    for name in ("summary", "per_class", "sigma_threshold", "pivot", "study_grid", "provenance"):
+        for ext in ("md", "csv", "json"):
+            assert (rdir / "tables" / f"{name}.{ext}").stat().st_size > 0
+    figs = sorted(p.name for p in (rdir / "figures").iterdir())
+    assert "cells_fooling_rate_vs_eps.png" in figs and "cells_fooling_rate_vs_eps.svg" in figs
+    assert "grid_rate_heatmap.png" in figs and "grid_rate_heatmap.svg" in figs
+    assert sum(f.startswith("perturbations_") and f.endswith(".png") for f in figs) == 3
+    # the summary table holds the store's numbers (FR in %)
+    with Store(run_dir, readonly=True) as st:
+        cells = [c for c in st.cells() if c["kind"] == "attack"]
+    summary = json.loads((rdir / "tables" / "summary.json").read_text())
+    fr_col = summary["columns"].index("FR (%)")
+    assert [r[fr_col] for r in summary["rows"]] == pytest.approx(
+        [100 * c["fooling_rate"] for c in cells])
+    # per-class rows: one per cell, 10 classes
+    rows = list(csv.reader((rdir / "tables" / "per_class.csv").open()))
+    assert rows[0][3:] == [str(k) for k in range(10)] and len(rows) == 1 + len(cells)
+    # the study matrix is pivoted: sources down, targets across
+    grid = json.loads((rdir / "tables" / "study_grid.json").read_text())
+    assert grid["columns"] == ["source", "0", "1", "2"]
+    assert grid["rows"] == [["0", 0.0, 1.0, 2.0], ["1", 10.0, 11.0, 12.0]]
+    md = (rdir / "report.md").read_text()
+    assert "### Summary per attack cell" in md and "| dataset | model | attack |" in md
+
+
+def test_html_is_self_contained(run_dir):
+    page = (run_dir / "report" / "report.html").read_text()
+    assert page.count("<img ") == 5 and page.count('src="data:image/png;base64,') == 5
+    assert not re.search(r'(src|href)="(https?:|//|file:)', page)
+    assert page.count('<table class="results"') == 6
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed")
+def test_html_renders_in_headless_chromium(run_dir, tmp_path):
+    html = run_dir / "report" / "report.html"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", html.resolve().as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", res.stdout)
+    assert body is not None, res.stderr[-2000:]
+    tag = body.group(0)
+    assert 'data-figures-loaded="yes"' in tag, tag
+    assert 'data-figure-count="5"' in tag and 'data-tables="6"' in tag
+    assert "Summary per attack cell" in res.stdout and "Provenance of every cell" in res.stdout
