@@ -146,3 +146,42 @@ def test_bad_arguments():
         ExpectationGradient(0.1, 4, std=0.5)
     assert "variant='prob_average'" in repr(ExpectationGradient(0.1, 8))
     assert "SmoothAdvGradient(sigma=0.1" in repr(SmoothAdvGradient(0.1, 8))
+
+
+def test_study_rows_sweep_budget_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from advsmooth.studies.smoothing import run_smoothing_study
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4)).eval()
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    rows = run_smoothing_study(model, (x, y), sigma=0.2, samples=4, votes=("prediction", "soft"),
+                               attacks=("none", "pgd", "epgd"), eps=0.05, steps=2, m_backward=2,
+                               draws=2, sweep=True, sweep_sigmas=(0.0, 0.2), sweep_samples=(1, 4),
+                               budgets=(2, 4), out=tmp_path)
+    main = [r for r in rows if r["table"] == "main"]
+    assert {(r["attack"], r["classifier"]) for r in main} == {
+        (a, c) for a in ("none", "pgd", "epgd") for c in ("base", "prediction", "soft")}
+    clean_base = next(r for r in main if r["attack"] == "none" and r["classifier"] == "base")
+    assert clean_base["acc_mean"] == 1.0   # labels are the model's predictions
+    epgd = next(r for r in main if r["attack"] == "epgd" and r["classifier"] == "base")
+    assert epgd["grad_evals"] == pytest.approx(2 * 2)
+    # σ = 0 in the sweep reproduces the base model on clean inputs, for every M
+    for r in rows:
+        if r["table"] == "sweep" and r["sigma"] == 0.0 and r["input"] == "clean":
+            assert r["acc_mean"] == 1.0 and r["acc_std"] == 0.0
+    budget = [r for r in rows if r["table"] == "budget"]
+    assert {(r["attack"], r["budget"]) for r in budget} == {
+        (a, b) for a in ("pgd", "epgd", "smoothadv") for b in (2, 4)}
+    assert all(r["steps"] * r["M_backward"] == r["budget"] for r in budget)
+    for name in ("smoothing_main.csv", "smoothing_main.md", "smoothing_sweep.csv",
+                 "sweep_sigma_prediction.png", "sweep_samples.png", "budget.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_cli_smooth_rejects_bad_vote(capsys):
+    from advsmooth.cli import main
+
+    assert main(["smooth", "--model", "digits-lenet", "--data", "digits", "--vote", "foo"]) == 2
+    assert "vote" in capsys.readouterr().err

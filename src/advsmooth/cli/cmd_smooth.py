@@ -105,6 +105,16 @@ def _main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     votes = [v.strip() for v in args.vote.split(",") if v.strip()]
     attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
+    from ..defenses.smoothing import VOTES
+    from ..studies.smoothing import ATTACKS
+
+    for v in votes:
+        if v not in VOTES:
+            raise ValueError(f"--vote: unknown vote {v!r}; expected one of {', '.join(VOTES)}")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise ValueError(f"--attack: unknown attack {a!r}; expected one of "
+                             f"{', '.join(ATTACKS)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     model = models.load(args.model, models_dir=args.models_dir, device=device, verbose=False)
