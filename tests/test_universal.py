@@ -7,7 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from advsmooth.attacks import DeepFool, UniversalPerturbation, universal_fooling_rate
+from advsmooth.attacks import (
+    DeepFool,
+    SmoothFool,
+    UniversalPerturbation,
+    universal_fooling_rate,
+)
 from advsmooth.attacks.universal import project_l2, project_linf
 from advsmooth.filters import roughness
 from tests.conftest import Affine, TinyCNN
@@ -173,13 +178,7 @@ def test_uap_linf_bound_exact_in_float32():
     assert float(v.abs().max()) <= 0.03  # 0.03 is not a float32 number: rounded down
 
 
-def _smoothfool():
-    mod = pytest.importorskip("advsmooth.attacks.smoothfool")
-    return mod.SmoothFool
-
-
 def test_smooth_uap_is_smoother_than_plain_uap_at_same_xi():
-    SmoothFool = _smoothfool()
     model = Affine((1, 10, 10), 4, seed=2)
     x = _data(8, 7, shape=(1, 10, 10), lo=0.2, hi=0.8)
     xi = 0.1
@@ -197,7 +196,6 @@ def test_smooth_uap_is_smoother_than_plain_uap_at_same_xi():
 
 
 def test_smooth_uap_projection_and_literal_mode():
-    SmoothFool = _smoothfool()
     uap = UniversalPerturbation(base=SmoothFool(sigma=1.0), xi=0.05, progress_bar=False)
     g = torch.Generator().manual_seed(0)
     v = torch.randn(1, 1, 10, 10, generator=g, dtype=torch.float64) * 0.2
