@@ -137,3 +137,15 @@ def test_fgsm_rho_finds_smallest_grid_eps():
     assert out["rho"] == pytest.approx(sum(0.105 / v for v in [0.40, 0.45, 0.30, 0.35]) / 4)
     none = fgsm_rho(model, x, y, target_rate=1.0, eps_max=0.1, grid=10)
     assert math.isnan(none["eps"]) and none["rate"] < 1.0
+
+
+def test_fooling_rate_accepts_unclipped_adversarial_images():
+    model = Threshold().double()
+    x = _images([0.4, 0.45])
+    x_adv = _images([1.2, 0.45])             # outside [0, 1] (unclipped DeepFool style)
+    fr = fooling_rate(model, x, x_adv, torch.tensor([0, 0]))
+    assert fr.rate == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        fooling_rate(model, x, _images([float("nan"), 0.1]), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fooling_rate(model, x_adv, x, torch.tensor([0, 0]))   # the clean x must be valid

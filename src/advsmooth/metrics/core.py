@@ -71,10 +71,15 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256) -> Tensor:
-    """Predicted labels ``(N,)`` of ``model`` on ``x`` (``N×C×H×W``), in batches, in eval mode."""
+def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256,
+                    check: bool = True) -> Tensor:
+    """Predicted labels ``(N,)`` of ``model`` on ``x`` (``N×C×H×W``), in batches, in eval mode.
+
+    ``check=False`` skips the ``[0, 1]`` range check (for unclipped adversarial images).
+    """
     _check_batch_size(batch_size)
-    check_images(x)
+    if check:
+        check_images(x)
     out = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
@@ -86,7 +91,10 @@ def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256) -> Te
 
 def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
     check_images(x)
-    check_images(x_adv, "x_adv")
+    if not isinstance(x_adv, Tensor) or not x_adv.is_floating_point():
+        raise ValueError("x_adv must be a floating-point tensor")
+    if x_adv.shape == x.shape and x_adv.numel() and not bool(torch.isfinite(x_adv).all()):
+        raise ValueError("x_adv contains NaN or Inf values")
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(x_adv.shape)}")
@@ -105,7 +113,8 @@ def fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
     Args:
         model: classifier on pixel-space images.
         x: clean images ``N×C×H×W`` in ``[0, 1]``.
-        x_adv: adversarial images, same shape, in ``[0, 1]``.
+        x_adv: adversarial images, same shape, evaluated as given (an unclipped DeepFool
+            output may leave ``[0, 1]``; clamp it first if the threat model requires it).
         y: true labels ``(N,)``.
         batch_size: forward-pass chunk size.
 
@@ -115,7 +124,7 @@ def fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
     """
     y = _check_pair(x, x_adv, y)
     clean = predict_batched(model, x, batch_size=batch_size)
-    adv = predict_batched(model, x_adv, batch_size=batch_size)
+    adv = predict_batched(model, x_adv, batch_size=batch_size, check=False)
     used = clean == y
     fooled = adv != y
     n_used = int(used.sum())
