@@ -325,10 +325,12 @@ def destruction_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor,
     denom = c_x & ~c_adv
     if not bool(denom.any()):
         return float("nan")
-    xt = transform(x_adv[denom])
-    if xt.shape != x_adv[denom].shape:
+    # transform the whole batch (a seeded random transform then does not depend on which
+    # images happen to be in the denominator), evaluate the selected ones
+    xt = transform(x_adv)
+    if xt.shape != x_adv.shape:
         raise ValueError("transform changed the image shape")
-    c_t = _logits(model, xt, batch_size).argmax(1) == y[denom]
+    c_t = _logits(model, xt[denom], batch_size).argmax(1) == y[denom]
     return float(c_t.double().mean())
 
 

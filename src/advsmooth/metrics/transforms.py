@@ -87,8 +87,9 @@ class Rotation(Transform):
             return x.clone()
         n, _, h, w = x.shape
         a = math.radians(self.strength)
-        c, s = math.cos(a), math.sin(a)
+        c, s = math.cos(a), -math.sin(a)
         # output normalised coords (u, v) -> input coords: inverse rotation in pixel units
+        # (image rows point down, so a counter-clockwise turn as displayed has this sign)
         theta = torch.tensor([[c, s * h / w, 0.0], [-s * w / h, c, 0.0]], dtype=x.dtype,
                              device=x.device)
         grid = F.affine_grid(theta.expand(n, 2, 3), list(x.shape), align_corners=False)

@@ -22,6 +22,7 @@ __all__ = [
     "plot_gradient_similarity",
     "plot_decision_boundary",
     "plot_model_factors",
+    "plot_success_curves",
 ]
 
 
@@ -185,4 +186,21 @@ def plot_model_factors(names: Sequence[str], errors: Sequence[float], params: Se
     ax.grid(alpha=0.3)
     fig.colorbar(sc, ax=ax, label=f"transfer success to {target} (%)")
     ax.set_title(title or f"source model factors vs transfer to {target}", fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_success_curves(xs: Sequence[float], curves: Mapping[str, Sequence[float]], *,
+                        xlabel: str, ylabel: str = "transfer success (%)",
+                        title: str | None = None,
+                        path: str | os.PathLike[str] | None = None) -> Any:
+    """Success rate (%) vs a swept parameter, one line per setting (seed 001 Figure 4)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, vals in curves.items():
+        ax.plot(list(xs), list(vals), marker="o", ms=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or ylabel, fontsize=10)
     return _finish(fig, path)

@@ -1,0 +1,1 @@
+"""Study functions that reproduce tables and figures of the seed papers (called by specs)."""
