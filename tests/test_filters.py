@@ -234,3 +234,24 @@ def test_normalized_roughness_can_exceed_one_for_other_filters():
     r, top = _worst_case(h, 12, 12)
     assert top > 1.0
     assert roughness(r, normalized=True, filter=h).item() == pytest.approx(top, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:reflect padding")
+@pytest.mark.parametrize("padding", ALL_PADDINGS)
+def test_fft_path_matches_direct(padding):
+    x = _x((2, 3, 20, 17), dtype=torch.float32)
+    cases = [("gaussian", 14.0, {}), ("gaussian", 1.6, {"size_rule": "ref"}),  # even K = 8
+             ("uniform", 70, {}), ("linear", 9, {})]
+    for kind, p, kw in cases:
+        direct = LowPassFilter(kind, p, padding=padding, method="direct", **kw)
+        fft = LowPassFilter(kind, p, padding=padding, method="fft", **kw)
+        assert (direct(x) - fft(x)).abs().max() <= 1e-5, (kind, p)
+    asym = torch.tensor([0.5, 0.3, 0.15, 0.05])  # orientation matters (cross-correlation)
+    d = LowPassFilter(asym, padding=padding, method="direct")
+    f = LowPassFilter(asym, padding=padding, method="fft")
+    assert (d(x) - f(x)).abs().max() <= 1e-5
+    big = LowPassFilter("gaussian", 30.0, padding=padding)  # auto → FFT (K = 151 > 64)
+    assert (big(x) - LowPassFilter("gaussian", 30.0, padding=padding, method="direct")(x)
+            ).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="method"):
+        LowPassFilter("gaussian", 1.0, method="dft")
