@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
-ParamValue = Scalar | list[Scalar] | None
+ParamValue = Scalar | list[Scalar] | dict[str, Scalar | list[Scalar]] | None
 
 #: per-cell metrics of attack cells (the columns of the ``cells`` summary, see ``store.py``)
 ATTACK_METRICS: dict[str, str] = {

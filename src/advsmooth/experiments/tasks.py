@@ -122,9 +122,39 @@ def attack_class(name: str) -> type:
                      "'module:ClassName'")
 
 
+#: ``gradient = {kind = ...}`` tables in attack parameters -> gradient estimator classes
+GRADIENTS = {
+    "plain": "advsmooth.attacks.gradients:PlainGradient",
+    "smoothed": "advsmooth.attacks.gradients:SmoothedGradient",
+    "expectation": "advsmooth.attacks.smoothing_gradients:ExpectationGradient",
+    "smoothadv": "advsmooth.attacks.smoothing_gradients:SmoothAdvGradient",
+}
+
+
+def _resolve_objects(params: dict[str, Any]) -> dict[str, Any]:
+    """Turn a ``gradient = {kind = "smoothed", sigma = 0.06, samples = 20}`` table into the
+    estimator object (sg-FGSM / sg-IGSM / EPGD in a spec)."""
+    out = dict(params)
+    g = out.get("gradient")
+    if isinstance(g, dict):
+        kw = dict(g)
+        kind = kw.pop("kind", None)
+        if kind not in GRADIENTS:
+            raise ValueError(f"gradient.kind must be one of {sorted(GRADIENTS)}, got {kind!r}")
+        mod, _, attr = GRADIENTS[kind].partition(":")
+        cls = getattr(importlib.import_module(mod), attr)
+        try:
+            out["gradient"] = cls(**kw)
+        except TypeError as exc:
+            raise TypeError(f"gradient ({kind}): {exc}") from None
+    return out
+
+
 def build_attack(name: str, params: dict[str, Any]) -> Any:
     """Construct the attack ``name`` with keyword ``params`` (``ValueError``/``TypeError`` on bad
-    parameters, naming them). Uses the attack registry's ``build`` when it exists."""
+    parameters, naming them). Uses the attack registry's ``build`` when it exists. A
+    ``gradient = {kind = ..., ...}`` table builds a gradient estimator (see :data:`GRADIENTS`)."""
+    params = _resolve_objects(params)
     reg = _registry()
     if (":" not in name and reg is not None and callable(getattr(reg, "build", None))
             and name in getattr(reg, "REGISTRY", {})):
