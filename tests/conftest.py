@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny deterministic models, the shared data/models folders, quiet progress bars."""
+"""Shared fixtures: tiny deterministic models, the shared data/models folders, quiet progress."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Affine(nn.Module):
 
 
 class TinyCNN(nn.Module):
-    """A small non-linear classifier for 1×8×8 or 3×8×8 inputs (with BatchNorm to test hygiene)."""
+    """A small non-linear classifier for 1×8×8 or 3×8×8 inputs (BatchNorm tests hygiene)."""
 
     def __init__(self, channels: int = 1, num_classes: int = 4, seed: int = 0) -> None:
         super().__init__()

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 PAGES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]

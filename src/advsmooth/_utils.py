@@ -47,7 +47,9 @@ def optional_import(name: str) -> ModuleType:
         top = name.split(".")[0]
         extra = _EXTRAS.get(top)
         hint = f"pip install 'advsmooth[{extra}]'" if extra else f"pip install {top}"
-        raise ImportError(f"{name!r} is required for this feature but is not installed: {hint}") from exc
+        raise ImportError(
+            f"{name!r} is required for this feature but is not installed: {hint}"
+        ) from exc
 
 
 def cache_dir() -> Path:
@@ -79,8 +81,8 @@ def make_generator(
     return gen
 
 
-def progress(iterable: Any = None, *, total: int | None = None, desc: str = "", enabled: bool = True,
-             **kwargs: Any) -> Any:
+def progress(iterable: Any = None, *, total: int | None = None, desc: str = "",
+             enabled: bool = True, **kwargs: Any) -> Any:
     """A tqdm progress bar on stderr, or a silent pass-through when ``enabled`` is False.
 
     Disabled automatically when ``$ADVSMOOTH_NO_PROGRESS`` is set (CI, tests).
@@ -95,14 +97,16 @@ def progress(iterable: Any = None, *, total: int | None = None, desc: str = "", 
 
 def check_positive(name: str, value: float) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0) or value != value or value == float("inf"):
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not (value > 0) or value == float("inf")):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_nonnegative(name: str, value: float) -> float:
     """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0) or value == float("inf"):
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not (value >= 0) or value == float("inf")):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

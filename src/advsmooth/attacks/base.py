@@ -56,11 +56,14 @@ def check_images(x: Any, name: str = "x") -> Tensor:
     values outside ``[0, 1]``. Returns ``x`` unchanged.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape N×C×H×W, got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape N×C×H×W, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{name} must have shape N×C×H×W (4 dimensions), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape N×C×H×W (4 dimensions), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+        raise ValueError(
+            f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
@@ -85,7 +88,8 @@ def check_labels(labels: Any, n: int, num_classes: int | None, device: torch.dev
         try:
             labels = torch.as_tensor(labels)
         except Exception as exc:  # noqa: BLE001 - re-raised with a clear message
-            raise TypeError(f"{name} must be a tensor of integer class labels, got {type(labels).__name__}") from exc
+            raise TypeError(f"{name} must be a tensor of integer class labels, "
+                            f"got {type(labels).__name__}") from exc
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
     if labels.ndim != 1:
@@ -166,7 +170,8 @@ def predict(logits: Tensor) -> Tensor:
     if logits.ndim == 2 and logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
     if logits.ndim != 2:
-        raise ValueError(f"model output must have shape N×K (or N for a binary score), got {tuple(logits.shape)}")
+        raise ValueError("model output must have shape N×K (or N for a binary score), "
+                         f"got {tuple(logits.shape)}")
     return logits.argmax(dim=1)
 
 
@@ -258,7 +263,7 @@ class AttackResult:
         return self.x_adv - self.x
 
     def norms(self, p: float | str = 2) -> Tensor:
-        """Per-sample ``p``-norm of the perturbation, shape ``(N,)`` (``p`` in {1, 2, inf, any > 0})."""
+        """Per-sample ``p``-norm of the perturbation, shape ``(N,)`` (``p``: 1, 2, inf, any > 0)."""
         r = self.perturbation.flatten(1)
         if p in ("inf", float("inf")):
             return r.abs().amax(dim=1) if r.shape[1] else r.new_zeros(r.shape[0])
@@ -266,7 +271,7 @@ class AttackResult:
 
     @property
     def skipped(self) -> Tensor:
-        """``(N,)`` bool: inputs that needed no attack (already misclassified / already on target)."""
+        """``(N,)`` bool: inputs that needed no attack (misclassified / already on target)."""
         if self.target is None:
             return self.clean_pred != self.labels
         return self.clean_pred == self.target
@@ -375,17 +380,17 @@ class AttackContext:
         return self.target is not None
 
     def count_forward(self, sub: Tensor | None = None, k: int = 1) -> None:
-        """Add ``k`` forward evaluations to the active samples ``sub`` (indices or mask into ``x``)."""
+        """Add ``k`` forward evaluations to active samples ``sub`` (indices/mask into ``x``)."""
         self.cost.add_forward(self.index if sub is None else self.index[sub], k)
 
     def count_grad(self, sub: Tensor | None = None, k: int = 1) -> None:
-        """Add ``k`` gradient evaluations to the active samples ``sub`` (indices or mask into ``x``)."""
+        """Add ``k`` gradient evaluations to active samples ``sub`` (indices/mask into ``x``)."""
         self.cost.add_grad(self.index if sub is None else self.index[sub], k)
 
 
 @dataclass
 class AttackOutput:
-    """What :meth:`Attack._attack` returns for the active samples (first dimension = active count)."""
+    """What :meth:`Attack._attack` returns for the active samples (first dim = active count)."""
 
     x_adv: Tensor
     iterations: Tensor
