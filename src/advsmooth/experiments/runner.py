@@ -459,9 +459,9 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
         if c.kind != "attack" or store.cell_status(c.cell_id) == "done":
             return
         assert c.dataset is not None and c.model is not None
+        ts = time.perf_counter()
         meta = dict(meta_common, data_hash=res.data_hash(c.dataset),
                     checkpoint_hash=res.model_hash(c.model))
-        ts = time.perf_counter()
         store.finalize_cell(c.cell_id, meta)
         store_seconds += time.perf_counter() - ts
 
