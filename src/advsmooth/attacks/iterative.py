@@ -61,6 +61,9 @@ __all__ = [
     "project_linf",
     "project_l2",
     "normalize_norm",
+    "sg_fgsm",
+    "sg_igsm",
+    "sg_mifgsm",
 ]
 
 
@@ -478,3 +481,35 @@ class MIFGSM(IterativeAttack):
     def _extra_params(self) -> None:
         super()._extra_params()
         self._params.pop("random_start", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# sg- factories (for the attack registry / CLI)
+# ----------------------------------------------------------------------------------------------
+
+def _sg(sigma: float, samples: int, chunk_size: int | None) -> GradientEstimator:
+    from .gradients import SmoothedGradient
+
+    return SmoothedGradient(sigma, samples, chunk_size=chunk_size)
+
+
+def sg_fgsm(*, eps: float = 8 / 255, sigma: float = 15 / 255, samples: int = 20,
+            chunk_size: int | None = None, **kwargs: Any) -> FGSM:
+    """sg-FGSM: ``FGSM(eps, gradient=SmoothedGradient(sigma, samples, chunk_size))``."""
+    return FGSM(eps=eps, gradient=_sg(sigma, samples, chunk_size), **kwargs)
+
+
+def sg_igsm(*, eps: float = 8 / 255, alpha: float | None = None, steps: int | None = None,
+            sigma: float = 15 / 255, samples: int = 20, chunk_size: int | None = None,
+            **kwargs: Any) -> IGSM:
+    """sg-IGSM: ``IGSM(..., gradient=SmoothedGradient(sigma, samples, chunk_size))``."""
+    return IGSM(eps=eps, alpha=alpha, steps=steps, gradient=_sg(sigma, samples, chunk_size),
+                **kwargs)
+
+
+def sg_mifgsm(*, eps: float = 8 / 255, alpha: float | None = None, steps: int | None = None,
+              decay: float = 1.0, sigma: float = 15 / 255, samples: int = 20,
+              chunk_size: int | None = None, **kwargs: Any) -> MIFGSM:
+    """sg-mIGSM: ``MIFGSM(..., gradient=SmoothedGradient(sigma, samples, chunk_size))``."""
+    return MIFGSM(eps=eps, alpha=alpha, steps=steps, decay=decay,
+                  gradient=_sg(sigma, samples, chunk_size), **kwargs)
