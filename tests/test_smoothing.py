@@ -110,7 +110,7 @@ def test_weighted_votes_hand_built():
 @pytest.mark.parametrize("vote", ["prediction", "soft", "logit_mean"])
 def test_chunk_size_independent(cnn, xs, vote):
     outs = []
-    for bs in (1, 5, 17, 1000):
+    for bs in (3, 17, 1000):
         sm = SmoothedClassifier(cnn, 0.25, 20, vote=vote, batch_size=bs, seed=11)
         with torch.no_grad():
             outs.append(sm(xs))
