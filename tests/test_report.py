@@ -32,11 +32,14 @@ def run_dir(tmp_path_factory):
         "studies": [{"task": "test-grid", "label": "grid"}],
         "report": {
             "tables": ["summary", "per_class",
+                       {"kind": "summary", "name": "big_eps", "where": {"eps": 0.3}},
                        {"kind": "sigma_threshold", "param": "eps", "levels": [0.5]},
                        {"kind": "pivot", "rows": ["model"], "columns": ["label"],
                         "metrics": ["fooling_rate"]},
                        {"kind": "study", "source": "grid", "rows": ["source"],
-                        "columns": ["target"], "value": "rate"}],
+                        "columns": ["target"], "value": "rate"},
+                       {"kind": "study", "source": "grid", "name": "grid_s1",
+                        "where": {"source": 1}}],
             "plots": [{"kind": "curve", "x": "eps", "y": "fooling_rate"},
                       {"kind": "heatmap", "source": "grid", "rows": "source",
                        "columns": "target", "value": "rate"},
@@ -70,6 +73,10 @@ def test_report_files_and_tables(run_dir):
     grid = json.loads((rdir / "tables" / "study_grid.json").read_text())
     assert grid["columns"] == ["source", "0", "1", "2"]
     assert grid["rows"] == [["0", 0.0, 1.0, 2.0], ["1", 10.0, 11.0, 12.0]]
+    big = json.loads((rdir / "tables" / "big_eps.json").read_text())
+    assert [r[2] for r in big["rows"]] == ["fgsm[eps=0.3]"]
+    s1 = json.loads((rdir / "tables" / "grid_s1.json").read_text())
+    assert s1["rows"] == [[1, 0, 10.0], [1, 1, 11.0], [1, 2, 12.0]]
     md = (rdir / "report.md").read_text()
     assert "### Summary per attack cell" in md and "| dataset | model | attack |" in md
 
@@ -78,7 +85,7 @@ def test_html_is_self_contained(run_dir):
     page = (run_dir / "report" / "report.html").read_text()
     assert page.count("<img ") == 5 and page.count('src="data:image/png;base64,') == 5
     assert not re.search(r'(src|href)="(https?:|//|file:)', page)
-    assert page.count('<table class="results"') == 6
+    assert page.count('<table class="results"') == 8
 
 
 def _chromium() -> str | None:
@@ -100,5 +107,5 @@ def test_html_renders_in_headless_chromium(run_dir, tmp_path):
     assert body is not None, res.stderr[-2000:]
     tag = body.group(0)
     assert 'data-figures-loaded="yes"' in tag, tag
-    assert 'data-figure-count="5"' in tag and 'data-tables="6"' in tag
+    assert 'data-figure-count="5"' in tag and 'data-tables="8"' in tag
     assert "Summary per attack cell" in res.stdout and "Provenance of every cell" in res.stdout

@@ -240,6 +240,8 @@ class TableSpec(_Strict):
       (SmoothFool Fig. 6 numbers);
     * ``study``: the rows of the study cells labelled ``source`` (optionally pivoted with
       ``rows``/``columns``/``value``).
+
+    ``where`` keeps only the rows (cells or study rows) whose fields equal the given values.
     """
 
     kind: Literal["summary", "pivot", "per_class", "sigma_threshold", "study"]
@@ -254,6 +256,7 @@ class TableSpec(_Strict):
         default_factory=lambda: [1.0, 0.5, 0.2])
     source: StrictStr | None = None
     scale: dict[str, StrictFloat | StrictInt] = Field(default_factory=dict)
+    where: dict[str, Scalar] = Field(default_factory=dict)
 
 
 class PlotSpec(_Strict):
@@ -281,6 +284,7 @@ class PlotSpec(_Strict):
     ylabel: StrictStr | None = None
     logx: StrictBool = False
     samples: Annotated[StrictInt, Field(ge=1, le=20)] = 4
+    where: dict[str, Scalar] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _fields(self) -> PlotSpec:

@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from .tables import METRIC_DISPLAY, Table, attack_cells, build_tables, cell_field, study_rows_for
+from .tables import (
+    METRIC_DISPLAY,
+    Table,
+    attack_cells,
+    build_tables,
+    cell_field,
+    filter_cells,
+    study_rows_for,
+)
 
 __all__ = ["build_report", "build_figures", "render_html", "Figure"]
 
@@ -132,8 +140,11 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
         used.add(nm)
         return nm
 
+    all_cells = cells
     for p in plots:
         kind, source = p["kind"], p.get("source")
+        where = p.get("where") or {}
+        cells = all_cells if source is not None else filter_cells(all_cells, where)
         if kind == "curve":
             x, y = p["x"], p["y"]
             if source is None:
@@ -142,7 +153,7 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                 ylim = (-2.0, 102.0) if y in ("fooling_rate", "accuracy", "adv_accuracy") else None
             else:
                 hue = p.get("hue") or []
-                series = _series_rows(study_rows_for(store, cells, source), x, y, hue)
+                series = _series_rows(study_rows_for(store, cells, source, where), x, y, hue)
                 ylim = None
             if not series:
                 continue
@@ -161,7 +172,7 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                             **({p["facet"]: cell_field(c, p["facet"])} if p.get("facet") else {})}
                            for c in attack_cells(cells)]
             else:
-                records = study_rows_for(store, cells, source)
+                records = study_rows_for(store, cells, source, where)
             facets: list[Any] = [None]
             if p.get("facet"):
                 facets = []

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Table", "METRIC_DISPLAY", "build_tables", "cell_field", "attack_cells",
+__all__ = ["Table", "METRIC_DISPLAY", "build_tables", "cell_field", "attack_cells", "filter_cells",
            "study_rows_for", "summary_table", "pivot_table", "per_class_table",
            "sigma_threshold_table", "study_table", "provenance_table"]
 
@@ -292,26 +292,37 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
                              "crossing (ALGORITHMS.md §14); the grid max if FR never drops below.")
 
 
-def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str
-                   ) -> list[dict[str, Any]]:
-    """All rows of the study cells labelled ``source``, each with its grid point's values."""
+def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str,
+                   where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """All rows of the study cells labelled ``source``, each with its grid point's values
+    (only those whose fields equal ``where``)."""
     out = []
     for c in cells:
         if c["kind"] != "study" or c.get("config", {}).get("study") != source:
             continue
         grid = c.get("config", {}).get("grid", {})
         for r in store.study_rows(c["cell_id"]):
-            out.append({**grid, **r})
+            row = {**grid, **r}
+            if all(row.get(k) == v for k, v in (where or {}).items()):
+                out.append(row)
     return out
+
+
+def filter_cells(cells: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None
+                 ) -> list[Mapping[str, Any]]:
+    """The cells whose fields (see :func:`cell_field`) equal ``where``."""
+    return [c for c in cells
+            if all(cell_field(c, k) == v for k, v in (where or {}).items())]
 
 
 def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
                 rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
                 value: str | None = None, name: str | None = None, title: str | None = None,
-                scale: Mapping[str, float] | None = None) -> Table:
+                scale: Mapping[str, float] | None = None,
+                where: Mapping[str, Any] | None = None) -> Table:
     """The rows of a study; with ``rows``, ``columns`` and ``value`` pivoted into a matrix
     (e.g. a transfer matrix: sources down, targets across)."""
-    data = study_rows_for(store, cells, source)
+    data = study_rows_for(store, cells, source, where)
     name = name or f"study_{source}"
     sc = dict(scale or {})
 
@@ -360,11 +371,13 @@ def build_tables(store: Any, spec: Mapping[str, Any] | None = None) -> list[Tabl
     """The tables requested by the spec recorded in ``store`` (plus the provenance table)."""
     if spec is None:
         spec = store.current_spec()[1]
-    cells = store.cells()
+    all_cells = store.cells()
     out: list[Table] = []
     used: set[str] = set()
-    for t in spec.get("report", {}).get("tables", [{"kind": "summary"}]):
+    for t in spec.get("report", {}).get("tables") or [{"kind": "summary"}]:
         kind = t["kind"]
+        where = t.get("where") or {}
+        cells = all_cells if kind == "study" else filter_cells(all_cells, where)
         scale = t.get("scale") or {}
         base = t.get("name") or (kind if kind != "study" else f"study_{t.get('source')}")
         nm, i = base, 2
@@ -387,9 +400,9 @@ def build_tables(store: Any, spec: Mapping[str, Any] | None = None) -> list[Tabl
         elif kind == "study":
             tab = study_table(store, cells, t["source"], rows=t.get("rows"),
                               columns=t.get("columns"), value=t.get("value"), name=nm,
-                              title=t.get("title"), scale=scale)
+                              title=t.get("title"), scale=scale, where=where)
         else:  # pragma: no cover - the spec validator rejects other kinds
             raise ValueError(f"unknown table kind {kind!r}")
         out.append(tab)
-    out.append(provenance_table(cells))
+    out.append(provenance_table(all_cells))
     return out
