@@ -188,6 +188,7 @@ def test_smooth_uap_is_smoother_than_plain_uap_at_same_xi():
                                 target_fooling_rate=1.0, progress_bar=False)
     smooth = uap.fit(model, x)
     assert uap.smooth and uap.updates_ > 0
+    assert 0 <= uap.projection_fallbacks_ <= uap.updates_
     assert float(smooth.abs().max()) <= xi
     assert float(smooth.abs().max()) > 0
     om_plain = float(roughness(plain, normalized=True))

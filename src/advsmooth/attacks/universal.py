@@ -178,11 +178,12 @@ def _filter_of(base: Attack) -> Any:
     raise ValueError(f"cannot find the low-pass filter of {base!r} (expected a .filter attribute)")
 
 
-def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> Tensor:
+def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, bool]:
     """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (§6.2), returning the clipped ``u``.
 
     Uses the SmoothFool attack's filter and its SmoothClip settings (iteration cap, minimum step,
-    mask normalisation) with the step ``step``.
+    mask normalisation) with the step ``step``. Also returns whether SmoothClip had to fall
+    back to pixel-wise clamping (its iteration cap was hit).
     """
     from .smoothfool import smooth_clip
 
@@ -190,15 +191,8 @@ def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> Tensor:
                                                 ("min_step", "clip_min_step"),
                                                 ("normalize_mask", "normalize_mask"))
               if hasattr(base, a)}
-    out = smooth_clip(torch.zeros_like(u), u, _filter_of(base), step, **kwargs)
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    for name in ("r", "r_c", "perturbation"):
-        if hasattr(out, name):
-            return getattr(out, name)
-    raise TypeError(f"unexpected return type of smooth_clip: {type(out).__name__}")
+    r_c, _, fallback = smooth_clip(torch.zeros_like(u), u, _filter_of(base), step, **kwargs)
+    return r_c, bool(fallback.any())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +230,11 @@ class UniversalPerturbation:
     After :meth:`fit`: ``perturbation_`` (``1×C×H×W``), ``history_`` (fooling rate on the
     fitting data after each pass), ``fooling_rate_`` (last entry), ``passes_``, ``updates_``
     (number of accepted increments), ``cost_`` (total forward / gradient evaluations and base
-    attack calls).
+    attack calls), ``projection_fallbacks_`` (smooth UAP: projections where SmoothClip hit its
+    iteration cap and clamped pixel-wise — then ``v`` is no longer guaranteed smooth; seen with
+    large σ on small images, where SmoothFool increments are far larger than ξ).
+
+    ``v`` is the perturbation after the last pass (REF), not the best one seen.
 
     An increment is accepted only when the base attack succeeded (fooled ``x + v``); for
     DeepFool this is the "converged" test of the REF code (which uses ``iters < max_iter − 1``).
@@ -291,6 +289,7 @@ class UniversalPerturbation:
         self.passes_ = 0
         self.updates_ = 0
         self.cost_: dict[str, int] = {}
+        self.projection_fallbacks_ = 0
 
     def __repr__(self) -> str:
         return (f"UniversalPerturbation(base={self.base!r}, xi={self.xi!r}, norm={self.norm!r}, "
@@ -304,7 +303,9 @@ class UniversalPerturbation:
         """Project ``v`` (``1×C×H×W``) onto the constraint set: ℓ∞/ℓ2 ball, or smooth ℓ∞ (§6.2)."""
         if self.smooth:
             u = (v / self.xi + 1.0) / 2.0
-            u = _smooth_clip_unit(u, self.base, self.clip_step).clamp(0.0, 1.0)
+            u, fell_back = _smooth_clip_unit(u, self.base, self.clip_step)
+            self.projection_fallbacks_ += int(fell_back)
+            u = u.clamp(0.0, 1.0)
             return project_linf((2.0 * u - 1.0) * self.xi, self.xi)
         if self.norm == "inf":
             return project_linf(v, self.xi)
@@ -333,6 +334,7 @@ class UniversalPerturbation:
         attack_gen = make_generator(self.seed, x.device)
         v = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
         self.history_ = []
+        self.projection_fallbacks_ = 0
         self.updates_ = 0
         self.passes_ = 0
         fr = 0.0

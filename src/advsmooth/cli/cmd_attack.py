@@ -269,6 +269,7 @@ def _run_universal(uap: Any, data: dict[str, Any], args: argparse.Namespace
         "v_l2": float(torch.linalg.vector_norm(v)), "v_linf": float(v.abs().max()),
         **_roughness_stats(v),
         "passes": uap.passes_, "updates": uap.updates_, "history": uap.history_,
+        "projection_fallbacks": getattr(uap, "projection_fallbacks_", 0),
         "forward_evals_per_image": uap.cost_["forward"] / n_fit,
         "grad_evals_per_image": uap.cost_["grad"] / n_fit,
         "seconds": fit_seconds,
