@@ -49,7 +49,10 @@ def test_method_decreases_loss_and_writes_checkpoints(name, tmp_path):
         model = nz.inject_noise(model, where="weights", granularity="channelwise")
         kwargs = {"eps": 0.05, "alpha": 0.02, "steps": 2}
     if name == "sat":
-        kwargs = {"sigma_g": 1.0, "max_iter": 10}
+        from advsmooth.attacks import SmoothFool
+
+        x, y = x[:32], y[:32]
+        kwargs = {"attack": SmoothFool(sigma=1.0, max_iter=5, clip_max_iter=20)}
     out = tmp_path / name
     trained = D.train(model, (x, y), method=name, epochs=3, lr=0.01, batch_size=16, seed=1,
                       out_dir=out, show_progress=False, **kwargs)

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="split for the clean accuracy in the log (default: test/val if "
                         "available; 'none' to skip)")
     p.add_argument("--method", default="standard", help="training method (default: standard)")
+    p.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="hyper-parameter of the method, repeatable (VALUE parsed as JSON when "
+                        "possible, e.g. eps=0.3 steps=7 variant=prob_average)")
     p.add_argument("--epochs", type=nonnegative_int, default=10, help="epochs (default: 10)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (1e-3)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -65,6 +68,10 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}")
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    method_kwargs = _method_params(args.method_param)
+    from ..defenses.training import get_method
+
+    get_method(args.method, **method_kwargs)  # validate before loading data
     device = resolve_device(args.device)
     train_xy = data.load(args.data, split=args.train_split, root=args.data_root)
     in_shape = tuple(train_xy[0].shape[1:])
@@ -110,7 +117,8 @@ def _main(args: argparse.Namespace) -> int:
           optimizer=args.optimizer, weight_decay=args.weight_decay,
           schedule=None if args.schedule == "none" else args.schedule,
           batch_size=args.batch_size, seed=args.seed, out_dir=out, resume=args.resume,
-          eval_data=eval_xy, device=device, show_progress=not args.no_progress)
+          eval_data=eval_xy, device=device, show_progress=not args.no_progress,
+          **method_kwargs)
     acc = evaluate(model, eval_xy) if eval_xy is not None else None
     path = models.save_model(
         model, out / "model.pt", arch=arch, in_shape=in_shape, num_classes=num_classes,
@@ -123,3 +131,19 @@ def _main(args: argparse.Namespace) -> int:
         msg += f": {eval_split} accuracy {100 * acc:.2f} %"
     print(f"{msg}; saved {path} (logs and checkpoints in {out})")
     return 0
+
+
+def _method_params(items: list[str]) -> dict[str, Any]:
+    """``["eps=0.3", "variant=prob_average"]`` → ``{"eps": 0.3, "variant": "prob_average"}``."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--method-param must look like KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = val
+    return out

@@ -74,6 +74,7 @@ __all__ = [
     "pgd_linf",
     "trades_perturb",
     "register_methods",
+    "data_fingerprint",
     "finetune",
 ]
 
@@ -468,6 +469,13 @@ class SmoothAdversarialTraining(RobustMethod):
 # fine-tuning on a perturbed training set computed once
 # ----------------------------------------------------------------------------------------------
 
+def data_fingerprint(x: Tensor, y: Tensor) -> list[float]:
+    """A cheap fingerprint of a training set (size, pixel sum, weighted label sum) that decides
+    whether a cached prepared set belongs to the same data."""
+    w = torch.arange(1, len(y) + 1, dtype=torch.float64)
+    return [float(len(y)), float(x.double().sum()), float((y.double() * w).sum())]
+
+
 def _materialise(src: Any) -> tuple[Tensor, Tensor]:
     if isinstance(src, tuple):
         return src
@@ -497,11 +505,12 @@ class _PreparedFineTuning(RobustMethod):
                 ) -> tuple[Tensor, Tensor]:
         """The perturbed training set ``(clamp(x + perturbation, 0, 1), y)``."""
         cache = Path(out_dir) / f"prepared_{self.name}.pt" if out_dir is not None else None
+        x, y = _materialise(data)
+        fp = data_fingerprint(x, y)
         if cache is not None and cache.exists():
             state = torch.load(cache, map_location="cpu", weights_only=True)
-            if state.get("config") == self.config():
+            if state.get("config") == self.config() and state.get("data") == fp:
                 return state["x"], state["y"]
-        x, y = _materialise(data)
         dev = torch.device(device) if device is not None else x.device
         outs = []
         starts = range(0, x.shape[0], self.batch_size)
@@ -514,7 +523,7 @@ class _PreparedFineTuning(RobustMethod):
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp")
-            torch.save({"config": self.config(), "x": xp, "y": y}, tmp)
+            torch.save({"config": self.config(), "data": fp, "x": xp, "y": y}, tmp)
             tmp.replace(cache)
         return xp, y
 
