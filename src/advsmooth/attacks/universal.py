@@ -231,8 +231,7 @@ class UniversalPerturbation:
     fitting data after each pass), ``fooling_rate_`` (last entry), ``passes_``, ``updates_``
     (number of accepted increments), ``cost_`` (total forward / gradient evaluations and base
     attack calls), ``projection_fallbacks_`` (smooth UAP: projections where SmoothClip hit its
-    iteration cap and clamped pixel-wise — then ``v`` is no longer guaranteed smooth; seen with
-    large σ on small images, where SmoothFool increments are far larger than ξ).
+    iteration cap and clamped pixel-wise, so that step was not smooth).
 
     ``v`` is the perturbation after the last pass (REF), not the best one seen.
 
