@@ -82,6 +82,9 @@ def test_npz_uint8_hw_and_hwc_and_float(tmp_path):
     xi, yi = ds[2]
     assert xi.shape == (3, 6, 7) and int(yi) == 2
     assert torch.allclose(xi, data.load(f"npz:{tmp_path / 'c.npz'}")[0][2])
+    assert torch.equal(ds[-1][0], ds[3][0]) and len(ds) == 4
+    with pytest.raises(IndexError):
+        ds[4]
 
 
 def test_npz_errors(tmp_path):

@@ -364,6 +364,11 @@ class ArrayDataset(Dataset):
         return len(self._x)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index out of range for {self.source} with {len(self)} samples")
         xi = self._x[i : i + 1]
         t = xi if isinstance(xi, Tensor) else _to_nchw_float(np.asarray(xi), self.source)
         return t[0], self.targets[i]
