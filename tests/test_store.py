@@ -23,7 +23,7 @@ seed = 11
 batch_size = 1
 [[datasets]]
 name = "digits"
-sample = 10
+sample = 20
 [[models]]
 name = "digits-lenet"
 [[attacks]]
@@ -102,17 +102,17 @@ def _committed(out: Path) -> int:
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text(SLOW_SPEC)
-    total = 20  # 2 cells × 10 batches of 1
+    total = 40  # 2 cells × 20 batches of 1
     killed_dir = tmp_path / "killed"
     proc = _run(spec, killed_dir)
     deadline = time.time() + 300
-    while _committed(killed_dir) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    while _committed(killed_dir) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     before = _committed(killed_dir)
-    assert 3 <= before < total, "the run finished before it could be killed"
+    assert 1 <= before < total, "the run finished before it could be killed"
     with Store(killed_dir, readonly=True) as st:
         first_log = {(b["cell_id"], b["batch"]) for b in st.batch_log()}
     resumed = _run(spec, killed_dir)
@@ -127,6 +127,6 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
         assert {(r["cell_id"], r["batch"]) for r in log if r["run_id"] == 1} == first_log
         assert {r["run_id"] for r in log} == {1, 2}
         sa, sb = a.snapshot(), b.snapshot()
-        assert len(sa["samples"]) == 20 and sa == sb
+        assert len(sa["samples"]) == 40 and sa == sb
         assert not TIMING_COLUMNS & {"cell_id", "l2", "fooling_rate"}
         assert all(c["status"] == "done" for c in a.cells())
