@@ -303,8 +303,8 @@ def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool) -> 
     # Figure 3b / 9: decision boundaries
     for sign, key in ((False, "fig3b_decision_boundary"), (True, "fig9_decision_boundary_sign")):
         dbm = decision_boundary_map(named["digits-lenet"], all_models, x[0], int(y[0]),
-                                    sigma=eps, samples=500, extent=3 * eps if not sign else eps,
-                                    resolution=101, sign=sign, seed=seed)
+                                    sigma=eps, samples=200, extent=3 * eps if not sign else eps,
+                                    resolution=61, sign=sign, seed=seed)
         results[key] = {"y": dbm.y, "cos_G_g": dbm.cos_g_h,
                         "fraction_true_class": {k: float((v == dbm.y).mean())
                                                 for k, v in dbm.labels.items()}}
@@ -415,7 +415,7 @@ def _cifar(out: Path, n: int | None, seed: int, w: _Writer, progress: bool, budg
     tm_kw: dict[str, Any] = dict(seed=seed, batch_size=50, progress=progress)
     all_models = list(named.items())
     t2b = transfer_matrix(all_models, all_models, FGSM(eps=10 / 255), (x, y), **tm_kw)
-    w.table("table2b_fgsm_eps10", t2b, "Table 2(b) analogue: FGSM ε=10/255 top-1 transfer "
+    w.table("table2b_fgsm_eps10", t2b, "Table 2(b) analogue: FGSM ε=10/255 transfer "
             "among CIFAR-10 ResNets", metrics=("top1", "top5"))
     gen = make_generator(seed + 1, "cpu")
     pick = torch.randperm(x.shape[0], generator=gen)[:budget_n].sort().values
