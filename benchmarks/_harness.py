@@ -63,6 +63,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": loadavg(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -264,7 +265,7 @@ def machine_md(info: dict[str, Any]) -> str:
         f"- date (UTC): {info['date_utc']}; wall time of the suite: "
         f"{fmt(info.get('suite_seconds'))} s",
         f"- CPU: {info['cpu']} ({info['logical_cores']} logical cores, shared with other jobs); "
-        f"torch threads: {info['torch_threads']}",
+        f"torch threads: {info['torch_threads']} (OMP_WAIT_POLICY={info.get('omp_wait_policy')})",
         f"- load average (1/5/15 min) at start: {info.get('loadavg_start')}, at end: "
         f"{info.get('loadavg_end')}",
         f"- Python {info['python']}; {vers}"

@@ -86,6 +86,8 @@ def run_case(case: tuple, libs: list[str], args: Any, log: Any) -> dict[str, Any
         sub = n
         if lib == "torchattacks":
             sub = min(n, args.slow_subset if args.slow_subset is not None else SLOW_SUBSET[name])
+        elif not lib.startswith("advsmooth") and args.peer_subset.get(name) is not None:
+            sub = min(n, args.peer_subset[name])
         subsets[lib] = sub
 
     def job(lib: str):
@@ -141,8 +143,10 @@ def run_smoothfool(case: tuple, args: Any, log: Any) -> dict[str, Any] | None:
     log(f"  smoothfool on {name}: {n} images")
     attacks = {"DeepFool": asm.attacks.DeepFool(norm=2, overshoot=DF["overshoot"],
                                                 max_iter=DF["steps"], candidates=DF["candidates"])}
+    clip_step = 0.5 if dataset == "cifar10" else 1.0  # SmoothClip ε: seed's CIFAR / MNIST value
     for s in args.sigmas:
-        attacks[f"SmoothFool σg={s:g}"] = asm.attacks.SmoothFool(sigma=float(s))
+        attacks[f"SmoothFool σg={s:g}"] = asm.attacks.SmoothFool(sigma=float(s),
+                                                                 clip_step=clip_step)
 
     def job(a):
         def f():
@@ -174,7 +178,8 @@ def run_smoothfool(case: tuple, args: Any, log: Any) -> dict[str, Any] | None:
         r["time_vs_deepfool"] = r["seconds"] / df["seconds"]
         r["grads_vs_deepfool"] = r["grad_per_image"] / df["grad_per_image"]
         r["omega_n_vs_deepfool"] = r["omega_n_x1e3"] / df["omega_n_x1e3"]
-    return {"case": name, "model": model_name, "n_attacked": n, "rows": rows}
+    return {"case": name, "model": model_name, "n_attacked": n, "clip_step": clip_step,
+            "attacks": {k: repr(a) for k, a in attacks.items()}, "rows": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +282,8 @@ def markdown(payload: dict[str, Any]) -> str:
             lines += [f"## SmoothFool on {c['case']}: skipped ({c['skipped']})", ""]
             continue
         lines += [f"## SmoothFool vs DeepFool on {c['case']} ({c['model']}, {c['n_attacked']} "
-                  "images)", "", H.md_table(c["rows"], SF_COLUMNS), ""]
+                  f"images, SmoothClip step {c['clip_step']})", "",
+                  H.md_table(c["rows"], SF_COLUMNS), ""]
     lines += ["## Targets", "", H.md_table(payload["targets"], TARGET_COLUMNS), ""]
     return "\n".join(lines)
 
@@ -290,7 +296,8 @@ def run(args: Any, libs: list[str], log: Any) -> dict[str, Any]:
     return {"suite": "deepfool",
             "config": {"deepfool": DF, "libraries": libs, "batch_size": args.batch_size,
                        "repeats": args.repeats, "cases": args.cases, "limit": args.limit,
-                       "slow_subset": args.slow_subset, "smoothfool_sigmas": args.sigmas},
+                       "slow_subset": args.slow_subset,
+                       "peer_subset": args.peer_subset, "smoothfool_sigmas": args.sigmas},
             "cases": [r for r in results if r is not None],
             "smoothfool": [r for r in sf if r is not None],
             "targets": targets([r for r in results if r], [r for r in sf if r])}

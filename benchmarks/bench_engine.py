@@ -94,7 +94,13 @@ def overhead(name: str, args: Any, log: Any) -> dict[str, Any]:
         "bare 100 grads in chunks": lambda: bare_chunks(model, xs, ys, SG["samples"], chunk,
                                                         SG["steps"]),
     }
-    warm = {k: (lambda f=f: f()) for k, f in jobs.items()} if not args.quick else {}
+    # warm-up: every code path once on a few images (cheap; the timed calls are full batches)
+    warm = {} if args.quick else {
+        "advsmooth PGD-10": lambda: pgd(model, xp[:4], yp[:4]),
+        "bare 10×(fwd+bwd)": lambda: bare_fwd_bwd(model, xp[:4], yp[:4], 2),
+        "advsmooth sg-IGSM m=20 T=5": lambda: sg(model, xs[:2], ys[:2]),
+        "bare 100 grads in chunks": lambda: bare_chunks(model, xs[:2], ys[:2], 4, 2, 1),
+    }
     times, outs = H.interleaved(jobs, args.repeats, warm, log)
     med = {k: H.median(v) for k, v in times.items()}
     res_pgd = outs["advsmooth PGD-10"]

@@ -36,8 +36,8 @@ def _load(name: str, n: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
 
 def throughput(name: str, args: Any, log: Any) -> dict[str, Any]:
     import advsmooth as asm
-    rows_total = 256 if args.quick else 8192
-    batch = 256 if args.quick else 4096
+    rows_total = 256 if args.quick else 2048
+    batch = 256 if args.quick else 2048
     samples = (8, 64) if args.quick else SAMPLES
     model, x, y = _load(name, max(rows_total // min(samples), 1))
     base_x = x.repeat((rows_total + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:rows_total]
@@ -61,7 +61,10 @@ def throughput(name: str, args: Any, log: Any) -> dict[str, Any]:
 
     jobs: dict[str, Any] = {"base": base, **{f"M={m}": job(m) for m in samples}}
     log(f"  throughput on {name}: {rows_total} model rows per contestant, calls of {batch} rows")
-    times, _ = H.interleaved(jobs, args.repeats, {} if args.quick else dict(jobs), log)
+    warm = {} if args.quick else {"base": lambda: model(x[:8]),
+                                  **{f"M={m}": (lambda m=m: smoothed[m](x[:1])) for m in samples}}
+    with torch.no_grad():
+        times, _ = H.interleaved(jobs, args.repeats, warm, log)
     tb = H.median(times["base"])
     base_ips = rows_total / tb
     rows = [{"model": name, "M": 1, "contestant": "base model", "inputs": rows_total,
@@ -101,7 +104,10 @@ def epgd(name: str, args: Any, log: Any) -> dict[str, Any]:
         jobs = {"epgd": lambda atk=atk: atk(model, x, y),
                 "bare": lambda: bare_grads(model, x, y, m, k)}
         log(f"  EPGD ({variant}) on {name}: {n} images, k={k}, M={m}")
-        times, outs = H.interleaved(jobs, args.repeats, {} if args.quick else dict(jobs), log)
+        warm = {} if args.quick else {
+            "epgd": lambda atk=atk: atk(model, x[:2], y[:2]),
+            "bare": lambda: bare_grads(model, x[:2], y[:2], m, 1)}
+        times, outs = H.interleaved(jobs, args.repeats, warm, log)
         te, tb = H.median(times["epgd"]), H.median(times["bare"])
         res = outs["epgd"]
         rows.append({"model": name, "variant": variant, "images": n, "k": k, "M": m,
