@@ -30,6 +30,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="cifar10: comma-separated source models of the equal-budget table "
                         "(default: cifar10-resnet20)")
     p.add_argument("--models-dir", default=None, help="folder of the pretrained checkpoints")
+    p.add_argument("--parts", default="tables,fig3,fig4,fig5",
+                   help="digits: comma-separated sections to run (tables, fig3, fig4, fig5)")
     p.add_argument("--seed", type=int, default=0, help="seed (subset, noise, targets)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_main)
@@ -42,7 +44,8 @@ def _main(args: argparse.Namespace) -> int:
     sources = tuple(s.strip() for s in args.budget_sources.split(",") if s.strip())
     res = run_transfer_study(args.preset, args.out, args.n, args.seed,
                              progress=not args.no_progress, budget_n=args.budget_n,
-                             budget_sources=sources, models_dir=args.models_dir)
+                             budget_sources=sources, models_dir=args.models_dir,
+                             parts=tuple(s.strip() for s in args.parts.split(",") if s.strip()))
     print(json.dumps({"preset": res["preset"], "n": res["n"], "seconds": round(res["seconds"], 1),
                       "summary": res["summary"], "tables": sorted(res["tables"]),
                       "figures": sorted(res["figures"])}, indent=1))

@@ -74,6 +74,7 @@ from ..metrics.transforms import default_strengths
 __all__ = ["run_transfer_study", "PRESETS", "digits_fc", "FC_DEPTHS"]
 
 PRESETS = ("digits", "cifar10")
+DIGITS_PARTS = ("tables", "fig3", "fig4", "fig5")
 FC_DEPTHS = (0, 2, 4, 8)
 FC_WIDTH = 500
 _FC_RECIPE = {"epochs": 30, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "seed": 0,
@@ -202,7 +203,8 @@ def _subset_correct(models_: Sequence[nn.Module], x: Tensor, y: Tensor, n: int |
 # presets
 # ----------------------------------------------------------------------------------------------
 
-def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool) -> dict[str, Any]:
+def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
+            parts: set[str]) -> dict[str, Any]:
     from .. import data, models
     from ..models import Ensemble
 
@@ -231,148 +233,155 @@ def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool) -> 
         w.table(key, tm, title, metrics)
         return tm
 
-    # Table 1 analogue
-    t1 = {}
-    for key, atk in (("fgsm", FGSM(eps=eps)),
-                     ("igsm", IGSM(eps=eps, alpha=eps / 3, steps=5)),
-                     ("sg_igsm", IGSM(eps=eps, alpha=eps / 3, steps=5, gradient=sg))):
-        t1[key] = run(f"table1_{key}", f"Table 1 analogue: {key} (ε=40/255) top-1 transfer",
-                      all_models, all_models, atk)
-    # Table 2(a): FGSM across FC depth
-    fcs = [(f"fc-d{d}", named[f"fc-d{d}"]) for d in FC_DEPTHS]
-    run("table2a_fgsm_fc_depth", "Table 2(a) analogue: FGSM ε=40/255 among FC nets of depth "
-        "0/2/4/8 (width 500)", fcs, fcs, FGSM(eps=eps))
-    # Table 3: equal budget
-    srcs3 = [(k, named[k]) for k in ("digits-lenet", "digits-resnet20", "digits-fc")]
-    run("table3_igsm_t100", "Table 3 analogue: IGSM T=100, α=ε/15 (100 gradients/image)",
-        srcs3, all_models, IGSM(eps=eps, alpha=eps / 15, budget=100))
-    run("table3_sg_igsm_t5_m20", "Table 3 analogue: sg-IGSM T=5, m=20, α=ε/3, σ=ε "
-        "(100 gradients/image)", srcs3, all_models,
-        IGSM(eps=eps, alpha=eps / 3, budget=100, gradient=sg))
-    # Table 4: targeted ensembles
-    eps_t = 56 / 255
-    ens = {
-        "ens{lenet+fc-d2}": Ensemble([named["digits-lenet"], named["fc-d2"]]),
-        "ens{lenet+fc+fc-d4}": Ensemble([named["digits-lenet"], named["digits-fc"],
-                                         named["fc-d4"]]),
-    }
-    for key, atk in (("igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20)),
-                     ("sg_igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20,
-                                      gradient=SmoothedGradient(eps, 20, chunk_size=10)))):
-        run(f"table4_{key}_targeted_ensembles",
-            f"Table 4/7 analogue: targeted {key} from ensembles (mean logits), ε=56/255, "
-            "α=0.75ε, T=20", list(ens.items()), all_models, atk, metrics=("top1", "top5"),
-            targeted=True)
-    # Table 5: momentum
-    srcs5 = srcs3
-    for key, atk in (("migsm", MIFGSM(eps=eps, alpha=eps / 3, steps=5, decay=1.0)),
-                     ("sg_igsm", IGSM(eps=eps, alpha=eps / 3, steps=5, gradient=sg)),
-                     ("sg_migsm", MIFGSM(eps=eps, alpha=eps / 3, steps=5, decay=1.0,
-                                         gradient=sg))):
-        run(f"table5_{key}", f"Table 5 analogue: {key}, μ=1, T=5, α=ε/3", srcs5, srcs5, atk)
+    if "tables" in parts:
+        # Table 1 analogue
+        t1 = {}
+        for key, atk in (("fgsm", FGSM(eps=eps)),
+                         ("igsm", IGSM(eps=eps, alpha=eps / 3, steps=5)),
+                         ("sg_igsm", IGSM(eps=eps, alpha=eps / 3, steps=5, gradient=sg))):
+            t1[key] = run(f"table1_{key}", f"Table 1 analogue: {key} (ε=40/255) top-1 transfer",
+                          all_models, all_models, atk)
+        # Table 2(a): FGSM across FC depth
+        fcs = [(f"fc-d{d}", named[f"fc-d{d}"]) for d in FC_DEPTHS]
+        run("table2a_fgsm_fc_depth", "Table 2(a) analogue: FGSM ε=40/255 among FC nets of depth "
+            "0/2/4/8 (width 500)", fcs, fcs, FGSM(eps=eps))
+        # Table 3: equal budget
+        srcs3 = [(k, named[k]) for k in ("digits-lenet", "digits-resnet20", "digits-fc")]
+        run("table3_igsm_t100", "Table 3 analogue: IGSM T=100, α=ε/15 (100 gradients/image)",
+            srcs3, all_models, IGSM(eps=eps, alpha=eps / 15, budget=100))
+        run("table3_sg_igsm_t5_m20", "Table 3 analogue: sg-IGSM T=5, m=20, α=ε/3, σ=ε "
+            "(100 gradients/image)", srcs3, all_models,
+            IGSM(eps=eps, alpha=eps / 3, budget=100, gradient=sg))
+        # Table 4: targeted ensembles
+        eps_t = 56 / 255
+        ens = {
+            "ens{lenet+fc-d2}": Ensemble([named["digits-lenet"], named["fc-d2"]]),
+            "ens{lenet+fc+fc-d4}": Ensemble([named["digits-lenet"], named["digits-fc"],
+                                             named["fc-d4"]]),
+        }
+        for key, atk in (("igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20)),
+                         ("sg_igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20,
+                                          gradient=SmoothedGradient(eps, 20, chunk_size=10)))):
+            run(f"table4_{key}_targeted_ensembles",
+                f"Table 4/7 analogue: targeted {key} from ensembles (mean logits), ε=56/255, "
+                "α=0.75ε, T=20", list(ens.items()), all_models, atk, metrics=("top1", "top5"),
+                targeted=True)
+        # Table 5: momentum
+        srcs5 = srcs3
+        for key, atk in (("migsm", MIFGSM(eps=eps, alpha=eps / 3, steps=5, decay=1.0)),
+                         ("sg_igsm", IGSM(eps=eps, alpha=eps / 3, steps=5, gradient=sg)),
+                         ("sg_migsm", MIFGSM(eps=eps, alpha=eps / 3, steps=5, decay=1.0,
+                                             gradient=sg))):
+            run(f"table5_{key}", f"Table 5 analogue: {key}, μ=1, T=5, α=ε/3", srcs5, srcs5, atk)
 
     plots = _plots()
     results: dict[str, Any] = {"models": info, "eps": eps, "n": int(x.shape[0])}
-    # Figure 1: model factors (IGSM transfer to digits-resnet20 from Table 1)
-    target = "digits-resnet20"
-    tm = t1["igsm"]
-    j = tm.targets.index(target)
-    fac = [(s, info[s]["test_error"], info[s]["params"], float(tm.top1[i, j]) * 100)
-           for i, s in enumerate(tm.sources) if s != target]
-    results["fig1"] = [dict(zip(("source", "test_error", "params", "igsm_success"), f))
-                       for f in fac]
-    if plots:
-        p = out / "fig1_model_factors.png"
-        plots.plot_model_factors([f[0] for f in fac], [f[1] for f in fac], [f[2] for f in fac],
-                                 [f[3] for f in fac], target=target, path=p,
-                                 title=f"digits: IGSM (T=5) transfer to {target}")
-        w.figure("fig1_model_factors", p)
-    # Figure 3a: gradient similarity
-    pairs = {"lenet→fc": ("digits-lenet", "digits-fc"),
-             "resnet20→lenet": ("digits-resnet20", "digits-lenet")}
-    sims = {}
-    for label, (a, b) in pairs.items():
-        sims[label] = gradient_similarity(named[a], named[b], x[:20], y[:20], sigma=eps,
-                                          ms=(1, 2, 5, 10, 20, 50, 100, 200), seed=seed)
-    results["fig3a"] = {k: {"ms": v.ms, "cos": v.mean.tolist(), "baseline": v.baseline}
-                        for k, v in sims.items()}
-    if plots:
-        p = out / "fig3a_gradient_similarity.png"
-        plots.plot_gradient_similarity(sims, path=p, title="digits: cos(G_A^(m), g_B), σ=40/255")
-        w.figure("fig3a_gradient_similarity", p)
-    # Figure 3b / 9: decision boundaries
-    for sign, key in ((False, "fig3b_decision_boundary"), (True, "fig9_decision_boundary_sign")):
-        dbm = decision_boundary_map(named["digits-lenet"], all_models, x[0], int(y[0]),
-                                    sigma=eps, samples=200, extent=3 * eps if not sign else eps,
-                                    resolution=61, sign=sign, seed=seed)
-        results[key] = {"y": dbm.y, "cos_G_g": dbm.cos_g_h,
-                        "fraction_true_class": {k: float((v == dbm.y).mean())
-                                                for k, v in dbm.labels.items()}}
+    if "tables" in parts:
+        # Figure 1: model factors (IGSM transfer to digits-resnet20 from Table 1)
+        target = "digits-resnet20"
+        tm = t1["igsm"]
+        j = tm.targets.index(target)
+        fac = [(s, info[s]["test_error"], info[s]["params"], float(tm.top1[i, j]) * 100)
+               for i, s in enumerate(tm.sources) if s != target]
+        results["fig1"] = [dict(zip(("source", "test_error", "params", "igsm_success"), f))
+                           for f in fac]
         if plots:
-            p = out / f"{key}.png"
-            plots.plot_decision_boundary(dbm, path=p, title="digits: decision boundaries in the "
-                                         "(G, h) plane of digits-lenet" + (" (sign)" if sign
-                                                                             else ""))
-            w.figure(key, p)
-    # Figure 4: sg-FGSM vs eps for several m, vs sigma at m=30
-    src = {"digits-lenet": named["digits-lenet"]}
-    tg4 = {k: named[k] for k in ("digits-resnet20", "digits-fc")}
-    eps_grid = [8, 16, 24, 32, 40, 48]
-    curves_a: dict[str, list[float]] = {}
-    for m in (0, 5, 20, 50):
-        label = "FGSM" if m == 0 else f"sg-FGSM m={m}"
-        vals = []
-        for e in eps_grid:
-            grad = None if m == 0 else SmoothedGradient(eps, m, chunk_size=10)
-            tm4 = transfer_matrix(src, tg4, FGSM(eps=e / 255, gradient=grad), data_xy, **tm_kw)
-            vals.append(float(tm4.top1.mean()) * 100)
-        curves_a[label] = vals
-    sig_grid = [0, 8, 16, 24, 32, 40, 56, 80]
-    curves_b: dict[str, list[float]] = {"sg-FGSM m=30, ε=24/255": []}
-    for s in sig_grid:
-        tm4 = transfer_matrix(src, tg4, FGSM(eps=24 / 255, gradient=SmoothedGradient(
-            s / 255, 30, chunk_size=10)), data_xy, **tm_kw)
-        curves_b["sg-FGSM m=30, ε=24/255"].append(float(tm4.top1.mean()) * 100)
-    results["fig4a"] = {"eps_255": eps_grid, "success": curves_a}
-    results["fig4b"] = {"sigma_255": sig_grid, "success": curves_b}
-    log(f"[{time.perf_counter() - w.t0:7.1f}s] fig4 sweeps done")
-    if plots:
-        p = out / "fig4a_sg_fgsm_vs_eps.png"
-        plots.plot_success_curves(eps_grid, curves_a, xlabel="ε (×1/255)", path=p,
-                                  title="digits: lenet → {resnet20, fc}, σ=40/255")
-        w.figure("fig4a_sg_fgsm_vs_eps", p)
-        p = out / "fig4b_sg_fgsm_vs_sigma.png"
-        plots.plot_success_curves(sig_grid, curves_b, xlabel="σ (×1/255)", path=p,
-                                  title="digits: lenet → {resnet20, fc}, m=30")
-        w.figure("fig4b_sg_fgsm_vs_sigma", p)
-    # Figure 5: destruction rates
-    sgd = SmoothedGradient(eps, 20, chunk_size=10)
-    attacks5 = {
-        "FGSM": FGSM(eps=eps), "IGSM T=10": IGSM(eps=eps, alpha=eps / 3, steps=10),
-        "IGSM T=30": IGSM(eps=eps, alpha=eps / 3, steps=30),
-        "sg-FGSM": FGSM(eps=eps, gradient=sgd),
-        "sg-IGSM T=10": IGSM(eps=eps, alpha=eps / 3, steps=10, gradient=sgd),
-        "sg-IGSM T=30": IGSM(eps=eps, alpha=eps / 3, steps=30, gradient=sgd),
-    }
-    src_m, tgt_m = named["digits-lenet"], named["digits-resnet20"]
-    advs = {}
-    for name, atk in attacks5.items():
-        tm5 = transfer_matrix({"digits-lenet": src_m}, {"digits-resnet20": tgt_m}, atk, data_xy,
-                              keep_adv=True, **tm_kw)
-        advs[name] = (tm5.adv["digits-lenet"], float(tm5.top1[0, 0]))
-    fig5: dict[str, Any] = {"transfer_top1": {k: v[1] for k, v in advs.items()}}
-    for kind in ("rotation", "noise", "blur", "jpeg"):
-        strengths = default_strengths(kind)
-        curves = {name: destruction_curve(tgt_m, x, xa, y, kind, strengths, seed=seed)
-                  for name, (xa, _) in advs.items()}
-        fig5[kind] = {"strengths": strengths, "rates": curves}
+            p = out / "fig1_model_factors.png"
+            plots.plot_model_factors([f[0] for f in fac], [f[1] for f in fac], [f[2] for f in fac],
+                                     [f[3] for f in fac], target=target, path=p,
+                                     title=f"digits: IGSM (T=5) transfer to {target}")
+            w.figure("fig1_model_factors", p)
+    if "fig3" in parts:
+        # Figure 3a: gradient similarity
+        pairs = {"lenet→fc": ("digits-lenet", "digits-fc"),
+                 "resnet20→lenet": ("digits-resnet20", "digits-lenet")}
+        sims = {}
+        for label, (a, b) in pairs.items():
+            sims[label] = gradient_similarity(named[a], named[b], x[:20], y[:20], sigma=eps,
+                                              ms=(1, 2, 5, 10, 20, 50, 100, 200), seed=seed)
+        results["fig3a"] = {k: {"ms": v.ms, "cos": v.mean.tolist(), "baseline": v.baseline}
+                            for k, v in sims.items()}
         if plots:
-            p = out / f"fig5_destruction_{kind}.png"
-            plots.plot_destruction_curves(curves, strengths, kind, path=p,
-                                          title=f"digits: lenet → resnet20, {kind}")
-            w.figure(f"fig5_destruction_{kind}", p)
-    results["fig5"] = fig5
-    _destruction_table(out, fig5, w)
+            p = out / "fig3a_gradient_similarity.png"
+            plots.plot_gradient_similarity(sims, path=p,
+                                           title="digits: cos(G_A^(m), g_B), σ=40/255")
+            w.figure("fig3a_gradient_similarity", p)
+        # Figure 3b / 9: decision boundaries
+        for sign, key in ((False, "fig3b_decision_boundary"),
+                          (True, "fig9_decision_boundary_sign")):
+            dbm = decision_boundary_map(named["digits-lenet"], all_models, x[0], int(y[0]),
+                                        sigma=eps, samples=200, extent=3 * eps if not sign else eps,
+                                        resolution=61, sign=sign, seed=seed)
+            results[key] = {"y": dbm.y, "cos_G_g": dbm.cos_g_h,
+                            "fraction_true_class": {k: float((v == dbm.y).mean())
+                                                    for k, v in dbm.labels.items()}}
+            if plots:
+                p = out / f"{key}.png"
+                suffix = " (sign)" if sign else ""
+                plots.plot_decision_boundary(dbm, path=p, title="digits: decision boundaries in "
+                                             "the (G, h) plane of digits-lenet" + suffix)
+                w.figure(key, p)
+    if "fig4" in parts:
+        # Figure 4: sg-FGSM vs eps for several m, vs sigma at m=30
+        src = {"digits-lenet": named["digits-lenet"]}
+        tg4 = {k: named[k] for k in ("digits-resnet20", "digits-fc")}
+        eps_grid = [8, 16, 24, 32, 40, 48]
+        curves_a: dict[str, list[float]] = {}
+        for m in (0, 5, 20, 50):
+            label = "FGSM" if m == 0 else f"sg-FGSM m={m}"
+            vals = []
+            for e in eps_grid:
+                grad = None if m == 0 else SmoothedGradient(eps, m, chunk_size=10)
+                tm4 = transfer_matrix(src, tg4, FGSM(eps=e / 255, gradient=grad), data_xy, **tm_kw)
+                vals.append(float(tm4.top1.mean()) * 100)
+            curves_a[label] = vals
+        sig_grid = [0, 8, 16, 24, 32, 40, 56, 80]
+        curves_b: dict[str, list[float]] = {"sg-FGSM m=30, ε=24/255": []}
+        for s in sig_grid:
+            tm4 = transfer_matrix(src, tg4, FGSM(eps=24 / 255, gradient=SmoothedGradient(
+                s / 255, 30, chunk_size=10)), data_xy, **tm_kw)
+            curves_b["sg-FGSM m=30, ε=24/255"].append(float(tm4.top1.mean()) * 100)
+        results["fig4a"] = {"eps_255": eps_grid, "success": curves_a}
+        results["fig4b"] = {"sigma_255": sig_grid, "success": curves_b}
+        log(f"[{time.perf_counter() - w.t0:7.1f}s] fig4 sweeps done")
+        if plots:
+            p = out / "fig4a_sg_fgsm_vs_eps.png"
+            plots.plot_success_curves(eps_grid, curves_a, xlabel="ε (×1/255)", path=p,
+                                      title="digits: lenet → {resnet20, fc}, σ=40/255")
+            w.figure("fig4a_sg_fgsm_vs_eps", p)
+            p = out / "fig4b_sg_fgsm_vs_sigma.png"
+            plots.plot_success_curves(sig_grid, curves_b, xlabel="σ (×1/255)", path=p,
+                                      title="digits: lenet → {resnet20, fc}, m=30")
+            w.figure("fig4b_sg_fgsm_vs_sigma", p)
+    if "fig5" in parts:
+        # Figure 5: destruction rates
+        sgd = SmoothedGradient(eps, 20, chunk_size=10)
+        attacks5 = {
+            "FGSM": FGSM(eps=eps), "IGSM T=10": IGSM(eps=eps, alpha=eps / 3, steps=10),
+            "IGSM T=30": IGSM(eps=eps, alpha=eps / 3, steps=30),
+            "sg-FGSM": FGSM(eps=eps, gradient=sgd),
+            "sg-IGSM T=10": IGSM(eps=eps, alpha=eps / 3, steps=10, gradient=sgd),
+            "sg-IGSM T=30": IGSM(eps=eps, alpha=eps / 3, steps=30, gradient=sgd),
+        }
+        src_m, tgt_m = named["digits-lenet"], named["digits-resnet20"]
+        advs = {}
+        for name, atk in attacks5.items():
+            tm5 = transfer_matrix({"digits-lenet": src_m}, {"digits-resnet20": tgt_m}, atk, data_xy,
+                                  keep_adv=True, **tm_kw)
+            advs[name] = (tm5.adv["digits-lenet"], float(tm5.top1[0, 0]))
+        fig5: dict[str, Any] = {"transfer_top1": {k: v[1] for k, v in advs.items()}}
+        for kind in ("rotation", "noise", "blur", "jpeg"):
+            strengths = default_strengths(kind)
+            curves = {name: destruction_curve(tgt_m, x, xa, y, kind, strengths, seed=seed)
+                      for name, (xa, _) in advs.items()}
+            fig5[kind] = {"strengths": strengths, "rates": curves}
+            if plots:
+                p = out / f"fig5_destruction_{kind}.png"
+                plots.plot_destruction_curves(curves, strengths, kind, path=p,
+                                              title=f"digits: lenet → resnet20, {kind}")
+                w.figure(f"fig5_destruction_{kind}", p)
+        results["fig5"] = fig5
+        _destruction_table(out, fig5, w)
     return results
 
 
@@ -456,6 +465,7 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
                        budget_n: int = 64,
                        budget_sources: Sequence[str] = ("cifar10-resnet20",),
                        models_dir: Any = None,
+                       parts: Sequence[str] = DIGITS_PARTS,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the transferability study ``preset`` and write its tables and figures to ``out_dir``.
 
@@ -468,6 +478,8 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
         budget_n, budget_sources: cifar10 only — images and sources of the equal-budget table.
         models_dir: folder of the pretrained checkpoints (cifar10; default search of
             :func:`advsmooth.models.load`).
+        parts: digits only — sections to run: ``"tables"`` (Tables 1–5 and Figure 1),
+            ``"fig3"``, ``"fig4"``, ``"fig5"`` (default: all).
         log: progress-line printer (default: stderr).
 
     Returns:
@@ -478,6 +490,8 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
     if n is not None:
         check_int_at_least("n", n, 1)
     check_int_at_least("budget_n", budget_n, 1)
+    for part in parts:
+        check_choice("part", part, DIGITS_PARTS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if log is None:
@@ -486,7 +500,7 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
     w = _Writer(out, log)
     t0 = time.perf_counter()
     if preset == "digits":
-        results = _digits(out, n, seed, w, progress)
+        results = _digits(out, n, seed, w, progress, set(parts))
     else:
         results = _cifar(out, n, seed, w, progress, budget_n, budget_sources, models_dir)
     seconds = time.perf_counter() - t0
