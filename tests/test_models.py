@@ -253,7 +253,7 @@ def test_digits_lenet_accuracy_cached_and_reused(digits_env, capsys):
     x, y = data.load("digits", split="test")
     with torch.no_grad():
         acc = 100.0 * float((model(x).argmax(1) == y).float().mean())
-    assert acc >= 97.0 and abs(acc - meta["test_accuracy"]) < 1e-6
+    assert acc >= 97.0 and abs(acc - meta["test_accuracy"]) < 1e-3  # stored rounded
     # second load: no retraining (file and metadata untouched), same weights
     stamp = (path.stat().st_mtime_ns, meta_path.stat().st_mtime_ns)
     capsys.readouterr()
