@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoothfool-cases", default="digits",
                    help="cases for the SmoothFool comparison (comma list; default digits)")
     p.add_argument("--smoothfool-limit", type=int, default=None)
-    p.add_argument("--sigmas", default="2,5", help="SmoothFool σg values")
+    p.add_argument("--sigmas", default=None, help="SmoothFool σg values (default 2,5; quick 2)")
     p.add_argument("--models", default=None,
                    help="engine/smoothing models, comma list of digits-lenet,mnist-lenet,"
                         "cifar10-resnet20 (default: per suite)")
@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (8 if args.quick else 500)
     args.cases = (args.cases or ("digits" if args.quick else "digits,mnist,cifar10")).split(",")
     args.smoothfool_cases = args.smoothfool_cases.split(",") if args.smoothfool_cases else []
+    args.sigmas = args.sigmas or ("2" if args.quick else "2,5")
     args.sigmas = [float(s) for s in args.sigmas.split(",") if s]
     if args.quick and args.limit is None:
         args.limit = 8

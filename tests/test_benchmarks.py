@@ -56,7 +56,7 @@ def test_quick_run_writes_documented_outputs(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        assert run.main(["--suite", "all", "--quick", "--peers", "none",
+        assert run.main(["--suite", "all", "--quick", "--peers", "none", "--threads", "1",
                          "--out", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(threads)
@@ -90,6 +90,12 @@ def test_quick_run_writes_documented_outputs(tmp_path):
     assert row["grad_per_image"] == pytest.approx(row["own_grad_per_image"])
     assert case["rows"][1]["box_violation"] == 0  # clip=True stays in the box
     assert "| advsmooth |" in (tmp_path / "deepfool.md").read_text()
+    sf = df["smoothfool"][0]
+    assert [r["attack"] for r in sf["rows"]] == ["DeepFool", "SmoothFool σg=2"]
+    for r in sf["rows"]:
+        assert {"seconds", "success_rate", "median_l2", "omega_n_x1e3", "grad_per_image",
+                "time_vs_deepfool", "omega_n_vs_deepfool"} <= set(r)
+        assert 0 <= r["omega_n_x1e3"] <= 1000
 
     eng = json.loads((tmp_path / "engine.json").read_text())
     kinds = {r["measure"].split(" ")[0] for o in eng["overhead"] for r in o["rows"]}
