@@ -455,6 +455,10 @@ class Attack(abc.ABC):
         x = x.detach()
         with frozen_model(model):
             if n == 0:
+                if y is not None:  # a label/target list that does not match the empty batch
+                    check_labels(y, 0, None, x.device)
+                if target is not None:
+                    check_labels(target, 0, None, x.device, name="target")
                 empty = torch.zeros(0, dtype=torch.long, device=x.device)
                 return AttackResult(
                     x=x, x_adv=x.clone(), success=torch.zeros(0, dtype=torch.bool, device=x.device),
