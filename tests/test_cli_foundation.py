@@ -110,10 +110,26 @@ def test_train_end_to_end_and_resume(toy_npz, tmp_path, capsys):
     assert any(not torch.equal(a, b) for a, b in zip(before, after.state_dict().values()))
 
 
-def test_demo_prints_accuracy(digits_cache, monkeypatch, capsys):
+def test_demo_runs_attacks_and_writes_report(digits_cache, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("ADVSMOOTH_CACHE", str(digits_cache))
-    assert main(["demo"]) == 0
+    out_dir = tmp_path / "demo"
+    assert main(["demo", "--n", "6", "--out", str(out_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digits-lenet: test accuracy")
     acc = float(out.split("test accuracy")[1].split("%")[0])
     assert acc >= 97.0
+    # the summary table lists DeepFool and SmoothFool at every demo sigma_g
+    assert "DeepFool" in out
+    for sigma in ("1.0", "2.0", "5.0", "10.0"):
+        assert f"SmoothFool[sigma={sigma}]" in out
+    report = out_dir / "report"
+    assert (report / "report.html").is_file() and (report / "tables" / "summary.md").is_file()
+    assert (report / "figures" / "cells_fooling_rate_vs_sigma.png").is_file()
+    # re-running resumes from the store: nothing is recomputed, the table is identical
+    table = (report / "tables" / "summary.md").read_text()
+    assert main(["demo", "--n", "6", "--out", str(out_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    def without_timing(md: str) -> list[str]:  # the last column is seconds per sample
+        return [row.rsplit("|", 2)[0] for row in md.splitlines()]
+
+    assert without_timing((report / "tables" / "summary.md").read_text()) == without_timing(table)
