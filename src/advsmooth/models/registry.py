@@ -152,7 +152,13 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _read_meta(pt: Path) -> dict[str, Any] | None:
+def _read_meta(pt: Path, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The cached model's metadata, or None when it is missing, corrupt, or stale.
+
+    Stale means: another recipe version, a checkpoint whose hash differs from the recorded one,
+    or (when ``recipe`` is given) a recipe that differs from the one the model was trained with,
+    so that changing a recipe retrains instead of silently reusing an old model.
+    """
     meta_path = pt.with_name(pt.name + ".json")
     if not (pt.is_file() and meta_path.is_file()):
         return None
@@ -161,6 +167,8 @@ def _read_meta(pt: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if meta.get("recipe_version") != DIGITS_RECIPE_VERSION or meta.get("sha256") != file_sha256(pt):
+        return None
+    if recipe is not None and meta.get("recipe") != json.loads(json.dumps(dict(recipe))):
         return None
     return meta
 
@@ -221,10 +229,11 @@ def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
 
 def _load_digits(s: ModelSpec, *, retrain: bool, verbose: bool) -> tuple[nn.Module, dict]:
     pt = digits_model_path(s.name)
-    meta = None if retrain else _read_meta(pt)
+    meta = None if retrain else _read_meta(pt, s.recipe)
     if meta is None:
         with _file_lock(pt.with_name(pt.name + ".lock")):
-            meta = None if retrain else _read_meta(pt)  # another process may have trained it
+            # another process may have trained it meanwhile
+            meta = None if retrain else _read_meta(pt, s.recipe)
             if meta is None:
                 meta = _train_digits(s, pt, verbose)
     model = _build(s)
@@ -388,7 +397,7 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str
                 row["available"] = False
             row["cached"] = None
         else:
-            meta = _read_meta(digits_model_path(s.name))
+            meta = _read_meta(digits_model_path(s.name), s.recipe)
             row["available"] = True
             row["cached"] = meta is not None
             row["path"] = str(digits_model_path(s.name)) if meta is not None else None
