@@ -16,6 +16,9 @@ from advsmooth.cli import main
 
 FAST = dict(steps=8, deepfool_iter=30, eps_grid=(0.05, 0.1, 0.3), nattack_population=10,
             nattack_iter=8, draws=4, epgd_samples=16)
+#: lighter budget for the (bigger) real models that must pass
+LIGHT = dict(steps=5, deepfool_iter=20, eps_grid=(0.1, 0.3), nattack_population=8,
+             nattack_iter=5)
 
 
 class Quantise(nn.Module):
@@ -148,8 +151,8 @@ def test_digits_lenet_passes():
     import advsmooth as asm
 
     m = asm.models.load("digits-lenet", verbose=False)
-    x, y = asm.data.load("digits", split="test", n=8)
-    rep = evaluate_defense(m, (x, y), n=8, **FAST)
+    x, y = asm.data.load("digits", split="test", n=6)
+    rep = evaluate_defense(m, (x, y), n=6, **LIGHT)
     assert rep.passed, rep.table()
     assert rep["unbounded"].evidence["pgd_eps1"] >= 0.95
 
@@ -160,8 +163,8 @@ def test_shared_mnist_lenets_pass(name):
     import advsmooth as asm
 
     m = asm.models.load(name, verbose=False)
-    x, y = asm.data.load("mnist", split="test", n=8)
-    rep = evaluate_defense(m, (x, y), n=8, **FAST)
+    x, y = asm.data.load("mnist", split="test", n=6)
+    rep = evaluate_defense(m, (x, y), n=6, **LIGHT)
     assert rep.passed, rep.table()
     assert rep["unbounded"].status in ("pass", "warn")
 
@@ -178,3 +181,17 @@ def test_cli_check_defense(tmp_path, capsys):
     assert data["passed"] is True and data["eps_grid"] == [0.1, 0.3]
     assert main(["check-defense", "--model", "digits-lenet", "--data", "digits",
                  "--eps", "0.3", "0.1", "--device", "cpu"]) == 2
+
+
+def test_smoothed_classifier_runs_the_randomness_checks(tiny):
+    from advsmooth.defenses import SmoothedClassifier
+
+    m, x, y = tiny
+    s = SmoothedClassifier(m, sigma=0.1, samples=8, vote="soft")
+    rep = evaluate_defense(s, (x[:4], y[:4]), n=4, steps=3, eps_grid=(0.1, 0.3),
+                           nattack_population=4, nattack_iter=3, draws=2, epgd_samples=2)
+    assert rep.randomized
+    assert rep["randomness"].status in ("pass", "fail")
+    assert {"single_draw_pgd", "epgd", "prediction_agreement"} <= set(rep["randomness"].evidence)
+    assert "pgd_eps1" in rep["unbounded"].message  # DeepFool skipped: votes not differentiable
+    assert rep["unbounded"].evidence["pgd_eps1"] >= 0.95
