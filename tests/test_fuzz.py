@@ -141,7 +141,7 @@ def test_attack_fuzz(name, case):
     rgb_only = name == "color-shift" and case["c"] != 3
     if is_universal(name):
         if case["x"].is_floating_point() and case["x"].dtype != torch.float32:
-            return known_bug(lambda: atk.fit(model, x))  # test_known_bug_uap_dtype
+            return expect_error(lambda: atk.fit(model, x))  # dtype differs from the model
         ok = case["valid_x"] and case["n"] > 0
         if not ok:
             return expect_error(lambda: atk.fit(model, x))
@@ -172,11 +172,7 @@ def test_smoothed_classifier_fuzz(case, samples, sigma):
     CASES["smoothed"] += 1
     s = SmoothedClassifier(case["model"], sigma=sigma, samples=samples, seed=0)
     x, n, k = case["x"], case["n"], case["k"]
-    if n == 0 or (x.is_floating_point() and (x.dtype != torch.float32 or not case["valid_x"])):
-        # empty batch: IndexError; float64: RuntimeError; NaN/out of range: accepted
-        # (test_known_bug_smoothed_*)
-        return known_bug(lambda: (s(x), s.predict(x, n=4, alpha=0.1)))
-    if not case["valid_x"]:
+    if n == 0 or x.dtype != torch.float32 or not case["valid_x"]:
         expect_error(lambda: s(x))
         expect_error(lambda: s.predict(x, n=4, alpha=0.1))
         expect_error(lambda: s.certify(x, n0=2, n=4, alpha=0.1))
@@ -287,7 +283,7 @@ def test_fooling_rate_and_robustness_fuzz(case, shift):
     else:
         x_adv = x
     if x.is_floating_point() and x.dtype != torch.float32:
-        return known_bug(lambda: fooling_rate(model, x, x, y))  # test_known_bug_fooling_dtype
+        return expect_error(lambda: fooling_rate(model, x, x, y))  # dtype differs from model
     ok = case["valid_x"] and case["valid_y"] and y is not None and (
         shift == "same" or (shift == "nan" and case["n"] == 0))
     if not ok:
@@ -318,7 +314,8 @@ def test_transfer_metrics_fuzz(case):
     tf = asm.metrics.GaussianNoise(0.1) if hasattr(asm.metrics, "GaussianNoise") else None
     ok = case["valid_x"] and case["valid_y"] and y is not None
     if ok and case["n"] == 0:
-        return known_bug(lambda: destruction_rate(model, x, x, y, tf))  # ..._destruction_empty
+        assert math.isnan(destruction_rate(model, x, x, y, tf))  # denominator 0
+        return None
     if not ok:
         expect_error(lambda: destruction_rate(model, x, x, y, tf))
         return
@@ -335,52 +332,34 @@ def test_transfer_metrics_fuzz(case):
 _TINY = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="UniversalPerturbation.fit does not check x's dtype against the model")
-def test_known_bug_uap_dtype():
-    asm.attacks.UniversalPerturbation(max_passes=1, progress_bar=False).fit(
-        _TINY, torch.rand(2, 1, 2, 2, dtype=torch.float64))
+def test_fixed_uap_dtype_is_a_value_error():
+    with pytest.raises(ValueError, match="dtype"):
+        asm.attacks.UniversalPerturbation(max_passes=1, progress_bar=False).fit(
+            _TINY, torch.rand(2, 1, 2, 2, dtype=torch.float64))
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="SmoothedClassifier on an empty batch: IndexError (smoothing.py:449)")
-def test_known_bug_smoothed_empty():
-    SmoothedClassifier(_TINY, sigma=0.1, samples=2)(torch.rand(0, 1, 2, 2))
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="SmoothedClassifier does not check x's dtype against the model")
-def test_known_bug_smoothed_dtype():
-    SmoothedClassifier(_TINY, sigma=0.1, samples=2)(torch.rand(1, 1, 2, 2, dtype=torch.float64))
-
-
-@pytest.mark.xfail(strict=True, reason="SmoothedClassifier accepts NaN inputs silently")
-def test_known_bug_smoothed_nan():
+def test_fixed_smoothed_classifier_input_checks():
+    sc = SmoothedClassifier(_TINY, sigma=0.1, samples=2)
+    with pytest.raises(ValueError, match="empty"):
+        sc(torch.rand(0, 1, 2, 2))
+    with pytest.raises(ValueError, match="dtype"):
+        sc(torch.rand(1, 1, 2, 2, dtype=torch.float64))
     x = torch.rand(1, 1, 2, 2)
     x[0, 0, 0, 0] = math.nan
-    with pytest.raises(ValueError):
-        SmoothedClassifier(_TINY, sigma=0.1, samples=2).predict(x, n=4, alpha=0.1)
+    for call in (lambda: sc(x), lambda: sc.predict(x, n=4, alpha=0.1),
+                 lambda: sc.certify(x, n0=2, n=4, alpha=0.1)):
+        with pytest.raises(ValueError, match="NaN"):
+            call()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="metrics.fooling_rate does not check x's dtype against the model")
-def test_known_bug_fooling_dtype():
+def test_fixed_metrics_dtype_and_empty_batches():
     x = torch.rand(1, 1, 2, 2, dtype=torch.float64)
-    fooling_rate(_TINY, x, x, torch.tensor([0]))
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="metrics.robustness on an empty batch: reshape error (core.py:157)")
-def test_known_bug_robustness_empty():
-    robustness(torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2))
-
-
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="metrics.destruction_rate on an empty batch: argmax IndexError "
-                          "(transfer.py:323)")
-def test_known_bug_destruction_empty():
-    destruction_rate(_TINY, torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2),
-                     torch.zeros(0, dtype=torch.long), asm.metrics.GaussianNoise(0.1))
+    with pytest.raises(ValueError, match="dtype"):
+        fooling_rate(_TINY, x, x, torch.tensor([0]))
+    assert math.isnan(robustness(torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2)))
+    assert math.isnan(destruction_rate(_TINY, torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2),
+                                       torch.zeros(0, dtype=torch.long),
+                                       asm.metrics.GaussianNoise(0.1)))
 
 
 def test_empty_batch_with_mismatched_labels_is_refused():

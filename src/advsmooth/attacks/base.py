@@ -40,6 +40,7 @@ __all__ = [
     "frozen_model",
     "check_images",
     "check_labels",
+    "check_model_compat",
     "predict",
     "run_batched",
 ]
@@ -119,7 +120,9 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dt
     return None, None
 
 
-def _check_model_compat(model: nn.Module, x: Tensor) -> None:
+def check_model_compat(model: nn.Module, x: Tensor) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``model`` is a module whose floating parameters
+    share ``x``'s device and dtype (the clear message replaces torch's internal error)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device, dtype = _model_device_dtype(model)
@@ -446,7 +449,7 @@ class Attack(abc.ABC):
             An :class:`AttackResult`.
         """
         check_images(x)
-        _check_model_compat(model, x)
+        check_model_compat(model, x)
         if target is not None and not self.supports_targeted:
             raise ValueError(f"{type(self).__name__} does not support targeted attacks")
         start = time.perf_counter()

@@ -37,7 +37,7 @@ from .._utils import (
     make_generator,
     progress,
 )
-from .base import Attack, check_images, frozen_model, predict
+from .base import Attack, check_images, check_model_compat, frozen_model, predict
 
 __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "project_l2"]
 
@@ -324,6 +324,7 @@ class UniversalPerturbation:
             ``v``, shape ``1×C×H×W`` with ``||v||_p ≤ ξ`` (also stored as ``perturbation_``).
         """
         x = _materialise(data)
+        check_model_compat(model, x)
         m = x.shape[0]
         clean_pred = _predict(model, x, self.batch_size)
         forward = m

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
+from ..attacks.base import check_images, check_model_compat
 
 __all__ = [
     "SmoothedClassifier",
@@ -483,8 +484,11 @@ class SmoothedClassifier(nn.Module):
         return total
 
     def _check_x(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-            raise ValueError("x must be a floating tensor N×C×H×W")
+        """Pixel-space input checks (shape, dtype, NaN/Inf, [0, 1], model dtype/device)."""
+        check_images(x)
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch: the smoothed classifier needs >= 1 image")
+        check_model_compat(self.base, x)
 
     def vote_counts(self, x: Tensor, *, samples: int | None = None, vote: str | None = None,
                     noise_seed: int | None = None) -> Tensor:

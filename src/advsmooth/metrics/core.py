@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import check_images, frozen_model, predict
+from ..attacks.base import check_images, check_model_compat, frozen_model, predict
 
 __all__ = [
     "FoolingRate",
@@ -80,6 +80,7 @@ def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256,
     _check_batch_size(batch_size)
     if check:
         check_images(x)
+    check_model_compat(model, x)
     out = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
@@ -98,6 +99,8 @@ def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, "
                          f"got {tuple(x_adv.shape)}")
+    if y is None:
+        raise ValueError("y (true labels, shape (N,)) is required")
     y = torch.as_tensor(y, device=x.device)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
@@ -154,7 +157,7 @@ def per_class_fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor
 
 
 def _pnorm(t: Tensor, p: float | str) -> Tensor:
-    flat = t.reshape(t.shape[0], -1)
+    flat = t.flatten(1)
     if p in ("inf", float("inf")):
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
     p = float(p)

@@ -320,6 +320,8 @@ def destruction_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor,
     y = check_labels(y, x.shape[0], None, x.device)
     if not callable(transform):
         raise TypeError("transform must be callable (e.g. metrics.transforms.Rotation(10))")
+    if x.shape[0] == 0:
+        return float("nan")
     c_x = _logits(model, x, batch_size).argmax(1) == y
     c_adv = _logits(model, x_adv, batch_size).argmax(1) == y
     denom = c_x & ~c_adv
