@@ -4,7 +4,7 @@
   ends with exactly the store of an uninterrupted run (no lost, no duplicated rows); reuses the
   helpers of tests/test_store.py;
 * outputs are written atomically (temp file + ``os.replace``): checkpoints, and
-  ``advsmooth attack``'s npz/json/png (currently not atomic: strict xfail, see the report);
+  ``advsmooth attack``'s npz/json/png are written via temp file + ``os.replace``;
 * a read-only output directory gives one clear line and exit status 2 (skipped as root, where
   chmod does not stop writes);
 * safe loading: ``.npz`` with ``allow_pickle=False`` (a crafted object-array npz is refused and
@@ -113,10 +113,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     assert path.read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_attack writes adversarial.npz/summary.json/"
-                   "examples.png in place (np.savez_compressed / write_text), not via temp "
-                   "file + os.replace: a crash mid-write truncates an earlier result")
-def test_cli_attack_outputs_are_atomic(tmp_path, monkeypatch):
+def test_cli_attack_outputs_are_atomic(tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
     args = ["attack", "fgsm", "--model", "digits-lenet", "--data", "digits", "--n", "4",
             "--out", str(out)]
@@ -130,8 +127,10 @@ def test_cli_attack_outputs_are_atomic(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez_compressed", crash)
-    main(args)
+    assert main(args) == 2  # a full disk is reported as one line, exit 2
+    assert "No space left" in capsys.readouterr().err
     assert (out / "adversarial.npz").read_bytes() == before
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # no temporary file left
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,

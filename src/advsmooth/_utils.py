@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "atomic_path",
     "optional_import",
     "cache_dir",
     "make_generator",
@@ -50,6 +53,24 @@ def optional_import(name: str) -> ModuleType:
         raise ImportError(
             f"{name!r} is required for this feature but is not installed: {hint}"
         ) from exc
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path beside ``path``, then rename it over
+    ``path`` (``os.replace``) when the block succeeds; on an error the temporary file is removed
+    and an existing ``path`` is left intact. The temporary name keeps the suffix, so writers
+    that infer the format from it (``np.savez``, ``savefig``) work unchanged.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def cache_dir() -> Path:

@@ -26,8 +26,7 @@ class UserError(Exception):
 
 
 #: exceptions that mean "the user asked for something impossible": one line, exit 2
-_USER_ERRORS = (UserError, ValueError, TypeError, FileNotFoundError, KeyError, ImportError,
-                PermissionError, IsADirectoryError, NotADirectoryError)
+_USER_ERRORS = (UserError, ValueError, TypeError, KeyError, ImportError, OSError)
 
 
 def _command_modules() -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._utils import atomic_path
 from . import UserError
 
 #: named flags → parameter (dest) names; the registry entry says which ones an attack takes
@@ -344,7 +345,8 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "adversarial.npz", indices=data["indices"].numpy(), **arrays)
+    with atomic_path(out / "adversarial.npz") as tmp:
+        np.savez_compressed(tmp, indices=data["indices"].numpy(), **arrays)
     order = np.flatnonzero(arrays["success"] & (arrays["clean_pred"] == arrays["y"]))
     rest = np.setdiff1d(np.arange(len(arrays["y"])), order)
     pick = np.concatenate([order, rest])[:args.grid_n]
@@ -360,7 +362,8 @@ def _main(args: argparse.Namespace) -> int:
                                          "torch": torch.__version__},
         "files": ["adversarial.npz", "examples.png"] if len(pick) else ["adversarial.npz"],
     }
-    (out / "summary.json").write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
     print(f"wrote {out / 'adversarial.npz'}, {out / 'examples.png'}, {out / 'summary.json'}",
           file=sys.stderr)
     return 0

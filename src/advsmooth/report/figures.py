@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import optional_import
+from .._utils import atomic_path, optional_import
 
 __all__ = ["perturbation_grid", "fooling_rate_vs_sigma"]
 
@@ -116,7 +116,8 @@ def perturbation_grid(x: Any, x_adv: Any, clean_pred: Any, adv_pred: Any, path: 
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     return out
 
@@ -172,6 +173,7 @@ def fooling_rate_vs_sigma(sigmas: Sequence[float] | Any,
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     return out
