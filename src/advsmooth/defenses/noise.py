@@ -339,12 +339,19 @@ class InputNoise(NoiseModule):
 # ----------------------------------------------------------------------------------------------
 
 class _NoisyLayerMixin:
+    """Weight noise and input- or output-side activation noise around a layer's own op.
+
+    Subclasses combine it with ``nn.Conv2d`` / ``nn.Linear`` and implement ``_op(x, weight)``.
+    """
+
     weight_noise: nn.Module | None
     act_noise: nn.Module | None
     act_side: str
 
-    def _init_noise(self, weight_noise: nn.Module | None, act_noise: nn.Module | None,
-                    act_side: str) -> None:
+    def __init__(self, *args: Any, weight_noise: nn.Module | None = None,
+                 act_noise: nn.Module | None = None, act_side: str = "output",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         check_choice("act_side", act_side, ("input", "output"))
         self.weight_noise = weight_noise
         self.act_noise = act_noise
@@ -354,6 +361,17 @@ class _NoisyLayerMixin:
         w = self.weight  # type: ignore[attr-defined]
         return w if self.weight_noise is None else self.weight_noise(w)
 
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act_noise is not None and self.act_side == "input":
+            x = self.act_noise(x)
+        out = self._op(x, self._noisy_weight())
+        if self.act_noise is not None and self.act_side == "output":
+            out = self.act_noise(out)
+        return out
+
 
 class NoisyConv2d(_NoisyLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` with weight noise and/or activation noise (input side ``"input"`` = PNI "A",
@@ -362,37 +380,15 @@ class NoisyConv2d(_NoisyLayerMixin, nn.Conv2d):
     Extra keyword args: ``weight_noise`` and ``act_noise`` (noise modules or None), ``act_side``.
     """
 
-    def __init__(self, *args: Any, weight_noise: nn.Module | None = None,
-                 act_noise: nn.Module | None = None, act_side: str = "output",
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_noise(weight_noise, act_noise, act_side)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.act_noise is not None and self.act_side == "input":
-            x = self.act_noise(x)
-        out = self._conv_forward(x, self._noisy_weight(), self.bias)
-        if self.act_noise is not None and self.act_side == "output":
-            out = self.act_noise(out)
-        return out
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
 
 class NoisyLinear(_NoisyLayerMixin, nn.Linear):
     """``nn.Linear`` with weight noise and/or activation noise (see :class:`NoisyConv2d`)."""
 
-    def __init__(self, *args: Any, weight_noise: nn.Module | None = None,
-                 act_noise: nn.Module | None = None, act_side: str = "output",
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_noise(weight_noise, act_noise, act_side)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.act_noise is not None and self.act_side == "input":
-            x = self.act_noise(x)
-        out = F.linear(x, self._noisy_weight(), self.bias)
-        if self.act_noise is not None and self.act_side == "output":
-            out = self.act_noise(out)
-        return out
+    def _op(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
 
 
 class PNIConv2d(NoisyConv2d):
