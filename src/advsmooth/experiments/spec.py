@@ -170,6 +170,19 @@ def _check_params(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+def _check_overlap(params: dict[str, Any], grid: dict[str, Any]) -> None:
+    both = sorted(set(params) & set(grid))
+    if both:
+        raise ValueError(f"parameter(s) {both} appear in both params and grid")
+
+
+def _grid_points(params: dict[str, Any], grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """``params`` merged with every combination of ``grid`` (first key varies slowest)."""
+    keys = list(grid)
+    combos = itertools.product(*(grid[k] for k in keys)) if keys else [()]
+    return [{**params, **dict(zip(keys, c))} for c in combos]
+
+
 class AttackSpec(_Strict):
     """An attack (registry name or ``module:Class``), fixed ``params`` and a ``grid`` of
     parameter lists whose Cartesian product gives one cell per combination."""
@@ -185,9 +198,7 @@ class AttackSpec(_Strict):
 
     @model_validator(mode="after")
     def _no_overlap(self) -> AttackSpec:
-        both = sorted(set(self.params) & set(self.grid))
-        if both:
-            raise ValueError(f"parameter(s) {both} appear in both params and grid")
+        _check_overlap(self.params, self.grid)
         return self
 
     @property
@@ -196,9 +207,7 @@ class AttackSpec(_Strict):
 
     def points(self) -> list[dict[str, Any]]:
         """Every parameter combination of the grid (grid order: first key varies slowest)."""
-        keys = list(self.grid)
-        combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
-        return [{**self.params, **dict(zip(keys, c))} for c in combos]
+        return _grid_points(self.params, self.grid)
 
 
 class StudySpec(_Strict):
@@ -214,9 +223,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _no_overlap(self) -> StudySpec:
-        both = sorted(set(self.params) & set(self.grid))
-        if both:
-            raise ValueError(f"parameter(s) {both} appear in both params and grid")
+        _check_overlap(self.params, self.grid)
         return self
 
     @property
@@ -224,9 +231,8 @@ class StudySpec(_Strict):
         return self.label or self.task
 
     def points(self) -> list[dict[str, Any]]:
-        keys = list(self.grid)
-        combos = itertools.product(*(self.grid[k] for k in keys)) if keys else [()]
-        return [{**self.params, **dict(zip(keys, c))} for c in combos]
+        """Every parameter combination of the grid (grid order: first key varies slowest)."""
+        return _grid_points(self.params, self.grid)
 
 
 class TableSpec(_Strict):
