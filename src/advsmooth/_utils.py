@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,22 +57,86 @@ def optional_import(name: str) -> ModuleType:
         ) from exc
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # portable fallback: set and restore (not atomic w.r.t. other threads)
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def _naming(exc: OSError, final: Path) -> OSError:
+    """``exc`` as the same ``OSError`` subclass, naming ``final`` (not the temporary file)."""
+    if exc.errno is not None:
+        # OSError(errno, ...) picks the subclass itself: PermissionError, FileNotFoundError, ...
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(final))
+    text = str(exc) or type(exc).__name__
+    try:
+        new = type(exc)(f"{text}: {str(final)!r}")
+    except Exception:  # pragma: no cover - a subclass with an unusual constructor
+        new = OSError(f"{text}: {str(final)!r}")
+    return new
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Write a file atomically: yield a temporary path beside ``path``, then rename it over
-    ``path`` (``os.replace``) when the block succeeds; on an error the temporary file is removed
-    and an existing ``path`` is left intact. The temporary name keeps the suffix, so writers
-    that infer the format from it (``np.savez``, ``savefig``) work unchanged.
+    """Write a file atomically: yield a fresh temporary path beside ``path``, then rename it over
+    ``path`` (``os.replace``) when the block succeeds.
+
+    * On any error (a failing serializer, a full disk, an interrupted write) the temporary file
+      is removed and an existing ``path`` is left intact; a process killed mid-write leaves at
+      most a hidden ``.NAME.*.tmp.SUFFIX`` file, never a truncated ``path``.
+    * Every call gets its own temporary name (``tempfile.mkstemp`` in the target's folder), so
+      concurrent writers (threads or processes) never collide: the last rename wins and the
+      file is always one writer's complete output.
+    * The temporary name keeps the suffix, so writers that infer the format from it
+      (``np.savez``, ``savefig``, ``torch.save``) work unchanged; the file gets the usual
+      permissions (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
+    * An ``OSError`` about the temporary file (read-only folder, full disk) is raised as the
+      same subclass naming ``path``, e.g. ``PermissionError: [Errno 13] Permission denied:
+      'out/report.html'``; the CLI prints it as one line with exit status 2.
+
+    The data is not ``fsync``-ed: the rename is atomic for other processes and survives the
+    writer being killed, not a power loss.
+
+    >>> with atomic_path("out/table.csv") as tmp:  # doctest: +SKIP
+    ...     tmp.write_text("a,b\\n1,2\\n")
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp{final.suffix}")
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
+                                    dir=final.parent)
+    except OSError as exc:
+        raise _naming(exc, final) from exc
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        except (OSError, AttributeError):  # pragma: no cover - Windows
+            pass
+        os.close(fd)
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename in (None, name, str(tmp)) or exc.filename2 in (name, str(tmp)):
+            raise _naming(exc, final) from exc
+        raise
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except OSError:  # already renamed (success), or the folder forbids it
+            pass
 
 
 def cache_dir() -> Path:
