@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .._utils import cache_dir, optional_import
+from .._utils import atomic_path, cache_dir, optional_import
 from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
@@ -194,32 +194,29 @@ def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
           schedule=recipe.get("schedule"), show_progress=verbose)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, test_xy)
-    pt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pt.with_name(f".{pt.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    meta = {
-        "name": s.name,
-        "arch": s.arch,
-        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
-        "data": "digits",
-        "train_split": "train",
-        "n_train": len(train_xy[1]),
-        "n_test": len(test_xy[1]),
-        "test_accuracy": round(100.0 * acc, 3),
-        "seed": seed,
-        "recipe": recipe,
-        "recipe_version": DIGITS_RECIPE_VERSION,
-        "train_seconds": round(seconds, 2),
-        "advsmooth": __version__,
-        "torch": torch.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "sha256": file_sha256(tmp),
-    }
     meta_path = pt.with_name(pt.name + ".json")
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, pt)          # weights first, then the metadata that validates them
-    os.replace(meta_tmp, meta_path)
+    # weights are renamed into place first, then the metadata that validates them
+    with atomic_path(meta_path) as meta_tmp, atomic_path(pt) as tmp:
+        torch.save(model.state_dict(), tmp)
+        meta = {
+            "name": s.name,
+            "arch": s.arch,
+            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
+            "data": "digits",
+            "train_split": "train",
+            "n_train": len(train_xy[1]),
+            "n_test": len(test_xy[1]),
+            "test_accuracy": round(100.0 * acc, 3),
+            "seed": seed,
+            "recipe": recipe,
+            "recipe_version": DIGITS_RECIPE_VERSION,
+            "train_seconds": round(seconds, 2),
+            "advsmooth": __version__,
+            "torch": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sha256": file_sha256(tmp),
+        }
+        meta_tmp.write_text(json.dumps(meta, indent=2))
     if verbose:
         print(f"advsmooth: {s.name}: test accuracy {meta['test_accuracy']:.2f} % on "
               f"{meta['n_test']} digits ({seconds:.1f} s); cached at {pt}",
@@ -310,16 +307,16 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
     :func:`load` can rebuild it from the path alone. ``info`` may add JSON-serialisable facts
     (data, accuracy, ...) and ``kwargs`` (architecture keyword arguments)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, p)
-    desc = {"arch": arch, "in_shape": list(in_shape), "num_classes": int(num_classes),
-            "mean": list(mean) if mean is not None else None,
-            "std": list(std) if std is not None else None,
-            "kwargs": info.pop("kwargs", {}), "sha256": file_sha256(p),
-            "advsmooth": __version__, **info}
-    p.with_name(p.name + ".json").write_text(json.dumps(desc, indent=2))
+    # both files are written to temporary names first; the weights are renamed into place
+    # first, then the description: a failure while writing leaves the previous pair untouched
+    with atomic_path(p.with_name(p.name + ".json")) as desc_tmp, atomic_path(p) as tmp:
+        torch.save(model.state_dict(), tmp)
+        desc = {"arch": arch, "in_shape": list(in_shape), "num_classes": int(num_classes),
+                "mean": list(mean) if mean is not None else None,
+                "std": list(std) if std is not None else None,
+                "kwargs": info.pop("kwargs", {}), "sha256": file_sha256(tmp),
+                "advsmooth": __version__, **info}
+        desc_tmp.write_text(json.dumps(desc, indent=2))
     return p
 
 
