@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative, progress
+from .._utils import atomic_path, check_choice, check_int_at_least, check_nonnegative, progress
 from ..attacks.base import Attack, frozen_model
 from . import noise as _noise
 from .training import METHODS, TrainingMethod
@@ -521,10 +521,8 @@ class _PreparedFineTuning(RobustMethod):
             outs.append(self.perturb(model, xb, yb).clamp(0.0, 1.0).to(x.device))
         xp = torch.cat(outs).detach()
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            torch.save({"config": self.config(), "data": fp, "x": xp, "y": y}, tmp)
-            tmp.replace(cache)
+            with atomic_path(cache) as tmp:
+                torch.save({"config": self.config(), "data": fp, "x": xp, "y": y}, tmp)
         return xp, y
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,

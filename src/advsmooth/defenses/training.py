@@ -47,7 +47,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from .._utils import check_int_at_least, check_nonnegative, check_positive, make_generator, progress
+from .._utils import (
+    atomic_path,
+    check_int_at_least,
+    check_nonnegative,
+    check_positive,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "TrainingMethod",
@@ -183,9 +190,8 @@ def _device_of(model: nn.Module) -> torch.device:
 # ----------------------------------------------------------------------------------------------
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _derived_seed(seed: int, epoch: int, stream: int) -> int:
@@ -397,15 +403,15 @@ def train(
             if keep_epochs:
                 _atomic_save(state, out / f"epoch_{epoch:03d}.pt")
             _atomic_save(state, out / "last.pt")
+            line = json.dumps(entry) + "\n"
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
+                f.write(line)  # one whole line per epoch, flushed now
+                f.flush()
     model.eval()
     return model
 
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for entry in history:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(entry) + "\n" for entry in history)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
