@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import atomic_path, check_choice, check_int_at_least, check_nonnegative
 from ..attacks import PGD, ExpectationGradient, NAttack, SmoothAdvGradient
 from ..defenses.smoothing import VOTES, SmoothedClassifier, votes_from_logits
 
@@ -233,16 +234,18 @@ def rows_to_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] | No
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write ``rows`` as CSV (union of keys, in first-seen order)."""
+    """Write ``rows`` as CSV (union of keys, in first-seen order), atomically (temporary file +
+    rename: a failed write leaves a previous ``path`` intact)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys and k != "values"]
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
     return path
 
 
@@ -394,7 +397,8 @@ def _write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
             continue
         write_csv(sel, out / f"smoothing_{table}.csv")
         cols = MAIN_COLUMNS if table == "main" else None
-        (out / f"smoothing_{table}.md").write_text(rows_to_markdown(sel, cols))
+        with atomic_path(out / f"smoothing_{table}.md") as tmp:
+            tmp.write_text(rows_to_markdown(sel, cols), encoding="utf-8")
     from ..report import smoothing_plots
 
     sweep = [r for r in rows if r["table"] == "sweep"]

@@ -24,6 +24,7 @@ a CPU; the values used are written into every table. Run everything with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .._utils import atomic_path
 
 __all__ = ["deepfool_finetuning", "pni_smoothing", "smoothfool_defenses", "run_all",
            "write_table"]
@@ -43,15 +46,19 @@ __all__ = ["deepfool_finetuning", "pni_smoothing", "smoothfool_defenses", "run_a
 
 def write_table(rows: Sequence[dict[str, Any]], out_dir: Path, name: str, title: str,
                 notes: Sequence[str] = ()) -> None:
-    """Write ``rows`` as ``name.csv`` and ``name.md`` (Markdown table with a title and notes)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``rows`` as ``name.csv`` and ``name.md`` (Markdown table with a title and notes).
+
+    Both files are written atomically (temporary file + rename): an interrupted or failed write
+    leaves the previous version intact."""
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    with open(out_dir / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_path(out_dir / f"{name}.csv") as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
 
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -60,7 +67,14 @@ def write_table(rows: Sequence[dict[str, Any]], out_dir: Path, name: str, title:
     lines += [f"* {n}" for n in notes]
     lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with atomic_path(out_dir / f"{name}.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _savefig(fig: Any, path: Path, **kwargs: Any) -> None:
+    """``fig.savefig(path)`` through a temporary file + rename (format from the suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **kwargs)
 
 
 def _plt() -> Any:
@@ -151,9 +165,9 @@ def deepfool_finetuning(out_dir: str | Path, *, n_train: int = 1000, n_rho: int 
             run_dir = out / "runs" / method / label.split()[-1].replace("=", "")
             run_dir.mkdir(parents=True, exist_ok=True)
             cfg = defenses.get_method(method, **kw).config()
-            torch.save({"config": cfg, "data": fp, "y": y_tr,
-                        "x": (x_tr + kw["alpha"] * r_hat).clamp(0.0, 1.0)},
-                       run_dir / f"prepared_{method}.pt")
+            with atomic_path(run_dir / f"prepared_{method}.pt") as tmp:
+                torch.save({"config": cfg, "data": fp, "y": y_tr,
+                            "x": (x_tr + kw["alpha"] * r_hat).clamp(0.0, 1.0)}, tmp)
     prep_s = time.perf_counter() - t0
     print(f"[deepfool_ft] DeepFool on {len(y_tr)} training images: {prep_s:.0f} s", flush=True)
     epoch0 = measure(start_model, 0)
@@ -175,9 +189,9 @@ def deepfool_finetuning(out_dir: str | Path, *, n_train: int = 1000, n_rho: int 
         run_rows = [{"run": label, **r, "rho_rel": r["rho_adv"] / curve[0]["rho_adv"]}
                     for r in curve]
         rows += run_rows
-        (out / "runs" / "deepfool_rows").mkdir(parents=True, exist_ok=True)
-        (out / "runs" / "deepfool_rows" / f"{method}_{label.split()[-1]}.json").write_text(
-            json.dumps({"rows": run_rows, "seconds": time.perf_counter() - t0}))
+        with atomic_path(out / "runs" / "deepfool_rows"
+                         / f"{method}_{label.split()[-1]}.json") as tmp:
+            tmp.write_text(json.dumps({"rows": run_rows, "seconds": time.perf_counter() - t0}))
         print(f"[deepfool_ft] {label}: rho {curve[0]['rho_adv']:.4f} -> {curve[-1]['rho_adv']:.4f}"
               f", err {curve[0]['test_error']:.4f} -> {curve[-1]['test_error']:.4f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -213,7 +227,7 @@ def deepfool_finetuning(out_dir: str | Path, *, n_train: int = 1000, n_rho: int 
     axes[1].set(xlabel="extra epochs", ylabel="test error (%)", title="test error")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "deepfool_finetuning.png", dpi=120)
+    _savefig(fig, out / "deepfool_finetuning.png", dpi=120)
     plt.close(fig)
     return rows
 
@@ -298,7 +312,7 @@ def pni_smoothing(out_dir: str | Path, *, n_train: int = 3000, epochs: int = 1,
            title=f"smoothed accuracy, M={samples}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "pni_smoothing.png", dpi=120)
+    _savefig(fig, out / "pni_smoothing.png", dpi=120)
     plt.close(fig)
     return rows
 
@@ -409,7 +423,7 @@ def smoothfool_defenses(out_dir: str | Path, *, n_test: int = 200, n_train_fgsm:
     ax.set(ylabel="fooling rate (%)", title="attacks crafted on the undefended LeNet")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "smoothfool_defenses.png", dpi=120)
+    _savefig(fig, out / "smoothfool_defenses.png", dpi=120)
     plt.close(fig)
     return rows
 

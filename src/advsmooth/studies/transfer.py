@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._utils import cache_dir, check_choice, check_int_at_least, make_generator
+from .._utils import atomic_path, cache_dir, check_choice, check_int_at_least, make_generator
 from ..attacks import FGSM, IGSM, MIFGSM, SmoothedGradient
 from ..attacks.base import Attack
 from ..metrics.transfer import (
@@ -107,10 +107,8 @@ def digits_fc(depth: int, *, width: int = FC_WIDTH, retrain: bool = False,
     r = _FC_RECIPE
     defenses.train(net, (x, y), epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"],
                    optimizer=r["optimizer"], seed=r["seed"], show_progress=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": net.state_dict(), "recipe": dict(_FC_RECIPE)}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": net.state_dict(), "recipe": dict(_FC_RECIPE)}, tmp)
     return net.eval()
 
 
@@ -141,6 +139,12 @@ def _accuracy(m: nn.Module, x: Tensor, y: Tensor, bs: int = 500) -> float:
 # output helpers
 # ----------------------------------------------------------------------------------------------
 
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 class _Writer:
     def __init__(self, out: Path, log: Callable[[str], None]) -> None:
         self.out = out
@@ -154,8 +158,8 @@ class _Writer:
               extra: dict[str, Any] | None = None) -> None:
         parts = [tm.to_markdown(m, title=f"{title} — {m}") for m in metrics]
         md = "\n".join(parts)
-        (self.out / f"{key}.md").write_text(md)
-        (self.out / f"{key}.csv").write_text(tm.to_csv())
+        _write_text(self.out / f"{key}.md", md)
+        _write_text(self.out / f"{key}.csv", tm.to_csv())
         entry = tm.to_dict()
         entry["title"] = title
         entry["black_box_mean_top1"] = tm.black_box_mean("top1").tolist()
@@ -400,8 +404,8 @@ def _destruction_table(out: Path, fig5: dict[str, Any], w: _Writer) -> None:
                 csv_lines.append(f"{kind},{s:.6g},{a},{v:.6f}")
     md = ("**Figure 5 analogue: destruction rates (%) on digits-resnet20 of examples crafted on "
           "digits-lenet** (noise strength ×1/255)\n\n" + "\n".join(lines) + "\n")
-    (out / "fig5_destruction.md").write_text(md)
-    (out / "fig5_destruction.csv").write_text("\n".join(csv_lines) + "\n")
+    _write_text(out / "fig5_destruction.md", md)
+    _write_text(out / "fig5_destruction.csv", "\n".join(csv_lines) + "\n")
     w.md.append("### fig5_destruction\n\n" + md)
 
 
@@ -510,11 +514,11 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
               f"seed {seed}; advsmooth {__version__}, torch {torch.__version__}; "
               f"{seconds:.0f} s on {torch.get_num_threads()} CPU thread(s)\n\n")
     summary = out / "summary.md"
-    summary.write_text(header + "\n".join(w.md))
+    _write_text(summary, header + "\n".join(w.md))
     report = {"preset": preset, "n": results.get("n", results.get("n_fgsm")), "seed": seed,
               "seconds": seconds, "tables": w.tables, "figures": w.figures,
               "results": results, "summary": str(summary)}
-    (out / "results.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    _write_text(out / "results.json", json.dumps(report, indent=1, default=_json_default))
     return report
 
 
