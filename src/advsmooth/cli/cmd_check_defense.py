@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._utils import atomic_path
 from ._common import add_common, positive_float, positive_int, resolve_device
 
 
@@ -73,12 +72,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         path = Path(args.json)
         text = json.dumps(report.to_dict(), indent=2, default=float)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     return 0 if report.passed else 1

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
+from .._utils import atomic_path
 from .._utils import progress as progress_bar
 from . import tasks
 from .spec import AttackSpec, DatasetSpec, ModelSpec, Spec, StudySpec, load_spec, spec_hash
@@ -309,10 +310,8 @@ def _artefact_path(out_dir: Path, cell_id: str, batch: int) -> Path:
 
 
 def _write_artefact(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: bool,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._utils import atomic_path
 from .tables import (
     METRIC_DISPLAY,
     Table,
@@ -283,6 +284,12 @@ def render_html(title: str, tables: Sequence[Table], figures: Sequence[Figure], 
     return "\n".join(parts)
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file renamed over ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def build_report(out_dir: str | os.PathLike[str], *,
                  report_dir: str | os.PathLike[str] | None = None,
                  figures: bool = True) -> dict[str, Any]:
@@ -308,7 +315,7 @@ def build_report(out_dir: str | os.PathLike[str], *,
         for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()),
                           ("json", json.dumps(t.to_json(), indent=1, ensure_ascii=False))):
             p = tdir / f"{t.name}.{ext}"
-            p.write_text(text, encoding="utf-8")
+            _write_text(p, text)
             table_files.append(p)
     title = spec.get("report", {}).get("title") or f"advsmooth experiment: {spec['name']}"
     done = sum(1 for c in cells if c.get("status") == "done")
@@ -321,9 +328,9 @@ def build_report(out_dir: str | os.PathLike[str], *,
     md += [t.to_markdown() for t in tables]
     for f in figs:
         md.append(f"![{f.caption}](figures/{f.png.name})\n")
-    (rdir / "report.md").write_text("\n".join(md), encoding="utf-8")
+    _write_text(rdir / "report.md", "\n".join(md))
     page = render_html(title, tables, figs, meta=meta, spec_text=spec_text)
-    (rdir / "report.html").write_text(page, encoding="utf-8")
+    _write_text(rdir / "report.html", page)
     return {"dir": rdir, "html": rdir / "report.html", "markdown": rdir / "report.md",
             "tables": table_files, "figures": [p for f in figs for p in f.files]}
 

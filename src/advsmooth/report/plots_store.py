@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import optional_import
+from .._utils import atomic_path, optional_import
 
 __all__ = ["curve_plot", "heatmap_plot", "save_both", "FORMATS"]
 
@@ -35,7 +35,8 @@ def save_both(fig: Any, stem: str | Path, *, dpi: int = 110) -> list[Path]:
     out = []
     for fmt in FORMATS:
         p = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(p, dpi=dpi, format=fmt)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt)
         out.append(p)
     _pyplot().close(fig)
     return out

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._utils import optional_import
+from .._utils import atomic_path, optional_import
 
 __all__ = ["plot_sigma_sweep", "plot_samples_sweep", "plot_budget"]
 
@@ -30,7 +30,8 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import optional_import
+from .._utils import atomic_path, optional_import
 
 __all__ = [
     "plot_transfer_matrix",
@@ -36,8 +36,8 @@ def _plt() -> Any:
 def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
     fig.tight_layout()
     if path is not None:
-        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
         _plt().close(fig)
     return fig
 
@@ -158,8 +158,8 @@ def plot_decision_boundary(dbm: Any, *, title: str | None = None, num_classes: i
     fig.suptitle(title or f"decision boundaries around one image (true class {dbm.y})",
                  fontsize=10)
     if path is not None:
-        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
         plt.close(fig)
     return fig
 
