@@ -6,20 +6,31 @@ model; :func:`run_demo` runs it into a resumable SQLite store, prints the summar
 the report (Markdown / CSV / JSON tables, fooling-rate-vs-σg and roughness curves, perturbation
 grids and a self-contained ``report.html``). Nothing is downloaded: the model is trained on first
 use (seconds) and cached.
+
+:func:`demo_spec` is the single source of the demo experiment: ``experiments/digits_demo.toml``
+is generated from it (:func:`demo_spec_toml`, ``advsmooth demo --write-spec PATH``) and a test
+checks that the file in the repository still equals it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_SIGMAS", "demo_spec", "run_demo"]
+__all__ = ["DEMO_N", "DEMO_SIGMAS", "demo_spec", "demo_spec_toml", "run_demo", "write_demo_spec"]
 
 #: the σg grid of the demo (issue: DeepFool and SmoothFool at σg ∈ {1, 2, 5, 10})
 DEMO_SIGMAS = (1.0, 2.0, 5.0, 10.0)
+#: default number of digits test images (``advsmooth demo --n``)
+DEMO_N = 40
 
 
-def demo_spec(n: int = 100, seed: int = 0, model: str = "digits-lenet") -> dict[str, Any]:
+def demo_spec(n: int = DEMO_N, seed: int = 0, model: str = "digits-lenet") -> dict[str, Any]:
     """The demo experiment as a spec dictionary (validated by ``experiments.parse_spec``).
 
     Args:
@@ -47,8 +58,8 @@ def demo_spec(n: int = 100, seed: int = 0, model: str = "digits-lenet") -> dict[
             "title": "advsmooth demo: minimal vs smooth adversarial perturbations on digits",
             "tables": [
                 {"kind": "summary",
-                 "metrics": ["n", "accuracy", "fooling_rate", "mean_l2", "omega", "omega_n",
-                             "iterations", "grad_evals", "seconds_per_sample"]},
+                 "metrics": ["n", "accuracy", "fooling_rate", "rho_adv", "mean_l2", "omega",
+                             "omega_n", "iterations", "grad_evals", "seconds_per_sample"]},
                 {"kind": "sigma_threshold", "param": "sigma"},
             ],
             "plots": [
@@ -62,7 +73,85 @@ def demo_spec(n: int = 100, seed: int = 0, model: str = "digits-lenet") -> dict[
     }
 
 
-def run_demo(out_dir: str | Path = "advsmooth-demo", *, n: int = 100, seed: int = 0,
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML: {v!r}")
+
+
+def _toml_table(table: Mapping[str, Any], prefix: str, lines: list[str]) -> None:
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
+
+    def is_section(v: Any) -> bool:  # flat mappings are written inline: params = { ... }
+        return is_tables(v) or (isinstance(v, Mapping) and any(
+            isinstance(x, Mapping) or is_tables(x) for x in v.values()))
+
+    for k, v in table.items():
+        if not is_section(v):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in table.items():
+        name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+        if not is_section(v):
+            continue
+        if isinstance(v, Mapping):
+            lines += ["", f"[{name}]"]
+            _toml_table(v, name, lines)
+        elif is_tables(v):
+            for item in v:
+                lines += ["", f"[[{name}]]"]
+                _toml_table(item, name, lines)
+
+
+def demo_spec_toml(n: int = DEMO_N, seed: int = 0, model: str = "digits-lenet") -> str:
+    """:func:`demo_spec` as TOML text (what ``experiments/digits_demo.toml`` holds).
+
+    ``tomllib.loads(demo_spec_toml(...)) == demo_spec(...)``.
+    """
+    lines = [
+        "# The `advsmooth demo` experiment: DeepFool, SmoothFool over a sigma_g grid and FGSM on",
+        "# the embedded digits data, with tables, curves and perturbation grids.",
+        "# GENERATED from advsmooth.demo.demo_spec() -- do not edit by hand; regenerate with",
+        "#   advsmooth demo --write-spec experiments/digits_demo.toml",
+    ]
+    _toml_table(demo_spec(n=n, seed=seed, model=model), "", lines)
+    return "\n".join(lines) + "\n"
+
+
+def write_demo_spec(path: str | os.PathLike[str], *, n: int = DEMO_N, seed: int = 0,
+                    model: str = "digits-lenet") -> Path:
+    """Write :func:`demo_spec_toml` to ``path`` (atomically) and return the path."""
+    from ._utils import atomic_path
+
+    text = demo_spec_toml(n=n, seed=seed, model=model)
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return out
+
+
+def run_demo(out_dir: str | Path = "advsmooth-demo", *, n: int = DEMO_N, seed: int = 0,
              model: str = "digits-lenet", progress: bool = True) -> dict[str, Any]:
     """Prepare the digits model, run the demo experiment, print its table, write its report.
 
