@@ -29,6 +29,10 @@ CASES = [
 #: default number of images torchattacks (a Python loop over samples) is timed on, per case
 SLOW_SUBSET = {"digits": 100, "mnist": 100, "cifar10": 40}
 
+#: advsmooth rows whose median L2 is paired with every peer's → column key
+PAIRED = {"advsmooth": "paired_l2_ratio", "advsmooth-clip": "paired_l2_ratio_clip",
+          "advsmooth-paper": "paired_l2_ratio_paper"}
+
 
 def load_case(name: str, model_name: str, dataset: str, kw: dict[str, Any], quick: bool,
               limit: int | None) -> tuple[Any, torch.Tensor, torch.Tensor, int]:
@@ -106,7 +110,7 @@ def run_case(case: tuple, libs: list[str], args: Any, log: Any) -> dict[str, Any
         for r in rows:
             r["time_vs_advsmooth"] = r["seconds"] / base["seconds"]
     # paired median L2: advsmooth vs each peer on the images both fooled (the peer's timed subset)
-    for ref in ("advsmooth", "advsmooth-clip"):
+    for ref, key in PAIRED.items():
         a = next((r for r in rows if r["library"] == ref), None)
         if a is None:
             continue
@@ -115,7 +119,6 @@ def run_case(case: tuple, libs: list[str], args: Any, log: Any) -> dict[str, Any
                 continue
             s = r["n_timed"]
             common = a["_ok"][:s] & r["_ok"]
-            key = "paired_l2_ratio" if ref == "advsmooth" else "paired_l2_ratio_clip"
             if common.any():
                 r[key] = float(a["_l2"][:s][common].median() / r["_l2"][common].median())
                 r["paired_n"] = int(common.sum())
@@ -246,6 +249,7 @@ DF_COLUMNS = [
     ("own_grad_per_image", "own grad / image"),
     ("paired_l2_ratio", "advsmooth ÷ peer median L2 (paired)"),
     ("paired_l2_ratio_clip", "advsmooth-clip ÷ peer (paired)"),
+    ("paired_l2_ratio_paper", "advsmooth-paper ÷ peer (paired)"),
 ]
 SF_COLUMNS = [
     ("attack", "attack"), ("n", "images"), ("seconds", "wall time (s, median)"),

@@ -119,7 +119,7 @@ def bench_model(name: str, model: nn.Module, shape: tuple[int, ...], batch: int,
     ref = None
     rows: dict[str, dict] = {}
     for method in METHODS:
-        fp, wp, ngrad, nfwd = _face_gradients(model, x, cand, method)
+        _, wp, _, ngrad, nfwd = _face_gradients(model, x, cand, method)
         if ref is None:
             ref = wp
         rows[method] = {"grad_evals_per_image": ngrad, "forward_evals_per_image": nfwd,

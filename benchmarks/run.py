@@ -34,6 +34,7 @@ os.environ.setdefault("ADVSMOOTH_NO_PROGRESS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import _harness as H  # noqa: E402
+import _peers as P  # noqa: E402
 import torch  # noqa: E402
 
 SUITES = ("deepfool", "engine", "smoothing")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"== suite {suite} (peers: {', '.join(peers) or 'none'})")
         if suite == "deepfool":
             import bench_deepfool as B
-            payload: dict[str, Any] = B.run(args, ["advsmooth", "advsmooth-clip", *peers], log)
+            payload: dict[str, Any] = B.run(args, [*P.ADVSMOOTH_DEEPFOOL, *peers], log)
         elif suite == "engine":
             import bench_engine as B
             payload = B.run(args, ["advsmooth", *peers], log)

@@ -191,8 +191,115 @@ def test_clip_keeps_images_in_range_and_overshoot_option():
     res = DeepFool(clip=True)(model, x)
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert res.success.all()
-    res2 = DeepFool(linearize_with_overshoot=True)(model, x)
+    res2 = DeepFool(linearize_with_overshoot=False)(model, x)
     assert res2.success.all()
+
+
+class _Recorder(nn.Module):
+    """Wraps a model and records the inputs of its forward passes that track gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.grad_inputs = []
+
+    def forward(self, x):
+        if x.requires_grad:
+            self.grad_inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("lwo", [True, False])
+def test_linearisation_point(lwo):
+    """Iteration 2 linearises at x + (1+η)·r_tot (LTS4, default) or x + r_tot (paper)."""
+    model = TinyCNN(num_classes=10, seed=4).double().eval()
+    x = _x(12, (1, 8, 8), seed=2)
+    first = DeepFool(max_iter=1, linearize_with_overshoot=lwo)(model, x)
+    again = first.iterations == 1
+    assert (~first.success & again).any()  # some samples need a second iteration
+    rec = _Recorder(model)
+    DeepFool(max_iter=2, linearize_with_overshoot=lwo, chunk_size=None)(rec, x)
+    second = rec.grad_inputs[1]  # the active samples of iteration 2, in batch order
+    todo = (~first.success).nonzero()[:, 0]
+    r1 = first.extras["r_tot"][todo]
+    expected = x[todo] + (1.02 if lwo else 1.0) * r1
+    assert second.shape == expected.shape
+    assert torch.allclose(second, expected, atol=1e-12)
+
+
+def test_chunk_size_does_not_change_results():
+    model = TinyCNN(channels=3, num_classes=10, seed=1).double().eval()
+    x = _x(11, (3, 8, 8), seed=5)
+    ref = DeepFool(chunk_size=None)(model, x)
+    for chunk in (1, 3, 64):
+        res = DeepFool(chunk_size=chunk)(model, x)
+        assert torch.allclose(res.x_adv, ref.x_adv, atol=1e-10), chunk
+        assert torch.equal(res.iterations, ref.iterations)
+        assert torch.equal(res.grad_evals, ref.grad_evals)
+        assert torch.equal(res.forward_evals, ref.forward_evals)
+
+
+def test_adaptive_faces_costs_and_fallback(monkeypatch):
+    from advsmooth.attacks import deepfool as df_mod
+
+    model = TinyCNN(num_classes=10, seed=4).double().eval()
+    x = _x(16, (1, 8, 8), seed=2)
+    exact = DeepFool(adaptive_faces=None)(model, x)
+    assert (exact.iterations >= 2).any()
+    assert torch.equal(exact.grad_evals, 9 * exact.iterations)
+    # a margin nothing can meet: every later iteration differentiates the remaining faces too,
+    # so the run is the exact algorithm (plus one forward per later iteration)
+    monkeypatch.setattr(df_mod, "_ADAPTIVE_TOL", 1e9)
+    full = DeepFool(adaptive_faces=2)(model, x)
+    assert torch.allclose(full.x_adv, exact.x_adv, atol=1e-10)
+    assert torch.equal(full.iterations, exact.iterations)
+    assert torch.equal(full.grad_evals, exact.grad_evals)
+    later = (exact.iterations - 1).clamp_min(0)
+    assert torch.equal(full.forward_evals, exact.forward_evals + later)
+    # a margin always met: exactly 2 faces after the first iteration
+    monkeypatch.setattr(df_mod, "_ADAPTIVE_TOL", -1.0)
+    fast = DeepFool(adaptive_faces=2)(model, x)
+    att = fast.iterations > 0
+    assert torch.equal(fast.grad_evals[att], 9 + 2 * (fast.iterations[att] - 1))
+    assert fast.success.all()
+    # the default margin sits in between
+    monkeypatch.setattr(df_mod, "_ADAPTIVE_TOL", 0.1)
+    mid = DeepFool(adaptive_faces=2)(model, x)
+    assert mid.success.all()
+    assert (mid.grad_evals <= 9 * mid.iterations).all()
+    assert (mid.grad_evals[att] >= 9 + 2 * (mid.iterations[att] - 1)).all()
+    assert DeepFool(adaptive_faces=2).gradients_per_iteration(10, first=False) == 2
+    assert DeepFool().gradients_per_iteration(10, first=False) == 9
+
+
+class _ViewNet(nn.Module):
+    """A CNN that flattens with .view, which fails on channels-last activations."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_matches_and_falls_back():
+    model = TinyCNN(channels=3, num_classes=10, seed=1).double().eval()
+    x = _x(6, (3, 8, 8), seed=7)
+    a = DeepFool(channels_last=True)(model, x)
+    b = DeepFool(channels_last=False)(model, x)
+    assert torch.allclose(a.x_adv, b.x_adv, atol=1e-10)
+    assert a.x_adv.is_contiguous()
+    view = _ViewNet().double().eval()
+    with pytest.raises(RuntimeError):
+        DeepFool(channels_last=True)(view, x)
+    auto = DeepFool()(view, x)
+    plain = DeepFool(channels_last=False)(view, x)
+    assert torch.allclose(auto.x_adv, plain.x_adv, atol=1e-12)
+    assert auto.success.all()
 
 
 def test_vanishing_normals_fail_gracefully():
@@ -225,6 +332,8 @@ def test_float32_model_and_repr():
     ({"max_iter": 2.5}, "max_iter"), ({"candidates": 1}, "candidates"),
     ({"stabilizer": -1.0}, "stabilizer"), ({"clip": 1}, "clip"),
     ({"jacobian": "fast"}, "jacobian"), ({"linearize_with_overshoot": "yes"}, "linearize"),
+    ({"adaptive_faces": 0}, "adaptive_faces"), ({"chunk_size": 0}, "chunk_size"),
+    ({"channels_last": "yes"}, "channels_last"),
 ])
 def test_bad_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -1,0 +1,228 @@
+"""advsmooth's own DeepFool options, measured against each other (no peers needed).
+
+Three tables behind the choices documented in docs/deepfool.md:
+
+1. **Linearisation point**: ``linearize_with_overshoot`` True (default, LTS4 Python / Foolbox)
+   vs False (the paper's pseudo-code): success, median L2, the paired per-image median ratio,
+   mean iterations — exact faces, every correctly classified image of each case.
+2. **Chunks and memory layout**: the same exact computation with the whole active set at once,
+   chunks of 128 / 256, and chunks of 128 with channels-last inputs: wall time (median of
+   ``--repeats`` interleaved repeats) and the largest per-image L2 difference to the first.
+3. **Adaptive faces** (``adaptive_faces=k``) vs exact: success, paired median ratio, its range,
+   gradients per image — on the standard models (L2) and on the adversarially trained
+   ``mnist-lenet-pgd`` (L2 and L∞), where the approximation is weakest.
+
+Cases: ``digits-lenet`` (embedded digits, always), ``mnist-lenet``, ``mnist-lenet-pgd`` and
+``cifar10-resnet20`` (need ../shared; skipped cleanly without it). DeepFool: overshoot 0.02,
+50 iterations, 10 candidates.
+
+Run:  .venv/bin/python benchmarks/deepfool_variants.py [--quick] [--repeats 3]
+Writes benchmarks/results/deepfool_variants.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as H  # noqa: E402
+
+import advsmooth as asm  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+DF = {"overshoot": 0.02, "max_iter": 50, "candidates": 10}
+
+#: name, model, dataset, load kwargs, shared files needed
+CASES = [
+    ("digits", "digits-lenet", "digits", {}, []),
+    ("mnist", "mnist-lenet", "mnist", {"sample": 1000, "seed": 0},
+     ["data/mnist_test.npz", "models/mnist_lenet_clean.pt"]),
+    ("cifar10", "cifar10-resnet20", "cifar10", {"sample": 500, "seed": 0},
+     ["data/cifar10_test.npz", "models/cifar10_resnet20.pt"]),
+    ("mnist-pgd", "mnist-lenet-pgd", "mnist", {"sample": 300, "seed": 1},
+     ["data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt"]),
+]
+
+
+def _load(case: tuple, limit: int | None) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    name, model_name, dataset, kw, needs = case
+    if any(not (H.SHARED / p).exists() for p in needs):
+        return None
+    model = H.frozen(asm.models.load(model_name))
+    x, y = asm.data.load(dataset, "test", **kw)
+    ok = H.predict(model, x) == y
+    x, y = x[ok], y[ok]
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return model, x.contiguous(), y.contiguous()
+
+
+def _norm(res: Any, p: float) -> torch.Tensor:
+    return res.norms(p)
+
+
+def _paired(res: Any, ref: Any, p: float) -> dict[str, float]:
+    ok = res.success & ref.success & ~ref.skipped
+    a, b = _norm(res, p)[ok], _norm(ref, p)[ok]
+    ratio = a / b.clamp_min(1e-12)
+    return {"paired_median_ratio": float(a.median() / b.median()) if ok.any() else float("nan"),
+            "per_image_min": float(ratio.min()) if ok.any() else float("nan"),
+            "per_image_max": float(ratio.max()) if ok.any() else float("nan")}
+
+
+def _summary(res: Any, p: float) -> dict[str, float]:
+    att = ~res.skipped
+    return {"success_rate": float(res.success[att].float().mean()),
+            "median_norm": float(_norm(res, p)[res.success & att].median()),
+            "mean_iterations": float(res.iterations[att].double().mean()),
+            "grad_per_image": float(res.grad_evals[att].double().mean()),
+            "forward_per_image": float(res.forward_evals[att].double().mean())}
+
+
+def linearisation(cases: dict[str, tuple], log: Any) -> list[dict[str, Any]]:
+    rows = []
+    for name, (model, x, y) in cases.items():
+        if name == "mnist-pgd":
+            continue
+        out = {lwo: asm.attacks.DeepFool(linearize_with_overshoot=lwo, **DF)(model, x, y)
+               for lwo in (False, True)}
+        for lwo, res in out.items():
+            row = {"case": name, "n": int(x.shape[0]),
+                   "linearize_with_overshoot": lwo, **_summary(res, 2.0)}
+            if lwo:
+                row.update(_paired(res, out[False], 2.0))
+            rows.append(row)
+        log(f"  linearisation {name}: paired {rows[-1]['paired_median_ratio']:.4f}")
+    return rows
+
+
+LAYOUTS = {
+    "whole active set": {"chunk_size": None, "channels_last": False},
+    "chunks of 128": {"chunk_size": 128, "channels_last": False},
+    "chunks of 256": {"chunk_size": 256, "channels_last": False},
+    "chunks of 128 + channels-last (default)": {"chunk_size": 128, "channels_last": None},
+}
+
+
+def layouts(cases: dict[str, tuple], repeats: int, log: Any) -> list[dict[str, Any]]:
+    rows = []
+    for name, (model, x, y) in cases.items():
+        if name == "mnist-pgd":
+            continue
+        atks = {k: asm.attacks.DeepFool(adaptive_faces=None, **kw, **DF)
+                for k, kw in LAYOUTS.items()}
+        jobs = {k: (lambda a=a, m=model, xx=x, yy=y: a(m, xx, yy)) for k, a in atks.items()}
+        warm = {k: (lambda a=a, m=model, xx=x[:8], yy=y[:8]: a(m, xx, yy))
+                for k, a in atks.items()}
+        times, outs = H.interleaved(jobs, repeats, warm, log)
+        ref = outs["whole active set"]
+        base = H.median(times["whole active set"])
+        for k in LAYOUTS:
+            diff = (_norm(outs[k], 2.0) - _norm(ref, 2.0)).abs() / _norm(ref, 2.0).clamp_min(1e-12)
+            rows.append({"case": name, "n": int(x.shape[0]), "layout": k,
+                         "seconds": H.median(times[k]), "times": times[k],
+                         "time_vs_whole": H.median(times[k]) / base,
+                         "max_rel_l2_diff": float(diff[~ref.skipped].max()),
+                         "success_rate": float(outs[k].success.float().mean())})
+    return rows
+
+
+def adaptive(cases: dict[str, tuple], ks: list[int], log: Any) -> list[dict[str, Any]]:
+    rows = []
+    settings = [(name, 2.0) for name in cases if name != "mnist-pgd"]
+    if "mnist-pgd" in cases:
+        settings += [("mnist-pgd", 2.0), ("mnist-pgd", float("inf"))]
+    for name, p in settings:
+        model, x, y = cases[name]
+        norm: Any = "inf" if p == float("inf") else 2
+        ref = asm.attacks.DeepFool(norm=norm, adaptive_faces=None, **DF)(model, x, y)
+        rows.append({"case": name, "norm": norm, "n": int(x.shape[0]), "adaptive_faces": None,
+                     **_summary(ref, p)})
+        for k in ks:
+            res = asm.attacks.DeepFool(norm=norm, adaptive_faces=k, **DF)(model, x, y)
+            rows.append({"case": name, "norm": norm, "n": int(x.shape[0]), "adaptive_faces": k,
+                         **_summary(res, p), **_paired(res, ref, p)})
+            log(f"  adaptive {name} L{norm} k={k}: success {rows[-1]['success_rate']:.4f}, "
+                f"paired {rows[-1]['paired_median_ratio']:.4f}")
+    return rows
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    lines = ["# DeepFool variants (advsmooth only)", "",
+             "DeepFool L2 unless stated, overshoot 0.02, 50 iterations, 10 candidates, correctly "
+             "classified images only. Paired ratios: median norm of the variant over the median "
+             "norm of the reference, on the images both fooled; per-image min/max of the same "
+             "ratio.", "", H.machine_md(payload["machine"]), "",
+             "## Linearisation point (reference: linearize_with_overshoot=False, the paper)", "",
+             H.md_table(payload["linearisation"], [
+                 ("case", "case"), ("n", "images"),
+                 ("linearize_with_overshoot", "linearize_with_overshoot"),
+                 ("success_rate", "success"), ("median_norm", "median L2"),
+                 ("paired_median_ratio", "paired median ÷ paper point"),
+                 ("per_image_min", "per-image min"), ("per_image_max", "per-image max"),
+                 ("mean_iterations", "iterations"), ("grad_per_image", "gradients / image")]),
+             "", f"## Chunks and memory layout ({payload['config']['repeats']} interleaved "
+             "repeats, median wall time)", "",
+             H.md_table(payload["layouts"], [
+                 ("case", "case"), ("n", "images"), ("layout", "layout"),
+                 ("seconds", "wall time (s)"), ("time_vs_whole", "÷ whole active set"),
+                 ("max_rel_l2_diff", "max per-image relative L2 difference"),
+                 ("success_rate", "success")]),
+             "", "## Adaptive faces (reference: every face at every iteration)", "",
+             H.md_table(payload["adaptive"], [
+                 ("case", "case"), ("norm", "norm"), ("n", "images"),
+                 ("adaptive_faces", "adaptive_faces"), ("success_rate", "success"),
+                 ("median_norm", "median norm"), ("paired_median_ratio", "paired median ÷ exact"),
+                 ("per_image_min", "per-image min"), ("per_image_max", "per-image max"),
+                 ("mean_iterations", "iterations"), ("grad_per_image", "gradients / image"),
+                 ("forward_per_image", "forwards / image")]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="8 digits images, 1 repeat (smoke test)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--adaptive", default="2,3", help="adaptive_faces values (comma separated)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = H.machine_info(args.threads)
+    t0 = time.perf_counter()
+    limit = 8 if args.quick else None
+    repeats = 1 if args.quick else args.repeats
+    todo = CASES[:1] if args.quick else CASES
+    cases = {}
+    for c in todo:
+        loaded = _load(c, limit)
+        if loaded is None:
+            print(f"  skip {c[0]}: ../shared missing", flush=True)
+            continue
+        cases[c[0]] = loaded
+    ks = [int(k) for k in args.adaptive.split(",") if k.strip()]
+    payload: dict[str, Any] = {
+        "suite": "deepfool_variants",
+        "config": {"deepfool": DF, "repeats": repeats, "adaptive_faces": ks, "quick": args.quick,
+                   "cases": list(cases)},
+        "linearisation": linearisation(cases, print),
+        "layouts": layouts(cases, repeats, print),
+        "adaptive": adaptive(cases, ks, print),
+    }
+    info["suite_seconds"] = round(time.perf_counter() - t0, 1)
+    info["loadavg_end"] = H.loadavg()
+    payload["machine"] = info
+    jp, mp = H.write_outputs(Path(args.out), "deepfool_variants", payload, markdown(payload))
+    print(f"wrote {jp} and {mp}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
