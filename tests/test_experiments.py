@@ -178,3 +178,22 @@ def test_run_and_resume_in_process(tmp_path):
     with Store(out, readonly=True) as st:
         assert st.snapshot() == snap
         assert st.batch_log() == log  # nothing recomputed
+
+
+def test_cli_sample_override(tmp_path, capsys):
+    from advsmooth.cli.cmd_run import with_sample
+
+    spec = load_spec(write(tmp_path, GOOD))
+    small = with_sample(spec, 3)
+    assert all(d.sample == 3 and d.n is None for d in small.datasets)
+    assert spec_hash(small) != spec_hash(spec)  # never mixes with the full run's store
+    with pytest.raises(ValueError, match="--sample"):
+        with_sample(spec, 0)
+    out = tmp_path / "quick"
+    assert main(["run", str(write(tmp_path, GOOD, "s.toml")), "--out", str(out), "--sample", "3",
+                 "--no-progress"]) == 0
+    with Store(out, readonly=True) as st:
+        cells = st.cells()
+        samples = st.snapshot()["samples"]
+    assert cells and all(c["n"] == 3 and c["spec_hash"] == spec_hash(small) for c in cells)
+    assert len(samples) == 3 * len(cells)

@@ -29,6 +29,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="write the report (advsmooth report DIR) after the run")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="quick look: replace every dataset's selection by a seeded random sample "
+                        "of N images and every study's n by N (the modified spec is what the "
+                        "store records, so its results never mix with the full run's)")
     p.set_defaults(func=_main)
     return p
 
@@ -41,6 +45,9 @@ def _main(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"advsmooth run: error: {exc}", file=sys.stderr)
         return 2
+    spec_text = None
+    if args.sample is not None:
+        spec = with_sample(spec, args.sample)
     if args.device is not None and args.device not in ("auto", "cpu", "mps") \
             and not args.device.startswith("cuda"):
         raise ValueError(f"--device must be cpu, cuda, cuda:N, mps or auto, got {args.device!r}")
@@ -51,8 +58,10 @@ def _main(args: argparse.Namespace) -> int:
             where = f"{c.dataset.key}/{c.model.key}" if c.dataset and c.model else "study"
             print(f"  {c.cell_id}  {where:28s} {c.label}")
         return 0
-    result = run_spec(args.spec, args.out, device=args.device, data_root=args.data_root,
-                      progress=not args.no_progress, save_adversarial=args.save_adversarial)
+    result = run_spec(spec if args.sample is not None else args.spec, args.out,
+                      device=args.device, data_root=args.data_root,
+                      progress=not args.no_progress, save_adversarial=args.save_adversarial,
+                      spec_text=spec_text)
     if result.rank == 0:
         print(result)
         if args.report:
@@ -61,3 +70,14 @@ def _main(args: argparse.Namespace) -> int:
             paths = build_report(result.out_dir)
             print(f"report: {paths['html']}")
     return 0
+
+
+def with_sample(spec: Any, n: int) -> Any:
+    """``spec`` with every dataset drawing a seeded random sample of ``n`` images and every study
+    parameter ``n`` set to ``n`` (``--sample``); ``ValueError`` if ``n < 1``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--sample must be a positive integer, got {n!r}")
+    datasets = [d.model_copy(update={"sample": n, "n": None}) for d in spec.datasets]
+    studies = [s.model_copy(update={"params": {**s.params, "n": n}}) if "n" in s.params else s
+               for s in spec.studies]
+    return spec.model_copy(update={"datasets": datasets, "studies": studies})
