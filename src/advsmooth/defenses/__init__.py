@@ -34,3 +34,19 @@ from . import methods  # noqa: E402  (registers the robust training methods in M
 from .methods import finetune, pgd_linf  # noqa: E402
 
 __all__ += ["methods", "finetune", "pgd_linf"]
+
+from . import ensemble_at, hgd, magnet  # noqa: E402  (ensemble_at registers "ensemble_at")
+from .ensemble_at import EnsembleAdversarialTraining  # noqa: E402
+from .hgd import Denoiser, HGDDefended, train_hgd  # noqa: E402
+from .magnet import (  # noqa: E402
+    Autoencoder,
+    DivergenceDetector,
+    MagNet,
+    ReconstructionDetector,
+    magnet_fooling_rate,
+    train_autoencoder,
+)
+
+__all__ += ["ensemble_at", "hgd", "magnet", "EnsembleAdversarialTraining", "Denoiser",
+            "HGDDefended", "train_hgd", "Autoencoder", "DivergenceDetector", "MagNet",
+            "ReconstructionDetector", "magnet_fooling_rate", "train_autoencoder"]
