@@ -8,6 +8,9 @@
   :func:`advsmooth.studies.smoothing.run_smoothing_study`.
 * ``uap`` — a (smooth) universal perturbation fitted on one model and evaluated on several
   (SmoothFool Table 5). Rows: ``fit_model, model, sigma, fooling_rate, linf, l2``.
+* ``smoothfool_table3`` — SmoothFool Table 3 on MNIST: trains the defences and writes the tables
+  of :func:`advsmooth.studies.defenses.smoothfool_table3` into ``params.out_dir``; rows
+  ``defence, setting, clean_acc, <attack>...`` (fooling rates in [0, 1]).
 """
 
 from __future__ import annotations
@@ -176,3 +179,30 @@ def _uap(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
 
 register_task("uap", _uap, check=_check_uap,
               description="(smooth) universal perturbation fitted on one model, FR on several")
+
+
+# ---------------------------------------------------------------------------------------------
+# SmoothFool Table 3 on MNIST (defences)
+# ---------------------------------------------------------------------------------------------
+
+def _check_table3(p: dict[str, Any]) -> None:
+    from ..studies.defenses import smoothfool_table3
+
+    allowed = [k for k in inspect.signature(smoothfool_table3).parameters if k != "root"]
+    _require(p, allowed, ("out_dir",))
+
+
+def _table3(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    from ..studies.defenses import smoothfool_table3
+
+    kw = dict(p)
+    kw.setdefault("seed", 0)
+    for key in ("sigmas_g", "white_box_attacks"):
+        if key in kw and kw[key] is not None:
+            kw[key] = tuple(kw[key])
+    rows = smoothfool_table3(kw.pop("out_dir"), root=ctx.data_root, **kw)
+    return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+
+
+register_task("smoothfool_table3", _table3, check=_check_table3,
+              description="SmoothFool Table 3 on MNIST: FR of IGSM/DF/GS/SF vs seven defences")
