@@ -38,6 +38,7 @@ __all__ = [
     "AttackOutput",
     "CostCounter",
     "frozen_model",
+    "LayoutHint",
     "check_images",
     "check_labels",
     "check_model_compat",
@@ -137,6 +138,35 @@ def check_model_compat(model: nn.Module, x: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # model hygiene
 # ----------------------------------------------------------------------------------------------
+
+class LayoutHint:
+    """Runs a model on channels-last copies of 4-D, multi-channel CPU inputs.
+
+    Convolutions in channels-last layout were ~20–30 % faster on this project's CPU benchmarks
+    (ResNet-20, 2 threads); values agree with the plain layout up to float rounding. ``mode``:
+    ``None`` (auto) tries it and falls back to the given layout for good if the model raises a
+    ``RuntimeError`` (e.g. ``.view`` on a non-contiguous activation); ``True`` requires it;
+    ``False`` never uses it. Not used on CUDA in auto mode. Share one hint per attack call so the
+    fallback is remembered.
+    """
+
+    def __init__(self, mode: bool | None = None) -> None:
+        if mode is not None and not isinstance(mode, bool):
+            raise ValueError(f"channels_last must be True, False or None, got {mode!r}")
+        self.mode = mode
+
+    def __call__(self, fn: Any, x: Tensor) -> Any:
+        use = x.ndim == 4 and x.shape[1] > 1 and (
+            self.mode is True or (self.mode is None and x.device.type == "cpu"))
+        if use:
+            try:
+                return fn(x.contiguous(memory_format=torch.channels_last))
+            except RuntimeError:
+                if self.mode is True:
+                    raise
+                self.mode = False
+        return fn(x)
+
 
 @contextmanager
 def frozen_model(model: nn.Module) -> Iterator[nn.Module]:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput
+from .base import Attack, AttackContext, AttackOutput, LayoutHint
 
 __all__ = ["DeepFool", "JACOBIAN_METHODS"]
 
@@ -124,9 +124,9 @@ class DeepFool(Attack):
             moderate batches are faster per image on CPU — measured in docs/deepfool.md);
             ``None`` = the whole active set at once. Results do not depend on it beyond float
             rounding.
-        channels_last: run the model on channels-last copies of the (4-D, multi-channel) inputs,
-            which made ResNet-20 convolutions ~20 % faster on CPU. ``None`` (default): try it and
-            fall back to the input's layout for the rest of the run if the model rejects it
+        channels_last: run the model on channels-last copies of the (4-D, multi-channel) inputs
+            (see :class:`~advsmooth.attacks.base.LayoutHint`). ``None`` (default): on CPU, try it
+            and fall back to the input's layout for the rest of the run if the model rejects it
             (e.g. ``.view`` on a non-contiguous activation); ``True``: require it; ``False``:
             never.
         seed: unused (DeepFool is deterministic); kept for the common signature.
@@ -168,9 +168,7 @@ class DeepFool(Attack):
                                else check_int_at_least("adaptive_faces", adaptive_faces, 1))
         self.chunk_size = (None if chunk_size is None
                            else check_int_at_least("chunk_size", chunk_size, 1))
-        if channels_last is not None and not isinstance(channels_last, bool):
-            raise ValueError(f"channels_last must be True, False or None, got {channels_last!r}")
-        self.channels_last = channels_last
+        self.channels_last = LayoutHint(channels_last).mode  # validates
         norm_repr: float | str = "inf" if math.isinf(self.p) else (
             int(self.p) if self.p.is_integer() else self.p)
         self._set_params(norm=norm_repr, overshoot=self.overshoot, max_iter=self.max_iter,
@@ -244,7 +242,10 @@ class DeepFool(Attack):
         act = torch.arange(n, device=dev)
         method = self._method()
         chunk = self.chunk_size or max(n, 1)
-        layout = _Layout(model, self.channels_last)
+        hint = LayoutHint(self.channels_last)
+
+        def layout(xs: Tensor) -> Tensor:
+            return hint(model, xs)
         for it in range(self.max_iter):
             if act.numel() == 0:
                 break
@@ -265,7 +266,7 @@ class DeepFool(Attack):
     def _iterate(self, model: nn.Module, x: Tensor, idx: Tensor, r_tot: Tensor, cand: Tensor,
                  k0: Tensor, wnorm: Tensor, iters: Tensor, face: Tensor, fooled: Tensor,
                  failed: Tensor, label_adv: Tensor, target: Tensor | None, method: str,
-                 layout: _Layout, *, first: bool, count_forward: Counter | None,
+                 layout: Callable[[Tensor], Tensor], *, first: bool, count_forward: Counter | None,
                  count_grad: Counter | None) -> Tensor:
         """One DeepFool iteration on the samples ``idx`` (updates the state tensors in place);
         returns which of them are finished (fooled or failed)."""
@@ -440,26 +441,6 @@ def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
         wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
                           for j in range(a)], dim=1)
     return fp_all, wp, sel, a, 1
-
-
-class _Layout:
-    """Runs the model on channels-last copies of 4-D multi-channel inputs (faster convolutions
-    on CPU); ``mode=None`` falls back to the given layout for good if the model rejects it (e.g.
-    a ``.view`` on a non-contiguous activation)."""
-
-    def __init__(self, model: nn.Module, mode: bool | None) -> None:
-        self.model = model
-        self.mode = mode
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.mode is not False and x.ndim == 4 and x.shape[1] > 1:
-            try:
-                return self.model(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                if self.mode is True:
-                    raise
-                self.mode = False
-        return self.model(x)
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:

@@ -72,13 +72,14 @@ call so the caller can account it (:class:`GradientEstimate`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative, make_generator
+from .base import LayoutHint
 
 __all__ = [
     "AttackObjective",
@@ -121,6 +122,8 @@ class AttackObjective:
     labels: Tensor
     target: Tensor | None = None
     loss_ensemble: bool = False
+    #: memory-layout hint shared by the subsets of one attack call (channels-last on CPU)
+    layout: LayoutHint = field(default_factory=LayoutHint, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
@@ -149,14 +152,14 @@ class AttackObjective:
         """The objective restricted to samples ``index`` (indices or bool mask)."""
         return AttackObjective(self.loss, self.labels[index],
                                None if self.target is None else self.target[index],
-                               self.loss_ensemble)
+                               self.loss_ensemble, self.layout)
 
     def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
         """Raw outputs of ``model`` on ``inputs`` ``(B, C, H, W)``: logits ``(B, K)``, or member
         logits ``(B, E, K)`` for a loss-averaging ensemble."""
         if self.loss_ensemble:
-            return model.member_logits(inputs)  # type: ignore[operator]
-        out = model(inputs)
+            return self.layout(model.member_logits, inputs)  # type: ignore[attr-defined]
+        out = self.layout(model, inputs)
         if out.ndim != 2 or out.shape[1] < 2:
             raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
                              f"shape {tuple(out.shape)}")
