@@ -71,7 +71,7 @@ def _base_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 102
 def smoothed_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, sigma: float, samples: int,
                       votes: Sequence[str] = ("prediction", "weighted", "soft"), C: float = 0.5,
                       draws: int = 3, seed: int = 0, noise_space: str = "pixel",
-                      std: Any = None, batch_size: int = 4096) -> dict[str, dict[str, Any]]:
+                      std: Any = None, batch_size: int | None = None) -> dict[str, dict[str, Any]]:
     """Accuracy of ``model`` (key ``"base"``) and of every smoothing vote on ``(x, y)``.
 
     Each of the ``draws`` evaluation draws uses fresh noise (seed ``seed``, draw ``r``); the votes
@@ -102,7 +102,8 @@ def sigma_samples_sweep(model: nn.Module, x: Tensor, y: Tensor, *, sigmas: Seque
                         samples: Sequence[int] = tuple(2**i for i in range(10)),
                         votes: Sequence[str] = ("prediction",), C: float = 0.5, draws: int = 1,
                         seed: int = 0, noise_space: str = "pixel", std: Any = None,
-                        batch_size: int = 4096, label: str = "clean") -> list[dict[str, Any]]:
+                        batch_size: int | None = None, label: str = "clean"
+                        ) -> list[dict[str, Any]]:
     """Accuracy vs (σ, M) for each vote: rows ``{input, vote, sigma, M, acc_mean, acc_std}``.
 
     Per σ and draw, one pass with ``max(samples)`` copies; every smaller ``M`` uses its first
