@@ -343,3 +343,34 @@ def test_bad_hyperparameters(kwargs, name):
 def test_keyword_only():
     with pytest.raises(TypeError):
         DeepFool(2)  # type: ignore[misc]
+
+
+def test_fold_batchnorm_option():
+    from advsmooth.attacks.base import fold_batchnorm
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).double()
+    with torch.no_grad():  # non-trivial running statistics
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = _x(6, (3, 8, 8), seed=11)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model, x[:2])
+    assert folded is not model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-10)
+    a = DeepFool(fold_batchnorm=True)(model, x)
+    b = DeepFool()(model, x)
+    assert torch.allclose(a.x_adv, b.x_adv, atol=1e-8) and a.success.all()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # a training-mode model or a wrapper with Python-side state is attacked as given
+    model.train()
+    assert fold_batchnorm(model, x) is model
+    model.eval()
+    wrapped = _Recorder(model)
+    assert fold_batchnorm(wrapped, x) is wrapped
+    with pytest.raises(ValueError, match="fold_batchnorm"):
+        DeepFool(fold_batchnorm=1)

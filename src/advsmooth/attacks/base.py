@@ -39,6 +39,7 @@ __all__ = [
     "CostCounter",
     "frozen_model",
     "LayoutHint",
+    "fold_batchnorm",
     "check_images",
     "check_labels",
     "check_model_compat",
@@ -166,6 +167,51 @@ class LayoutHint:
                     raise
                 self.mode = False
         return fn(x)
+
+
+def _fusable(model: nn.Module) -> bool:
+    """Eval-mode model built only from ``torch.nn`` / ``advsmooth.models`` modules, with at least
+    one BatchNorm (so folding has something to do and no module keeps Python-side state)."""
+    has_bn = False
+    for mod in model.modules():
+        if mod.training:
+            return False
+        name = type(mod).__module__
+        if not (name.startswith("torch.nn") or name.startswith("advsmooth.models")):
+            return False
+        has_bn |= isinstance(mod, nn.modules.batchnorm._BatchNorm)
+    return has_bn
+
+
+def fold_batchnorm(model: nn.Module, probe: Tensor | None = None) -> nn.Module:
+    """A copy of ``model`` with every eval-mode Conv→BatchNorm pair folded into one convolution
+    (``torch.fx``), or ``model`` itself when that does not apply or fails.
+
+    Folding is exact in real arithmetic (eval-mode BatchNorm is affine); in float32 it changes
+    rounding only. It applies to eval-mode models made of ``torch.nn`` and ``advsmooth.models``
+    modules that ``torch.fx`` can trace; with ``probe`` (a few inputs) the copy is kept only if
+    its logits match the original's to 1e-4 relative. Never modifies ``model``.
+    """
+    if not _fusable(model):
+        return model
+    try:
+        import copy
+
+        from torch.fx.experimental.optimization import fuse
+
+        fused = fuse(copy.deepcopy(model))
+        for p in fused.parameters():
+            p.requires_grad_(False)
+        fused.eval()
+        if probe is not None and probe.numel():
+            with torch.no_grad():
+                a, b = model(probe), fused(probe)
+            if a.shape != b.shape or not bool(
+                    (a - b).abs().max() <= 1e-4 * a.abs().max().clamp_min(1.0)):
+                return model
+        return fused
+    except Exception:  # noqa: BLE001 - untraceable or unusual model: keep the original
+        return model
 
 
 @contextmanager

