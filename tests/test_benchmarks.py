@@ -106,3 +106,19 @@ def test_quick_run_writes_documented_outputs(tmp_path):
     sm = json.loads((tmp_path / "smoothing.json").read_text())
     assert [r["M"] for r in sm["throughput"][0]["rows"]][0] == 1
     assert {r["variant"] for r in sm["epgd"][0]["rows"]} == {"prob_average", "expected_loss"}
+
+
+def test_counting_wrapper_equals_advsmooth_accounting():
+    """The deepfool suite adds advsmooth's own counts for its rows (so that the attack gets the
+    bare, foldable model); this holds only if both counts agree where both apply."""
+    from advsmooth.attacks import DeepFool
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10)).eval()
+    x = torch.rand(9, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    counter = H.CountingModel(model)
+    res = DeepFool(chunk_size=4)(counter, x)
+    assert res.iterations.sum() > 0
+    assert counter.forward_rows == int(res.forward_evals.sum())
+    assert counter.grad_rows == int(res.grad_evals.sum())

@@ -362,8 +362,8 @@ def test_fold_batchnorm_option():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-10)
-    a = DeepFool(fold_batchnorm=True)(model, x)
-    b = DeepFool()(model, x)
+    a = DeepFool()(model, x)  # default: folded
+    b = DeepFool(fold_batchnorm=False)(model, x)
     assert torch.allclose(a.x_adv, b.x_adv, atol=1e-8) and a.success.all()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     # a training-mode model or a wrapper with Python-side state is attacked as given
@@ -372,5 +372,8 @@ def test_fold_batchnorm_option():
     model.eval()
     wrapped = _Recorder(model)
     assert fold_batchnorm(wrapped, x) is wrapped
+    handle = model.register_forward_hook(lambda *a: None)  # hooks would be lost in a copy
+    assert fold_batchnorm(model, x) is model
+    handle.remove()
     with pytest.raises(ValueError, match="fold_batchnorm"):
         DeepFool(fold_batchnorm=1)

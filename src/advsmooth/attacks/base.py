@@ -170,11 +170,12 @@ class LayoutHint:
 
 
 def _fusable(model: nn.Module) -> bool:
-    """Eval-mode model built only from ``torch.nn`` / ``advsmooth.models`` modules, with at least
-    one BatchNorm (so folding has something to do and no module keeps Python-side state)."""
+    """Eval-mode model built only from ``torch.nn`` / ``advsmooth.models`` modules, without hooks,
+    with at least one BatchNorm (so folding has something to do and nothing Python-side — state,
+    hooks — would be lost in the copy)."""
     has_bn = False
     for mod in model.modules():
-        if mod.training:
+        if mod.training or mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks:
             return False
         name = type(mod).__module__
         if not (name.startswith("torch.nn") or name.startswith("advsmooth.models")):

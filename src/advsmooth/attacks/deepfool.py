@@ -129,13 +129,14 @@ class DeepFool(Attack):
             and fall back to the input's layout for the rest of the run if the model rejects it
             (e.g. ``.view`` on a non-contiguous activation); ``True``: require it; ``False``:
             never.
-        fold_batchnorm: opt-in: attack a copy of the model with eval-mode Conv→BatchNorm pairs
-            folded into single convolutions (:func:`~advsmooth.attacks.base.fold_batchnorm`;
-            the same function up to float rounding; the 9 face gradients of ResNet-20 took
-            0.68× the time in an ad-hoc measurement here). Applies only to eval-mode models
+        fold_batchnorm: attack a copy of the model with eval-mode Conv→BatchNorm pairs folded
+            into single convolutions (:func:`~advsmooth.attacks.base.fold_batchnorm`; the same
+            function up to float rounding; the 9 face gradients of ResNet-20 took 0.68× the
+            time in an ad-hoc measurement here). Applies only to eval-mode models without hooks,
             built from ``torch.nn``/``advsmooth.models`` modules that ``torch.fx`` traces (a
-            wrapper with Python-side state, e.g. an evaluation counter, is never copied); the
-            success of the result is always verified on the original model.
+            wrapper with Python-side state, e.g. an evaluation counter, is never copied), and
+            only when the copy's logits match on a probe batch; the success of the result is
+            always verified on the original model. ``False``: attack the model as given.
         seed: unused (DeepFool is deterministic); kept for the common signature.
 
     Targeted mode (``attack(model, x, y, target=t)``): each iteration uses only the face between
@@ -156,7 +157,7 @@ class DeepFool(Attack):
                  candidates: int = 10, stabilizer: float = 1e-4, clip: bool = False,
                  linearize_with_overshoot: bool = True, jacobian: str = "auto",
                  adaptive_faces: int | None = None, chunk_size: int | None = 128,
-                 channels_last: bool | None = None, fold_batchnorm: bool = False,
+                 channels_last: bool | None = None, fold_batchnorm: bool = True,
                  seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.p = _parse_norm(norm)
