@@ -354,3 +354,29 @@ def test_two_threads_write_table_same_target(tmp_path):
     assert lines[0] == "writer,i" and len(lines) == 301
     assert len({line.split(",")[0] for line in lines[1:]}) == 1  # one writer's whole table
     assert _temps(tmp_path) == []
+
+
+def test_torch_save_write_failure_is_an_oserror_naming_the_path(tmp_path, monkeypatch):
+    """torch.save raises RuntimeError when its zip writer cannot write (e.g. a full disk)."""
+    import torch
+
+    from advsmooth._utils import atomic_path
+
+    target = tmp_path / "weights.pt"
+    target.write_bytes(b"previous")
+
+    def failing_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="weights.pt") as info:
+        with atomic_path(target) as tmp:
+            torch.save({"a": 1}, tmp)
+    assert "file write failed" in str(info.value)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
+    with pytest.raises(RuntimeError, match="unrelated"):  # other RuntimeErrors pass through
+        with atomic_path(target):
+            raise RuntimeError("unrelated")

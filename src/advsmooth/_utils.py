@@ -5,6 +5,7 @@ Nothing here imports a heavy optional dependency at module import time.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import tempfile
@@ -104,7 +105,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
       permissions (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
     * An ``OSError`` about the temporary file (read-only folder, full disk) is raised as the
       same subclass naming ``path``, e.g. ``PermissionError: [Errno 13] Permission denied:
-      'out/report.html'``; the CLI prints it as one line with exit status 2.
+      'out/report.html'``; ``torch.save``'s ``RuntimeError`` for a failed write becomes an
+      ``OSError`` naming ``path`` too. The CLI prints either as one line with exit status 2.
 
     The data is not ``fsync``-ed: the rename is atomic for other processes and survives the
     writer being killed, not a power loss.
@@ -131,6 +133,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as exc:
         if exc.filename in (None, name, str(tmp)) or exc.filename2 in (name, str(tmp)):
             raise _naming(exc, final) from exc
+        raise
+    except RuntimeError as exc:
+        # torch.save reports a failed write (e.g. a full disk) as a RuntimeError from its zip
+        # writer; make it the OSError it is, naming the target (the CLI prints it as one line)
+        if "file write failed" in str(exc) or "PytorchStreamWriter" in str(exc):
+            raise OSError(errno.EIO, f"writing failed ({str(exc).strip().splitlines()[-1]})",
+                          str(final)) from exc
         raise
     finally:
         try:
