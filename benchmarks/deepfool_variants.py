@@ -33,22 +33,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as H  # noqa: E402
+import bench_deepfool as BD  # noqa: E402
 
 import advsmooth as asm  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 DF = {"overshoot": 0.02, "max_iter": 50, "candidates": 10}
 
-#: name, model, dataset, load kwargs, shared files needed
-CASES = [
-    ("digits", "digits-lenet", "digits", {}, []),
-    ("mnist", "mnist-lenet", "mnist", {"sample": 1000, "seed": 0},
-     ["data/mnist_test.npz", "models/mnist_lenet_clean.pt"]),
-    ("cifar10", "cifar10-resnet20", "cifar10", {"sample": 500, "seed": 0},
-     ["data/cifar10_test.npz", "models/cifar10_resnet20.pt"]),
-    ("mnist-pgd", "mnist-lenet-pgd", "mnist", {"sample": 300, "seed": 1},
-     ["data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt"]),
-]
+#: name, model, dataset, load kwargs, shared files needed: the deepfool suite's cases plus an
+#: adversarially trained model, where the adaptive-face approximation is weakest
+CASES = [*BD.CASES,
+         ("mnist-pgd", "mnist-lenet-pgd", "mnist", {"sample": 300, "seed": 1},
+          ["data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt"])]
 
 
 def _load(case: tuple, limit: int | None) -> tuple[Any, torch.Tensor, torch.Tensor] | None:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least, check_nonnegative
+from .._utils import atomic_path, check_int_at_least, check_nonnegative
 from ..attacks.base import Attack, AttackContext, AttackOutput
 from .training import _accuracy, _plt, write_table
 
@@ -374,8 +374,7 @@ def smoothfool_table3(out_dir: str | Path, *, n_test: int = 100, n_clean: int = 
         if name == "MagNet":
             rows.append(rwo)
         print(f"[t3] {rw}", flush=True)
-        (out / "summary.json").write_text(json.dumps({"rows": rows, "timings": timings},
-                                                     indent=1, default=str))
+        _write_json(out / "summary.json", {"rows": rows, "timings": timings})
 
     notes = [
         f"{n_test} seeded MNIST test images (data.load sample={n_test}, seed={seed + 3}); fooling "
@@ -396,13 +395,13 @@ def smoothfool_table3(out_dir: str | Path, *, n_test: int = 100, n_clean: int = 
     write_table(rows, out, "smoothfool_table3",
                 "Fooling rates against defended MNIST LeNets (SmoothFool Table 3 analogue)",
                 notes)
-    (out / "summary.json").write_text(json.dumps(
-        {"rows": rows, "defences": def_rows, "timings": timings,
+    _write_json(out / "summary.json", {
+        "rows": rows, "defences": def_rows, "timings": timings,
          "settings": {"n_test": n_test, "n_clean": n_clean, "n_train": n_train,
                       "n_train_sat": n_train_sat, "n_train_hgd": n_train_hgd, "n_ae": n_ae,
                       "n_val": n_val, "epochs": epochs, "eps": eps, "fpr": fpr, "seed": seed,
                       "sf_max_iter": sf_max_iter, "sigmas_g": list(sigmas_g)},
-         "runtime_s": time.perf_counter() - t_start}, indent=1, default=str))
+         "runtime_s": time.perf_counter() - t_start})
     plt = _plt()
     names = list(atk)
     for setting in ("transfer", "white-box"):
@@ -419,7 +418,8 @@ def smoothfool_table3(out_dir: str | Path, *, n_test: int = 100, n_clean: int = 
         ax.set(ylabel="fooling rate (%)", title=f"MNIST, {setting} ({n_test} test images)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        fig.savefig(out / f"smoothfool_table3_{setting}.png", dpi=110)
+        with atomic_path(out / f"smoothfool_table3_{setting}.png") as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
     return rows
 
@@ -434,3 +434,9 @@ if __name__ == "__main__":  # pragma: no cover - CLI convenience
     a = ap.parse_args()
     smoothfool_table3(a.out_dir, **{k: json.loads(v) for k, v in
                                     (s.split("=", 1) for s in a.set)})
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
