@@ -424,6 +424,12 @@ def smoothfool_table3(out_dir: str | Path, *, n_test: int = 100, n_clean: int = 
     return rows
 
 
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+
+
 if __name__ == "__main__":  # pragma: no cover - CLI convenience
     import argparse
 
@@ -434,9 +440,3 @@ if __name__ == "__main__":  # pragma: no cover - CLI convenience
     a = ap.parse_args()
     smoothfool_table3(a.out_dir, **{k: json.loads(v) for k, v in
                                     (s.split("=", 1) for s in a.set)})
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
