@@ -367,6 +367,14 @@ def test_fold_batchnorm_option():
     assert torch.allclose(a.x_adv, b.x_adv, atol=1e-8) and a.success.all()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     # a training-mode model or a wrapper with Python-side state is attacked as given
+    # the folded copy is reused while the model is unchanged, rebuilt after an update
+    assert fold_batchnorm(model, x[:2]) is folded
+    with torch.no_grad():
+        model[0].weight.mul_(1.5)
+    refolded = fold_batchnorm(model, x[:2])
+    assert refolded is not folded
+    with torch.no_grad():
+        assert torch.allclose(refolded(x), model(x), atol=1e-10)
     model.train()
     assert fold_batchnorm(model, x) is model
     model.eval()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -184,17 +185,35 @@ def _fusable(model: nn.Module) -> bool:
     return has_bn
 
 
+#: folded copies of models, reused while the model's tensors are unchanged (see fold_batchnorm)
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _tensor_signature(model: nn.Module) -> tuple[Any, ...]:
+    """Identity + in-place version of every parameter and buffer (changes on any update)."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+                 for t in (*model.parameters(), *model.buffers()))
+
+
 def fold_batchnorm(model: nn.Module, probe: Tensor | None = None) -> nn.Module:
     """A copy of ``model`` with every eval-mode Conv→BatchNorm pair folded into one convolution
     (``torch.fx``), or ``model`` itself when that does not apply or fails.
 
     Folding is exact in real arithmetic (eval-mode BatchNorm is affine); in float32 it changes
-    rounding only. It applies to eval-mode models made of ``torch.nn`` and ``advsmooth.models``
-    modules that ``torch.fx`` can trace; with ``probe`` (a few inputs) the copy is kept only if
-    its logits match the original's to 1e-4 relative. Never modifies ``model``.
+    rounding only. It applies to hook-free eval-mode models made of ``torch.nn`` and
+    ``advsmooth.models`` modules that ``torch.fx`` can trace; with ``probe`` (a few inputs) the
+    copy is kept only if its logits match the original's to 1e-4 relative. The copy is cached
+    per model and reused while none of the model's parameters or buffers has changed (identity
+    and in-place version counters), so repeated attack calls (e.g. the batches of a universal
+    perturbation) fold once. Never modifies ``model``.
     """
     if not _fusable(model):
         return model
+    sig = _tensor_signature(model)
+    hit = _FOLDED.get(model)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     try:
         import copy
 
@@ -210,9 +229,10 @@ def fold_batchnorm(model: nn.Module, probe: Tensor | None = None) -> nn.Module:
             if a.shape != b.shape or not bool(
                     (a - b).abs().max() <= 1e-4 * a.abs().max().clamp_min(1.0)):
                 return model
-        return fused
     except Exception:  # noqa: BLE001 - untraceable or unusual model: keep the original
         return model
+    _FOLDED[model] = (sig, fused)
+    return fused
 
 
 @contextmanager
