@@ -306,46 +306,34 @@ class DeepFool(Attack):
             count_grad(idx, ngrad)
         fp = fp_all.gather(1, sel)
         step, l, bad, norms = self._step(fp, wp)
+        wnorm[idx[:, None], sel] = norms.to(wnorm.dtype)
+        lf = sel.gather(1, l[:, None])[:, 0]  # chosen face, as an index into the m faces
         if adaptive:
             # Verify the choice: the faces not differentiated keep their last normal norms. Accept
             # only when none of them could be nearer unless its normal grew by more than the
             # largest growth seen on the differentiated faces (+ a tolerance); otherwise
             # differentiate the remaining faces too, so the step is the exact DeepFool step.
-            old = wn_old.gather(1, sel)
-            growth = (norms / old.clamp_min(_TINY)).amax(dim=1).clamp_min(1.0)
+            growth = (norms / wn_old.gather(1, sel).clamp_min(_TINY)).amax(dim=1).clamp_min(1.0)
             rest = _complement(sel, m)
             est_rest = (fp_all.gather(1, rest).abs()
                         / wn_old.gather(1, rest).clamp_min(_TINY)).amin(dim=1)
             d_best = fp.abs().gather(1, l[:, None])[:, 0] / norms.gather(1, l[:, None])[:, 0] \
                 .clamp_min(_TINY)
-            redo = ~bad & (d_best * growth * (1.0 + _ADAPTIVE_TOL) > est_rest)
-            if bool(redo.any()):
-                ri = redo.nonzero()[:, 0]
-                rest_r = rest[ri]
+            redo = (~bad & (d_best * growth * (1.0 + _ADAPTIVE_TOL) > est_rest)).nonzero()[:, 0]
+            if redo.numel():
                 fp_r, wp_r, _, ngrad_r, nfwd_r = _face_gradients(
-                    model, xl[ri], ca[ri], method, lambda _fp, rr=rest_r: rr, layout)
+                    model, xl[redo], ca[redo], method, lambda _fp, rr=rest[redo]: rr, layout)
                 if count_forward is not None:
-                    count_forward(idx[ri], nfwd_r)
+                    count_forward(idx[redo], nfwd_r)
                 if count_grad is not None:
-                    count_grad(idx[ri], ngrad_r)
-                sel_r = torch.cat([sel[ri], rest_r], dim=1)
-                step_r, l_r, bad_r, norms_r = self._step(fp_all[ri].gather(1, sel_r),
-                                                         torch.cat([wp[ri], wp_r], dim=1))
-                wnorm[idx[ri][:, None], sel_r] = norms_r.to(wnorm.dtype)
-                keep = (~redo).nonzero()[:, 0]
-                wnorm[idx[keep][:, None], sel[keep]] = norms[keep].to(wnorm.dtype)
-                step = step.clone()
-                step[ri] = step_r
-                bad = bad.clone()
-                bad[ri] = bad_r
-                lf = sel.gather(1, l[:, None])[:, 0]
-                lf[ri] = sel_r.gather(1, l_r[:, None])[:, 0]
-            else:
-                wnorm[idx[:, None], sel] = norms.to(wnorm.dtype)
-                lf = sel.gather(1, l[:, None])[:, 0]
-        else:
-            wnorm[idx[:, None], sel] = norms.to(wnorm.dtype)
-            lf = sel.gather(1, l[:, None])[:, 0]
+                    count_grad(idx[redo], ngrad_r)
+                sel_r = torch.cat([sel[redo], rest[redo]], dim=1)  # every face
+                step_r, l_r, bad_r, norms_r = self._step(fp_all[redo].gather(1, sel_r),
+                                                         torch.cat([wp[redo], wp_r], dim=1))
+                wnorm[idx[redo][:, None], sel_r] = norms_r.to(wnorm.dtype)
+                step, bad = step.clone(), bad.clone()
+                step[redo], bad[redo] = step_r, bad_r
+                lf[redo] = sel_r.gather(1, l_r[:, None])[:, 0]
         ra = ra + step
         if self.clip:
             ra = (xa + ra).clamp(0.0, 1.0) - xa
