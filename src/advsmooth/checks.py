@@ -207,6 +207,17 @@ def _noise_attack(x: Tensor, eps: float, generator: torch.Generator) -> Tensor:
 # the checklist
 # ----------------------------------------------------------------------------------------------
 
+def _not_beaten(name: str, other: list[float], ref: list[float], tol: float,
+                evidence: dict[str, Any], other_label: str, ref_label: str, cause: str,
+                remedy: str) -> Check:
+    """``fail`` when ``other`` succeeds more than ``ref`` (+ ``tol``) at any ε, else ``pass``."""
+    msg = (f"{other_label} " + " ".join(_fmt(v) for v in other) + f" vs {ref_label} "
+           + " ".join(_fmt(v) for v in ref))
+    if any(o > r + tol for o, r in zip(other, ref, strict=True)):
+        return Check(name, "fail", evidence, msg, cause, remedy)
+    return Check(name, "pass", evidence, msg)
+
+
 def evaluate_defense(
     model: nn.Module,
     data: tuple[Tensor, Tensor] | Sequence[Tensor],
@@ -396,26 +407,15 @@ def evaluate_defense(
         report.checks.append(Check("eps_monotone", "pass", sweep,
                                    f"PGD success over eps: {pgd_str}"))
 
-    worse = [i for i in range(len(grid)) if fgsm_s[i] > pgd_s[i] + tol]
-    msg = "FGSM " + " ".join(_fmt(v) for v in fgsm_s) + " vs PGD " + pgd_str
-    if worse:
-        report.checks.append(Check(
-            "iterative_vs_single", "fail", sweep, msg,
-            "a single step beats the iterative attack: the loss surface is shattered or "
-            "the iterations follow masked gradients",
-            "more iterations / smaller steps, restarts, BPDA or EOT"))
-    else:
-        report.checks.append(Check("iterative_vs_single", "pass", sweep, msg))
-
-    worse = [i for i in range(len(grid)) if noise_s[i] > pgd_s[i] + tol]
-    msg = "noise " + " ".join(_fmt(v) for v in noise_s) + " vs PGD " + pgd_str
-    if worse:
-        report.checks.append(Check(
-            "gradient_vs_noise", "fail", sweep, msg,
-            "random noise of the same norm beats the gradient attack: gradients are masked",
-            "fix the gradient path (BPDA / logits / EOT) or use a gradient-free attack"))
-    else:
-        report.checks.append(Check("gradient_vs_noise", "pass", sweep, msg))
+    report.checks.append(_not_beaten(
+        "iterative_vs_single", fgsm_s, pgd_s, tol, sweep, "FGSM", "PGD",
+        "a single step beats the iterative attack: the loss surface is shattered or "
+        "the iterations follow masked gradients",
+        "more iterations / smaller steps, restarts, BPDA or EOT"))
+    report.checks.append(_not_beaten(
+        "gradient_vs_noise", noise_s, pgd_s, tol, sweep, "noise", "PGD",
+        "random noise of the same norm beats the gradient attack: gradients are masked",
+        "fix the gradient path (BPDA / logits / EOT) or use a gradient-free attack"))
 
     # 3. transfer --------------------------------------------------------------------------------
     if surrogate is None:
@@ -424,15 +424,11 @@ def evaluate_defense(
     else:
         tr = [success(pgd(eps, target_model=surrogate, s=i)) for i, eps in enumerate(grid)]
         ev = {"eps": list(grid), "pgd": pgd_s, "transfer": tr}
-        msg = "transfer " + " ".join(_fmt(v) for v in tr) + " vs white-box " + pgd_str
-        if any(tr[i] > pgd_s[i] + tol for i in range(len(grid))):
-            report.checks.append(Check(
-                "whitebox_vs_transfer", "fail", ev, msg,
-                "examples from another model transfer better than white-box ones: the "
-                "model's own gradients are masked",
-                "attack through the surrogate's gradients (transfer) or fix the gradient path"))
-        else:
-            report.checks.append(Check("whitebox_vs_transfer", "pass", ev, msg))
+        report.checks.append(_not_beaten(
+            "whitebox_vs_transfer", tr, pgd_s, tol, ev, "transfer", "white-box",
+            "examples from another model transfer better than white-box ones: the "
+            "model's own gradients are masked",
+            "attack through the surrogate's gradients (transfer) or fix the gradient path"))
 
     # 4. randomness ------------------------------------------------------------------------------
     if not rnd:
