@@ -343,37 +343,38 @@ def smoothfool_table3(out_dir: str | Path, *, n_test: int = 100, n_clean: int = 
     rows: list[dict[str, Any]] = []
     for name, mod in defended.items():
         acc = _accuracy(mod, x_te, y_te)
-        rt: dict[str, Any] = {"defence": name, "setting": "transfer" if name != "none"
-                              else "white-box", "clean_acc": acc}
-        ro: dict[str, Any] = {"defence": "MagNet (reformer only)", "setting": "transfer",
-                              "clean_acc": acc}
-        for an in atk:
-            rt[an], mis = fool(name, mod, transfer[an])
-            if mis is not None:
-                ro[an] = mis
-        rows.append(rt)
-        if name == "MagNet":
-            rows.append(ro)
-        print(f"[t3] {rt}", flush=True)
-        if not white_box or name == "none":
-            continue
-        rw: dict[str, Any] = {"defence": name, "setting": "white-box", "clean_acc": acc}
-        rwo: dict[str, Any] = {"defence": "MagNet (reformer only)", "setting": "white-box",
-                               "clean_acc": acc}
-        for an in atk:
+
+        def add_rows(setting: str, adv: Any, name: str = name, mod: nn.Module = mod,
+                     acc: float = acc) -> None:
+            """The defence's row for ``setting`` (+ MagNet's reformer-only row); ``adv(an)``
+            gives the adversarial images of attack ``an`` or None (not run: NaN)."""
+            row: dict[str, Any] = {"defence": name, "setting": setting, "clean_acc": acc}
+            ref: dict[str, Any] = {"defence": "MagNet (reformer only)", "setting": setting,
+                                   "clean_acc": acc}
+            for an in atk:
+                xa = adv(an)
+                if xa is None:
+                    row[an] = ref[an] = float("nan")
+                    continue
+                row[an], mis = fool(name, mod, xa)
+                if mis is not None:
+                    ref[an] = mis
+            rows.append(row)
+            if name == "MagNet":
+                rows.append(ref)
+            print(f"[t3] {row}", flush=True)
+
+        def white_box_adv(an: str, mod: nn.Module = mod, name: str = name) -> Tensor | None:
             if an not in wb_names:
-                rw[an] = rwo[an] = float("nan")
-                continue
+                return None
             t0 = time.perf_counter()
             xa = craft(atk[an], mod)
             timings[f"craft {an} on {name}"] = time.perf_counter() - t0
-            rw[an], mis = fool(name, mod, xa)
-            if mis is not None:
-                rwo[an] = mis
-        rows.append(rw)
-        if name == "MagNet":
-            rows.append(rwo)
-        print(f"[t3] {rw}", flush=True)
+            return xa
+
+        add_rows("transfer" if name != "none" else "white-box", transfer.__getitem__)
+        if white_box and name != "none":
+            add_rows("white-box", white_box_adv)
         _write_json(out / "summary.json", {"rows": rows, "timings": timings})
 
     notes = [
