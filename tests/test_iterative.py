@@ -11,12 +11,13 @@ from advsmooth.attacks import (
     IGSM,
     MIFGSM,
     PGD,
+    Attack,
     AttackObjective,
     GradientEstimator,
     PlainGradient,
     SmoothedGradient,
 )
-from advsmooth.attacks.iterative import project_l2, project_linf
+from advsmooth.attacks.iterative import linf_bounds, project_l2, project_linf
 from advsmooth.models.ensemble import Ensemble
 
 
@@ -90,6 +91,30 @@ def test_pgd_without_random_start_equals_igsm(cnn64, batch):
     assert torch.equal(a.x_adv, b.x_adv)
     c = PGD(eps=0.1, alpha=0.02, steps=5, random_start=True)(cnn64, x, y)
     assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_ce_objective_value_and_gradient_are_accurate_in_float32():
+    g = torch.Generator().manual_seed(11)
+    z64 = torch.randn(64, 10, generator=g, dtype=torch.float64) * 4
+    y = torch.randint(0, 10, (64,), generator=g)
+    z64[torch.arange(64), y] += torch.linspace(0, 30, 64, dtype=torch.float64)  # to saturation
+    z64 = z64.float().double()  # the reference sees the same (float32-representable) logits
+    ref = torch.nn.functional.cross_entropy(z64, y, reduction="none")
+    p = torch.softmax(z64, dim=1)
+    ref_grad = p - torch.nn.functional.one_hot(y, 10).double()
+    others = p.scatter(1, y[:, None], 0.0)
+    ref_grad[torch.arange(64), y] = -others.sum(1)  # −Σ_{j≠c} p_j, summed without cancellation
+    z = z64.float().requires_grad_(True)
+    obj = AttackObjective("ce", y)
+    val = obj.value(z)
+    (gz,) = torch.autograd.grad(val.sum(), z)
+    torch.testing.assert_close(val.double(), ref, rtol=1e-5, atol=1e-6)
+    # every entry, also ∂/∂z_c of a confident sample (~1e-12), to float32 relative precision;
+    # the textbook logsumexp(z) − z_c gets that entry from p_c − 1 and misses it by ~1e-7
+    torch.testing.assert_close(gz.double(), ref_grad, rtol=1e-4, atol=0)
+    # a batch of logits with leading sample dimensions gives the same values
+    val2 = obj.value(torch.stack([z.detach(), z.detach()]))
+    assert torch.equal(val2[0], val.detach()) and torch.equal(val2[1], val.detach())
 
 
 def test_single_model_ensemble_equals_that_model(cnn64, batch):
@@ -248,6 +273,53 @@ def test_cost_accounting_and_budget(cnn64, batch):
     r = IGSM(eps=0.1, alpha=0.01, steps=3, gradient=SmoothedGradient(0.1, 7))(cnn64, x, y)
     assert bool((r.grad_evals[~r.skipped] == 21).all())
     assert r.info["grad_evals_per_step"] == 7
+
+
+class _NoSharedForward(IGSM):
+    """IGSM with the base class's plain clean forward (no graph kept for the first step)."""
+
+    def _clean_forward(self, model, x):
+        return Attack._clean_forward(self, model, x)
+
+
+def test_first_step_reuses_the_clean_forward(cnn64, batch):
+    x, y = batch
+    shared = IGSM(eps=0.1, alpha=0.02, steps=6)(cnn64, x, y)
+    plain = _NoSharedForward(eps=0.1, alpha=0.02, steps=6)(cnn64, x, y)
+    att = ~shared.skipped
+    assert bool(att.any()) and bool((~att).any())  # both kinds of sample in the batch
+    # same iterates; one forward per attacked image saved (clean + 5 step forwards + final)
+    torch.testing.assert_close(shared.x_adv, plain.x_adv, rtol=0, atol=1e-12)
+    assert torch.equal(shared.success, plain.success)
+    assert bool((plain.forward_evals[att] == 6 + 2).all())
+    assert bool((shared.forward_evals[att] == 6 + 1).all())
+    assert bool((shared.grad_evals[att] == 6).all())
+    # the shared backward also ran through the already-misclassified images: counted
+    assert bool((shared.grad_evals[~att] == 1).all()) and bool((plain.grad_evals[~att] == 0).all())
+    assert bool((shared.forward_evals[~att] == 1).all())
+    # a random start moves the first iterate away from x: nothing to share
+    rs = PGD(eps=0.1, alpha=0.02, steps=6, random_start=True)(cnn64, x, y)
+    assert bool((rs.forward_evals[att] == 6 + 2).all()) and bool((rs.grad_evals[~att] == 0).all())
+    # with early stopping the shared logits also decide who is already fooled at step one
+    es = IGSM(eps=0.3, alpha=0.05, steps=10, early_stop=True)(cnn64, x, y)
+    es_plain = _NoSharedForward(eps=0.3, alpha=0.05, steps=10, early_stop=True)(cnn64, x, y)
+    assert torch.equal(es.iterations, es_plain.iterations)
+    torch.testing.assert_close(es.x_adv, es_plain.x_adv, rtol=0, atol=1e-12)
+
+
+def test_linf_bounds_are_exact_and_bracket_x():
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.rand(5000, generator=g), torch.tensor([0.0, 1.0, 2**-30])]).float()
+    for eps in (8 / 255, 1 / 3, 0.1, 1e-7):
+        lo, hi = linf_bounds(x, eps)
+        assert bool((lo <= x).all()) and bool((x <= hi).all())
+        assert float(lo.min()) >= 0 and float(hi.max()) <= 1
+        assert float((x.double() - lo.double()).max()) <= eps
+        assert float((hi.double() - x.double()).max()) <= eps
+        # and tight: float32 rounding away from the exact bounds, no more
+        exact_lo, exact_hi = (x.double() - eps).clamp(min=0), (x.double() + eps).clamp(max=1)
+        assert float((lo.double() - exact_lo).abs().max()) <= 2e-7
+        assert float((hi.double() - exact_hi).abs().max()) <= 2e-7
 
 
 def test_chunk_size_does_not_change_sg_results(cnn64, batch):

@@ -474,6 +474,9 @@ class AttackContext:
     index: Tensor
     generator: torch.Generator
     cost: CostCounter
+    #: what :meth:`Attack._clean_forward` kept besides the clean logits (``None`` by default),
+    #: e.g. the autograd graph of the clean forward so that a first step can reuse it
+    prepared: Any = None
 
     @property
     def targeted(self) -> bool:
@@ -566,8 +569,7 @@ class Attack(abc.ABC):
                     labels=empty.clone(), target=None if target is None else empty.clone(),
                     clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
                 )
-            with torch.no_grad():
-                z0 = model(x)
+            z0, prepared = self._clean_forward(model, x)
             cost.add_forward(None, 1)
             num_classes = _num_classes(z0)
             clean_pred = predict(z0)
@@ -589,7 +591,7 @@ class Attack(abc.ABC):
                 ctx = AttackContext(
                     model=model, x=x[active], labels=labels[active],
                     target=None if tgt is None else tgt[active], clean_logits=z0[active],
-                    index=active, generator=gen, cost=cost,
+                    index=active, generator=gen, cost=cost, prepared=prepared,
                 )
                 out = self._attack(ctx)
                 x_adv[active] = out.x_adv.detach().to(x.dtype)
@@ -610,6 +612,13 @@ class Attack(abc.ABC):
             clean_pred=clean_pred, adv_pred=adv_pred, extras=extras, info=info,
             elapsed=time.perf_counter() - start, attack=repr(self),
         )
+
+    def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
+        """The clean forward pass: logits ``(N, K)`` (detached) and anything the attack wants
+        to keep from it for :meth:`_attack` (``ctx.prepared``). Counted as one forward per
+        image. Default: a plain no-grad forward, nothing kept."""
+        with torch.no_grad():
+            return model(x), None
 
     @abc.abstractmethod
     def _attack(self, ctx: AttackContext) -> AttackOutput:

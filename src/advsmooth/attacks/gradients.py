@@ -174,8 +174,13 @@ class AttackObjective:
         z = raw
         idx = cls.expand(z.shape[:-1])[..., None]
         if self.loss == "ce":
-            # CE(z, c) = logsumexp(z) - z_c (same as F.cross_entropy, any leading shape)
-            ce = torch.logsumexp(z, dim=-1) - z.gather(-1, idx)[..., 0]
+            # CE(z, c) = log Σ_j exp(z_j − z_c), with the j = c term held at exactly 0 so that
+            # ∂/∂z_c = −Σ_{j≠c} p_j is summed from the small p_j. The textbook forms
+            # (logsumexp(z) − z_c, F.cross_entropy) get p_c − 1 by cancellation, which leaves
+            # float32 input gradients of confident samples mostly rounding noise (their signs
+            # then differ from float64's); this form agrees with float64. Any leading shape.
+            zc = z.gather(-1, idx)
+            ce = torch.logsumexp((z - zc).scatter(-1, idx, 0.0), dim=-1)
             val = self.sign * ce
         else:
             zc = z.gather(-1, idx)[..., 0]

@@ -38,14 +38,22 @@ same batch and seed, not identical between a sample attacked alone and inside a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._utils import check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, predict
-from .gradients import LOSSES, AttackObjective, GradientEstimator, PlainGradient
+from .base import Attack, AttackContext, AttackOutput, LayoutHint, predict
+from .gradients import (
+    LOSSES,
+    AttackObjective,
+    GradientEstimate,
+    GradientEstimator,
+    PlainGradient,
+    _is_loss_ensemble,
+)
 
 __all__ = [
     "IterativeAttack",
@@ -58,6 +66,7 @@ __all__ = [
     "SignUpdate",
     "L2Update",
     "MomentumUpdate",
+    "linf_bounds",
     "project_linf",
     "project_l2",
     "normalize_norm",
@@ -107,17 +116,30 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
 # projections (exact to the last bit)
 # ----------------------------------------------------------------------------------------------
 
-def project_linf(x: Tensor, x_new: Tensor, eps: float) -> Tensor:
-    """Project ``x_new`` onto ``{|x' − x|∞ ≤ ε} ∩ [0, 1]``: ε-ball first, then the box.
+def linf_bounds(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Element-wise bounds ``(lo, hi)`` of ``{|x' − x|∞ ≤ ε} ∩ [0, 1]`` (same shape as ``x``).
 
-    Guarantees, for every element, ``|x' − x| ≤ ε`` both when computed in ``x``'s dtype and when
-    computed exactly in float64 (rounding of ``x + δ`` is corrected by moving the offending
-    elements one ulp towards ``x``), and ``0 ≤ x' ≤ 1``.
+    ``lo ≤ x ≤ hi``, ``0 ≤ lo``, ``hi ≤ 1`` and ``|lo − x|, |hi − x| ≤ ε`` both in ``x``'s dtype
+    and exactly (float64): a bound that rounding put outside the ball is moved one ulp towards
+    ``x``. Every point between the bounds is therefore feasible to the last bit, and clamping to
+    them is the exact projection onto the (box-shaped) feasible set.
     """
     e = _eps_floor(eps, x.dtype, x.device)
-    delta = torch.clamp(x_new - x, -e, e)
-    out = torch.clamp(x + delta, 0.0, 1.0)
-    return _fix_linf(x, out, e, eps)
+    lo = _fix_linf(x, torch.clamp(x - e, min=0.0), e, eps)
+    hi = _fix_linf(x, torch.clamp(x + e, max=1.0), e, eps)
+    return lo, hi
+
+
+def project_linf(x: Tensor, x_new: Tensor, eps: float,
+                 bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Project ``x_new`` onto ``{|x' − x|∞ ≤ ε} ∩ [0, 1]`` (element-wise clamp to the bounds of
+    :func:`linf_bounds`; pass ``bounds`` to reuse them across steps).
+
+    Guarantees, for every element, ``|x' − x| ≤ ε`` both when computed in ``x``'s dtype and when
+    computed exactly in float64, and ``0 ≤ x' ≤ 1``.
+    """
+    lo, hi = linf_bounds(x, eps) if bounds is None else bounds
+    return torch.minimum(torch.maximum(x_new, lo), hi)
 
 
 def _linf_violations(x: Tensor, out: Tensor, e: Tensor, eps: float) -> Tensor:
@@ -166,6 +188,15 @@ def project_l2(x: Tensor, x_new: Tensor, eps: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # update rules
 # ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _CleanGraph:
+    """The clean forward of an attack call kept with its graph: input leaf and raw outputs."""
+
+    x_var: Tensor
+    raw: Tensor
+    layout: LayoutHint
+
 
 class UpdateRule:
     """Turns a gradient estimate into a step direction (to be multiplied by ``alpha``).
@@ -338,11 +369,40 @@ class IterativeAttack(Attack):
             return MomentumUpdate(1.0, inner, normalize=None)
         return inner
 
-    def project(self, x: Tensor, x_new: Tensor) -> Tensor:
-        """Projection onto the ε-ball around ``x`` and the box ``[0, 1]``."""
+    def project(self, x: Tensor, x_new: Tensor,
+                bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Projection onto the ε-ball around ``x`` and the box ``[0, 1]`` (``bounds``: the
+        :func:`linf_bounds` of ``x``, reused across the steps of an ℓ∞ attack)."""
         if self.norm == "inf":
-            return project_linf(x, x_new, self.eps)
+            return project_linf(x, x_new, self.eps, bounds)
         return project_l2(x, x_new, self.eps)
+
+    def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
+        # Without a random start the first step differentiates the model at x itself: run the
+        # clean forward with a graph and let that step reuse it (one forward per image saved).
+        if ((self.random_start and self.eps > 0) or type(self.gradient) is not PlainGradient
+                or _is_loss_ensemble(model)):
+            return super()._clean_forward(model, x)
+        layout = LayoutHint()
+        x_var = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            raw = layout(model, x_var)
+        return raw.detach(), _CleanGraph(x_var, raw, layout)
+
+    def _first_step(self, ctx: AttackContext, objective: AttackObjective) -> GradientEstimate:
+        """The gradient at ``x`` from the clean forward's graph. Its backward runs over every
+        image of the call (also those already misclassified), so each is counted."""
+        graph: _CleanGraph = ctx.prepared
+        ctx.prepared = None
+        raw = graph.raw[ctx.index]
+        if raw.ndim != 2 or raw.shape[1] < 2:
+            raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
+                             f"shape {tuple(graph.raw.shape)}")
+        objective.layout = graph.layout
+        val = objective.value(raw)
+        (g,) = torch.autograd.grad(val.sum(), graph.x_var)
+        ctx.cost.add_grad(None, 1)
+        return GradientEstimate(g[ctx.index].detach(), val.detach(), raw.detach(), 0, 0)
 
     def initial_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Starting iterate: ``x`` or a random point of the ball (PGD)."""
@@ -367,6 +427,7 @@ class IterativeAttack(Attack):
         x_adv = self.initial_point(x, gen)
         update = self.make_update()
         update.start(x)
+        bounds = linf_bounds(x, self.eps) if self.norm == "inf" else None
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         active = torch.arange(n, device=x.device)
         free_logits = isinstance(self.gradient, PlainGradient)
@@ -381,18 +442,30 @@ class IterativeAttack(Attack):
                 active = active[keep]
                 if active.numel() == 0:
                     break
-            obj = objective.subset(active)
-            est = self.gradient.estimate(model, x_adv[active], obj, generator=gen)
-            ctx.count_forward(active, est.forward_evals)
-            ctx.count_grad(active, est.grad_evals)
+            # while every sample is active, whole tensors stand in for the indexed copies
+            full = active.numel() == n
+            x_cur = x_adv if full else x_adv[active]
+            if ctx.prepared is not None and full:
+                est = self._first_step(ctx, objective)
+            else:
+                obj = objective if full else objective.subset(active)
+                est = self.gradient.estimate(model, x_cur, obj, generator=gen)
+                ctx.count_forward(None if full else active, est.forward_evals)
+                ctx.count_grad(None if full else active, est.grad_evals)
             grad = est.grad
             if self.early_stop and free_logits and est.logits is not None:
                 keep = ~self._fooled(est.logits, objective, active)
-                active, grad = active[keep], grad[keep]
-                if active.numel() == 0:
-                    break
+                if not bool(keep.all()):
+                    active, grad, x_cur = active[keep], grad[keep], x_cur[keep]
+                    full = False
+                    if active.numel() == 0:
+                        break
             step = self.alpha * update.direction(grad, active, gen)
-            x_adv[active] = self.project(x[active], x_adv[active] + step)
+            if full:
+                x_adv = self.project(x, x_cur + step, bounds)
+            else:
+                sub = None if bounds is None else (bounds[0][active], bounds[1][active])
+                x_adv[active] = self.project(x[active], x_cur + step, sub)
             iterations[active] += 1
         info = {"steps": self.steps, "alpha": self.alpha, "eps": self.eps, "norm": self.norm,
                 "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
