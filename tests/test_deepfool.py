@@ -167,7 +167,11 @@ def test_success_and_costs_on_trained_model():
     per_it = atk.gradients_per_iteration(4)
     assert per_it == 3
     assert torch.equal(res.grad_evals[att], res.iterations[att] * per_it)
-    assert torch.equal(res.forward_evals[att], 2 * res.iterations[att] + 2)
+    # per iteration: the forward with graph + the stopping check; the last check (on the model
+    # itself, at exactly x_adv) is the verification, so no extra final pass
+    assert torch.equal(res.forward_evals[att], 2 * res.iterations[att] + 1)
+    with torch.no_grad():
+        assert torch.equal(res.adv_pred, model(res.x_adv).argmax(1))
     assert (res.iterations[att] >= 1).all()
     # the perturbation is (1 + η) r_tot, and removing the overshoot mostly undoes the attack
     assert torch.allclose(res.perturbation, 1.02 * res.extras["r_tot"], atol=1e-6)
@@ -365,6 +369,10 @@ def test_fold_batchnorm_option():
     a = DeepFool()(model, x)  # default: folded
     b = DeepFool(fold_batchnorm=False)(model, x)
     assert torch.allclose(a.x_adv, b.x_adv, atol=1e-8) and a.success.all()
+    # the attack iterates on the folded copy, but success is the original model's verdict
+    with torch.no_grad():
+        assert torch.equal(a.adv_pred, model(a.x_adv).argmax(1))
+    assert torch.equal(a.forward_evals, 2 * a.iterations + 1)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     # a training-mode model or a wrapper with Python-side state is attacked as given
     # the folded copy is reused while the model is unchanged, rebuilt after an update

@@ -74,7 +74,9 @@ class DeepFoolRun:
     ``r_tot``: un-overshot accumulated perturbation; ``x_adv``: ``x + (1+η)·r_tot`` (clamped to
     ``[0, 1]`` when ``clip``); ``label_adv``: prediction at ``x_adv``; ``fooled``: the stopping
     criterion was met; ``failed``: stopped because every face normal vanished; ``face``: class
-    index of the face used in the last iteration; ``iterations``.
+    index of the face used in the last iteration; ``iterations``; ``adv_logits``: ``N×K``
+    logits (:func:`as_logits`) of the checking model at exactly ``x_adv`` (the last stopping
+    check of every sample was made there).
     """
 
     r_tot: Tensor
@@ -84,6 +86,7 @@ class DeepFoolRun:
     failed: Tensor
     face: Tensor
     iterations: Tensor
+    adv_logits: Tensor
 
 
 class DeepFool(Attack):
@@ -213,24 +216,29 @@ class DeepFool(Attack):
         z0 = as_logits(ctx.clean_logits)
         k0 = z0.argmax(dim=1)
         model = fold_batchnorm(ctx.model, ctx.x[:4]) if self.fold_batchnorm else ctx.model
+        # the stopping checks run on the caller's model itself (a no-grad forward, where BN
+        # folding gains little), so the last check of each sample is the verification of its
+        # x_adv and the base class need not run one more forward pass
         run = self.run(
             model, ctx.x, z0, target=ctx.target,
             count_forward=lambda sub, k: ctx.count_forward(sub, k),
-            count_grad=lambda sub, k: ctx.count_grad(sub, k),
+            count_grad=lambda sub, k: ctx.count_grad(sub, k), check_model=ctx.model,
         )
         extras = {"r_tot": run.r_tot, "label_orig": k0, "face": run.face, "failed": run.failed}
         return AttackOutput(x_adv=run.x_adv, iterations=run.iterations, extras=extras,
-                            info={"jacobian": self._method()})
+                            info={"jacobian": self._method()}, adv_logits=run.adv_logits)
 
     # ------------------------------------------------------------------------------------------
     def run(self, model: nn.Module, x: Tensor, z0: Tensor, *, target: Tensor | None = None,
-            count_forward: Counter | None = None, count_grad: Counter | None = None
-            ) -> DeepFoolRun:
+            count_forward: Counter | None = None, count_grad: Counter | None = None,
+            check_model: nn.Module | None = None) -> DeepFoolRun:
         """DeepFool on every sample of ``x`` (no input checks, no model hygiene: the caller's job).
 
         ``z0`` are the logits at ``x`` (``N×K``, see :func:`as_logits`); the clean label is
         ``argmax z0``. ``count_forward(idx, k)`` / ``count_grad(idx, k)`` receive indices into
-        ``x``. Used by :class:`DeepFool` and by SmoothFool's inner loop.
+        ``x``. ``check_model`` evaluates the stopping checks (default ``model``; e.g. the
+        original of a BN-folded ``model``). Used by :class:`DeepFool` and by SmoothFool's inner
+        loop.
         """
         n = x.shape[0]
         dev = x.device
@@ -256,31 +264,41 @@ class DeepFool(Attack):
         method = self._method()
         chunk = self.chunk_size or max(n, 1)
         hint = LayoutHint(self.channels_last)
+        check_hint = hint if check_model is None else LayoutHint(self.channels_last)
+        checker = model if check_model is None else check_model
+        adv_logits = torch.zeros_like(z0)
 
         def layout(xs: Tensor) -> Tensor:
             return hint(model, xs)
+
+        def check(xs: Tensor) -> Tensor:
+            return check_hint(checker, xs)
         for it in range(self.max_iter):
             if act.numel() == 0:
                 break
             done = []
-            for start in range(0, act.numel(), chunk):
-                idx = act[start:start + chunk]
+            # equal chunks of at most chunk_size (400 active -> 4 × 100, not 3 × 128 + 16)
+            parts = -(-act.numel() // chunk)
+            size = -(-act.numel() // parts)
+            for start in range(0, act.numel(), size):
+                idx = act[start:start + size]
                 done.append(self._iterate(model, x, idx, r_tot, cand, k0, wnorm, iters, face,
-                                          fooled, failed, label_adv, target, method,
-                                          layout, first=it == 0, count_forward=count_forward,
-                                          count_grad=count_grad))
+                                          fooled, failed, label_adv, adv_logits, target, method,
+                                          layout, check, first=it == 0,
+                                          count_forward=count_forward, count_grad=count_grad))
             act = act[~torch.cat(done)]
         x_adv = x + (1.0 + eta) * r_tot
         if self.clip:
             x_adv = x_adv.clamp(0.0, 1.0)
         return DeepFoolRun(r_tot=r_tot, x_adv=x_adv, label_adv=label_adv, fooled=fooled,
-                           failed=failed, face=face, iterations=iters)
+                           failed=failed, face=face, iterations=iters, adv_logits=adv_logits)
 
     def _iterate(self, model: nn.Module, x: Tensor, idx: Tensor, r_tot: Tensor, cand: Tensor,
                  k0: Tensor, wnorm: Tensor, iters: Tensor, face: Tensor, fooled: Tensor,
-                 failed: Tensor, label_adv: Tensor, target: Tensor | None, method: str,
-                 layout: Callable[[Tensor], Tensor], *, first: bool, count_forward: Counter | None,
-                 count_grad: Counter | None) -> Tensor:
+                 failed: Tensor, label_adv: Tensor, adv_logits: Tensor, target: Tensor | None,
+                 method: str, layout: Callable[[Tensor], Tensor],
+                 check: Callable[[Tensor], Tensor], *, first: bool,
+                 count_forward: Counter | None, count_grad: Counter | None) -> Tensor:
         """One DeepFool iteration on the samples ``idx`` (updates the state tensors in place);
         returns which of them are finished (fooled or failed)."""
         eta = self.overshoot
@@ -345,11 +363,12 @@ class DeepFool(Attack):
         if self.clip:
             xc = xc.clamp(0.0, 1.0)
         with torch.no_grad():
-            zc = as_logits(layout(xc))
+            zc = as_logits(check(xc))
         if count_forward is not None:
             count_forward(idx, 1)
         pc = zc.argmax(dim=1)
         label_adv[idx] = pc
+        adv_logits[idx] = zc.to(adv_logits.dtype)
         if target is None:
             hit = pc != k0[idx]
         else:
