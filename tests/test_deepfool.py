@@ -129,10 +129,57 @@ def test_jacobian_methods_agree():
     model = TinyCNN().double().eval()
     x = _x(6, (1, 8, 8))
     ref = DeepFool(jacobian="loop")(model, x)
-    for method in ("loop_logits", "batched", "vmap", "replicate"):  # all strategies
+    for method in ("threads", "loop_logits", "batched", "vmap", "replicate"):  # all strategies
         res = DeepFool(jacobian=method)(model, x)
         assert torch.allclose(res.x_adv, ref.x_adv, atol=1e-10), method
         assert torch.equal(res.iterations, ref.iterations)
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("backward refused")
+
+
+class _Refuses(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(_FailingBackward.apply(x))
+
+
+def test_threaded_jacobian_choice_and_thread_count_hygiene():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 5)).double().eval()
+    x = _x(6, (1, 8, 8))
+    assert DeepFool()._method(TinyCNN(), x.device) == "loop"  # a class from another package
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert DeepFool()._method(model, x.device) == "threads"
+        assert DeepFool()(model, x).info["jacobian"] == "threads"
+        assert torch.get_num_threads() == 2
+        # user Python code in the model (a module of another package, hooks) -> plain loop
+        assert DeepFool()._method(_Refuses(model), x.device) == "loop"
+        handle = model.register_forward_hook(lambda *a: None)
+        assert DeepFool()._method(model, x.device) == "loop"
+        handle.remove()
+        assert DeepFool(jacobian="loop")._method(model, x.device) == "loop"
+        # an error in a worker thread reaches the caller; the thread count is restored
+        with pytest.raises(RuntimeError, match="backward refused"):
+            DeepFool(jacobian="threads")(_Refuses(model), x)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert DeepFool()._method(model, x.device) == "loop"
+    finally:
+        torch.set_num_threads(before)
 
 
 def _trained_tiny_cnn():

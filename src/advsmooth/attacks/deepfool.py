@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from .base import Attack, AttackContext, AttackOutput, LayoutHint, fold_batchnor
 __all__ = ["DeepFool", "JACOBIAN_METHODS"]
 
 #: how the candidate-face gradients are computed (see docs/deepfool.md for measurements)
-JACOBIAN_METHODS = ("auto", "loop", "loop_logits", "batched", "vmap", "replicate")
+JACOBIAN_METHODS = ("auto", "loop", "threads", "loop_logits", "batched", "vmap", "replicate")
 
 _TINY = 1e-12
 #: relative slack on the adaptive-face acceptance test (see DeepFool._iterate)
@@ -112,8 +113,12 @@ class DeepFool(Attack):
             ``"loop_logits"`` (Kc backward passes of the logits), ``"batched"`` (one
             ``autograd.grad(..., is_grads_batched=True)``), ``"vmap"`` (``torch.func``
             vmap/jacrev), ``"replicate"`` (the batch repeated Kc−1 times, one backward; costs Kc−1
-            forward evaluations), or ``"auto"`` (default: ``"loop"``, the fastest in our
-            measurements, see ``benchmarks/deepfool_jacobian.py``).
+            forward evaluations), ``"threads"`` (the ``"loop"`` passes shared among
+            ``torch.get_num_threads()`` Python threads with one intra-op thread each — identical
+            gradients; CPU only), or ``"auto"`` (default: ``"threads"`` on a CPU with more than
+            one torch thread when the model is built only from hook-free ``torch.nn`` /
+            ``torch.fx`` / ``advsmooth.models`` modules, else ``"loop"``; see
+            ``benchmarks/deepfool_jacobian.py`` and docs/deepfool.md).
         adaptive_faces: an opt-in approximation for speed. After the first iteration,
             differentiate only this many faces per sample: the nearest ones under the current
             face values ``|f'_k|`` (exact, from the forward pass) and the normal norms
@@ -219,8 +224,15 @@ class DeepFool(Attack):
             m = min(m, self.adaptive_faces)
         return m + 1 if self._method() == "loop_logits" else m
 
-    def _method(self) -> str:
-        return "loop" if self.jacobian == "auto" else self.jacobian
+    def _method(self, model: nn.Module | None = None, device: torch.device | None = None) -> str:
+        """The Jacobian strategy: ``jacobian``, or what ``"auto"`` picks for ``model`` on
+        ``device`` (``"loop"`` when either is not given)."""
+        if self.jacobian != "auto":
+            return self.jacobian
+        if (model is not None and device is not None and device.type == "cpu"
+                and torch.get_num_threads() > 1 and _thread_safe_model(model)):
+            return "threads"
+        return "loop"
 
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         z0 = as_logits(ctx.clean_logits)
@@ -236,7 +248,8 @@ class DeepFool(Attack):
         )
         extras = {"r_tot": run.r_tot, "label_orig": k0, "face": run.face, "failed": run.failed}
         return AttackOutput(x_adv=run.x_adv, iterations=run.iterations, extras=extras,
-                            info={"jacobian": self._method()}, adv_logits=run.adv_logits)
+                            info={"jacobian": self._method(model, ctx.x.device)},
+                            adv_logits=run.adv_logits)
 
     # ------------------------------------------------------------------------------------------
     def run(self, model: nn.Module, x: Tensor, z0: Tensor, *, target: Tensor | None = None,
@@ -271,7 +284,7 @@ class DeepFool(Attack):
         # last computed ‖w'_j‖_q per sample and face (adaptive face selection)
         wnorm = torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev)
         act = torch.arange(n, device=dev)
-        method = self._method()
+        method = self._method(model, x.device)
         chunk = self.chunk_size or max(n, 1)
         hint = LayoutHint(self.channels_last)
         check_hint = hint if check_model is None else LayoutHint(self.channels_last)
@@ -467,10 +480,59 @@ def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
         go = eye[:, None, :].expand(a, n, a)
         (g,) = torch.autograd.grad(diffs, xg, grad_outputs=go, is_grads_batched=True)
         wp = g.transpose(0, 1)
+    elif method == "threads" and a > 1:
+        wp = _threaded_grads(diffs, xg, a)
     else:
         wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
                           for j in range(a)], dim=1)
     return fp_all, wp, sel, a, 1
+
+
+def _thread_safe_model(model: nn.Module) -> bool:
+    """Built only from ``torch.nn`` / ``torch.fx`` / ``advsmooth.models`` modules, without hooks
+    (so that concurrent backward passes through it run no user Python code)."""
+    for mod in model.modules():
+        if mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or getattr(
+                mod, "_backward_pre_hooks", None):
+            return False
+        name = type(mod).__module__
+        if not name.startswith(("torch.nn", "torch.fx", "advsmooth.models")):
+            return False
+    return True
+
+
+def _threaded_grads(diffs: Tensor, xg: Tensor, a: int) -> Tensor:
+    """The ``a`` face gradients ``∇ Σ diffs[:, j]`` (n, a, C, H, W), shared among
+    ``torch.get_num_threads()`` Python threads that each run their backward passes with one
+    intra-op thread (the passes are independent and release the GIL; on the 2-core CPU this beat
+    two intra-op threads per pass, docs/deepfool.md). The global thread count is restored after."""
+    workers = min(torch.get_num_threads(), a)
+    out: list[Tensor | None] = [None] * a
+    errors: list[BaseException] = []
+
+    def work(js: range) -> None:
+        try:
+            with torch.enable_grad():
+                for j in js:
+                    out[j] = torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=True)[0]
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
+            errors.append(exc)
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        threads = [threading.Thread(target=work, args=(range(w, a, workers),), daemon=True)
+                   for w in range(1, workers)]
+        for t in threads:
+            t.start()
+        work(range(0, a, workers))
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(prev)
+    if errors:
+        raise errors[0]
+    return torch.stack(out, dim=1)  # type: ignore[arg-type]
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:
