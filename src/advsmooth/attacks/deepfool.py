@@ -113,12 +113,13 @@ class DeepFool(Attack):
             ``"loop_logits"`` (Kc backward passes of the logits), ``"batched"`` (one
             ``autograd.grad(..., is_grads_batched=True)``), ``"vmap"`` (``torch.func``
             vmap/jacrev), ``"replicate"`` (the batch repeated Kc−1 times, one backward; costs Kc−1
-            forward evaluations), ``"threads"`` (the ``"loop"`` passes shared among
-            ``torch.get_num_threads()`` Python threads with one intra-op thread each — identical
-            gradients; CPU only), or ``"auto"`` (default: ``"threads"`` on a CPU with more than
-            one torch thread when the model is built only from hook-free ``torch.nn`` /
-            ``torch.fx`` / ``advsmooth.models`` modules, else ``"loop"``; see
-            ``benchmarks/deepfool_jacobian.py`` and docs/deepfool.md).
+            forward evaluations), ``"threads"`` (``"loop"``, with the chunks of each iteration
+            shared among ``torch.get_num_threads()`` Python threads that run with one intra-op
+            thread each — the same results up to float rounding; CPU only), or ``"auto"``
+            (default: ``"threads"`` on a CPU with more than one torch thread when the model is
+            built only from hook-free ``torch.nn`` / ``torch.fx`` / ``advsmooth.models``
+            modules, else ``"loop"``; see ``benchmarks/deepfool_jacobian.py`` and
+            docs/deepfool.md).
         adaptive_faces: an opt-in approximation for speed. After the first iteration,
             differentiate only this many faces per sample: the nearest ones under the current
             face values ``|f'_k|`` (exact, from the forward pass) and the normal norms
@@ -296,19 +297,28 @@ class DeepFool(Attack):
 
         def check(xs: Tensor) -> Tensor:
             return check_hint(checker, xs)
+        # "threads": the chunks of an iteration are independent (disjoint rows of the state), so
+        # torch's threads each take whole chunks with one intra-op thread (balanced: the chunk
+        # count is a multiple of the thread count); the face passes inside run as "loop"
+        workers = torch.get_num_threads() if method == "threads" else 1
+        inner = "loop" if method == "threads" else method
         for it in range(self.max_iter):
             if act.numel() == 0:
                 break
-            done = []
             # equal chunks of at most chunk_size (400 active -> 4 × 100, not 3 × 128 + 16)
             parts = -(-act.numel() // chunk)
+            if workers > 1:
+                parts = min(-(-parts // workers) * workers, act.numel())
             size = -(-act.numel() // parts)
-            for start in range(0, act.numel(), size):
-                idx = act[start:start + size]
-                done.append(self._iterate(model, x, idx, r_tot, cand, k0, wnorm, iters, face,
-                                          fooled, failed, label_adv, adv_logits, target, method,
-                                          layout, check, first=it == 0,
-                                          count_forward=count_forward, count_grad=count_grad))
+            groups = [act[s:s + size] for s in range(0, act.numel(), size)]
+
+            def one(idx: Tensor, first: bool = it == 0) -> Tensor:
+                return self._iterate(model, x, idx, r_tot, cand, k0, wnorm, iters, face, fooled,
+                                     failed, label_adv, adv_logits, target, inner, layout, check,
+                                     first=first, count_forward=count_forward,
+                                     count_grad=count_grad)
+            done = (_in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
+                    else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
         x_adv = x + (1.0 + eta) * r_tot
         if self.clip:
@@ -480,9 +490,7 @@ def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
         go = eye[:, None, :].expand(a, n, a)
         (g,) = torch.autograd.grad(diffs, xg, grad_outputs=go, is_grads_batched=True)
         wp = g.transpose(0, 1)
-    elif method == "threads" and a > 1:
-        wp = _threaded_grads(diffs, xg, a)
-    else:
+    else:  # "loop" ("threads" runs whole chunks in threads, each with this loop)
         wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
                           for j in range(a)], dim=1)
     return fp_all, wp, sel, a, 1
@@ -501,38 +509,38 @@ def _thread_safe_model(model: nn.Module) -> bool:
     return True
 
 
-def _threaded_grads(diffs: Tensor, xg: Tensor, a: int) -> Tensor:
-    """The ``a`` face gradients ``∇ Σ diffs[:, j]`` (n, a, C, H, W), shared among
-    ``torch.get_num_threads()`` Python threads that each run their backward passes with one
-    intra-op thread (the passes are independent and release the GIL; on the 2-core CPU this beat
-    two intra-op threads per pass, docs/deepfool.md). The global thread count is restored after."""
-    workers = min(torch.get_num_threads(), a)
-    out: list[Tensor | None] = [None] * a
+def _in_threads(fn: Callable[[Tensor], Tensor], groups: list[Tensor],
+                workers: int) -> list[Tensor]:
+    """``[fn(g) for g in groups]``, the groups dealt round-robin to ``workers`` Python threads
+    that run with one intra-op thread each (the global thread count is restored after; the first
+    error is re-raised in the caller)."""
+    workers = min(workers, len(groups))
+    out: list[Tensor | None] = [None] * len(groups)
     errors: list[BaseException] = []
 
-    def work(js: range) -> None:
+    def work(w: int) -> None:
         try:
             with torch.enable_grad():
-                for j in js:
-                    out[j] = torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=True)[0]
+                for i in range(w, len(groups), workers):
+                    out[i] = fn(groups[i])
         except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
             errors.append(exc)
 
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        threads = [threading.Thread(target=work, args=(range(w, a, workers),), daemon=True)
+        threads = [threading.Thread(target=work, args=(w,), daemon=True)
                    for w in range(1, workers)]
         for t in threads:
             t.start()
-        work(range(0, a, workers))
+        work(0)
         for t in threads:
             t.join()
     finally:
         torch.set_num_threads(prev)
     if errors:
         raise errors[0]
-    return torch.stack(out, dim=1)  # type: ignore[arg-type]
+    return out  # type: ignore[return-value]
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:
