@@ -170,19 +170,27 @@ class LayoutHint:
         return fn(x)
 
 
+def plain_torch_modules(model: nn.Module, packages: tuple[str, ...] = ("torch.nn",
+                        "advsmooth.models")) -> bool:
+    """Whether every module of ``model`` comes from one of ``packages`` and has no hooks, i.e.
+    no user Python code runs inside its forward or backward (safe to copy, fold or run in
+    concurrent threads)."""
+    for mod in model.modules():
+        if (mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks
+                or getattr(mod, "_backward_pre_hooks", None)):
+            return False
+        if not type(mod).__module__.startswith(packages):
+            return False
+    return True
+
+
 def _fusable(model: nn.Module) -> bool:
     """Eval-mode model built only from ``torch.nn`` / ``advsmooth.models`` modules, without hooks,
     with at least one BatchNorm (so folding has something to do and nothing Python-side — state,
     hooks — would be lost in the copy)."""
-    has_bn = False
-    for mod in model.modules():
-        if mod.training or mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks:
-            return False
-        name = type(mod).__module__
-        if not (name.startswith("torch.nn") or name.startswith("advsmooth.models")):
-            return False
-        has_bn |= isinstance(mod, nn.modules.batchnorm._BatchNorm)
-    return has_bn
+    mods = list(model.modules())
+    return (plain_torch_modules(model) and not any(m.training for m in mods)
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods))
 
 
 #: folded copies of models, reused while the model's tensors are unchanged (see fold_batchnorm)

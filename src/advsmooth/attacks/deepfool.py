@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, LayoutHint, fold_batchnorm
+from .base import (
+    Attack,
+    AttackContext,
+    AttackOutput,
+    LayoutHint,
+    fold_batchnorm,
+    plain_torch_modules,
+)
 
 __all__ = ["DeepFool", "JACOBIAN_METHODS"]
 
@@ -231,7 +238,8 @@ class DeepFool(Attack):
         if self.jacobian != "auto":
             return self.jacobian
         if (model is not None and device is not None and device.type == "cpu"
-                and torch.get_num_threads() > 1 and _thread_safe_model(model)):
+                and torch.get_num_threads() > 1
+                and plain_torch_modules(model, ("torch.nn", "torch.fx", "advsmooth.models"))):
             return "threads"
         return "loop"
 
@@ -494,19 +502,6 @@ def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
         wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
                           for j in range(a)], dim=1)
     return fp_all, wp, sel, a, 1
-
-
-def _thread_safe_model(model: nn.Module) -> bool:
-    """Built only from ``torch.nn`` / ``torch.fx`` / ``advsmooth.models`` modules, without hooks
-    (so that concurrent backward passes through it run no user Python code)."""
-    for mod in model.modules():
-        if mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or getattr(
-                mod, "_backward_pre_hooks", None):
-            return False
-        name = type(mod).__module__
-        if not name.startswith(("torch.nn", "torch.fx", "advsmooth.models")):
-            return False
-    return True
 
 
 def _in_threads(fn: Callable[[Tensor], Tensor], groups: list[Tensor],
