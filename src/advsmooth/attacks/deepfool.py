@@ -90,12 +90,16 @@ class DeepFoolRun:
 
     r_tot: Tensor
     x_adv: Tensor
-    label_adv: Tensor
     fooled: Tensor
     failed: Tensor
     face: Tensor
     iterations: Tensor
     adv_logits: Tensor
+
+    @property
+    def label_adv(self) -> Tensor:
+        """``(N,)`` prediction at ``x_adv`` (argmax of ``adv_logits``)."""
+        return self.adv_logits.argmax(dim=1)
 
 
 class DeepFool(Attack):
@@ -289,7 +293,6 @@ class DeepFool(Attack):
         face = cand[:, 1].clone()
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
         failed = torch.zeros(n, dtype=torch.bool, device=dev)
-        label_adv = k0.clone()
         # last computed ‖w'_j‖_q per sample and face (adaptive face selection)
         wnorm = torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev)
         act = torch.arange(n, device=dev)
@@ -322,7 +325,7 @@ class DeepFool(Attack):
 
             def one(idx: Tensor, first: bool = it == 0) -> Tensor:
                 return self._iterate(model, x, idx, r_tot, cand, k0, wnorm, iters, face, fooled,
-                                     failed, label_adv, adv_logits, target, inner, layout, check,
+                                     failed, adv_logits, target, inner, layout, check,
                                      first=first, count_forward=count_forward,
                                      count_grad=count_grad)
             done = (_in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
@@ -331,12 +334,12 @@ class DeepFool(Attack):
         x_adv = x + (1.0 + eta) * r_tot
         if self.clip:
             x_adv = x_adv.clamp(0.0, 1.0)
-        return DeepFoolRun(r_tot=r_tot, x_adv=x_adv, label_adv=label_adv, fooled=fooled,
+        return DeepFoolRun(r_tot=r_tot, x_adv=x_adv, fooled=fooled,
                            failed=failed, face=face, iterations=iters, adv_logits=adv_logits)
 
     def _iterate(self, model: nn.Module, x: Tensor, idx: Tensor, r_tot: Tensor, cand: Tensor,
                  k0: Tensor, wnorm: Tensor, iters: Tensor, face: Tensor, fooled: Tensor,
-                 failed: Tensor, label_adv: Tensor, adv_logits: Tensor, target: Tensor | None,
+                 failed: Tensor, adv_logits: Tensor, target: Tensor | None,
                  method: str, layout: Callable[[Tensor], Tensor],
                  check: Callable[[Tensor], Tensor], *, first: bool,
                  count_forward: Counter | None, count_grad: Counter | None) -> Tensor:
@@ -408,7 +411,6 @@ class DeepFool(Attack):
         if count_forward is not None:
             count_forward(idx, 1)
         pc = zc.argmax(dim=1)
-        label_adv[idx] = pc
         adv_logits[idx] = zc.to(adv_logits.dtype)
         if target is None:
             hit = pc != k0[idx]
