@@ -103,6 +103,15 @@ def _is_loss_ensemble(model: nn.Module) -> bool:
     return getattr(model, "combine", None) == "mean_loss" and hasattr(model, "member_logits")
 
 
+def check_logits(out: Tensor) -> Tensor:
+    """``out`` if it is ``N×K`` logits with ``K ≥ 2`` (what gradient attacks need), else
+    ``ValueError``."""
+    if out.ndim != 2 or out.shape[1] < 2:
+        raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
+                         f"shape {tuple(out.shape)}")
+    return out
+
+
 @dataclass
 class AttackObjective:
     """The per-sample quantity an attack *ascends*.
@@ -159,11 +168,7 @@ class AttackObjective:
         logits ``(B, E, K)`` for a loss-averaging ensemble."""
         if self.loss_ensemble:
             return self.layout(model.member_logits, inputs)  # type: ignore[attr-defined]
-        out = self.layout(model, inputs)
-        if out.ndim != 2 or out.shape[1] < 2:
-            raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
-                             f"shape {tuple(out.shape)}")
-        return out
+        return check_logits(self.layout(model, inputs))
 
     def value(self, raw: Tensor) -> Tensor:
         """Objective of raw outputs with shape ``(..., N, K)`` (or ``(..., N, E, K)`` for a loss

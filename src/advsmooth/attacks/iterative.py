@@ -53,6 +53,7 @@ from .gradients import (
     GradientEstimator,
     PlainGradient,
     _is_loss_ensemble,
+    check_logits,
 )
 
 __all__ = [
@@ -189,15 +190,6 @@ def project_l2(x: Tensor, x_new: Tensor, eps: float) -> Tensor:
 # update rules
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class _CleanGraph:
-    """The clean forward of an attack call kept with its graph: input leaf and raw outputs."""
-
-    x_var: Tensor
-    raw: Tensor
-    layout: LayoutHint
-
-
 class UpdateRule:
     """Turns a gradient estimate into a step direction (to be multiplied by ``alpha``).
 
@@ -273,6 +265,15 @@ class MomentumUpdate(UpdateRule):
 # ----------------------------------------------------------------------------------------------
 # the engine
 # ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _CleanGraph:
+    """The clean forward of an attack call kept with its graph: input leaf and raw outputs."""
+
+    x_var: Tensor
+    raw: Tensor
+    layout: LayoutHint
+
 
 class IterativeAttack(Attack):
     """Iterative gradient attack in an ε-ball (the common engine of FGSM/IGSM/PGD/MI-FGSM).
@@ -394,10 +395,7 @@ class IterativeAttack(Attack):
         image of the call (also those already misclassified), so each is counted."""
         graph: _CleanGraph = ctx.prepared
         ctx.prepared = None
-        raw = graph.raw[ctx.index]
-        if raw.ndim != 2 or raw.shape[1] < 2:
-            raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
-                             f"shape {tuple(graph.raw.shape)}")
+        raw = check_logits(graph.raw)[ctx.index]
         objective.layout = graph.layout
         val = objective.value(raw)
         (g,) = torch.autograd.grad(val.sum(), graph.x_var)
