@@ -129,7 +129,9 @@ def test_chunk_independent_with_many_noise_blocks():
     a = SmoothedClassifier(lin, 0.2, 40, batch_size=5000, seed=3).copy_logits(x)
     b = SmoothedClassifier(lin, 0.2, 40, batch_size=333, seed=3).copy_logits(x)
     assert a.shape == (40, 64, 4)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # logits reach ~75 here; the 1024-term float32 sums of differently shaped batches may round
+    # differently by a few 1e-5 (CPU-kernel dependent), while differing noise changes them by ~10
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(a[0], a[16])  # different blocks carry different noise
 
 
