@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from conftest import Affine, TinyCNN
+from torch import nn
 
 from advsmooth.attacks import (
     FGSM,
@@ -307,6 +310,80 @@ def test_first_step_reuses_the_clean_forward(cnn64, batch):
     torch.testing.assert_close(es.x_adv, es_plain.x_adv, rtol=0, atol=1e-12)
 
 
+def _plain_cnn():
+    """A model of torch.nn modules only (eligible for the engine's threads)."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 4)).double().eval()
+
+
+@pytest.mark.parametrize("make, targeted", [
+    (lambda t: IGSM(eps=0.1, alpha=0.02, steps=6, threads=t), False),
+    (lambda t: PGD(eps=0.1, alpha=0.02, steps=6, random_start=True, threads=t), False),
+    (lambda t: PGD(eps=0.8, alpha=0.2, steps=6, norm=2, threads=t), False),
+    (lambda t: MIFGSM(eps=0.1, alpha=0.02, steps=6, threads=t), False),
+    (lambda t: IGSM(eps=0.3, alpha=0.05, steps=10, early_stop=True, threads=t), False),
+    (lambda t: FGSM(eps=0.1, threads=t), False),
+    (lambda t: PGD(eps=0.2, alpha=0.05, steps=6, loss="margin", threads=t), True),
+])
+def test_threads_give_the_single_thread_result(make, targeted, batch):
+    x, y = batch
+    model = _plain_cnn()
+    tgt = (y + 1) % 4 if targeted else None
+    seen: set[int] = set()
+    handle = model[0].register_forward_hook(lambda *a: seen.add(threading.get_ident()))
+    before = torch.get_num_threads()
+    one = make(1)(model, x, y, target=tgt)
+    assert len(seen) == 1
+    seen.clear()
+    many = make(3)(model, x, y, target=tgt)
+    handle.remove()
+    assert len(seen) == 3 and torch.get_num_threads() == before
+    att = ~one.skipped
+    assert bool(att.any()) and bool((~att).any())  # non-contiguous shares of active samples
+    torch.testing.assert_close(many.x_adv, one.x_adv, rtol=0, atol=1e-12)
+    for name in ("success", "iterations", "forward_evals", "grad_evals", "adv_pred"):
+        assert torch.equal(getattr(many, name), getattr(one, name)), name
+    with torch.no_grad():  # the threads' final logits stand in for the verification forward
+        assert torch.equal(many.adv_pred, model(many.x_adv).argmax(1))
+    assert float((many.x_adv - x).abs().amax()) <= 0.8  # sanity: the attack ran
+
+
+class _Refuses(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        raise RuntimeError("forward refused")
+
+
+def test_auto_threads_choice_and_thread_count_hygiene(batch):
+    x, y = batch
+    model = _plain_cnn()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert IGSM(eps=0.1)._workers(model, x) == 2
+        assert IGSM(eps=0.1)._workers(model, x[:15]) == 1  # fewer than 8 images per thread
+        assert IGSM(eps=0.1, threads=1)._workers(model, x) == 1
+        assert IGSM(eps=0.1, threads=3)._workers(model, x) == 3
+        assert IGSM(eps=0.1)._workers(TinyCNN(), x) == 1  # a class from another package
+        sg = IGSM(eps=0.1, gradient=SmoothedGradient(0.1, 2))
+        assert sg._workers(model, x) == 1  # noise is drawn per batch
+        handle = model.register_forward_hook(lambda *a: None)
+        assert IGSM(eps=0.1)._workers(model, x) == 1  # user code in a hook
+        handle.remove()
+        # an error in a worker thread reaches the caller; the thread count is restored
+        with pytest.raises(RuntimeError, match="forward refused"):
+            IGSM(eps=0.1, threads=2)(_Refuses(model), x, y)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert IGSM(eps=0.1)._workers(model, x) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_linf_bounds_are_exact_and_bracket_x():
     g = torch.Generator().manual_seed(5)
     x = torch.cat([torch.rand(5000, generator=g), torch.tensor([0.0, 1.0, 2**-30])]).float()
@@ -395,6 +472,8 @@ def test_same_seed_same_result_pgd(cnn64, batch):
     (dict(eps=0.1, budget=0), "budget"),
     (dict(eps=0.1, budget=10, steps=3), "budget"),
     (dict(eps=0.1, budget=5, gradient=SmoothedGradient(0.1, 20)), "budget"),
+    (dict(eps=0.1, threads=0), "threads"),
+    (dict(eps=0.1, threads=2, gradient=SmoothedGradient(0.1, 2)), "threads"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -20,9 +20,10 @@ the samples that still need attacking.
 from __future__ import annotations
 
 import abc
+import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -182,6 +183,39 @@ def plain_torch_modules(model: nn.Module, packages: tuple[str, ...] = ("torch.nn
         if not type(mod).__module__.startswith(packages):
             return False
     return True
+
+
+def in_threads(fn: Callable[[Any], Any], groups: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(g) for g in groups]``, the groups dealt round-robin to ``workers`` Python threads
+    that run with one intra-op thread each (the global thread count is restored after; the first
+    error is re-raised in the caller)."""
+    workers = min(workers, len(groups))
+    out: list[Any] = [None] * len(groups)
+    errors: list[BaseException] = []
+
+    def work(w: int) -> None:
+        try:
+            with torch.enable_grad():
+                for i in range(w, len(groups), workers):
+                    out[i] = fn(groups[i])
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
+            errors.append(exc)
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        threads = [threading.Thread(target=work, args=(w,), daemon=True)
+                   for w in range(1, workers)]
+        for t in threads:
+            t.start()
+        work(0)
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(prev)
+    if errors:
+        raise errors[0]
+    return out
 
 
 def _fusable(model: nn.Module) -> bool:

@@ -17,7 +17,6 @@ True
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from .base import (
     AttackOutput,
     LayoutHint,
     fold_batchnorm,
+    in_threads,
     plain_torch_modules,
 )
 
@@ -328,7 +328,7 @@ class DeepFool(Attack):
                                      failed, adv_logits, target, inner, layout, check,
                                      first=first, count_forward=count_forward,
                                      count_grad=count_grad)
-            done = (_in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
+            done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
         x_adv = x + (1.0 + eta) * r_tot
@@ -504,40 +504,6 @@ def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
         wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
                           for j in range(a)], dim=1)
     return fp_all, wp, sel, a, 1
-
-
-def _in_threads(fn: Callable[[Tensor], Tensor], groups: list[Tensor],
-                workers: int) -> list[Tensor]:
-    """``[fn(g) for g in groups]``, the groups dealt round-robin to ``workers`` Python threads
-    that run with one intra-op thread each (the global thread count is restored after; the first
-    error is re-raised in the caller)."""
-    workers = min(workers, len(groups))
-    out: list[Tensor | None] = [None] * len(groups)
-    errors: list[BaseException] = []
-
-    def work(w: int) -> None:
-        try:
-            with torch.enable_grad():
-                for i in range(w, len(groups), workers):
-                    out[i] = fn(groups[i])
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the calling thread
-            errors.append(exc)
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        threads = [threading.Thread(target=work, args=(w,), daemon=True)
-                   for w in range(1, workers)]
-        for t in threads:
-            t.start()
-        work(0)
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(prev)
-    if errors:
-        raise errors[0]
-    return out  # type: ignore[return-value]
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:

@@ -45,7 +45,15 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, LayoutHint, predict
+from .base import (
+    Attack,
+    AttackContext,
+    AttackOutput,
+    LayoutHint,
+    in_threads,
+    plain_torch_modules,
+    predict,
+)
 from .gradients import (
     LOSSES,
     AttackObjective,
@@ -268,11 +276,26 @@ class MomentumUpdate(UpdateRule):
 
 @dataclass
 class _CleanGraph:
-    """The clean forward of an attack call kept with its graph: input leaf and raw outputs."""
+    """The clean forward of (a slice ``[start, start + len)`` of) an attack call's batch, kept
+    with its graph: input leaf and raw outputs."""
 
     x_var: Tensor
     raw: Tensor
     layout: LayoutHint
+    start: int = 0
+
+
+@dataclass
+class _Prepared:
+    """What the engine's clean forward keeps: the thread count chosen for the call and, when the
+    first step can reuse it, the clean forward's graph (one per thread's slice of the batch)."""
+
+    workers: int
+    graphs: list[_CleanGraph] | None
+
+
+#: fewest images per thread for which the engine splits a batch among Python threads
+MIN_IMAGES_PER_THREAD = 8
 
 
 class IterativeAttack(Attack):
@@ -291,6 +314,14 @@ class IterativeAttack(Attack):
         budget: total gradient evaluations per image; sets ``steps = budget // m``.
         accumulate_grad: accumulate raw gradients across steps (smoothing REF PGD, §15.12).
         seed: seed of the default generator (random start, sg noise).
+        threads: Python threads that share a call's batch, each running the loop on its share
+            with one intra-op thread (``1``: never). ``None`` (auto): torch's thread count on a
+            CPU with the plain gradient and a model built only from hook-free ``torch.nn`` /
+            ``torch.fx`` / ``advsmooth.models`` modules, at most one thread per
+            :data:`MIN_IMAGES_PER_THREAD` images. Per-sample work is independent, so results
+            equal a single-threaded call up to float rounding of batch-size-dependent kernels;
+            the random start is drawn for the whole batch first. Needs a deterministic gradient
+            estimator (sg noise is drawn per batch).
 
     The ℓ∞ random start is ``x + U[−ε, ε]`` per pixel; the ℓ2 one is ``x + ε·u·n/‖n‖₂`` with
     ``n ~ N(0, I)``, ``u ~ U[0, 1]``; both projected onto the ball and the box.
@@ -311,6 +342,7 @@ class IterativeAttack(Attack):
         budget: int | None = None,
         accumulate_grad: bool = False,
         seed: int = 0,
+        threads: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
         self.eps = check_nonnegative("eps", eps)
@@ -349,6 +381,12 @@ class IterativeAttack(Attack):
         self.loss = loss
         self.early_stop = bool(early_stop)
         self.stochastic = self.random_start or gradient.stochastic
+        if threads is not None:
+            check_int_at_least("threads", threads, 1)
+            if threads > 1 and gradient.stochastic:
+                raise ValueError(f"threads={threads} needs a deterministic gradient estimator; "
+                                 f"{gradient!r} draws noise per batch (use threads=None or 1)")
+        self.threads = threads
         self._set_params(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
         self._extra_params()
 
@@ -359,6 +397,8 @@ class IterativeAttack(Attack):
             self._set_params(budget=self.budget)
         if self.accumulate_grad:
             self._set_params(accumulate_grad=True)
+        if self.threads is not None:
+            self._set_params(threads=self.threads)
 
     # -- pieces ---------------------------------------------------------------------------------
     def make_update(self) -> UpdateRule:
@@ -378,29 +418,61 @@ class IterativeAttack(Attack):
             return project_linf(x, x_new, self.eps, bounds)
         return project_l2(x, x_new, self.eps)
 
+    def _workers(self, model: nn.Module, x: Tensor) -> int:
+        """Python threads that share a call on ``x`` (``N`` images): ``threads`` if given, else
+        (auto) torch's intra-op thread count on a CPU when the gradient is the plain one and
+        ``model`` is built only from hook-free ``torch.nn`` / ``torch.fx`` / ``advsmooth.models``
+        modules; never more than one thread per :data:`MIN_IMAGES_PER_THREAD` images."""
+        if self.threads is not None:
+            want = self.threads
+        elif (x.device.type == "cpu" and type(self.gradient) is PlainGradient
+              and torch.get_num_threads() > 1
+              and plain_torch_modules(model, ("torch.nn", "torch.fx", "advsmooth.models"))):
+            want = torch.get_num_threads()
+        else:
+            return 1
+        return max(1, min(want, x.shape[0] // MIN_IMAGES_PER_THREAD))
+
     def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
         # Without a random start the first step differentiates the model at x itself: run the
         # clean forward with a graph and let that step reuse it (one forward per image saved).
-        if ((self.random_start and self.eps > 0) or type(self.gradient) is not PlainGradient
-                or _is_loss_ensemble(model)):
+        # With threads, each thread's slice of the batch gets its own forward (and graph).
+        workers = self._workers(model, x)
+        reuse = not ((self.random_start and self.eps > 0)
+                     or type(self.gradient) is not PlainGradient or _is_loss_ensemble(model))
+        if workers == 1 and not reuse:
             return super()._clean_forward(model, x)
         layout = LayoutHint()
-        x_var = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            raw = layout(model, x_var)
-        return raw.detach(), _CleanGraph(x_var, raw, layout)
+        cuts = [round(i * x.shape[0] / workers) for i in range(workers + 1)]
 
-    def _first_step(self, ctx: AttackContext, objective: AttackObjective) -> GradientEstimate:
-        """The gradient at ``x`` from the clean forward's graph. Its backward runs over every
-        image of the call (also those already misclassified), so each is counted."""
-        graph: _CleanGraph = ctx.prepared
-        ctx.prepared = None
-        raw = check_logits(graph.raw)[ctx.index]
+        def forward(w: int) -> _CleanGraph:
+            a, b = cuts[w], cuts[w + 1]
+            if not reuse:
+                with torch.no_grad():
+                    return _CleanGraph(x, model(x[a:b]), layout, a)
+            x_var = x[a:b].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                return _CleanGraph(x_var, layout(model, x_var), layout, a)
+
+        graphs = (in_threads(forward, range(workers), workers) if workers > 1
+                  else [forward(0)])
+        raw = torch.cat([g.raw for g in graphs]).detach()
+        return raw, _Prepared(workers, graphs if reuse else None)
+
+    def _first_step(self, ctx: AttackContext, objective: AttackObjective, graph: _CleanGraph,
+                    sub: Tensor | None) -> GradientEstimate:
+        """The gradient at ``x`` from the clean forward's graph (of the loop's samples ``sub``).
+        Its backward runs over every image of the graph's slice of the call (also those already
+        misclassified), so each is counted."""
+        rows = (ctx.index if sub is None else ctx.index[sub]) - graph.start
+        raw = check_logits(graph.raw)[rows]
         objective.layout = graph.layout
         val = objective.value(raw)
         (g,) = torch.autograd.grad(val.sum(), graph.x_var)
-        ctx.cost.add_grad(None, 1)
-        return GradientEstimate(g[ctx.index].detach(), val.detach(), raw.detach(), 0, 0)
+        n = graph.raw.shape[0]
+        ctx.cost.add_grad(None if graph.start == 0 and n == ctx.cost.grad.shape[0]
+                          else torch.arange(graph.start, graph.start + n, device=g.device), 1)
+        return GradientEstimate(g[rows].detach(), val.detach(), raw.detach(), 0, 0)
 
     def initial_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Starting iterate: ``x`` or a random point of the ball (PGD)."""
@@ -418,14 +490,70 @@ class IterativeAttack(Attack):
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         model, x, gen = ctx.model, ctx.x, ctx.generator
         n = x.shape[0]
+        prep = ctx.prepared if isinstance(ctx.prepared, _Prepared) else _Prepared(1, None)
+        ctx.prepared = None
         objective = AttackObjective.for_model(model, self.loss, ctx.labels, ctx.target)
         if objective.loss_ensemble and not self.gradient.supports_loss_ensembles:
             raise ValueError(f"{self.gradient!r} does not support loss-averaging ensembles "
                              "(combine='mean_loss')")
+        # the random start is drawn for the whole batch here, so threads do not change it
         x_adv = self.initial_point(x, gen)
+        bounds = linf_bounds(x, self.eps) if self.norm == "inf" else None
+        info = {"steps": self.steps, "alpha": self.alpha, "eps": self.eps, "norm": self.norm,
+                "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
+        if prep.workers == 1:
+            graph = prep.graphs[0] if prep.graphs else None
+            x_adv, iterations, _ = self._loop(ctx, objective, x_adv, bounds, None, graph)
+            return AttackOutput(x_adv=x_adv, iterations=iterations, info=info)
+        # Threads: each runs the whole loop on its share of the samples (the images of its clean
+        # forward's slice, or an equal share), with one intra-op thread, and ends with the forward
+        # at its x_adv that the base class would otherwise run as verification.
+        if prep.graphs is not None:
+            parts = []
+            for g in prep.graphs:
+                inside = (ctx.index >= g.start) & (ctx.index < g.start + g.raw.shape[0])
+                parts.append((torch.nonzero(inside).flatten(), g))
+        else:
+            parts = [(sub, None) for sub in
+                     torch.arange(n, device=x.device).tensor_split(prep.workers)]
+        parts = [(sub, g) for sub, g in parts if sub.numel()]
+        outs = in_threads(lambda p: self._loop(ctx, objective, x_adv, bounds, p[0], p[1],
+                                               final_logits=True), parts, prep.workers)
+        x_new = torch.empty_like(x_adv)
+        iterations = torch.empty(n, dtype=torch.long, device=x.device)
+        logits: Tensor | None = None
+        for (sub, _), (xa, it, z) in zip(parts, outs, strict=True):
+            x_new[sub], iterations[sub] = xa, it
+            if z is not None:
+                if logits is None:
+                    logits = z.new_empty((n, *z.shape[1:]))
+                logits[sub] = z
+        if any(z is None for _, _, z in outs):
+            logits = None
+        return AttackOutput(x_adv=x_new, iterations=iterations, info=info, adv_logits=logits)
+
+    def _loop(self, ctx: AttackContext, objective: AttackObjective, x_adv: Tensor,
+              bounds: tuple[Tensor, Tensor] | None, sub: Tensor | None,
+              graph: _CleanGraph | None, *, final_logits: bool = False
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The attack loop on the samples ``sub`` of ``ctx`` (``None``: all) from ``x_adv``;
+        returns their adversarial images, iterations and (``final_logits``) the model's logits
+        at those images (``None`` for a loss-averaging ensemble)."""
+        model, x, gen = ctx.model, ctx.x, ctx.generator
+        if sub is not None:
+            x, x_adv, objective = x[sub], x_adv[sub], objective.subset(sub)
+            if bounds is not None:
+                bounds = (bounds[0][sub], bounds[1][sub])
+
+        def where(local: Tensor | None) -> Tensor | None:
+            """Indices into ``ctx.x`` of the loop's samples ``local`` (``None``: all of them)."""
+            if sub is None:
+                return local
+            return sub if local is None else sub[local]
+
+        n = x.shape[0]
         update = self.make_update()
         update.start(x)
-        bounds = linf_bounds(x, self.eps) if self.norm == "inf" else None
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
         active = torch.arange(n, device=x.device)
         free_logits = isinstance(self.gradient, PlainGradient)
@@ -435,7 +563,7 @@ class IterativeAttack(Attack):
             if self.early_stop and not free_logits:
                 with torch.no_grad():
                     z = model(x_adv[active])
-                ctx.count_forward(active, 1)
+                ctx.count_forward(where(active), 1)
                 keep = ~self._fooled(z, objective, active)
                 active = active[keep]
                 if active.numel() == 0:
@@ -443,13 +571,14 @@ class IterativeAttack(Attack):
             # while every sample is active, whole tensors stand in for the indexed copies
             full = active.numel() == n
             x_cur = x_adv if full else x_adv[active]
-            if ctx.prepared is not None and full:
-                est = self._first_step(ctx, objective)
+            if graph is not None and full:
+                est = self._first_step(ctx, objective, graph, sub)
             else:
                 obj = objective if full else objective.subset(active)
                 est = self.gradient.estimate(model, x_cur, obj, generator=gen)
-                ctx.count_forward(None if full else active, est.forward_evals)
-                ctx.count_grad(None if full else active, est.grad_evals)
+                ctx.count_forward(where(None if full else active), est.forward_evals)
+                ctx.count_grad(where(None if full else active), est.grad_evals)
+            graph = None
             grad = est.grad
             if self.early_stop and free_logits and est.logits is not None:
                 keep = ~self._fooled(est.logits, objective, active)
@@ -462,12 +591,15 @@ class IterativeAttack(Attack):
             if full:
                 x_adv = self.project(x, x_cur + step, bounds)
             else:
-                sub = None if bounds is None else (bounds[0][active], bounds[1][active])
-                x_adv[active] = self.project(x[active], x_cur + step, sub)
+                part = None if bounds is None else (bounds[0][active], bounds[1][active])
+                x_adv[active] = self.project(x[active], x_cur + step, part)
             iterations[active] += 1
-        info = {"steps": self.steps, "alpha": self.alpha, "eps": self.eps, "norm": self.norm,
-                "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
-        return AttackOutput(x_adv=x_adv, iterations=iterations, info=info)
+        logits = None
+        if final_logits and not objective.loss_ensemble:
+            with torch.no_grad():
+                logits = objective.forward(model, x_adv)
+            ctx.count_forward(where(None), 1)
+        return x_adv, iterations, logits
 
     @staticmethod
     def _fooled(logits: Tensor, objective: AttackObjective, active: Tensor) -> Tensor:
@@ -485,14 +617,16 @@ class FGSM(IterativeAttack):
 
     def __init__(self, *, eps: float, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",
-                 seed: int = 0) -> None:
+                 seed: int = 0, threads: int | None = None) -> None:
         super().__init__(eps=eps, alpha=eps, steps=1, norm=norm, gradient=gradient, loss=loss,
-                         seed=seed)
+                         seed=seed, threads=threads)
 
     def _extra_params(self) -> None:
         self._params.pop("alpha", None)
         self._params.pop("steps", None)
         self._set_params(gradient=self.gradient, loss=self.loss)
+        if self.threads is not None:
+            self._set_params(threads=self.threads)
 
 
 class IGSM(IterativeAttack):
@@ -501,15 +635,19 @@ class IGSM(IterativeAttack):
 
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int | None = None,
                  gradient: GradientEstimator | None = None, loss: str = "ce",
-                 early_stop: bool = False, budget: int | None = None, seed: int = 0) -> None:
+                 early_stop: bool = False, budget: int | None = None, seed: int = 0,
+                 threads: int | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm="inf", gradient=gradient,
-                         loss=loss, early_stop=early_stop, budget=budget, seed=seed)
+                         loss=loss, early_stop=early_stop, budget=budget, seed=seed,
+                         threads=threads)
 
     def _extra_params(self) -> None:
         self._params.pop("norm", None)
         self._set_params(gradient=self.gradient, loss=self.loss, early_stop=self.early_stop)
         if self.budget is not None:
             self._set_params(budget=self.budget)
+        if self.threads is not None:
+            self._set_params(threads=self.threads)
 
 
 BIM = IGSM
@@ -526,10 +664,11 @@ class PGD(IterativeAttack):
                  norm: str | float = "inf", random_start: bool = True,
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None,
-                 accumulate_grad: bool = False, seed: int = 0) -> None:
+                 accumulate_grad: bool = False, seed: int = 0,
+                 threads: int | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
-                         accumulate_grad=accumulate_grad, seed=seed)
+                         accumulate_grad=accumulate_grad, seed=seed, threads=threads)
 
     def _extra_params(self) -> None:
         super()._extra_params()
@@ -544,10 +683,11 @@ class MIFGSM(IterativeAttack):
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int | None = None,
                  decay: float = 1.0, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",
-                 early_stop: bool = False, budget: int | None = None, seed: int = 0) -> None:
+                 early_stop: bool = False, budget: int | None = None, seed: int = 0,
+                 threads: int | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
-                         seed=seed)
+                         seed=seed, threads=threads)
 
     def _extra_params(self) -> None:
         super()._extra_params()
