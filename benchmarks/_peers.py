@@ -82,6 +82,25 @@ ADVSMOOTH_DEEPFOOL: dict[str, dict[str, Any]] = {
 }
 
 
+def _advsmooth_run(atk: Any, model: nn.Module, batch_size: int) -> RunFn:
+    """Run an advsmooth attack in batches on the model inside a counting wrapper.
+
+    The attack gets the bare model: wrapped in the counting module (a module of another package)
+    it would neither fold BatchNorms (it never copies a module with Python-side state) nor share
+    the batch among threads, so it would run slower than for a user. Its evaluations are then its
+    own accounting, added to the counter (equal to the wrapper's count whenever both apply:
+    tests/test_benchmarks.py)."""
+    bare = getattr(model, "model", model)
+
+    def run(x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
+        own = _cat_own([atk(bare, xb, yb) for xb, yb in _chunks(x, y, batch_size)])
+        if bare is not model:
+            model.forward_rows += int(own.forward_evals.sum())  # type: ignore[operator]
+            model.grad_rows += int(own.grad_evals.sum())  # type: ignore[operator]
+        return own.x_adv, own
+    return run
+
+
 def deepfool(lib: str, model: nn.Module, *, overshoot: float, steps: int, candidates: int,
              batch_size: int, input_shape: tuple[int, ...], num_classes: int,
              clip: bool = False) -> RunFn:
@@ -90,20 +109,7 @@ def deepfool(lib: str, model: nn.Module, *, overshoot: float, steps: int, candid
         atk = asm.attacks.DeepFool(norm=2, overshoot=overshoot, max_iter=steps,
                                    candidates=candidates, clip=clip or lib == "advsmooth-clip",
                                    **ADVSMOOTH_DEEPFOOL[lib])
-        # The attack gets the bare model: wrapped in the counting module it could not fold the
-        # BatchNorms (it never copies a module with Python-side state), so it would run slower
-        # than for a user. Its evaluations are then its own accounting, added to the counter
-        # (equal to the wrapper's count whenever both apply: tests/test_benchmarks.py).
-        bare = getattr(model, "model", model)
-
-        def run(x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
-            res = [atk(bare, xb, yb) for xb, yb in _chunks(x, y, batch_size)]
-            own = _cat_own(res)
-            if bare is not model:
-                model.forward_rows += int(own.forward_evals.sum())  # type: ignore[operator]
-                model.grad_rows += int(own.grad_evals.sum())  # type: ignore[operator]
-            return own.x_adv, own
-        return run
+        return _advsmooth_run(atk, model, batch_size)
 
     if lib == "foolbox":
         import foolbox as fb
@@ -159,11 +165,7 @@ def linf_iterative(lib: str, kind: str, model: nn.Module, *, eps: float, alpha: 
             atk = asm.attacks.PGD(eps=eps, alpha=alpha, steps=steps, norm="inf", random_start=False)
         else:
             atk = asm.attacks.MIFGSM(eps=eps, alpha=alpha, steps=steps, decay=decay)
-
-        def run(x: Tensor, y: Tensor) -> tuple[Tensor, Any]:
-            own = _cat_own([atk(model, xb, yb) for xb, yb in _chunks(x, y, batch_size)])
-            return own.x_adv, own
-        return run
+        return _advsmooth_run(atk, model, batch_size)
 
     if lib == "torchattacks":
         import torchattacks

@@ -109,8 +109,8 @@ def test_quick_run_writes_documented_outputs(tmp_path):
 
 
 def test_counting_wrapper_equals_advsmooth_accounting():
-    """The deepfool suite adds advsmooth's own counts for its rows (so that the attack gets the
-    bare, foldable model); this holds only if both counts agree where both apply."""
+    """The deepfool and engine suites add advsmooth's own counts for its rows (so that the attack
+    gets the bare, foldable model); this holds only if both counts agree where both apply."""
     from advsmooth.attacks import DeepFool
 
     torch.manual_seed(0)
@@ -122,3 +122,15 @@ def test_counting_wrapper_equals_advsmooth_accounting():
     assert res.iterations.sum() > 0
     assert counter.forward_rows == int(res.forward_evals.sum())
     assert counter.grad_rows == int(res.grad_evals.sum())
+    # the engine suite does the same for PGD / MI-FGSM (labels chosen so that some images are
+    # misclassified: they cost the shared first backward, which the wrapper sees too)
+    from advsmooth.attacks import MIFGSM, PGD
+
+    y = torch.arange(9) % 10
+    for atk in (PGD(eps=0.1, alpha=0.02, steps=4, random_start=False, threads=1),
+                MIFGSM(eps=0.1, alpha=0.02, steps=4, threads=1)):
+        counter.reset()
+        res = atk(counter, x, y)
+        assert bool(res.skipped.any()) and bool((~res.skipped).any())
+        assert counter.forward_rows == int(res.forward_evals.sum())
+        assert counter.grad_rows == int(res.grad_evals.sum())

@@ -652,10 +652,11 @@ class Attack(abc.ABC):
             if adv_logits is not None:  # verified by the attack on this model at these bits
                 adv_pred = clean_pred.clone()
                 adv_pred[active] = predict(adv_logits)
-            else:
-                with torch.no_grad():
-                    adv_pred = predict(model(x_adv)) if active.numel() else clean_pred.clone()
+            else:  # only the attacked images: the others are returned unchanged
+                adv_pred = clean_pred.clone()
                 if active.numel():
+                    with torch.no_grad():
+                        adv_pred[active] = predict(model(x_adv[active]))
                     cost.add_forward(active, 1)
             success = adv_pred != labels if tgt is None else adv_pred == tgt
         return AttackResult(
