@@ -85,12 +85,16 @@ def overhead(name: str, args: Any, log: Any) -> dict[str, Any]:
     xp, yp = x[:n_pgd], y[:n_pgd]
     xs, ys = x[:n_sg], y[:n_sg]
     pgd = asm.attacks.PGD(eps=eps, alpha=alpha, steps=STEPS, norm="inf", random_start=False)
+    # the same attack without the engine's thread split (its overhead alone)
+    pgd1 = asm.attacks.PGD(eps=eps, alpha=alpha, steps=STEPS, norm="inf", random_start=False,
+                           threads=1)
     sg = asm.attacks.IGSM(eps=eps, alpha=eps / SG["steps"], steps=SG["steps"],
                           gradient=asm.attacks.SmoothedGradient(
                               sigma=SG["sigma"], samples=SG["samples"], chunk_size=chunk))
     log(f"  overhead on {name}: PGD batch {n_pgd}, sg-IGSM batch {n_sg} (chunk {chunk} copies)")
     jobs = {
         "advsmooth PGD-10": lambda: pgd(model, xp, yp),
+        "advsmooth PGD-10 threads=1": lambda: pgd1(model, xp, yp),
         "bare 10×(fwd+bwd)": lambda: bare_fwd_bwd(model, xp, yp, STEPS),
         "hand-written PGD-10": lambda: bare_pgd(model, xp, yp, eps, alpha, STEPS),
         "advsmooth sg-IGSM m=20 T=5": lambda: sg(model, xs, ys),
@@ -100,6 +104,7 @@ def overhead(name: str, args: Any, log: Any) -> dict[str, Any]:
     # warm-up: every code path once on a few images (cheap; the timed calls are full batches)
     warm = {} if args.quick else {
         "advsmooth PGD-10": lambda: pgd(model, xp[:4], yp[:4]),
+        "advsmooth PGD-10 threads=1": lambda: pgd1(model, xp[:4], yp[:4]),
         "bare 10×(fwd+bwd)": lambda: bare_fwd_bwd(model, xp[:4], yp[:4], 2),
         "advsmooth sg-IGSM m=20 T=5": lambda: sg(model, xs[:2], ys[:2]),
         "bare 100 grads in chunks": lambda: bare_chunks(model, xs[:2], ys[:2], 4, 2, 1),
@@ -113,11 +118,13 @@ def overhead(name: str, args: Any, log: Any) -> dict[str, Any]:
          "advsmooth_s": med["advsmooth PGD-10"], "bare_s": med["bare 10×(fwd+bwd)"],
          "ratio": med["advsmooth PGD-10"] / med["bare 10×(fwd+bwd)"], "target": 1.15,
          "handwritten_s": med["hand-written PGD-10"],
+         "threads1_s": med["advsmooth PGD-10 threads=1"],
+         "ratio_threads1": med["advsmooth PGD-10 threads=1"] / med["bare 10×(fwd+bwd)"],
          "ratio_vs_handwritten": med["advsmooth PGD-10"] / med["hand-written PGD-10"],
          "own_forward_per_image": float(res_pgd.forward_evals.double().mean()),
          "own_grad_per_image": float(res_pgd.grad_evals.double().mean()),
-         "times": {k: times[k] for k in ("advsmooth PGD-10", "bare 10×(fwd+bwd)",
-                                         "hand-written PGD-10")}},
+         "times": {k: times[k] for k in ("advsmooth PGD-10", "advsmooth PGD-10 threads=1",
+                                         "bare 10×(fwd+bwd)", "hand-written PGD-10")}},
         {"model": name, "measure": "sg-IGSM m=20, T=5 (100 gradients / image)", "images": n_sg,
          "advsmooth_s": med["advsmooth sg-IGSM m=20 T=5"],
          "bare_s": med["bare 100 grads in chunks"],
@@ -215,6 +222,8 @@ OVH_COLUMNS = [("model", "model"), ("measure", "measure"), ("images", "batch"),
                ("advsmooth_s", "advsmooth (s)"), ("bare_s", "bare (s)"), ("ratio", "ratio"),
                ("target", "target ≤"), ("pass", "met"), ("handwritten_s", "hand-written PGD (s)"),
                ("ratio_vs_handwritten", "ratio vs hand-written"),
+               ("threads1_s", "advsmooth threads=1 (s)"),
+               ("ratio_threads1", "threads=1 ÷ bare"),
                ("own_forward_per_image", "fwd / image"), ("own_grad_per_image", "grad / image")]
 PEER_COLUMNS = [("library", "library"), ("seconds", "wall time to x_adv + success (s, median)"),
                 ("time_vs_advsmooth", "time ÷ advsmooth"),
@@ -238,7 +247,10 @@ def markdown(payload: dict[str, Any]) -> str:
              "to tell them "
              "(the time to the same output, used by the targets); 'attack alone' subtracts that "
              "pass. Foolbox's L∞ MI-FGSM accumulates sign(∇) instead of ∇/‖∇‖₁ (a different "
-             "update), so its success may differ.", "", H.machine_md(payload["machine"]), "",
+             "update), so its success may differ. advsmooth runs with its defaults (on a CPU the "
+             "plain-gradient engine shares a batch among torch's threads, one intra-op thread "
+             "each, for models of torch.nn modules); 'threads=1' shows the engine without that "
+             "split.", "", H.machine_md(payload["machine"]), "",
              "## Engine overhead vs bare PyTorch", "", H.md_table(
                  [r for o in payload["overhead"] for r in o["rows"]], OVH_COLUMNS), ""]
     for p in payload["peers"]:

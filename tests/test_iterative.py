@@ -384,6 +384,42 @@ def test_auto_threads_choice_and_thread_count_hygiene(batch):
         torch.set_num_threads(before)
 
 
+def test_fast_model_copy_channels_last_and_verification(batch):
+    from advsmooth.attacks.base import fold_batchnorm
+
+    x, y = batch
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(6 * 4 * 4, 4)).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # no BatchNorm: a copy only for the channels-last layout (CPU convolutions), cached apart
+    assert fold_batchnorm(model, x[:2]) is model
+    fast = fold_batchnorm(model, x[:2], channels_last=True)
+    assert fast is not model and fold_batchnorm(model, x[:2], channels_last=True) is fast
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous()  # the model itself is left as it was
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-12)
+    a = PGD(eps=0.1, alpha=0.02, steps=5, random_start=False, threads=1)(model, x, y)
+    b = PGD(eps=0.1, alpha=0.02, steps=5, random_start=False, threads=1,
+            fast_model=False)(model, x, y)
+    torch.testing.assert_close(a.x_adv, b.x_adv, rtol=0, atol=1e-12)
+    assert torch.equal(a.success, b.success) and bool(a.success.any())
+    att = ~a.skipped
+    # the gradient steps differentiate the copy: the clean forward (on the model itself) cannot
+    # lend them its graph, so the copy costs one forward more per attacked image
+    assert bool((a.forward_evals[att] == 5 + 2).all())
+    assert bool((b.forward_evals[att] == 5 + 1).all())
+    assert bool((a.grad_evals[~att] == 0).all()) and bool((b.grad_evals[~att] == 1).all())
+    with torch.no_grad():  # success is the model's own verdict
+        assert torch.equal(a.adv_pred, model(a.x_adv).argmax(1))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert "fast_model=False" in repr(PGD(eps=0.1, fast_model=False))
+    assert "fast_model" not in repr(PGD(eps=0.1))
+    with pytest.raises(ValueError, match="fast_model"):
+        PGD(eps=0.1, fast_model=1)
+
+
 def test_linf_bounds_are_exact_and_bracket_x():
     g = torch.Generator().manual_seed(5)
     x = torch.cat([torch.rand(5000, generator=g), torch.tensor([0.0, 1.0, 2**-30])]).float()

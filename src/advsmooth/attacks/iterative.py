@@ -50,6 +50,7 @@ from .base import (
     AttackContext,
     AttackOutput,
     LayoutHint,
+    fold_batchnorm,
     in_threads,
     plain_torch_modules,
     predict,
@@ -287,11 +288,13 @@ class _CleanGraph:
 
 @dataclass
 class _Prepared:
-    """What the engine's clean forward keeps: the thread count chosen for the call and, when the
-    first step can reuse it, the clean forward's graph (one per thread's slice of the batch)."""
+    """What the engine's clean forward keeps: the thread count chosen for the call, the model the
+    gradient steps differentiate (the caller's or its fast copy) and, when the first step can
+    reuse it, the clean forward's graph (one per thread's slice of the batch)."""
 
     workers: int
     graphs: list[_CleanGraph] | None
+    grad_model: nn.Module | None = None
 
 
 #: fewest images per thread for which the engine splits a batch among Python threads
@@ -322,6 +325,12 @@ class IterativeAttack(Attack):
             equal a single-threaded call up to float rounding of batch-size-dependent kernels;
             the random start is drawn for the whole batch first. Needs a deterministic gradient
             estimator (sg noise is drawn per batch).
+        fast_model: let the gradient steps differentiate a copy of the model made for speed
+            (:func:`~advsmooth.attacks.base.fold_batchnorm` with ``channels_last=True``:
+            Conv→BatchNorm pairs folded, on a CPU convolution tensors in channels-last layout)
+            when the model is an eval-mode model of hook-free ``torch.nn`` / ``advsmooth.models``
+            modules; the clean prediction and the final verification always use the model
+            itself. ``False``: differentiate the model itself.
 
     The ℓ∞ random start is ``x + U[−ε, ε]`` per pixel; the ℓ2 one is ``x + ε·u·n/‖n‖₂`` with
     ``n ~ N(0, I)``, ``u ~ U[0, 1]``; both projected onto the ball and the box.
@@ -343,6 +352,7 @@ class IterativeAttack(Attack):
         accumulate_grad: bool = False,
         seed: int = 0,
         threads: int | None = None,
+        fast_model: bool = True,
     ) -> None:
         super().__init__(seed=seed)
         self.eps = check_nonnegative("eps", eps)
@@ -387,6 +397,9 @@ class IterativeAttack(Attack):
                 raise ValueError(f"threads={threads} needs a deterministic gradient estimator; "
                                  f"{gradient!r} draws noise per batch (use threads=None or 1)")
         self.threads = threads
+        if not isinstance(fast_model, bool):
+            raise ValueError(f"fast_model must be a bool, got {fast_model!r}")
+        self.fast_model = fast_model
         self._set_params(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
         self._extra_params()
 
@@ -399,6 +412,8 @@ class IterativeAttack(Attack):
             self._set_params(accumulate_grad=True)
         if self.threads is not None:
             self._set_params(threads=self.threads)
+        if not self.fast_model:
+            self._set_params(fast_model=False)
 
     # -- pieces ---------------------------------------------------------------------------------
     def make_update(self) -> UpdateRule:
@@ -437,11 +452,16 @@ class IterativeAttack(Attack):
         # Without a random start the first step differentiates the model at x itself: run the
         # clean forward with a graph and let that step reuse it (one forward per image saved).
         # With threads, each thread's slice of the batch gets its own forward (and graph).
+        # The gradient steps may differentiate a fast copy; its graph is no clean prediction of
+        # the model itself, so then the clean forward runs without one.
         workers = self._workers(model, x)
-        reuse = not ((self.random_start and self.eps > 0)
-                     or type(self.gradient) is not PlainGradient or _is_loss_ensemble(model))
+        grad_model = fold_batchnorm(model, x[:4], channels_last=True) if self.fast_model else model
+        reuse = grad_model is model and not (
+            (self.random_start and self.eps > 0) or type(self.gradient) is not PlainGradient
+            or _is_loss_ensemble(model))
         if workers == 1 and not reuse:
-            return super()._clean_forward(model, x)
+            with torch.no_grad():
+                return model(x), _Prepared(1, None, grad_model)
         layout = LayoutHint()
         cuts = [round(i * x.shape[0] / workers) for i in range(workers + 1)]
 
@@ -457,7 +477,7 @@ class IterativeAttack(Attack):
         graphs = (in_threads(forward, range(workers), workers) if workers > 1
                   else [forward(0)])
         raw = torch.cat([g.raw for g in graphs]).detach()
-        return raw, _Prepared(workers, graphs if reuse else None)
+        return raw, _Prepared(workers, graphs if reuse else None, grad_model)
 
     def _first_step(self, ctx: AttackContext, objective: AttackObjective, graph: _CleanGraph,
                     sub: Tensor | None) -> GradientEstimate:
@@ -492,6 +512,7 @@ class IterativeAttack(Attack):
         n = x.shape[0]
         prep = ctx.prepared if isinstance(ctx.prepared, _Prepared) else _Prepared(1, None)
         ctx.prepared = None
+        grad_model = prep.grad_model if prep.grad_model is not None else model
         objective = AttackObjective.for_model(model, self.loss, ctx.labels, ctx.target)
         if objective.loss_ensemble and not self.gradient.supports_loss_ensembles:
             raise ValueError(f"{self.gradient!r} does not support loss-averaging ensembles "
@@ -503,7 +524,8 @@ class IterativeAttack(Attack):
                 "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
         if prep.workers == 1:
             graph = prep.graphs[0] if prep.graphs else None
-            x_adv, iterations, _ = self._loop(ctx, objective, x_adv, bounds, None, graph)
+            x_adv, iterations, _ = self._loop(ctx, grad_model, objective, x_adv, bounds, None,
+                                              graph)
             return AttackOutput(x_adv=x_adv, iterations=iterations, info=info)
         # Threads: each runs the whole loop on its share of the samples (the images of its clean
         # forward's slice, or an equal share), with one intra-op thread, and ends with the forward
@@ -517,8 +539,8 @@ class IterativeAttack(Attack):
             parts = [(sub, None) for sub in
                      torch.arange(n, device=x.device).tensor_split(prep.workers)]
         parts = [(sub, g) for sub, g in parts if sub.numel()]
-        outs = in_threads(lambda p: self._loop(ctx, objective, x_adv, bounds, p[0], p[1],
-                                               final_logits=True), parts, prep.workers)
+        outs = in_threads(lambda p: self._loop(ctx, grad_model, objective, x_adv, bounds, p[0],
+                                               p[1], final_logits=True), parts, prep.workers)
         x_new = torch.empty_like(x_adv)
         iterations = torch.empty(n, dtype=torch.long, device=x.device)
         logits: Tensor | None = None
@@ -532,14 +554,16 @@ class IterativeAttack(Attack):
             logits = None
         return AttackOutput(x_adv=x_new, iterations=iterations, info=info, adv_logits=logits)
 
-    def _loop(self, ctx: AttackContext, objective: AttackObjective, x_adv: Tensor,
+    def _loop(self, ctx: AttackContext, model: nn.Module, objective: AttackObjective,
+              x_adv: Tensor,
               bounds: tuple[Tensor, Tensor] | None, sub: Tensor | None,
               graph: _CleanGraph | None, *, final_logits: bool = False
               ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The attack loop on the samples ``sub`` of ``ctx`` (``None``: all) from ``x_adv``;
-        returns their adversarial images, iterations and (``final_logits``) the model's logits
-        at those images (``None`` for a loss-averaging ensemble)."""
-        model, x, gen = ctx.model, ctx.x, ctx.generator
+        """The attack loop on the samples ``sub`` of ``ctx`` (``None``: all) from ``x_adv``,
+        differentiating ``model`` (``ctx.model`` or its fast copy); returns their adversarial
+        images, iterations and (``final_logits``) the logits of ``ctx.model`` itself at those
+        images (``None`` for a loss-averaging ensemble)."""
+        x, gen = ctx.x, ctx.generator
         if sub is not None:
             x, x_adv, objective = x[sub], x_adv[sub], objective.subset(sub)
             if bounds is not None:
@@ -597,7 +621,7 @@ class IterativeAttack(Attack):
         logits = None
         if final_logits and not objective.loss_ensemble:
             with torch.no_grad():
-                logits = objective.forward(model, x_adv)
+                logits = objective.forward(ctx.model, x_adv)
             ctx.count_forward(where(None), 1)
         return x_adv, iterations, logits
 
@@ -617,9 +641,11 @@ class FGSM(IterativeAttack):
 
     def __init__(self, *, eps: float, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",
-                 seed: int = 0, threads: int | None = None) -> None:
+                 seed: int = 0, threads: int | None = None,
+                 fast_model: bool = True) -> None:
         super().__init__(eps=eps, alpha=eps, steps=1, norm=norm, gradient=gradient, loss=loss,
-                         seed=seed, threads=threads)
+                         seed=seed, threads=threads,
+                         fast_model=fast_model)
 
     def _extra_params(self) -> None:
         self._params.pop("alpha", None)
@@ -627,6 +653,8 @@ class FGSM(IterativeAttack):
         self._set_params(gradient=self.gradient, loss=self.loss)
         if self.threads is not None:
             self._set_params(threads=self.threads)
+        if not self.fast_model:
+            self._set_params(fast_model=False)
 
 
 class IGSM(IterativeAttack):
@@ -636,10 +664,12 @@ class IGSM(IterativeAttack):
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int | None = None,
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None, seed: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None,
+                 fast_model: bool = True) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm="inf", gradient=gradient,
                          loss=loss, early_stop=early_stop, budget=budget, seed=seed,
-                         threads=threads)
+                         threads=threads,
+                         fast_model=fast_model)
 
     def _extra_params(self) -> None:
         self._params.pop("norm", None)
@@ -648,6 +678,8 @@ class IGSM(IterativeAttack):
             self._set_params(budget=self.budget)
         if self.threads is not None:
             self._set_params(threads=self.threads)
+        if not self.fast_model:
+            self._set_params(fast_model=False)
 
 
 BIM = IGSM
@@ -665,10 +697,12 @@ class PGD(IterativeAttack):
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None,
                  accumulate_grad: bool = False, seed: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None,
+                 fast_model: bool = True) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
-                         accumulate_grad=accumulate_grad, seed=seed, threads=threads)
+                         accumulate_grad=accumulate_grad, seed=seed, threads=threads,
+                         fast_model=fast_model)
 
     def _extra_params(self) -> None:
         super()._extra_params()
@@ -684,10 +718,12 @@ class MIFGSM(IterativeAttack):
                  decay: float = 1.0, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None, seed: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None,
+                 fast_model: bool = True) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
-                         seed=seed, threads=threads)
+                         seed=seed, threads=threads,
+                         fast_model=fast_model)
 
     def _extra_params(self) -> None:
         super()._extra_params()
