@@ -197,3 +197,16 @@ def test_cli_sample_override(tmp_path, capsys):
         samples = st.snapshot()["samples"]
     assert cells and all(c["n"] == 3 and c["spec_hash"] == spec_hash(small) for c in cells)
     assert len(samples) == 3 * len(cells)
+
+
+@pytest.mark.parametrize("task, params, match", [
+    ("deepfool_finetuning", {"n_train": 10}, "out_dir"),
+    ("deepfool_finetuning", {"out_dir": "x", "n_trian": 10}, "n_trian"),
+    ("pni_smoothing", {"out_dir": "x", "root": "elsewhere"}, "root"),
+    ("smoothfool_table3", {"out_dir": "x", "sigma_g": [1.0]}, "sigma_g"),
+])
+def test_out_dir_study_tasks_take_their_functions_keywords(task, params, match):
+    with pytest.raises(SpecError, match=match):
+        parse_spec({"name": "t", "studies": [{"task": task, "params": params}]})
+    ok = {"out_dir": "x", **{k: v for k, v in params.items() if k in ("n_train",)}}
+    parse_spec({"name": "t", "studies": [{"task": task, "params": ok}]})  # accepted

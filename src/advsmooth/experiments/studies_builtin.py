@@ -11,6 +11,14 @@
 * ``smoothfool_table3`` — SmoothFool Table 3 on MNIST: trains the defences and writes the tables
   of :func:`advsmooth.studies.defenses.smoothfool_table3` into ``params.out_dir``; rows
   ``defence, setting, clean_acc, <attack>...`` (fooling rates in [0, 1]).
+* ``deepfool_finetuning`` — DeepFool Figs 6/7 and Table 3 on MNIST
+  (:func:`advsmooth.studies.training.deepfool_finetuning`); rows
+  ``run, epoch, rho_adv, test_error, rho_rel``.
+* ``pni_smoothing`` — a PNI-trained MNIST LeNet under smoothed inference
+  (:func:`advsmooth.studies.training.pni_smoothing`).
+* ``transfer_study`` — the sg transfer paper's tables and figures
+  (:func:`advsmooth.studies.transfer.run_transfer_study`; rows of
+  :func:`advsmooth.studies.transfer.study_rows`, each with a ``part`` field).
 """
 
 from __future__ import annotations
@@ -185,24 +193,85 @@ register_task("uap", _uap, check=_check_uap,
 # SmoothFool Table 3 on MNIST (defences)
 # ---------------------------------------------------------------------------------------------
 
-def _check_table3(p: dict[str, Any]) -> None:
-    from ..studies.defenses import smoothfool_table3
+def _register_out_dir_study(name: str, module: str, fn_name: str, tuple_keys: Sequence[str],
+                            description: str) -> None:
+    """Register a study function ``fn(out_dir, *, ..., seed, root, ...) -> rows`` of
+    ``advsmooth.studies.<module>`` as task ``name``: its keyword arguments (but ``root``, which is
+    the runner's ``--data-root``) are the task's parameters, ``out_dir`` is required, list
+    parameters named in ``tuple_keys`` are passed as tuples and ``seed`` defaults to 0."""
+    import importlib
 
-    allowed = [k for k in inspect.signature(smoothfool_table3).parameters if k != "root"]
-    _require(p, allowed, ("out_dir",))
+    def fn() -> Any:
+        return getattr(importlib.import_module(f"..studies.{module}", __package__), fn_name)
+
+    def check(p: dict[str, Any]) -> None:
+        allowed = [k for k in inspect.signature(fn()).parameters if k != "root"]
+        _require(p, allowed, ("out_dir",))
+
+    def run(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+        kw = dict(p)
+        kw.setdefault("seed", 0)
+        for key in tuple_keys:
+            if key in kw and kw[key] is not None:
+                kw[key] = tuple(kw[key])
+        rows = fn()(kw.pop("out_dir"), root=ctx.data_root, **kw)
+        return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()}
+                for r in rows]
+
+    register_task(name, run, check=check, description=description)
 
 
-def _table3(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
-    from ..studies.defenses import smoothfool_table3
+_register_out_dir_study("smoothfool_table3", "defenses", "smoothfool_table3",
+                        ("sigmas_g", "white_box_attacks"),
+                        "SmoothFool Table 3 on MNIST: FR of IGSM/DF/GS/SF vs seven defences")
+_register_out_dir_study("deepfool_finetuning", "training", "deepfool_finetuning",
+                        ("alphas", "include"),
+                        "DeepFool Figs 6/7, Table 3 on MNIST: rho_adv and test error over "
+                        "fine-tuning epochs on DeepFool / FGSM / clean examples")
+_register_out_dir_study("pni_smoothing", "training", "pni_smoothing", ("sigmas",),
+                        "smoothed inference on MNIST: a PNI-trained LeNet, base vs smoothed "
+                        "accuracy under PGD / EPGD for several sigma")
+
+
+# ---------------------------------------------------------------------------------------------
+# the transferability study (sg transfer paper: Tables 1–5, Figures 1 and 3–5)
+# ---------------------------------------------------------------------------------------------
+
+_TRANSFER_STUDY_KEYS = ("preset", "out_dir", "n", "seed", "parts", "budget_n", "budget_sources")
+
+
+def _check_transfer_study(p: dict[str, Any]) -> None:
+    from ..studies.transfer import DIGITS_PARTS, PRESETS
+
+    _require(p, _TRANSFER_STUDY_KEYS, ("preset", "out_dir"))
+    if p["preset"] not in PRESETS:
+        raise ValueError(f"preset must be one of {list(PRESETS)}, got {p['preset']!r}")
+    for key in ("n", "seed", "budget_n"):
+        v = p.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)
+                              or v < (0 if key == "seed" else 1)):
+            raise ValueError(f"{key} must be an integer >= {0 if key == 'seed' else 1}, "
+                             f"got {v!r}")
+    parts = p.get("parts", DIGITS_PARTS)
+    if not isinstance(parts, list | tuple) or not parts or any(q not in DIGITS_PARTS
+                                                               for q in parts):
+        raise ValueError(f"parts must be a non-empty list of {list(DIGITS_PARTS)}, got {parts!r}")
+    if "budget_sources" in p:
+        _check_models(_model_names(p["budget_sources"], "budget_sources"))
+
+
+def _transfer_study(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    from ..studies.transfer import DIGITS_PARTS, run_transfer_study, study_rows
 
     kw = dict(p)
-    kw.setdefault("seed", 0)
-    for key in ("sigmas_g", "white_box_attacks"):
-        if key in kw and kw[key] is not None:
-            kw[key] = tuple(kw[key])
-    rows = smoothfool_table3(kw.pop("out_dir"), root=ctx.data_root, **kw)
-    return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    report = run_transfer_study(
+        kw.pop("preset"), kw.pop("out_dir"), kw.pop("n", None), kw.pop("seed", 0),
+        progress=ctx.progress, parts=tuple(kw.pop("parts", DIGITS_PARTS)),
+        **({"budget_sources": tuple(kw.pop("budget_sources"))} if "budget_sources" in kw else {}),
+        **kw)
+    return study_rows(report)
 
 
-register_task("smoothfool_table3", _table3, check=_check_table3,
-              description="SmoothFool Table 3 on MNIST: FR of IGSM/DF/GS/SF vs seven defences")
+register_task("transfer_study", _transfer_study, check=_check_transfer_study,
+              description="sg transfer paper: Tables 1-5 and Figures 1, 3-5 (digits) or Tables "
+                          "2b/3 (cifar10); also writes its own tables and PNGs into out_dir")

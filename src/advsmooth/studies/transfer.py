@@ -430,6 +430,9 @@ def _cifar(out: Path, n: int | None, seed: int, w: _Writer, progress: bool, budg
     t2b = transfer_matrix(all_models, all_models, FGSM(eps=10 / 255), (x, y), **tm_kw)
     w.table("table2b_fgsm_eps10", t2b, "Table 2(b) analogue: FGSM ε=10/255 transfer "
             "among CIFAR-10 ResNets", metrics=("top1", "top5"))
+    if budget_n > x.shape[0]:
+        w.log(f"warning: budget_n={budget_n} exceeds the {x.shape[0]} images of the evaluation "
+              f"set; the equal-budget tables use all {x.shape[0]} (raise n for more)")
     gen = make_generator(seed + 1, "cpu")
     pick = torch.randperm(x.shape[0], generator=gen)[:budget_n].sort().values
     xb, yb = x[pick], y[pick]
@@ -520,6 +523,57 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
               "results": results, "summary": str(summary)}
     _write_text(out / "results.json", json.dumps(report, indent=1, default=_json_default))
     return report
+
+
+def study_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results of :func:`run_transfer_study` as flat rows for an experiment store, each
+    with a ``part`` field (filter with ``where = { part = ... }`` in a spec's tables/plots):
+
+    * every transfer table (``part`` = its key, e.g. ``"table1_igsm"``): ``source``, ``target``,
+      ``top1``, ``top5`` (%), ``white_box``, ``grad_evals`` (per image, when recorded);
+    * ``fig1``: ``source``, ``test_error``, ``params``, ``igsm_success`` (%);
+    * ``fig3a``: ``pair``, ``m``, ``cos`` (and ``baseline``);
+    * ``fig3b`` / ``fig9``: ``model``, ``fraction_true_class`` (of the decision-boundary map);
+    * ``fig4a`` / ``fig4b``: ``curve``, ``eps_255`` or ``sigma_255``, ``success`` (%);
+    * ``fig5``: ``transform``, ``strength``, ``attack``, ``rate`` (destruction rate, fraction).
+    """
+    rows: list[dict[str, Any]] = []
+    for key, t in report.get("tables", {}).items():
+        ge = t.get("grad_evals")
+        for i, src in enumerate(t["sources"]):
+            for j, tgt in enumerate(t["targets"]):
+                row = {"part": key, "source": src, "target": tgt,
+                       "top1": float(t["top1"][i][j]) * 100, "top5": float(t["top5"][i][j]) * 100,
+                       "white_box": bool(t["white_box"][i][j])}
+                if ge is not None and i < len(ge):
+                    row["grad_evals"] = float(np.mean(ge[i])) if np.ndim(ge[i]) else float(ge[i])
+                rows.append(row)
+    res = report.get("results", {})
+    for r in res.get("fig1", []):
+        rows.append({"part": "fig1", **{k: (float(v) if isinstance(v, (int, float)) else v)
+                                        for k, v in r.items()}})
+    for pair, v in res.get("fig3a", {}).items():
+        rows += [{"part": "fig3a", "pair": pair, "m": int(m), "cos": float(c),
+                  "baseline": float(v["baseline"])} for m, c in zip(v["ms"], v["cos"])]
+    for key, part in (("fig3b_decision_boundary", "fig3b"),
+                      ("fig9_decision_boundary_sign", "fig9")):
+        for model, frac in res.get(key, {}).get("fraction_true_class", {}).items():
+            rows.append({"part": part, "model": model, "fraction_true_class": float(frac)})
+    for part, xkey in (("fig4a", "eps_255"), ("fig4b", "sigma_255")):
+        f = res.get(part)
+        if f:
+            for curve, vals in f["success"].items():
+                rows += [{"part": part, "curve": curve, xkey: float(xv), "success": float(v)}
+                         for xv, v in zip(f[xkey], vals)]
+    f5 = res.get("fig5")
+    if f5:
+        for kind in ("rotation", "noise", "blur", "jpeg"):
+            if kind in f5:
+                for attack, rates in f5[kind]["rates"].items():
+                    rows += [{"part": "fig5", "transform": kind, "strength": float(st),
+                              "attack": attack, "rate": float(r)}
+                             for st, r in zip(f5[kind]["strengths"], rates)]
+    return rows
 
 
 def _json_default(o: Any) -> Any:
