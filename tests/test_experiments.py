@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared
 
 from advsmooth.cli import main
 from advsmooth.experiments import (
@@ -210,3 +211,21 @@ def test_out_dir_study_tasks_take_their_functions_keywords(task, params, match):
         parse_spec({"name": "t", "studies": [{"task": task, "params": params}]})
     ok = {"out_dir": "x", **{k: v for k, v in params.items() if k in ("n_train",)}}
     parse_spec({"name": "t", "studies": [{"task": task, "params": ok}]})  # accepted
+
+
+@needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt")
+def test_deepfool_finetuning_task_runs_into_the_store(tmp_path):
+    # a tiny version of experiments/mnist_deepfool_finetuning.toml (clean fine-tuning only)
+    from advsmooth.experiments import run_spec
+
+    spec = parse_spec({"name": "ft", "seed": 0, "studies": [{
+        "task": "deepfool_finetuning", "label": "ft",
+        "params": {"out_dir": str(tmp_path / "files"), "n_train": 20, "n_rho": 4, "n_test": 30,
+                   "epochs": 1, "max_iter": 10, "include": ["clean"]}}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        rows = store.study_rows(store.cells()[0]["cell_id"])
+    assert [r["epoch"] for r in rows] == [0, 1] and {r["run"] for r in rows} == {"clean"}
+    assert rows[0]["rho_rel"] == pytest.approx(1.0) and rows[1]["rho_adv"] > 0
+    assert 0.0 <= rows[1]["test_error"] <= 1.0
+    assert (tmp_path / "files" / "deepfool_finetuning.md").exists()
