@@ -129,7 +129,8 @@ def plot_decision_boundary(dbm: Any, *, title: str | None = None, num_classes: i
     names = list(dbm.labels)
     cols = min(len(names), 5)
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.2, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.2, 3.3 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)  # titles and axis labels of the rows apart
     cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20", num_classes)
     norm = colors.BoundaryNorm(np.arange(-0.5, num_classes + 0.5), num_classes)
     scale = 255.0

@@ -310,11 +310,15 @@ def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
             plots.plot_gradient_similarity(sims, path=p,
                                            title="digits: cos(G_A^(m), g_B), σ=40/255")
             w.figure("fig3a_gradient_similarity", p)
-        # Figure 3b / 9: decision boundaries
+        # Figure 3b / 9: decision boundaries. The unit directions of Fig. 3b span ±ε·√d in ℓ2
+        # (the ℓ2 length of a corner of the ℓ∞ ε-ball, ≈ 3× the digits models' DeepFool
+        # distances), the sign directions of Fig. 9 the ℓ∞ ball ±ε itself.
+        l2_extent = eps * math.sqrt(x[0].numel())
         for sign, key in ((False, "fig3b_decision_boundary"),
                           (True, "fig9_decision_boundary_sign")):
             dbm = decision_boundary_map(named["digits-lenet"], all_models, x[0], int(y[0]),
-                                        sigma=eps, samples=200, extent=3 * eps if not sign else eps,
+                                        sigma=eps, samples=200,
+                                        extent=eps if sign else l2_extent,
                                         resolution=61, sign=sign, seed=seed)
             results[key] = {"y": dbm.y, "cos_G_g": dbm.cos_g_h,
                             "fraction_true_class": {k: float((v == dbm.y).mean())
