@@ -390,3 +390,24 @@ def test_transfer_study_task_rejects_bad_params(params, match):
 
     with pytest.raises(SpecError, match=match):
         parse_spec({"name": "t", "studies": [{"task": "transfer_study", "params": params}]})
+
+
+def test_transfer_task_draws_from_a_seeded_sample_of_the_split(tmp_path):
+    from advsmooth.experiments import SpecError, Store, parse_spec, run_spec
+
+    def spec(**extra):
+        return parse_spec({"name": "tt", "seed": 0, "studies": [{
+            "task": "transfer", "label": "t", "params": {
+                "dataset": "digits", "sources": ["digits-fc"], "targets": ["digits-fc"],
+                "attack": "fgsm", "attack_params": {"eps": 0.1}, **extra}}]})
+
+    rows = {}
+    for key, extra in (("a", {"sample": 30, "data_seed": 1}), ("b", {"sample": 30, "data_seed": 1}),
+                       ("c", {"sample": 30, "data_seed": 2})):
+        run_spec(spec(**extra), tmp_path / key, progress=False)
+        with Store(tmp_path / key, readonly=True) as st:
+            rows[key] = st.study_rows(st.cells()[0]["cell_id"])
+    assert 20 <= rows["a"][0]["n"] <= 30  # the correctly classified part of the 30-image sample
+    assert rows["a"] == rows["b"] and rows["a"] != rows["c"]
+    with pytest.raises(SpecError, match="sample"):
+        spec(sample=0)

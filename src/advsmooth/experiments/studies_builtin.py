@@ -1,7 +1,8 @@
 """Built-in study tasks for ``[[studies]]`` cells (registered on import by ``tasks.get_task``).
 
 * ``transfer`` — a transfer matrix (sg paper Tables 1, 2, 3, 5): an attack crafted on each source
-  model, success rates on each target model, over images every model classifies correctly.
+  model, success rates on each target model, over ``n`` images every model classifies correctly
+  (drawn from a seeded random ``sample`` of the split when given, e.g. for ImageNet).
   Rows: ``source, target, top1, top5, white_box, n, grad_evals`` (rates in %).
 * ``smoothing`` — base vs smoothed-classifier accuracy, clean and under attack, optionally the
   σ × M sweep (smoothing paper Tables 1/4, Figs 1/2): the rows of
@@ -63,8 +64,8 @@ def _check_models(names: Sequence[str]) -> None:
 # transfer matrix
 # ---------------------------------------------------------------------------------------------
 
-_TRANSFER_KEYS = ("dataset", "split", "n", "sources", "targets", "attack", "attack_params",
-                  "targeted", "batch_size")
+_TRANSFER_KEYS = ("dataset", "split", "n", "sample", "data_seed", "sources", "targets", "attack",
+                  "attack_params", "targeted", "batch_size")
 
 
 def _check_transfer(p: dict[str, Any]) -> None:
@@ -74,15 +75,20 @@ def _check_transfer(p: dict[str, Any]) -> None:
     if not isinstance(p.get("attack_params", {}), dict):
         raise ValueError("attack_params must be a table of attack parameters")
     build_attack(p["attack"], dict(p.get("attack_params", {})))
-    n = p.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    for key, low in (("n", 1), ("sample", 1), ("data_seed", 0)):
+        v = p.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
 
 
 def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     from ..metrics.transfer import transfer_matrix
 
-    x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"))
+    # sample: a seeded random subset of the split is loaded (and decoded) at all, e.g. of
+    # ImageNet's 50,000 validation images; the n evaluation images are then drawn from it
+    sel = {} if p.get("sample") is None else {"sample": p["sample"],
+                                               "seed": p.get("data_seed", 0)}
+    x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"), **sel)
     srcs = [(n, ctx.load_model(n)) for n in _model_names(p["sources"], "sources")]
     tgts = [(n, ctx.load_model(n)) for n in _model_names(p["targets"], "targets")]
     atk = build_attack(p["attack"], dict(p.get("attack_params", {})))
@@ -142,12 +148,16 @@ register_task("smoothing", _smoothing, check=_check_smoothing,
 # universal perturbations
 # ---------------------------------------------------------------------------------------------
 
-_UAP_KEYS = ("dataset", "split", "n_fit", "n_eval", "fit_model", "models", "attack",
-             "attack_params")
+_UAP_KEYS = ("dataset", "split", "sample", "data_seed", "n_fit", "n_eval", "fit_model", "models",
+             "attack", "attack_params")
 
 
 def _check_uap(p: dict[str, Any]) -> None:
     _require(p, _UAP_KEYS, ("fit_model",))
+    for key, low in (("sample", 1), ("data_seed", 0)):
+        v = p.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
     _check_models(_model_names(p["fit_model"], "fit_model"))
     _check_models(_model_names(p.get("models", p["fit_model"]), "models"))
     from ..attacks import registry
@@ -166,7 +176,9 @@ def _uap(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
 
     ds, split = p.get("dataset", "digits"), p.get("split", "test")
     n_fit, n_eval = int(p.get("n_fit", 100)), p.get("n_eval")
-    x_all, _ = data.load(ds, split, root=ctx.data_root)
+    sel = {} if p.get("sample") is None else {"sample": p["sample"],
+                                               "seed": p.get("data_seed", 0)}
+    x_all, _ = data.load(ds, split, root=ctx.data_root, **sel)
     g = torch.Generator().manual_seed(ctx.seed % 2**31)
     perm = torch.randperm(x_all.shape[0], generator=g)
     x_fit = x_all[perm[:n_fit]].to(ctx.device)

@@ -547,7 +547,9 @@ def study_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         for i, src in enumerate(t["sources"]):
             for j, tgt in enumerate(t["targets"]):
                 row = {"part": key, "source": src, "target": tgt,
-                       "top1": float(t["top1"][i][j]) * 100, "top5": float(t["top5"][i][j]) * 100,
+                       # rates in % (rounded off the float noise of k/n·100, e.g. 55.000…01)
+                       "top1": round(float(t["top1"][i][j]) * 100, 9),
+                       "top5": round(float(t["top5"][i][j]) * 100, 9),
                        "white_box": bool(t["white_box"][i][j])}
                 if ge is not None and i < len(ge):
                     row["grad_evals"] = float(np.mean(ge[i])) if np.ndim(ge[i]) else float(ge[i])
