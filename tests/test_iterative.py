@@ -535,3 +535,29 @@ def test_bad_estimator_arguments_raise():
 def test_repr_readable():
     r = repr(IGSM(eps=0.1, alpha=0.01, steps=3, gradient=SmoothedGradient(0.05, 4)))
     assert r.startswith("IGSM(eps=0.1, alpha=0.01, steps=3") and "SmoothedGradient(sigma=0.05" in r
+
+
+def test_rescale_linf_sets_every_perturbation_to_eps(cnn64, batch):
+    from advsmooth.attacks import DeepFool, RescaleLinf
+
+    x, y = batch
+    inner = DeepFool(candidates=4)
+    base = inner(cnn64, x, y)
+    res = RescaleLinf(inner, 0.05)(cnn64, x, y)
+    att = ~res.skipped
+    linf = (res.x_adv - x).flatten(1).abs().amax(1)
+    assert bool((linf <= 0.05).all()) and float(linf[att].max()) == pytest.approx(0.05)
+    assert bool((res.x_adv >= 0).all() and (res.x_adv <= 1).all())
+    # the direction is the inner attack's (before the box clamp): same sign pattern
+    r0, r1 = base.x_adv - x, res.x_adv - x
+    moved = (r1 != 0) & att.view(-1, 1, 1, 1)
+    assert bool((torch.sign(r0[moved]) == torch.sign(r1[moved])).all())
+    # success is re-judged at the rescaled images; costs include the inner attack's
+    with torch.no_grad():
+        assert torch.equal(res.adv_pred, cnn64(res.x_adv).argmax(1))
+    assert bool((res.grad_evals >= base.grad_evals).all())
+    assert "RescaleLinf(attack=DeepFool(" in repr(RescaleLinf(inner, 0.05))
+    with pytest.raises(ValueError, match="eps"):
+        RescaleLinf(inner, -1.0)
+    with pytest.raises(TypeError, match="Attack"):
+        RescaleLinf("deepfool", 0.1)

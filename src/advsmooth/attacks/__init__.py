@@ -34,6 +34,10 @@ from .nattack import NAttack  # noqa: E402
 
 __all__ += ["NAttack"]
 
+from .rescale import RescaleLinf  # noqa: E402
+
+__all__ += ["RescaleLinf"]
+
 from .smoothing_gradients import ExpectationGradient, SmoothAdvGradient  # noqa: E402
 
 __all__ += ["ExpectationGradient", "SmoothAdvGradient"]

@@ -2,7 +2,8 @@
 
 * ``transfer`` — a transfer matrix (sg paper Tables 1, 2, 3, 5): an attack crafted on each source
   model, success rates on each target model, over ``n`` images every model classifies correctly
-  (drawn from a seeded random ``sample`` of the split when given, e.g. for ImageNet).
+  (drawn from a seeded random ``sample`` of the split when given, e.g. for ImageNet); with
+  ``rescale_linf`` every perturbation is rescaled to that ℓ∞ norm first (SmoothFool Table 4).
   Rows: ``source, target, top1, top5, white_box, n, grad_evals`` (rates in %).
 * ``smoothing`` — base vs smoothed-classifier accuracy, clean and under attack, optionally the
   σ × M sweep (smoothing paper Tables 1/4, Figs 1/2): the rows of
@@ -65,7 +66,7 @@ def _check_models(names: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _TRANSFER_KEYS = ("dataset", "split", "n", "sample", "data_seed", "sources", "targets", "attack",
-                  "attack_params", "targeted", "batch_size")
+                  "attack_params", "targeted", "batch_size", "rescale_linf")
 
 
 def _check_transfer(p: dict[str, Any]) -> None:
@@ -79,6 +80,9 @@ def _check_transfer(p: dict[str, Any]) -> None:
         v = p.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    r = p.get("rescale_linf")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or r <= 0):
+        raise ValueError(f"rescale_linf must be a number > 0 (pixel units), got {r!r}")
 
 
 def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
@@ -92,6 +96,10 @@ def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     srcs = [(n, ctx.load_model(n)) for n in _model_names(p["sources"], "sources")]
     tgts = [(n, ctx.load_model(n)) for n in _model_names(p["targets"], "targets")]
     atk = build_attack(p["attack"], dict(p.get("attack_params", {})))
+    if p.get("rescale_linf") is not None:  # SmoothFool Table 4: equal ℓ∞ for every method
+        from ..attacks import RescaleLinf
+
+        atk = RescaleLinf(atk, float(p["rescale_linf"]))
     tm = transfer_matrix(srcs, tgts, atk, (x, y), targeted=bool(p.get("targeted", False)),
                          n=p.get("n"), seed=ctx.seed % 2**31, target_seed=ctx.seed % 2**31,
                          batch_size=int(p.get("batch_size", 256)), progress=ctx.progress)
