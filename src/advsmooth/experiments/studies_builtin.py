@@ -106,8 +106,9 @@ def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     rows = []
     for i, s in enumerate(tm.sources):
         for j, t in enumerate(tm.targets):
-            rows.append({"source": s, "target": t, "top1": 100.0 * float(tm.top1[i, j]),
-                         "top5": 100.0 * float(tm.top5[i, j]),
+            # rates in % (rounded off the float noise of k/n·100, e.g. 58.000…01)
+            rows.append({"source": s, "target": t, "top1": round(100.0 * float(tm.top1[i, j]), 9),
+                         "top5": round(100.0 * float(tm.top5[i, j]), 9),
                          "white_box": bool(tm.white_box[i, j]), "n": int(tm.n),
                          "grad_evals": float(tm.grad_evals[i])})
     return rows
