@@ -40,10 +40,12 @@ sample = 8
 name = "digits-lenet"
 [[attacks]]
 name = "pgd"
-params = { eps = 0.1, alpha = 0.02, steps = 6, random_start = true }
+params = { eps = 0.1, alpha = 0.02, steps = 100, random_start = true }
 grid = { norm = ["inf", 2] }
 """
 TOTAL = 16  # 2 cells × 8 batches of 1
+# (100 PGD steps make a batch take ~0.1 s, longer than the random 0-50 ms landing window below,
+# so a kill aimed inside a batch cannot land after the last one on a fast machine)
 KILLS = 3
 
 
