@@ -541,17 +541,15 @@ class IterativeAttack(Attack):
         parts = [(sub, g) for sub, g in parts if sub.numel()]
         outs = in_threads(lambda p: self._loop(ctx, grad_model, objective, x_adv, bounds, p[0],
                                                p[1], final_logits=True), parts, prep.workers)
+        # the final logits are None for a loss-averaging ensemble (in every thread alike)
         x_new = torch.empty_like(x_adv)
         iterations = torch.empty(n, dtype=torch.long, device=x.device)
-        logits: Tensor | None = None
+        z0 = outs[0][2]
+        logits = None if z0 is None else z0.new_empty((n, *z0.shape[1:]))
         for (sub, _), (xa, it, z) in zip(parts, outs, strict=True):
             x_new[sub], iterations[sub] = xa, it
-            if z is not None:
-                if logits is None:
-                    logits = z.new_empty((n, *z.shape[1:]))
+            if logits is not None:
                 logits[sub] = z
-        if any(z is None for _, _, z in outs):
-            logits = None
         return AttackOutput(x_adv=x_new, iterations=iterations, info=info, adv_logits=logits)
 
     def _loop(self, ctx: AttackContext, model: nn.Module, objective: AttackObjective,

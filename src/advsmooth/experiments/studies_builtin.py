@@ -45,6 +45,23 @@ def _require(params: dict[str, Any], allowed: Sequence[str], required: Sequence[
         raise ValueError(f"missing parameter(s) {missing}")
 
 
+def _check_ints(p: dict[str, Any], bounds: Sequence[tuple[str, int]]) -> None:
+    """``ValueError`` unless every parameter named in ``bounds`` that is given is an integer of
+    at least its bound."""
+    for key, low in bounds:
+        v = p.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+
+
+def _selection(p: dict[str, Any]) -> dict[str, Any]:
+    """``data.load`` keywords for a task's ``sample`` / ``data_seed`` parameters: a seeded random
+    subset of the split is loaded (and decoded) at all, e.g. of ImageNet's 50,000 validation
+    images."""
+    return {} if p.get("sample") is None else {"sample": p["sample"],
+                                               "seed": p.get("data_seed", 0)}
+
+
 def _model_names(v: Any, key: str) -> list[str]:
     if isinstance(v, str):
         return [v]
@@ -76,10 +93,7 @@ def _check_transfer(p: dict[str, Any]) -> None:
     if not isinstance(p.get("attack_params", {}), dict):
         raise ValueError("attack_params must be a table of attack parameters")
     build_attack(p["attack"], dict(p.get("attack_params", {})))
-    for key, low in (("n", 1), ("sample", 1), ("data_seed", 0)):
-        v = p.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    _check_ints(p, (("n", 1), ("sample", 1), ("data_seed", 0)))
     r = p.get("rescale_linf")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or r <= 0):
         raise ValueError(f"rescale_linf must be a number > 0 (pixel units), got {r!r}")
@@ -88,11 +102,8 @@ def _check_transfer(p: dict[str, Any]) -> None:
 def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     from ..metrics.transfer import transfer_matrix
 
-    # sample: a seeded random subset of the split is loaded (and decoded) at all, e.g. of
-    # ImageNet's 50,000 validation images; the n evaluation images are then drawn from it
-    sel = {} if p.get("sample") is None else {"sample": p["sample"],
-                                               "seed": p.get("data_seed", 0)}
-    x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"), **sel)
+    # the n evaluation images are drawn from the (sampled) split
+    x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"), **_selection(p))
     srcs = [(n, ctx.load_model(n)) for n in _model_names(p["sources"], "sources")]
     tgts = [(n, ctx.load_model(n)) for n in _model_names(p["targets"], "targets")]
     atk = build_attack(p["attack"], dict(p.get("attack_params", {})))
@@ -163,10 +174,7 @@ _UAP_KEYS = ("dataset", "split", "sample", "data_seed", "n_fit", "n_eval", "fit_
 
 def _check_uap(p: dict[str, Any]) -> None:
     _require(p, _UAP_KEYS, ("fit_model",))
-    for key, low in (("sample", 1), ("data_seed", 0)):
-        v = p.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    _check_ints(p, (("sample", 1), ("data_seed", 0)))
     _check_models(_model_names(p["fit_model"], "fit_model"))
     _check_models(_model_names(p.get("models", p["fit_model"]), "models"))
     from ..attacks import registry
@@ -185,9 +193,7 @@ def _uap(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
 
     ds, split = p.get("dataset", "digits"), p.get("split", "test")
     n_fit, n_eval = int(p.get("n_fit", 100)), p.get("n_eval")
-    sel = {} if p.get("sample") is None else {"sample": p["sample"],
-                                               "seed": p.get("data_seed", 0)}
-    x_all, _ = data.load(ds, split, root=ctx.data_root, **sel)
+    x_all, _ = data.load(ds, split, root=ctx.data_root, **_selection(p))
     g = torch.Generator().manual_seed(ctx.seed % 2**31)
     perm = torch.randperm(x_all.shape[0], generator=g)
     x_fit = x_all[perm[:n_fit]].to(ctx.device)
@@ -267,12 +273,7 @@ def _check_transfer_study(p: dict[str, Any]) -> None:
     _require(p, _TRANSFER_STUDY_KEYS, ("preset", "out_dir"))
     if p["preset"] not in PRESETS:
         raise ValueError(f"preset must be one of {list(PRESETS)}, got {p['preset']!r}")
-    for key in ("n", "seed", "budget_n"):
-        v = p.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)
-                              or v < (0 if key == "seed" else 1)):
-            raise ValueError(f"{key} must be an integer >= {0 if key == 'seed' else 1}, "
-                             f"got {v!r}")
+    _check_ints(p, (("n", 1), ("seed", 0), ("budget_n", 1)))
     parts = p.get("parts", DIGITS_PARTS)
     if not isinstance(parts, list | tuple) or not parts or any(q not in DIGITS_PARTS
                                                                for q in parts):
