@@ -119,7 +119,7 @@ def test_deepfool_finetuning_set_computed_once_from_start_model(tmp_path):
     x, y = _toy(32)
     start = TinyCNN()
     ref_model = TinyCNN()
-    r = DeepFool(norm=2, overshoot=0.02, max_iter=10)(ref_model, x, y).perturbation
+    r = DeepFool(norm=2, overshoot=0.02, max_iter=10, clip=True)(ref_model, x, y).perturbation
     model = D.finetune(start, (x, y), method="deepfool_ft", alpha=2.0, max_iter=10,
                        base_lr=0.02, epochs=2, batch_size=16, out_dir=tmp_path,
                        show_progress=False)
@@ -181,3 +181,50 @@ def test_registered_and_repr():
         assert name in D.METHODS
     m = D.get_method("noise_adv", q=0.25)
     assert "q=0.25" in repr(m) and m.config()["q"] == 0.25
+
+
+def test_magnified_example_picks_a_one_and_alpha_one_is_the_deepfool_point(tmp_path):
+    # DeepFool paper Fig. 8: x + α·r̂ for α = 1 is DeepFool's adversarial image
+    pytest.importorskip("matplotlib")
+    from advsmooth import data, models
+    from advsmooth.attacks import DeepFool
+    from advsmooth.studies.training import _magnified_example
+
+    x, y = data.load("digits", split="test")
+    x, y = x[:60], y[:60]
+    model = models.load("digits-lenet", verbose=False)
+    df = DeepFool(norm=2, overshoot=0.02, max_iter=50, clip=True)
+    out = _magnified_example(model, df, x, y, (1.0, 2.0), tmp_path / "f8.png")
+    i = out["index"]
+    assert out["label"] == int(y[i]) == 1
+    res = df(model, x[i:i + 1], y[i:i + 1])
+    assert out["preds"][0] == int(model(x[i:i + 1]).argmax(1))
+    assert out["preds"][1] == int(res.adv_pred[0]) != 1
+    ones = (y == 1).nonzero().flatten().tolist()
+    to_seven = [k for k in ones if int(df(model, x[k:k + 1], y[k:k + 1]).adv_pred[0]) == 7]
+    assert i == (to_seven[0] if to_seven else ones[0])
+    assert (tmp_path / "f8.png").stat().st_size > 0
+
+
+def test_deepfool_ft_alpha_one_set_fools_the_start_model():
+    # the α = 1 set clamp(x + r̂) must be adversarial: DeepFool runs with clip=True (unclipped
+    # DeepFool leaves [0, 1] on saturated pixels and the clamp undoes the attack)
+    from advsmooth import data, models
+
+    x, y = data.load("digits", split="test")
+    x, y = x[:80], y[:80]
+    model = models.load("digits-lenet", verbose=False)
+    method = D.get_method("deepfool_ft", alpha=1.0, max_iter=50)
+    assert method.config()["clip"] is True
+    xs = torch.cat([method.perturb(model, x[i:i + 40], y[i:i + 40]).clamp(0, 1)
+                    for i in (0, 40)])
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+        fooled = model(xs).argmax(1) != y
+    assert float(fooled[ok].double().mean()) > 0.95
+    unclipped = D.get_method("deepfool_ft", alpha=1.0, max_iter=50, clip=False)
+    xu = unclipped.perturb(model, x, y).clamp(0, 1)
+    with torch.no_grad():
+        assert float((model(xu).argmax(1) != y)[ok].double().mean()) < 0.5
+    with pytest.raises(ValueError, match="clip"):
+        D.get_method("deepfool_ft", clip=1)
