@@ -229,3 +229,98 @@ def test_deepfool_finetuning_task_runs_into_the_store(tmp_path):
     assert rows[0]["rho_rel"] == pytest.approx(1.0) and rows[1]["rho_adv"] > 0
     assert 0.0 <= rows[1]["test_error"] <= 1.0
     assert (tmp_path / "files" / "deepfool_finetuning.md").exists()
+
+
+@needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt")
+def test_deepfool_finetuning_fig9_measures_fgsm_robustness(tmp_path):
+    # DeepFool Fig. 9 analogue: FGSM fine-tuning, robustness measured by DeepFool and by FGSM
+    from advsmooth import data, metrics, models
+    from advsmooth.experiments import run_spec
+
+    spec = parse_spec({"name": "f9", "seed": 0, "studies": [{
+        "task": "deepfool_finetuning", "label": "f9",
+        "params": {"out_dir": str(tmp_path / "files"), "n_train": 40, "n_rho": 20, "n_test": 30,
+                   "epochs": 1, "max_iter": 10, "include": ["fgsm"], "lr_factor": 0.1,
+                   "measure_fgsm": True, "example_alphas": [1, 3]}}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        rows = store.study_rows(store.cells()[0]["cell_id"])
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["run"].startswith("FGSM")
+    # epoch 0 is the starting model: its rho_FGSM is metrics.fgsm_rho on the same images
+    x, y = data.load("mnist", "test", None, sample=20, seed=1)
+    ref = metrics.fgsm_rho(models.load("mnist-lenet", verbose=False), x, y)["rho"]
+    assert rows[0]["rho_fgsm"] == pytest.approx(ref, rel=1e-6)
+    assert rows[0]["rho_fgsm_rel"] == pytest.approx(1.0)
+    assert rows[1]["rho_fgsm_rel"] == pytest.approx(rows[1]["rho_fgsm"] / ref, rel=1e-6)
+    for f in ("fig8_magnified_example.png", "fig9_rho_deepfool_vs_fgsm.png"):
+        assert (tmp_path / "files" / f).stat().st_size > 0
+
+
+def test_transfer_task_ensemble_source_is_the_mean_logit_ensemble(tmp_path):
+    # sg paper Tables 4/6/7: a source "a+b" is the ensemble of a and b; members are white-box
+    import torch
+
+    from advsmooth import data, models
+    from advsmooth.experiments import run_spec
+    from advsmooth.experiments.tasks import batch_seed, build_attack
+    from advsmooth.metrics import transfer_matrix
+    from advsmooth.models import Ensemble
+
+    names = ["digits-lenet", "digits-fc", "digits-resnet20"]
+    params = {"dataset": "digits", "sample": 40, "data_seed": 3, "n": 30,
+              "sources": ["digits-lenet+digits-fc"], "targets": names, "attack": "igsm",
+              "attack_params": {"eps": 0.2, "alpha": 0.05, "steps": 3}, "targeted": True}
+    spec = parse_spec({"name": "ens", "seed": 0, "studies": [{
+        "task": "transfer", "label": "e", "params": params}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        cell = store.cells()[0]
+        rows = store.study_rows(cell["cell_id"])
+    seed = batch_seed(cell["seed"], cell["cell_id"], 0)  # the study's ctx.seed
+    assert [r["target"] for r in rows] == names
+    assert [r["white_box"] for r in rows] == [True, True, False]
+    # the same matrix computed directly with models.Ensemble
+    ms = {n: models.load(n, verbose=False).eval() for n in names}
+    x, y = data.load("digits", "test", sample=40, seed=3)
+    tm = transfer_matrix([("e", Ensemble([ms["digits-lenet"], ms["digits-fc"]]))],
+                         list(ms.items()), build_attack("igsm", params["attack_params"]),
+                         (x, y), targeted=True, n=30, seed=seed % 2**31,
+                         target_seed=seed % 2**31)
+    assert [r["top1"] for r in rows] == pytest.approx((100 * tm.top1[0]).tolist())
+    assert torch.is_tensor(x) and rows[0]["n"] == tm.n
+    for bad in ("digits-lenet+", "digits-lenet+digits-lenet", "digits-lenet+nope"):
+        with pytest.raises(SpecError):
+            parse_spec({"name": "ens", "studies": [{"task": "transfer", "params": {
+                **params, "sources": [bad]}}]})
+
+
+def test_deepfool_finetuning_runs_on_the_embedded_digits(tmp_path):
+    # the digits version of DeepFool Figs 6-9 needs no ../shared: digits-lenet on digits
+    from advsmooth import data, metrics, models
+    from advsmooth.experiments import run_spec
+
+    spec = parse_spec({"name": "dft", "seed": 0, "studies": [{
+        "task": "deepfool_finetuning", "label": "ft",
+        "params": {"out_dir": str(tmp_path / "files"), "model": "digits-lenet",
+                   "dataset": "digits", "n_train": 60, "n_rho": 12, "n_test": 40, "epochs": 1,
+                   "max_iter": 10, "alphas": [2], "include": ["deepfool", "clean"],
+                   "measure_fgsm": True, "example_alphas": [1, 2]}}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        rows = store.study_rows(store.cells()[0]["cell_id"])
+    assert [(r["run"], r["epoch"]) for r in rows] == [("DeepFool α=2", 0), ("DeepFool α=2", 1),
+                                                      ("clean", 0), ("clean", 1)]
+    x, y = data.load("digits", "test", None, sample=12, seed=1)
+    ref = metrics.fgsm_rho(models.load("digits-lenet", verbose=False), x, y)["rho"]
+    assert rows[0]["rho_fgsm"] == pytest.approx(ref, rel=1e-6) == rows[2]["rho_fgsm"]
+    # the α = 2 run trained on the DeepFool set of the starting model (its cache is the method's)
+    import torch
+
+    prepared = torch.load(tmp_path / "files" / "runs" / "deepfool_ft" / "α2"
+                          / "prepared_deepfool_ft.pt", weights_only=True)
+    assert prepared["config"]["clip"] is True and prepared["x"].shape[0] == 60
+    assert (tmp_path / "files" / "fig8_magnified_example.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="dataset"):
+        from advsmooth.studies.training import deepfool_finetuning
+
+        deepfool_finetuning(tmp_path / "bad", dataset="cifar10")

@@ -109,3 +109,63 @@ def test_html_renders_in_headless_chromium(run_dir, tmp_path):
     assert 'data-figures-loaded="yes"' in tag, tag
     assert 'data-figure-count="5"' in tag and 'data-tables="8"' in tag
     assert "Summary per attack cell" in res.stdout and "Provenance of every cell" in res.stdout
+
+
+def _drawing_study(params, ctx):
+    """A study that draws its own figure into its out_dir (like the transfer study)."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(params["out_dir"])
+    (out / "sub").mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [params["k"], 0])
+    fig.savefig(out / "sub" / "drawn.png")
+    plt.close(fig)
+    return [{"k": params["k"]}]
+
+
+def test_image_plot_embeds_a_study_figure(tmp_path, monkeypatch, capsys):
+    import base64
+
+    from advsmooth.experiments import SpecError
+
+    register_task("test-draw", _drawing_study, replace=True)
+    monkeypatch.chdir(tmp_path)
+    spec = {"name": "img", "seed": 0,
+            "studies": [{"task": "test-draw", "label": "draw",
+                         "params": {"out_dir": "files", "k": 3}}],
+            "report": {"plots": [{"kind": "image", "source": "draw", "file": "sub/drawn.png",
+                                  "title": "drawn by the study"},
+                                 {"kind": "image", "source": "draw", "file": "missing.png"}]}}
+    run_spec(parse_spec(spec), tmp_path / "run", progress=False)
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert "'missing.png' of study 'draw' not found" in capsys.readouterr().err
+    drawn = (tmp_path / "files" / "sub" / "drawn.png").read_bytes()
+    page = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert page.count("<img ") == 1
+    assert base64.b64encode(drawn).decode("ascii") in page and "drawn by the study" in page
+    assert (tmp_path / "run" / "report" / "figures" / "draw_drawn.png").read_bytes() == drawn
+    # found from another working directory too (relative to the run directory's parent)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report" / "report.html").read_text().count("<img ") == 1
+    # validation: the file must stay inside out_dir, needs a source whose study has an out_dir
+    bad = [({"kind": "image", "source": "draw", "file": "../x.png"}, "out_dir"),
+           ({"kind": "image", "file": "x.png"}, "source"),
+           ({"kind": "image", "source": "draw", "file": "x.jpg"}, "file"),
+           ({"kind": "curve", "x": "k", "y": "k", "source": "draw", "file": "x.png"}, "image")]
+    for plot, needle in bad:
+        with pytest.raises(SpecError) as exc:
+            parse_spec({**spec, "report": {"plots": [plot]}})
+        assert needle in str(exc.value)
+    no_dir = {**spec, "studies": [{"task": "test-draw", "label": "draw", "params": {"k": 1}}],
+              "report": {"plots": [{"kind": "image", "source": "draw", "file": "x.png"}]}}
+    with pytest.raises(SpecError, match="out_dir"):
+        parse_spec(no_dir)

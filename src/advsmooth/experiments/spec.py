@@ -272,10 +272,13 @@ class PlotSpec(_Strict):
       grid parameter and y a metric, e.g. fooling rate vs σg; studies: columns of the study rows);
     * ``heatmap``: a matrix ``rows`` × ``columns`` of ``value`` (transfer matrices);
     * ``perturbation_grid``: clean image, perturbation and adversarial image for a few samples of
-      every attack cell (needs ``save_adversarial = true``).
+      every attack cell (needs ``save_adversarial = true``);
+    * ``image``: a PNG that the study labelled ``source`` wrote into its ``out_dir`` parameter
+      (``file``, a relative path inside it), embedded as it is — for the studies that draw their own
+      figures (decision-boundary maps, saliency maps, example images).
     """
 
-    kind: Literal["curve", "heatmap", "perturbation_grid"]
+    kind: Literal["curve", "heatmap", "perturbation_grid", "image"]
     name: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     title: StrictStr | None = None
     source: StrictStr | None = None
@@ -290,6 +293,8 @@ class PlotSpec(_Strict):
     ylabel: StrictStr | None = None
     logx: StrictBool = False
     samples: Annotated[StrictInt, Field(ge=1, le=20)] = 4
+    file: StrictStr | None = Field(default=None,
+                                   pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.png$")
     where: dict[str, Scalar] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -298,6 +303,14 @@ class PlotSpec(_Strict):
             raise ValueError("a curve needs x and y")
         if self.kind == "heatmap" and None in (self.rows, self.columns, self.value):
             raise ValueError("a heatmap needs rows, columns and value")
+        if self.kind == "image":
+            if self.file is None or self.source is None:
+                raise ValueError("an image needs file (a .png path inside the study's out_dir) "
+                                 "and source (the study label)")
+            if ".." in self.file.split("/"):
+                raise ValueError(f"file must stay inside the study's out_dir, got {self.file!r}")
+        elif self.file is not None:
+            raise ValueError("file is only for kind = 'image'")
         return self
 
 
@@ -565,6 +578,14 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
             if p.source not in study_keys:
                 errors.append((f"{where}.source", f"expected a study label of this spec "
                                f"{study_keys} (or no source for attack cells) (got {p.source!r})"))
+            elif p.kind == "image":
+                study = spec.studies[study_keys.index(p.source)]
+                if "out_dir" not in study.params and "out_dir" not in study.grid:
+                    errors.append((f"{where}.source", f"an image needs a study with an out_dir "
+                                   f"parameter; study {p.source!r} has none"))
+            elif p.kind == "perturbation_grid":
+                errors.append((f"{where}.kind", "a perturbation_grid shows attack cells; "
+                               "remove source"))
             continue
         if not spec.attacks:
             errors.append((f"{where}.source", "plots of attack cells need [[attacks]]; set "

@@ -86,9 +86,17 @@ _TRANSFER_KEYS = ("dataset", "split", "n", "sample", "data_seed", "sources", "ta
                   "attack_params", "targeted", "batch_size", "rescale_linf")
 
 
+def _members_of(name: str) -> list[str]:
+    """``"a+b+c"`` (an ensemble source: mean logits of the members) → ``["a", "b", "c"]``."""
+    parts = name.split("+")
+    if any(not q for q in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"an ensemble source joins distinct model names with '+', got {name!r}")
+    return parts
+
+
 def _check_transfer(p: dict[str, Any]) -> None:
     _require(p, _TRANSFER_KEYS, ("sources", "targets", "attack"))
-    _check_models(_model_names(p["sources"], "sources"))
+    _check_models([m for n in _model_names(p["sources"], "sources") for m in _members_of(n)])
     _check_models(_model_names(p["targets"], "targets"))
     if not isinstance(p.get("attack_params", {}), dict):
         raise ValueError("attack_params must be a table of attack parameters")
@@ -99,12 +107,23 @@ def _check_transfer(p: dict[str, Any]) -> None:
         raise ValueError(f"rescale_linf must be a number > 0 (pixel units), got {r!r}")
 
 
+def _source_model(ctx: StudyContext, name: str) -> Any:
+    """A source by name; ``"a+b"`` is the ensemble (mean logits) of the models ``a`` and ``b``,
+    built from the same model objects as the targets, so that members count as white-box."""
+    names = _members_of(name)
+    if len(names) == 1:
+        return ctx.load_model(name)
+    from ..models import Ensemble
+
+    return Ensemble([ctx.load_model(n) for n in names], names=names).eval()
+
+
 def _transfer(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     from ..metrics.transfer import transfer_matrix
 
     # the n evaluation images are drawn from the (sampled) split
     x, y = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"), **_selection(p))
-    srcs = [(n, ctx.load_model(n)) for n in _model_names(p["sources"], "sources")]
+    srcs = [(n, _source_model(ctx, n)) for n in _model_names(p["sources"], "sources")]
     tgts = [(n, ctx.load_model(n)) for n in _model_names(p["targets"], "targets")]
     atk = build_attack(p["attack"], dict(p.get("attack_params", {})))
     if p.get("rescale_linf") is not None:  # SmoothFool Table 4: equal ℓ∞ for every method

@@ -17,6 +17,8 @@ import base64
 import html
 import json
 import os
+import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,6 +90,29 @@ def _series_rows(rows: Sequence[Mapping[str, Any]], x: str, y: str,
         xs.append(r[x])
         ys.append(r[y])
     return series
+
+
+def _study_image(out_dir: Path, cells: Sequence[Mapping[str, Any]], source: str,
+                 file: str) -> Path | None:
+    """The PNG ``file`` inside the ``out_dir`` parameter of the study cells labelled ``source``.
+
+    A relative ``out_dir`` is looked up from the working directory (where ``advsmooth run``
+    resolved it), then from the run directory and its parent; a missing file is reported on
+    stderr and the figure left out (the tables still render)."""
+    for c in cells:
+        if c["kind"] != "study" or c.get("config", {}).get("study") != source:
+            continue
+        od = (c.get("params") or {}).get("out_dir")
+        if not isinstance(od, str):
+            continue
+        bases = [Path(od)] if Path(od).is_absolute() else [
+            Path.cwd() / od, out_dir / od, out_dir.parent / od]
+        for b in bases:
+            if (b / file).is_file():
+                return b / file
+        print(f"advsmooth report: image {file!r} of study {source!r} not found under "
+              f"{', '.join(str(b) for b in bases)}; left out", file=sys.stderr)
+    return None
 
 
 def _load_artefacts(out_dir: Path, cell_id: str, k: int) -> dict[str, np.ndarray] | None:
@@ -205,6 +230,23 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                     xlabel=p.get("xlabel") or cols_f, ylabel=p.get("ylabel") or rows_f,
                     value_label=_axis_label(val_f), title=title)
                 figures.append(Figure(name, title, files))
+        elif kind == "image":
+            found = _study_image(out_dir, all_cells, source, p["file"])
+            if found is None:
+                continue
+            name = unique(p.get("name") or "".join(
+                ch if ch.isalnum() or ch in "._-" else "_"
+                for ch in f"{source}_{Path(p['file']).stem}"))
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            dest = fig_dir / f"{name}.png"
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(found, tmp)
+            files = [dest]
+            if found.with_suffix(".svg").is_file():
+                files.append(fig_dir / f"{name}.svg")
+                with atomic_path(files[-1]) as tmp:
+                    shutil.copyfile(found.with_suffix(".svg"), tmp)
+            figures.append(Figure(name, p.get("title") or f"{source}: {p['file']}", files))
         elif kind == "perturbation_grid":
             from .figures import perturbation_grid
 
