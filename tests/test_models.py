@@ -209,6 +209,33 @@ def test_adapters_need_extra(prefix, extra):
         models.load(f"{prefix}:resnet18")
 
 
+def test_torchvision_inception_and_googlenet_get_transform_input(monkeypatch):
+    # torchvision's pretrained Inception-V3 / GoogLeNet expect transform_input=True (it sets it
+    # itself when it loads the weights); the adapter builds with weights=None, so it must pass it
+    import types
+
+    from advsmooth.models import registry
+
+    calls = []
+
+    def get_model(name, weights=None, **kw):
+        calls.append((name, kw))
+        raise ValueError("stop here")  # enough: the adapter reports an unknown model
+
+    fake = types.SimpleNamespace(models=types.SimpleNamespace(get_model=get_model))
+    monkeypatch.setattr(registry, "optional_import", lambda name: fake)
+    for name in ("inception_v3", "googlenet", "resnet18"):
+        with pytest.raises(ValueError, match="stop here"):
+            registry._torchvision_model(name, pretrained=True, checkpoint=None,
+                                        allow_download=False)
+    with pytest.raises(ValueError):
+        registry._torchvision_model("inception_v3", pretrained=False, checkpoint=None,
+                                    allow_download=False)
+    assert calls == [("inception_v3", {"transform_input": True}),
+                     ("googlenet", {"transform_input": True}), ("resnet18", {}),
+                     ("inception_v3", {})]
+
+
 _SHARED_CASES = [
     ("mnist-lenet", "mnist", 98.89),
     ("mnist-lenet-pgd", "mnist", 98.64),

@@ -242,11 +242,19 @@ def _load_digits(s: ModelSpec, *, retrain: bool, verbose: bool) -> tuple[nn.Modu
 # adapters
 # ----------------------------------------------------------------------------------------------
 
+_TV_TRANSFORM_INPUT = ("inception_v3", "googlenet")
+
+
 def _torchvision_model(name: str, *, pretrained: bool, checkpoint: Any,
                        allow_download: bool) -> nn.Module:
     tv = optional_import("torchvision")
+    # torchvision builds these two with transform_input=True when it loads their pretrained
+    # weights (ported from TensorFlow: they expect inputs in [-1, 1] and re-map ImageNet-normalised
+    # ones); weights=None would leave it off and feed them the wrong input scale
+    kw = {"transform_input": True} if (pretrained and checkpoint is None
+                                        and name in _TV_TRANSFORM_INPUT) else {}
     try:
-        net = tv.models.get_model(name, weights=None)
+        net = tv.models.get_model(name, weights=None, **kw)
     except ValueError as exc:
         raise ValueError(f"unknown torchvision model {name!r}: {exc}") from None
     if checkpoint is not None:
