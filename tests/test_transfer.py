@@ -381,7 +381,7 @@ def test_study_rows_flatten_every_part():
     ({"out_dir": "x"}, "preset"),
     ({"preset": "imagenet", "out_dir": "x"}, "preset"),
     ({"preset": "digits", "out_dir": "x", "n": 0}, "n must be"),
-    ({"preset": "digits", "out_dir": "x", "parts": ["fig7"]}, "parts"),
+    ({"preset": "digits", "out_dir": "x", "parts": ["fig8"]}, "parts"),
     ({"preset": "digits", "out_dir": "x", "budget_sources": ["nope-model"]}, "nope-model"),
     ({"preset": "digits", "out_dir": "x", "epochs": 3}, "epochs"),
 ])

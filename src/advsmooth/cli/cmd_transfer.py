@@ -10,6 +10,10 @@ import argparse
 import json
 from typing import Any
 
+#: ``advsmooth.studies.transfer.DIGITS_PARTS`` joined (kept literal: building the parser must not
+#: import torch; tests/test_transfer_study_figs.py checks they agree)
+DEFAULT_PARTS = "tables,fig3,fig4,fig5,fig6,fig7"
+
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -30,8 +34,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="cifar10: comma-separated source models of the equal-budget table "
                         "(default: cifar10-resnet20)")
     p.add_argument("--models-dir", default=None, help="folder of the pretrained checkpoints")
-    p.add_argument("--parts", default="tables,fig3,fig4,fig5",
-                   help="digits: comma-separated sections to run (tables, fig3, fig4, fig5)")
+    p.add_argument("--parts", default=DEFAULT_PARTS,
+                   help=f"digits: comma-separated sections to run (default: {DEFAULT_PARTS})")
     p.add_argument("--seed", type=int, default=0, help="seed (subset, noise, targets)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_main)

@@ -283,7 +283,8 @@ _register_out_dir_study("pni_smoothing", "training", "pni_smoothing", ("sigmas",
 # the transferability study (sg transfer paper: Tables 1–5, Figures 1 and 3–5)
 # ---------------------------------------------------------------------------------------------
 
-_TRANSFER_STUDY_KEYS = ("preset", "out_dir", "n", "seed", "parts", "budget_n", "budget_sources")
+_TRANSFER_STUDY_KEYS = ("preset", "out_dir", "n", "seed", "parts", "budget_n", "budget_sources",
+                        "fig6_ms", "fig7_alphas", "fig7_steps", "fig7_n")
 
 
 def _check_transfer_study(p: dict[str, Any]) -> None:
@@ -305,6 +306,9 @@ def _transfer_study(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]
     from ..studies.transfer import DIGITS_PARTS, run_transfer_study, study_rows
 
     kw = dict(p)
+    for key in ("fig6_ms", "fig7_alphas", "fig7_steps"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
     report = run_transfer_study(
         kw.pop("preset"), kw.pop("out_dir"), kw.pop("n", None), kw.pop("seed", 0),
         progress=ctx.progress, parts=tuple(kw.pop("parts", DIGITS_PARTS)),

@@ -1,5 +1,5 @@
 """Transferability study (seed 001, "Exploring and Enhancing the Transferability of Adversarial
-Examples"): analogues of its Tables 1–5 and Figures 1, 3–5 (ALGORITHMS.md §18.2).
+Examples"): analogues of its Tables 1–5 and Figures 1, 3–7 (ALGORITHMS.md §18.2).
 
 Entry point: :func:`run_transfer_study` ``(preset, out_dir, n, seed) -> dict`` (also the
 ``advsmooth transfer`` command). Everything is written into ``out_dir``: one Markdown and one CSV
@@ -31,8 +31,23 @@ ratios carried over (α = ε/3 for T = 5, α = ε/15 for T = 100, σ = ε):
   in the (Ĝ, ĥ) plane of ``digits-lenet`` (Figures 3b / 9);
 * ``fig4a_sg_fgsm_vs_eps.png`` / ``fig4b_sg_fgsm_vs_sigma.png`` — sg-FGSM transfer success vs ε for
   several m, and vs σ at m = 30 (Figure 4);
-* ``fig5_destruction_{rotation,noise,blur,jpeg}.png`` — destruction rates of FGSM, IGSM T = 10/30,
-  sg-FGSM, sg-IGSM T = 10/30 (source ``digits-lenet``, target ``digits-resnet20``; Figure 5).
+* ``fig5_destruction_{rotation,noise,blur,jpeg}.png`` (+ ``fig5_destruction.{md,csv}``) —
+  destruction rates of FGSM, IGSM T = 10/30, sg-FGSM, sg-IGSM T = 10/30 (source
+  ``digits-lenet``, target ``digits-resnet20``; Figure 5);
+* ``fig6_smoothed_gradient_saliency.png`` — SmoothGrad-style saliency |G^(m)| (summed over
+  channels, each panel scaled to its maximum) of the smoothed gradient of ``digits-lenet`` for
+  m ∈ {1, 5, 20, 50, 200} next to the plain gradient, on the first 4 evaluation images (Figure 6).
+  σ = 0.10 in pixel units [0, 1] (the paper: 0.10 in normalised units); G^(m) is exactly
+  ``SmoothedGradient(0.10, m)``'s gradient with a fresh ``make_generator(seed)`` per m. Numbers
+  (``results["fig6"]``, on the first 20 images): mean cos(G^(m), g), mean cos(G^(m), G^(200))
+  and the mean relative total variation of |G^(m)| (roughness; falls as m grows);
+* ``fig7_targeted_ensembles_vs_{alpha,steps}.png`` (+ ``fig7_targeted_ensembles.{md,csv}``) —
+  targeted IGSM vs sg-IGSM (m = 20, σ = 40/255) from the two Table 4 ensembles, ε = 56/255:
+  mean top-1 targeted success over the ensembles and the held-out targets ``digits-resnet20``,
+  ``fc-d0``, ``fc-d8`` (the models in neither ensemble) vs α ∈ ε·{0.25, 0.5, 0.75, 1} at T = 20
+  and vs T ∈ {5, 10, 20, 40} at α = 0.75 ε, on the first 100 evaluation images (``fig7_n``;
+  ≈ 3 minutes on one CPU thread); top-5 (near-trivial with 10 classes) in ``results["fig7"]``
+  (Figure 7).
 
 ``"cifar10"`` (needs the shared CIFAR-10 test set and ResNet checkpoints, e.g. ``../shared``):
 
@@ -59,8 +74,8 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import atomic_path, cache_dir, check_choice, check_int_at_least, make_generator
-from ..attacks import FGSM, IGSM, MIFGSM, SmoothedGradient
-from ..attacks.base import Attack
+from ..attacks import FGSM, IGSM, MIFGSM, AttackObjective, PlainGradient, SmoothedGradient
+from ..attacks.base import Attack, frozen_model
 from ..metrics.transfer import (
     TransferMatrix,
     correct_by_all,
@@ -71,10 +86,25 @@ from ..metrics.transfer import (
 )
 from ..metrics.transforms import default_strengths
 
-__all__ = ["run_transfer_study", "PRESETS", "digits_fc", "FC_DEPTHS"]
+__all__ = ["run_transfer_study", "PRESETS", "digits_fc", "FC_DEPTHS", "fig6_gradients"]
 
 PRESETS = ("digits", "cifar10")
-DIGITS_PARTS = ("tables", "fig3", "fig4", "fig5")
+DIGITS_PARTS = ("tables", "fig3", "fig4", "fig5", "fig6", "fig7")
+#: Figure 6: noise samples m of the smoothed gradients shown, noise std (pixels), images whose
+#: numbers are averaged (the first of them are drawn)
+FIG6_MS = (1, 5, 20, 50, 200)
+FIG6_SIGMA = 0.10
+FIG6_IMAGES = 20
+FIG6_SHOWN = 4
+#: Figure 7: step sizes (× ε) swept at T = FIG7_T_REF, iterations swept at α = FIG7_ALPHA_REF·ε
+FIG7_ALPHAS = (0.25, 0.5, 0.75, 1.0)
+FIG7_STEPS = (5, 10, 20, 40)
+FIG7_ALPHA_REF = 0.75
+FIG7_T_REF = 20
+#: Figure 7: black-box targets, the models in none of the Table 4 ensembles
+FIG7_TARGETS = ("digits-resnet20", "fc-d0", "fc-d8")
+#: Figure 7: images attacked (the first of the evaluation set; None: all)
+FIG7_N: int | None = 100
 FC_DEPTHS = (0, 2, 4, 8)
 FC_WIDTH = 500
 _FC_RECIPE = {"epochs": 30, "lr": 1e-3, "batch_size": 64, "optimizer": "adam", "seed": 0,
@@ -207,10 +237,20 @@ def _subset_correct(models_: Sequence[nn.Module], x: Tensor, y: Tensor, n: int |
 # presets
 # ----------------------------------------------------------------------------------------------
 
-def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
-            parts: set[str]) -> dict[str, Any]:
-    from .. import data, models
+def _table4_ensembles(named: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The source ensembles (mean logits) of the targeted Table 4 and of Figure 7."""
     from ..models import Ensemble
+
+    return {
+        "ens{lenet+fc-d2}": Ensemble([named["digits-lenet"], named["fc-d2"]]),
+        "ens{lenet+fc+fc-d4}": Ensemble([named["digits-lenet"], named["digits-fc"],
+                                         named["fc-d4"]]),
+    }
+
+
+def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
+            parts: set[str], opts: dict[str, Any]) -> dict[str, Any]:
+    from .. import data, models
 
     log = w.log
     named: dict[str, nn.Module] = {}
@@ -258,11 +298,7 @@ def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
             IGSM(eps=eps, alpha=eps / 3, budget=100, gradient=sg))
         # Table 4: targeted ensembles
         eps_t = 56 / 255
-        ens = {
-            "ens{lenet+fc-d2}": Ensemble([named["digits-lenet"], named["fc-d2"]]),
-            "ens{lenet+fc+fc-d4}": Ensemble([named["digits-lenet"], named["digits-fc"],
-                                             named["fc-d4"]]),
-        }
+        ens = _table4_ensembles(named)
         for key, atk in (("igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20)),
                          ("sg_igsm", IGSM(eps=eps_t, alpha=0.75 * eps_t, steps=20,
                                           gradient=SmoothedGradient(eps, 20, chunk_size=10)))):
@@ -390,7 +426,199 @@ def _digits(out: Path, n: int | None, seed: int, w: _Writer, progress: bool,
                 w.figure(f"fig5_destruction_{kind}", p)
         results["fig5"] = fig5
         _destruction_table(out, fig5, w)
+    if "fig6" in parts:
+        results["fig6"] = _fig6(out, named["digits-lenet"], x, y, seed, w, plots,
+                                opts["fig6_ms"])
+    if "fig7" in parts:
+        n7 = opts["fig7_n"]
+        data7 = data_xy if n7 is None else (x[:n7], y[:n7])
+        results["fig7"] = _fig7(out, named, data7, w, plots, tm_kw, opts["fig7_alphas"],
+                                opts["fig7_steps"])
     return results
+
+
+def _saliency(g: Tensor) -> Tensor:
+    """SmoothGrad-style saliency map of input gradients ``(N, C, H, W)``: ``|g|`` summed over
+    channels, ``(N, H, W)``."""
+    return g.abs().sum(1)
+
+
+def _relative_tv(s: Tensor) -> Tensor:
+    """Roughness of saliency maps ``(N, H, W)``: anisotropic total variation
+    ``Σ|s[i+1,j] − s[i,j]| + Σ|s[i,j+1] − s[i,j]|`` divided by ``Σ s`` (scale-free; 0 for a
+    constant map, large for pixel noise), ``(N,)``."""
+    s = s.double()
+    tv = ((s[:, 1:, :] - s[:, :-1, :]).abs().sum((1, 2))
+          + (s[:, :, 1:] - s[:, :, :-1]).abs().sum((1, 2)))
+    return tv / s.sum((1, 2)).clamp_min(1e-300)
+
+
+def _cos_rows(a: Tensor, b: Tensor) -> Tensor:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+
+
+def fig6_gradients(model: nn.Module, x: Tensor, y: Tensor, ms: Sequence[int], *,
+                   sigma: float = FIG6_SIGMA, seed: int = 0) -> tuple[Tensor, dict[int, Tensor]]:
+    """The plain gradient ``g = ∇ℓ(x)`` and the smoothed gradients ``G^(m)`` of Figure 6.
+
+    ``ℓ`` = cross-entropy w.r.t. the true label ``y``, gradients w.r.t. the pixels. ``G^(m)`` is
+    exactly the gradient of :class:`~advsmooth.attacks.SmoothedGradient` ``(sigma, m)`` — the
+    first step of an sg-attack — with a fresh generator ``make_generator(seed)`` for every ``m``
+    (noise ``sigma·randn((m, N, C, H, W))``, no clamping). Returns ``(g, {m: G^(m)})``.
+    """
+    obj = AttackObjective.for_model(model, "ce", y)
+    with frozen_model(model):
+        g = PlainGradient().estimate(model, x, obj).grad
+        sg = {int(m): SmoothedGradient(sigma, int(m), chunk_size=25).estimate(
+            model, x, obj, generator=make_generator(seed, x.device)).grad for m in ms}
+    return g, sg
+
+
+def _fig6(out: Path, model: nn.Module, x: Tensor, y: Tensor, seed: int, w: _Writer, plots: Any,
+          ms: Sequence[int]) -> dict[str, Any]:
+    """Figure 6: saliency of the smoothed gradient G^(m) of digits-lenet vs m."""
+    ms = sorted({int(m) for m in ms})
+    xs, ys = x[:FIG6_IMAGES], y[:FIG6_IMAGES]
+    g, sg = fig6_gradients(model, xs, ys, ms, sigma=FIG6_SIGMA, seed=seed)
+    ref = sg[ms[-1]]
+    res: dict[str, Any] = {
+        "source": "digits-lenet", "sigma": FIG6_SIGMA, "ms": ms, "n_images": int(xs.shape[0]),
+        "n_shown": int(min(FIG6_SHOWN, xs.shape[0])), "labels": ys.tolist(),
+        "plain": {"rel_tv": float(_relative_tv(_saliency(g)).mean()),
+                  "cos_ref": float(_cos_rows(g, ref).mean())},
+        "cos_plain": [float(_cos_rows(sg[m], g).mean()) for m in ms],
+        "cos_ref": [float(_cos_rows(sg[m], ref).mean()) for m in ms],
+        "rel_tv": [float(_relative_tv(_saliency(sg[m])).mean()) for m in ms],
+    }
+    w.log(f"[{time.perf_counter() - w.t0:7.1f}s] fig6: relative TV of |G^(m)| "
+          + ", ".join(f"m={m} {v:.3f}" for m, v in zip(ms, res["rel_tv"]))
+          + f" (plain {res['plain']['rel_tv']:.3f})")
+    if plots:
+        p = out / "fig6_smoothed_gradient_saliency.png"
+        k = res["n_shown"]
+        cols = [("image", xs[:k].mean(1)), ("plain gradient $g$", _saliency(g[:k]))] + [
+            (f"$G^{{({m})}}$", _saliency(sg[m][:k])) for m in ms]
+        _plot_saliency_grid(plots, cols, ys[:k].tolist(), p,
+                            title=f"digits-lenet: saliency |G^(m)| of the smoothed gradient, "
+                                  f"σ = {FIG6_SIGMA:g} (pixels); each panel scaled to its maximum")
+        w.figure("fig6_smoothed_gradient_saliency", p)
+    return res
+
+
+def _plot_saliency_grid(plots: Any, cols: Sequence[tuple[str, Tensor]], labels: Sequence[int],
+                        path: Path, *, title: str) -> None:
+    plt = plots._plt()
+    rows = len(labels)
+    fig, axes = plt.subplots(rows, len(cols), figsize=(1.45 * len(cols), 1.5 * rows + 0.5),
+                             squeeze=False)
+    for j, (name, maps) in enumerate(cols):
+        for i in range(rows):
+            ax = axes[i][j]
+            im = maps[i].detach().double().cpu().numpy()
+            if j > 0:  # saliency: each panel normalised to [0, 1]
+                im = im / max(float(im.max()), 1e-300)
+            ax.imshow(im, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"label {labels[i]}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def _fig7(out: Path, named: dict[str, nn.Module], data7: tuple[Tensor, Tensor], w: _Writer,
+          plots: Any, tm_kw: dict[str, Any], alphas: Sequence[float],
+          steps: Sequence[int]) -> dict[str, Any]:
+    """Figure 7: targeted IGSM vs sg-IGSM from the Table 4 ensembles, mean top-1/top-5 targeted
+    success on the held-out models vs α (T = 20) and vs T (α = 0.75 ε)."""
+    eps_t, sigma, m = 56 / 255, 40 / 255, 20
+    ens = _table4_ensembles(named)
+    targets = [(k, named[k]) for k in FIG7_TARGETS]
+    cache: dict[tuple[str, float, int], tuple[float, float, list[float]]] = {}
+
+    def point(method: str, a: float, t: int) -> tuple[float, float, list[float]]:
+        key = (method, float(a), int(t))
+        if key not in cache:
+            # chunk_size=1 (100-image forwards) is the fastest here. The noise is drawn up
+            # front, so only the model's batch-size-dependent float rounding could differ from
+            # Table 4's chunk_size=10; on the default 100 images both give the same numbers.
+            grad = SmoothedGradient(sigma, m, chunk_size=1) if method == "sg-IGSM" else None
+            tm = transfer_matrix(list(ens.items()), targets,
+                                 IGSM(eps=eps_t, alpha=a * eps_t, steps=t, gradient=grad), data7,
+                                 targeted=True, **tm_kw)
+            cache[key] = (float(tm.top1.mean()) * 100, float(tm.top5.mean()) * 100,
+                          [float(v) * 100 for v in tm.top1.mean(1)])
+            n_used[0] = tm.n
+        return cache[key]
+
+    n_used = [0]
+    methods = ("IGSM", "sg-IGSM")
+    sweeps = {"alpha": [(float(a), FIG7_T_REF) for a in alphas],
+              "steps": [(FIG7_ALPHA_REF, int(t)) for t in steps]}
+    res: dict[str, Any] = {
+        "eps_255": 56, "sigma_255": 40, "m": m, "ensembles": list(ens), "targets":
+        list(FIG7_TARGETS), "alpha_ref": FIG7_ALPHA_REF, "steps_ref": FIG7_T_REF}
+    for sweep, pts in sweeps.items():
+        e: dict[str, Any] = {"alpha_eps": [a for a, _ in pts], "steps": [t for _, t in pts],
+                             "top1": {}, "top5": {}, "top1_per_ensemble": {}}
+        for meth in methods:
+            vals = [point(meth, a, t) for a, t in pts]
+            e["top1"][meth] = [v[0] for v in vals]
+            e["top5"][meth] = [v[1] for v in vals]
+            e["top1_per_ensemble"][meth] = [v[2] for v in vals]
+        res[sweep] = e
+    res["n"] = n_used[0]
+    w.log(f"[{time.perf_counter() - w.t0:7.1f}s] fig7: targeted top-1 (%) vs α "
+          + "; ".join(f"{meth} " + " ".join(f"{v:.1f}" for v in res["alpha"]["top1"][meth])
+                      for meth in methods))
+    if plots:
+        tgt_names = "{" + ", ".join(FIG7_TARGETS) + "}"
+        a = res["alpha"]
+        p = out / "fig7_targeted_ensembles_vs_alpha.png"
+        plots.plot_success_curves(a["alpha_eps"], a["top1"], xlabel="step size α (× ε)",
+                                  ylabel="targeted top-1 success (%)", path=p,
+                                  title=f"digits: targeted, ensembles → {tgt_names}\n"
+                                        f"ε = 56/255, T = {FIG7_T_REF}, sg: m = 20, σ = 40/255")
+        w.figure("fig7_targeted_ensembles_vs_alpha", p)
+        s = res["steps"]
+        p = out / "fig7_targeted_ensembles_vs_steps.png"
+        plots.plot_success_curves(s["steps"], s["top1"], xlabel="iterations T",
+                                  ylabel="targeted top-1 success (%)", path=p,
+                                  title=f"digits: targeted, ensembles → {tgt_names}\n"
+                                        f"ε = 56/255, α = {FIG7_ALPHA_REF:g}ε, sg: m = 20, "
+                                        "σ = 40/255")
+        w.figure("fig7_targeted_ensembles_vs_steps", p)
+    _fig7_table(out, res, w)
+    return res
+
+
+def _fig7_table(out: Path, res: dict[str, Any], w: _Writer) -> None:
+    methods = list(res["alpha"]["top1"])
+    lines = ["| sweep | α (×ε) | T | " + " | ".join(f"{m} top-1" for m in methods) + " | "
+             + " | ".join(f"{m} top-5" for m in methods) + " |",
+             "|---" * (3 + 2 * len(methods)) + "|"]
+    csv_lines = ["sweep,alpha_eps,steps,method,top1,top5"]
+    for sweep in ("alpha", "steps"):
+        e = res[sweep]
+        for i, (a, t) in enumerate(zip(e["alpha_eps"], e["steps"])):
+            lines.append(f"| {sweep} | {a:g} | {t} | "
+                         + " | ".join(f"{e['top1'][m][i]:.1f}" for m in methods) + " | "
+                         + " | ".join(f"{e['top5'][m][i]:.1f}" for m in methods) + " |")
+            for m in methods:
+                csv_lines.append(f"{sweep},{a:.6g},{t},{m},{e['top1'][m][i]:.6f},"
+                                 f"{e['top5'][m][i]:.6f}")
+    md = ("**Figure 7 analogue: targeted IGSM vs sg-IGSM (m = 20, σ = 40/255) from the Table 4 "
+          "ensembles, ε = 56/255; mean targeted success (%) over the ensembles and the held-out "
+          f"targets {', '.join(res['targets'])}** (n = {res['n']})\n\n" + "\n".join(lines) + "\n")
+    _write_text(out / "fig7_targeted_ensembles.md", md)
+    _write_text(out / "fig7_targeted_ensembles.csv", "\n".join(csv_lines) + "\n")
+    w.md.append("### fig7_targeted_ensembles\n\n" + md)
 
 
 def _destruction_table(out: Path, fig5: dict[str, Any], w: _Writer) -> None:
@@ -477,6 +705,10 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
                        budget_sources: Sequence[str] = ("cifar10-resnet20",),
                        models_dir: Any = None,
                        parts: Sequence[str] = DIGITS_PARTS,
+                       fig6_ms: Sequence[int] = FIG6_MS,
+                       fig7_alphas: Sequence[float] = FIG7_ALPHAS,
+                       fig7_steps: Sequence[int] = FIG7_STEPS,
+                       fig7_n: int | None = FIG7_N,
                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the transferability study ``preset`` and write its tables and figures to ``out_dir``.
 
@@ -490,7 +722,13 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
         models_dir: folder of the pretrained checkpoints (cifar10; default search of
             :func:`advsmooth.models.load`).
         parts: digits only — sections to run: ``"tables"`` (Tables 1–5 and Figure 1),
-            ``"fig3"``, ``"fig4"``, ``"fig5"`` (default: all).
+            ``"fig3"``, ``"fig4"``, ``"fig5"``, ``"fig6"``, ``"fig7"`` (default: all).
+        fig6_ms: digits Figure 6 — noise samples m of the smoothed gradients (the largest is
+            the reference of ``cos_ref``).
+        fig7_alphas, fig7_steps: digits Figure 7 — step sizes (× ε) swept at T = 20 and
+            iteration counts swept at α = 0.75 ε.
+        fig7_n: digits Figure 7 — attack only the first ``fig7_n`` images of the evaluation set
+            (``None``: all of them).
         log: progress-line printer (default: stderr).
 
     Returns:
@@ -503,6 +741,17 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
     check_int_at_least("budget_n", budget_n, 1)
     for part in parts:
         check_choice("part", part, DIGITS_PARTS)
+    if not fig6_ms or not fig7_alphas or not fig7_steps:
+        raise ValueError("fig6_ms, fig7_alphas and fig7_steps must be non-empty")
+    for m in fig6_ms:
+        check_int_at_least("fig6_ms entry", m, 1)
+    for t in fig7_steps:
+        check_int_at_least("fig7_steps entry", t, 1)
+    for a in fig7_alphas:
+        if not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
+            raise ValueError(f"fig7_alphas entries must be positive numbers, got {a!r}")
+    if fig7_n is not None:
+        check_int_at_least("fig7_n", fig7_n, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if log is None:
@@ -511,7 +760,9 @@ def run_transfer_study(preset: str = "digits", out_dir: str | Path = "transfer-s
     w = _Writer(out, log)
     t0 = time.perf_counter()
     if preset == "digits":
-        results = _digits(out, n, seed, w, progress, set(parts))
+        results = _digits(out, n, seed, w, progress, set(parts), {
+            "fig6_ms": tuple(fig6_ms), "fig7_alphas": tuple(fig7_alphas),
+            "fig7_steps": tuple(fig7_steps), "fig7_n": fig7_n})
     else:
         results = _cifar(out, n, seed, w, progress, budget_n, budget_sources, models_dir)
     seconds = time.perf_counter() - t0
@@ -539,7 +790,12 @@ def study_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     * ``fig3a``: ``pair``, ``m``, ``cos`` (and ``baseline``);
     * ``fig3b`` / ``fig9``: ``model``, ``fraction_true_class`` (of the decision-boundary map);
     * ``fig4a`` / ``fig4b``: ``curve``, ``eps_255`` or ``sigma_255``, ``success`` (%);
-    * ``fig5``: ``transform``, ``strength``, ``attack``, ``rate`` (destruction rate, fraction).
+    * ``fig5``: ``transform``, ``strength``, ``attack``, ``rate`` (destruction rate, fraction);
+    * ``fig6``: ``m`` (``0`` = the plain gradient), ``cos_plain`` (mean cos(G^(m), g)),
+      ``cos_ref`` (mean cos(G^(m), G^(max m))), ``rel_tv`` (mean relative total variation of the
+      saliency |G^(m)|);
+    * ``fig7``: ``sweep`` (``"alpha"`` or ``"steps"``), ``method`` (``"IGSM"`` / ``"sg-IGSM"``),
+      ``alpha_eps`` (α/ε), ``steps`` (T), ``top1``, ``top5`` (mean targeted success, %).
     """
     rows: list[dict[str, Any]] = []
     for key, t in report.get("tables", {}).items():
@@ -579,6 +835,24 @@ def study_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     rows += [{"part": "fig5", "transform": kind, "strength": float(st),
                               "attack": attack, "rate": float(r)}
                              for st, r in zip(f5[kind]["strengths"], rates)]
+    f6 = res.get("fig6")
+    if f6:
+        rows.append({"part": "fig6", "m": 0, "cos_plain": 1.0,
+                     "cos_ref": float(f6["plain"]["cos_ref"]),
+                     "rel_tv": float(f6["plain"]["rel_tv"])})
+        rows += [{"part": "fig6", "m": int(m), "cos_plain": float(c), "cos_ref": float(r),
+                  "rel_tv": float(t)}
+                 for m, c, r, t in zip(f6["ms"], f6["cos_plain"], f6["cos_ref"], f6["rel_tv"])]
+    f7 = res.get("fig7")
+    if f7:
+        for sweep in ("alpha", "steps"):
+            e = f7[sweep]
+            for method, vals in e["top1"].items():
+                rows += [{"part": "fig7", "sweep": sweep, "method": method,
+                          "alpha_eps": float(a), "steps": int(t), "top1": round(float(v1), 9),
+                          "top5": round(float(v5), 9)}
+                         for a, t, v1, v5 in zip(e["alpha_eps"], e["steps"], vals,
+                                                 e["top5"][method])]
     return rows
 
 
