@@ -26,3 +26,9 @@ def test_spec_validates(path):
     if path.stem.startswith("digits"):
         # digits versions run on the embedded data only
         assert all(d.name == "digits" for d in spec.datasets)
+
+
+def test_every_spec_is_listed_in_the_experiments_readme():
+    readme = (SPECS[0].parent / "README.md").read_text()
+    missing = [p.name for p in SPECS if f"`{p.name}`" not in readme]
+    assert not missing, f"experiments/README.md does not list {missing}"
