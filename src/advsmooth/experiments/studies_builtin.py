@@ -269,7 +269,8 @@ def _register_out_dir_study(name: str, module: str, fn_name: str, tuple_keys: Se
 
 _register_out_dir_study("smoothfool_table3", "defenses", "smoothfool_table3",
                         ("sigmas_g", "white_box_attacks"),
-                        "SmoothFool Table 3 on MNIST: FR of IGSM/DF/GS/SF vs seven defences")
+                        "SmoothFool Table 3 on MNIST or CIFAR-10 (dataset=): FR of "
+                        "IGSM/DF/GS or CS/SF vs seven defences")
 _register_out_dir_study("deepfool_finetuning", "training", "deepfool_finetuning",
                         ("alphas", "include"),
                         "DeepFool Figs 6/7, Table 3 on MNIST: rho_adv and test error over "
