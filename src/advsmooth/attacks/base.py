@@ -74,7 +74,7 @@ def check_images(x: Any, name: str = "x") -> Tensor:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise ValueError(f"{name} contains NaN or Inf values ({bad} sample(s) affected)")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"{name} must lie in [0, 1] (pixel space; put mean/std normalisation inside the model "
