@@ -122,8 +122,14 @@ def _cached(out: Path, name: str, cfg: dict[str, Any], module: nn.Module,
     info); seconds = the training time recorded when it was built."""
     path = _state_path(out, name)
     if path.exists():
-        st = torch.load(path, map_location="cpu", weights_only=False)
-        if st.get("config") == cfg:
+        # Never unpickle from disk: a crafted file in the results folder must not run code.
+        # ``weights_only=True`` refuses anything but tensors and plain containers; a file it
+        # refuses (or an unreadable one) is rebuilt, not trusted.
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - any unreadable or unsafe cache is recomputed
+            st = None
+        if isinstance(st, dict) and st.get("config") == cfg:
             module.load_state_dict(st["model"])
             return module.eval(), float(st["seconds"]), dict(st.get("info", {}))
     t0 = time.perf_counter()
