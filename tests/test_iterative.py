@@ -330,8 +330,8 @@ def test_threads_give_the_single_thread_result(make, targeted, batch):
     x, y = batch
     model = _plain_cnn()
     tgt = (y + 1) % 4 if targeted else None
-    seen: set[int] = set()
-    handle = model[0].register_forward_hook(lambda *a: seen.add(threading.get_ident()))
+    seen: set[threading.Thread] = set()  # thread objects: idents are reused
+    handle = model[0].register_forward_hook(lambda *a: seen.add(threading.current_thread()))
     before = torch.get_num_threads()
     one = make(1)(model, x, y, target=tgt)
     assert len(seen) == 1
