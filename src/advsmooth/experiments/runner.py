@@ -35,6 +35,7 @@ from .. import __version__
 from .._utils import atomic_path
 from .._utils import progress as progress_bar
 from . import tasks
+from .artefacts import Artefacts, Step, plan_order
 from .spec import AttackSpec, DatasetSpec, ModelSpec, Spec, StudySpec, load_spec, spec_hash
 from .store import STORE_NAME, Store, dumps
 
@@ -65,9 +66,14 @@ class Cell:
     batch_size: int = 1
     n_samples: int = 1
     grid: dict[str, Any] = field(default_factory=dict)
+    #: a planned study's steps (the task's plan) and every step to run, with its depth
+    plan: list[Step] | None = None
+    steps: list[tuple[Step, int]] | None = None
 
     @property
     def n_batches(self) -> int:
+        if self.steps is not None:
+            return len(self.steps)
         if self.kind != "attack":
             return 1
         return max(1, -(-self.n_samples // self.batch_size)) if self.n_samples else 0
@@ -130,9 +136,32 @@ def expand_cells(spec: Spec) -> list[Cell]:
         for point in s.points():
             grid = {k: point[k] for k in s.grid}
             ident = {"kind": "study", "task": s.task, "params": point, "seed": spec.seed}
-            cells.append(Cell(cell_id=_hash(ident), kind="study", label=_point_label(s.key, grid),
-                              params=point, seed=spec.seed, study=s, grid=grid))
+            cell = Cell(cell_id=_hash(ident), kind="study", label=_point_label(s.key, grid),
+                        params=point, seed=spec.seed, study=s, grid=grid)
+            task = tasks.get_task(s.task)
+            if task.plan is not None:
+                cell.plan = task.plan(dict(point), tasks.batch_seed(spec.seed, cell.cell_id, 0))
+                cell.steps = plan_order(cell.plan)
+            cells.append(cell)
     return cells
+
+
+def _rounds(pending: list[tuple[int, int]], cells: list[Cell], world: int
+            ) -> list[list[tuple[int, int]]]:
+    """Deal the pending work items into rounds of at most ``world`` items (one per rank); a
+    study step comes only after every step it needs, i.e. in a later round than all of them."""
+    def depth(item: tuple[int, int]) -> int:
+        steps = cells[item[0]].steps
+        return 0 if steps is None else steps[item[1]][1]
+
+    ordered = sorted(pending, key=depth)  # stable: spec order within a depth
+    rounds: list[list[tuple[int, int]]] = []
+    for item in ordered:
+        if rounds and len(rounds[-1]) < world and depth(rounds[-1][0]) == depth(item):
+            rounds[-1].append(item)
+        else:
+            rounds.append([item])
+    return rounds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,10 +352,22 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
         gen = torch.Generator(device=res.device)
         gen.manual_seed(seed)
         t0 = time.perf_counter()
+        if cell.steps is not None:
+            step = cell.steps[batch][0]
+            ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
+                                     progress=progress, cell_id=cell.cell_id,
+                                     artefacts=Artefacts(out_dir))
+            try:
+                ctx.step(step)
+            finally:
+                ctx.artefacts.close()
+            return {"cell": cell.cell_id, "batch": batch, "step": True, "rank": rank,
+                    "seconds": time.perf_counter() - t0}
         if cell.kind == "study":
             assert cell.study is not None
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
-                                     progress=progress, cell_id=cell.cell_id)
+                                     progress=progress, cell_id=cell.cell_id,
+                                     artefacts=Artefacts(out_dir))
             rows = tasks.get_task(cell.study.task).fn(dict(cell.params), ctx)
             rows = [dict(r) for r in rows]
             json.loads(dumps(rows))  # must be JSON-serialisable
@@ -421,6 +462,14 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
             pending: list[tuple[int, int]] = []
             skipped = 0
             for ci, c in enumerate(cells):
+                if c.kind == "study" and c.steps is not None:
+                    if store.cell_status(c.cell_id) == "done":
+                        skipped += c.n_batches
+                        continue
+                    done = store.done_batches(c.cell_id)
+                    skipped += len(done)
+                    pending.extend((ci, b) for b in range(c.n_batches) if b not in done)
+                    continue
                 if c.kind == "study":
                     if store.cell_status(c.cell_id) != "done":
                         pending.append((ci, 0))
@@ -455,7 +504,20 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
         nonlocal store_seconds
         assert store is not None
         c = cells[ci]
-        if c.kind != "attack" or store.cell_status(c.cell_id) == "done":
+        if store.cell_status(c.cell_id) == "done" or (c.kind != "attack" and c.plan is None):
+            return
+        if c.plan is not None:  # a planned study: its table from the steps' artefacts
+            ts = time.perf_counter()
+            arts = Artefacts(out)
+            try:
+                rows = tasks.plan_rows(c.plan, arts)
+            finally:
+                arts.close()
+            secs = store.conn.execute("SELECT COALESCE(SUM(seconds),0) FROM batches WHERE "
+                                      "cell_id=?", (c.cell_id,)).fetchone()[0]
+            store.commit_study(c.cell_id, rows, run_id=run_id, rank=0, seconds=float(secs),
+                               meta=meta_common, planned=True)
+            store_seconds += time.perf_counter() - ts
             return
         assert c.dataset is not None and c.model is not None
         ts = time.perf_counter()
@@ -474,10 +536,10 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
     try:
         if rank == 0:  # cells whose batches were all committed before a kill
             for ci, c in enumerate(cells):
-                if c.kind == "attack" and ci not in remaining:
+                if (c.kind == "attack" or c.plan is not None) and ci not in remaining:
                     finalize(ci)
-        for r0 in range(0, len(pending), world):
-            mine = pending[r0 + rank] if r0 + rank < len(pending) else None
+        for work in _rounds(pending, cells, world):
+            mine = work[rank] if rank < len(work) else None
             payload = None
             if mine is not None:
                 payload = _compute(cells[mine[0]], mine[1], res, out, save_adv, rank, progress)
@@ -491,7 +553,10 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
                     ci = next(i for i, c in enumerate(cells) if c.cell_id == p["cell"])
                     c = cells[ci]
                     ts = time.perf_counter()
-                    if c.kind == "study":
+                    if p.get("step"):
+                        store.commit_step(c.cell_id, p["batch"], run_id=run_id, rank=p["rank"],
+                                          seconds=p["seconds"])
+                    elif c.kind == "study":
                         store.commit_study(c.cell_id, p["rows"], run_id=run_id, rank=p["rank"],
                                            seconds=p["seconds"], meta=meta_common)
                     else:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Store", "SAMPLE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "summarize",
-           "STORE_NAME"]
+           "STORE_NAME", "ARTEFACTS_SCHEMA"]
 
 STORE_NAME = "results.sqlite"
 
@@ -50,6 +50,13 @@ SUMMARY_COLUMNS = ("n", "n_correct", "accuracy", "adv_accuracy", "fooling_rate",
 #: columns that depend on when/where a run happened (excluded when comparing runs)
 TIMING_COLUMNS = frozenset({"seconds", "seconds_per_sample", "started", "finished", "committed",
                             "run_id", "rank", "added", "pid", "host", "world_size"})
+
+#: step artefacts (see :mod:`advsmooth.experiments.artefacts`): one row per finished step, its
+#: rows and info as JSON, and the relative path and sha256 of its tensor file
+ARTEFACTS_SCHEMA = """CREATE TABLE IF NOT EXISTS artefacts (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, settings_json TEXT NOT NULL, file TEXT,
+    sha256 TEXT, rows_json TEXT NOT NULL, info_json TEXT NOT NULL, seconds REAL, created TEXT);
+"""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -81,7 +88,7 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS study_rows (
     cell_id TEXT NOT NULL, row INTEGER NOT NULL, data_json TEXT NOT NULL,
     PRIMARY KEY (cell_id, row));
-"""
+{ARTEFACTS_SCHEMA}"""
 
 
 def _now() -> str:
@@ -285,15 +292,26 @@ class Store:
               _now()), False),
         ])
 
+    def commit_step(self, cell_id: str, step: int, *, run_id: int, rank: int,
+                    seconds: float) -> None:
+        """Record step ``step`` of a planned study cell as done (its output is an artefact)."""
+        self._tx([("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+                   (cell_id, int(step), int(step), int(step) + 1, 1, run_id, rank,
+                    float(seconds), _now()), False)])
+
     def commit_study(self, cell_id: str, rows: Sequence[Mapping[str, Any]], *, run_id: int,
-                     rank: int, seconds: float, meta: Mapping[str, Any]) -> None:
-        """Commit the rows of a study cell and mark it done, atomically."""
+                     rank: int, seconds: float, meta: Mapping[str, Any],
+                     planned: bool = False) -> None:
+        """Commit the rows of a study cell and mark it done, atomically. ``planned``: the cell's
+        steps were recorded one by one (:meth:`commit_step`), so no batch row is added."""
+        batch = [] if planned else [
+            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+             (cell_id, 0, 0, len(rows), len(rows), run_id, rank, float(seconds), _now()), False)]
         self._tx([
             ("INSERT INTO study_rows VALUES (?,?,?)",
              [(cell_id, i, json.dumps(dict(r), default=_json_default))
               for i, r in enumerate(rows)], True),
-            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
-             (cell_id, 0, 0, len(rows), len(rows), run_id, rank, float(seconds), _now()), False),
+            *batch,
             ("UPDATE cells SET status='done', spec_hash=?, advsmooth_version=?, torch_version=?, "
              "device=?, data_hash=?, checkpoint_hash=?, seconds=?, finished=? WHERE cell_id=?",
              (meta.get("spec_hash"), meta.get("advsmooth_version"), meta.get("torch_version"),

@@ -26,13 +26,15 @@ import hashlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .artefacts import Artefacts, Step, StepOutput, plan_order
 
 __all__ = [
     "Task",
@@ -46,6 +48,8 @@ __all__ = [
     "attack_rows",
     "batch_seed",
     "roughness",
+    "run_plan",
+    "plan_rows",
 ]
 
 
@@ -279,6 +283,7 @@ class StudyContext:
         data_root: the ``--data-root`` given to the runner (or None).
         progress: whether progress bars are wanted.
         cell_id: the id of the cell being run.
+        artefacts: the experiment's step artefacts (in memory when no store is given).
     """
 
     seed: int
@@ -286,7 +291,13 @@ class StudyContext:
     data_root: str | None = None
     progress: bool = True
     cell_id: str = ""
+    artefacts: Artefacts = field(default_factory=lambda: Artefacts(None))
     _models: dict[str, nn.Module] = field(default_factory=dict)
+
+    def step(self, step: Step) -> StepOutput:
+        """The output of ``step``: its stored artefact when valid, else computed and stored (see
+        :mod:`advsmooth.experiments.artefacts`)."""
+        return self.artefacts.run(step, self)
 
     @property
     def generator(self) -> torch.Generator:
@@ -313,12 +324,41 @@ class StudyContext:
 
 @dataclass
 class Task:
-    """A registered study task: ``fn(params, ctx) -> list[dict]`` plus a parameter check."""
+    """A registered study task: ``fn(params, ctx) -> list[dict]`` plus a parameter check.
+
+    A task may instead (or also) define ``plan(params, seed) -> list[Step]``: the steps whose
+    rows make its table (``seed`` is the cell's seed). The runner then schedules the steps — and
+    the steps they need — like the batches of an attack cell: each finished step is a store
+    artefact, a killed run resumes after the last finished step, and steps that do not need each
+    other run on different ``torchrun`` ranks. ``fn`` of a planned task runs the plan in order.
+    """
 
     name: str
     fn: Callable[[dict[str, Any], StudyContext], list[dict[str, Any]]]
     check: Callable[[dict[str, Any]], None] = lambda params: None
     description: str = ""
+    plan: Callable[[dict[str, Any], int], list[Step]] | None = None
+
+
+def run_plan(steps: Sequence[Step], ctx: StudyContext) -> list[dict[str, Any]]:
+    """Run ``steps`` (and the steps they need) in order; the rows of the steps marked ``rows``."""
+    for s, _ in plan_order(list(steps)):
+        ctx.step(s)
+    return plan_rows(steps, ctx.artefacts)
+
+
+def plan_rows(steps: Sequence[Step], artefacts: Artefacts) -> list[dict[str, Any]]:
+    """The study table of a finished plan: the rows of its ``rows`` steps, in plan order."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for s in steps:
+        if s.rows and s.key not in seen:
+            seen.add(s.key)
+            done = artefacts.load(s)
+            if done is None:
+                raise RuntimeError(f"step {s.kind} ({s.key}) has no valid artefact")
+            out.extend(dict(r) for r in done.rows)
+    return out
 
 
 _TASKS: dict[str, Task] = {}
@@ -330,17 +370,29 @@ _LAZY: dict[str, str] = {
 }
 
 
-def register_task(name: str, fn: Callable[[dict[str, Any], StudyContext], list[dict[str, Any]]],
+def register_task(name: str,
+                  fn: Callable[[dict[str, Any], StudyContext], list[dict[str, Any]]] | None = None,
                   *, check: Callable[[dict[str, Any]], None] | None = None,
-                  description: str = "", replace: bool = False) -> Task:
-    """Register a study task under ``name`` (``ValueError`` if taken, unless ``replace``)."""
+                  description: str = "", replace: bool = False,
+                  plan: Callable[[dict[str, Any], int], list[Step]] | None = None) -> Task:
+    """Register a study task under ``name`` (``ValueError`` if taken, unless ``replace``): a
+    function ``fn(params, ctx) -> rows``, or a ``plan(params, seed) -> steps`` (see
+    :class:`Task`), or both."""
+    if fn is None and plan is None:
+        raise ValueError("register_task needs fn or plan")
+    if fn is None:
+        assert plan is not None
+        planned = plan
+
+        def fn(params: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+            return run_plan(planned(params, ctx.seed), ctx)
     if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"task name must be a non-empty identifier-like string, got {name!r}")
     if name == "attack":
         raise ValueError("'attack' is the built-in attack task; choose another name")
     if name in _TASKS and not replace:
         raise ValueError(f"task {name!r} is already registered (pass replace=True)")
-    task = Task(name, fn, check or (lambda params: None), description)
+    task = Task(name, fn, check or (lambda params: None), description, plan)
     _TASKS[name] = task
     return task
 

@@ -1,0 +1,149 @@
+"""Study steps and store artefacts: planned studies run step by step through the runner, resume
+after the last finished step, never deserialise a file whose hash does not match, and give the
+same output wherever a step is computed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from advsmooth.experiments import parse_spec, run_spec
+from advsmooth.experiments.artefacts import Artefacts, Step, StepOutput, plan_order, register_step
+from advsmooth.experiments.runner import _rounds, expand_cells
+from advsmooth.experiments.store import Store
+from advsmooth.experiments.tasks import StudyContext, register_task, run_plan
+
+CALLS: list[str] = []
+
+
+@register_step("test.noise")
+def _noise(s, ctx):
+    CALLS.append(f"noise{s['n']}")
+    flag = s.get("fail_flag")
+    if flag and Path(flag).exists():
+        raise RuntimeError("planned failure")
+    return StepOutput(tensors={"v": torch.rand(s["n"], dtype=torch.float64)},
+                      info={"n": s["n"]})
+
+
+@register_step("test.total")
+def _total(s, ctx):
+    CALLS.append(f"total{s['n']}")
+    v = ctx.step(Step("test.noise", s["noise"])).tensors["v"]
+    return StepOutput(rows=[{"n": s["n"], "sum": float(v.sum()), "scale": s["scale"]}])
+
+
+def _plan(params, seed):
+    noise = {"n": params["n"], "fail_flag": params.get("fail_flag")}
+    first = Step("test.noise", noise, rows=False)
+    return [Step("test.total", {"n": params["n"], "noise": noise, "scale": k}, after=(first,))
+            for k in (1, 2)]
+
+
+register_task("test-planned", plan=_plan, replace=True)
+
+
+def _spec(**params):
+    return parse_spec({"name": "p", "studies": [{"task": "test-planned", "params": params}]})
+
+
+def test_plan_order_puts_prerequisites_first_once():
+    steps = _plan({"n": 3}, 0)
+    order = plan_order(steps)
+    assert [s.kind for s, _ in order] == ["test.noise", "test.total", "test.total"]
+    assert [d for _, d in order] == [0, 1, 1]
+    cells = expand_cells(_spec(n=3))
+    assert cells[0].n_batches == 3
+    # one rank per round at most, and a step never shares a round with one it needs
+    rounds = _rounds([(0, 0), (0, 1), (0, 2)], cells, world=4)
+    assert rounds == [[(0, 0)], [(0, 1), (0, 2)]]
+
+
+def test_planned_study_runs_resumes_and_reuses_artefacts(tmp_path):
+    flag = tmp_path / "fail"
+    spec = _spec(n=4, fail_flag=str(flag))
+    out = tmp_path / "run"
+    CALLS.clear()
+    first = run_spec(spec, out, progress=False)
+    assert first.computed_batches == 3
+    assert CALLS == ["noise4", "total4", "total4"]  # the noise step ran once, reused after
+    with Store(out, readonly=True) as st:
+        cell = st.cells()[0]
+        rows = st.study_rows(cell["cell_id"])
+    assert cell["status"] == "done"
+    assert [r["scale"] for r in rows] == [1, 2] and rows[0]["sum"] == rows[1]["sum"]
+    # a re-run computes nothing; the store's rows are unchanged
+    CALLS.clear()
+    again = run_spec(spec, out, progress=False)
+    assert again.computed_batches == 0 and CALLS == []
+    # a planned failure in the second run of a fresh folder leaves the first steps' artefacts,
+    # and the resumed run does not compute them again
+    out2 = tmp_path / "run2"
+    arts = Artefacts(out2)
+    noise_step = _plan({"n": 4, "fail_flag": str(flag)}, 0)[0].after[0]
+    arts.run(noise_step, StudyContext(seed=0, device=torch.device("cpu")))
+    arts.close()
+    CALLS.clear()
+    run_spec(spec, out2, progress=False)
+    assert CALLS == ["total4", "total4"]
+    with Store(out2, readonly=True) as st:
+        assert st.study_rows(st.cells()[0]["cell_id"]) == rows
+
+
+def test_the_global_rng_of_a_step_depends_on_its_key_only(tmp_path):
+    step = Step("test.noise", {"n": 5, "fail_flag": None})
+    ctx = StudyContext(seed=0, device=torch.device("cpu"))
+    torch.manual_seed(123)
+    a = Artefacts(None).run(step, ctx).tensors["v"]
+    state = torch.get_rng_state()
+    torch.manual_seed(999)
+    b = Artefacts(tmp_path).run(step, ctx).tensors["v"]
+    assert torch.equal(a, b)
+    torch.manual_seed(123)
+    Artefacts(None).run(step, ctx)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left untouched
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_a_tampered_artefact_is_recomputed_never_unpickled(tmp_path):
+    step = Step("test.noise", {"n": 3, "fail_flag": None})
+    ctx = StudyContext(seed=0, device=torch.device("cpu"))
+    arts = Artefacts(tmp_path)
+    good = arts.run(step, ctx).tensors["v"]
+    rec = arts.record(step.key)
+    arts.close()
+    path = tmp_path / rec["file"]
+    marker = tmp_path / "pwned"
+    torch.save({"v": _Payload(str(marker))}, path)  # same name, other bytes
+    fresh = Artefacts(tmp_path)
+    assert fresh.load(step) is None  # sha256 mismatch: refused before any unpickling
+    assert not marker.exists()
+    CALLS.clear()
+    again = fresh.run(step, ctx).tensors["v"]
+    assert CALLS == ["noise3"] and torch.equal(again, good) and not marker.exists()
+    # a file planted where no artefact was recorded is never read
+    other = Step("test.noise", {"n": 7, "fail_flag": None})
+    planted = tmp_path / "artefacts" / "steps" / "test.noise" / f"{other.key}.pt"
+    torch.save({"v": _Payload(str(marker))}, planted)
+    assert fresh.load(other) is None and not marker.exists()
+    fresh.close()
+
+
+def test_run_plan_without_a_store_and_bad_steps():
+    ctx = StudyContext(seed=0, device=torch.device("cpu"))
+    rows = run_plan(_plan({"n": 2}, 0), ctx)
+    assert [r["scale"] for r in rows] == [1, 2]
+    with pytest.raises(ValueError, match="unknown step kind"):
+        ctx.step(Step("test.absent", {}))
+    with pytest.raises(ValueError, match="needs fn or plan"):
+        register_task("test-empty")
