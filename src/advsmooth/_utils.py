@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "MissingDependency",
     "atomic_path",
     "optional_import",
     "cache_dir",
@@ -42,8 +43,13 @@ _EXTRAS = {
 }
 
 
+class MissingDependency(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 def optional_import(name: str) -> ModuleType:
-    """Import an optional dependency, or raise ``ImportError`` naming the extra to install.
+    """Import an optional dependency, or raise :class:`MissingDependency` (an ``ImportError``)
+    naming the extra to install.
 
     >>> np = optional_import("numpy")
     """
@@ -53,7 +59,7 @@ def optional_import(name: str) -> ModuleType:
         top = name.split(".")[0]
         extra = _EXTRAS.get(top)
         hint = f"pip install 'advsmooth[{extra}]'" if extra else f"pip install {top}"
-        raise ImportError(
+        raise MissingDependency(
             f"{name!r} is required for this feature but is not installed: {hint}"
         ) from exc
 

@@ -4,8 +4,14 @@ Each subcommand lives in a module ``advsmooth.cli.cmd_<name>`` that defines
 ``register(subparsers) -> argparse.ArgumentParser`` and sets ``func`` on its parser via
 ``parser.set_defaults(func=...)``. ``func(args) -> int`` returns the exit status.
 
-User errors (unknown names, bad paths, bad values) print one line ``advsmooth: error: ...`` and
-exit with status 2; ``--debug`` shows the traceback instead.
+Errors:
+
+* a **user error** — a bad option (argparse), :class:`UserError`, ``ValueError``, an
+  ``OSError`` about a file or folder (missing, not writable, full disk) or a missing optional
+  dependency — prints one line ``advsmooth CMD: error: ...`` and exits with status 2. Input is
+  validated where it enters, so these come before any work;
+* anything else is a bug: its traceback is shown, followed by a line asking to report it, and the
+  exit status is 1. ``--debug`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -14,19 +20,39 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 
-__all__ = ["main", "build_parser", "UserError"]
+__all__ = ["main", "build_parser", "UserError", "UsageError", "USER_ERRORS"]
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit status 2."""
 
 
+#: the name the CLI documentation uses for :class:`UserError`
+UsageError = UserError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .._utils import MissingDependency
+
+    return (UserError, ValueError, OSError, MissingDependency)
+
+
 #: exceptions that mean "the user asked for something impossible": one line, exit 2
-_USER_ERRORS = (UserError, ValueError, TypeError, KeyError, ImportError, OSError)
+USER_ERRORS = _user_errors()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``... error: MSG (see ... --help)``)
+    instead of a usage block followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _command_modules() -> list[str]:
@@ -37,24 +63,37 @@ def _command_modules() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="advsmooth",
         description="Adversarial robustness through smoothness: DeepFool, SmoothFool, "
                     "smoothed-gradient attacks and smoothed inference.",
     )
     parser.add_argument("--version", action="version", version=f"advsmooth {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _command_modules():
         module = importlib.import_module(f"{__name__}.{name}")
         module.register(sub)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+        if exc.filename2 is not None:
+            text += f" ({exc.filename2})"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advsmooth`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        prog = f"advsmooth {args.command}" if getattr(args, "command", None) else "advsmooth"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see `{prog} --help`)\n")
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -63,11 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("advsmooth: interrupted", file=sys.stderr)
         return 130
-    except _USER_ERRORS as exc:
+    except USER_ERRORS as exc:
         if getattr(args, "debug", False):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, KeyError):
-            msg = msg.strip("'\"")
-        print(f"advsmooth {args.command}: error: {msg}", file=sys.stderr)
+        print(f"advsmooth {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: show it, ask for a report
+        traceback.print_exc()
+        print(f"advsmooth {args.command}: internal error ({type(exc).__name__}); this is a bug "
+              f"in advsmooth {__version__}: please report it with the traceback above",
+              file=sys.stderr)
+        return 1

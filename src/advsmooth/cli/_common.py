@@ -1,9 +1,31 @@
-"""Options shared by several subcommands (``--data-root``, ``--models-dir``, ``--device``)."""
+"""Options and checks shared by several subcommands.
+
+* options: ``--data-root``, ``--models-dir``, ``--device`` (:func:`add_common`);
+* argparse types: :func:`number` (accepts fractions such as ``8/255``), :func:`positive_number`,
+  :func:`nonnegative_number`, :func:`positive_int`, :func:`nonnegative_int`;
+* checks made before any work: :func:`resolve_device`, :func:`check_out_dir`,
+  :func:`check_out_file`, :func:`check_model_input`.
+
+Every check raises :class:`~advsmooth.cli.UserError` (or ``argparse.ArgumentTypeError`` inside
+argparse), which the CLI prints as one line with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from . import UserError
+
+# ----------------------------------------------------------------------------------------------
+# options
+# ----------------------------------------------------------------------------------------------
 
 
 def add_data_root(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +44,12 @@ def add_models_dir(parser: argparse.ArgumentParser) -> None:
              "then ../shared/models)")
 
 
-def add_device(parser: argparse.ArgumentParser) -> None:
-    """``--device``: cpu, cuda, cuda:N or auto."""
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+def add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device``: cpu, cuda, cuda:N, mps or auto."""
+    parser.add_argument("--device", default=default,
+                        help="cpu, cuda, cuda:N, mps or auto (default: "
+                             f"{default if default is not None else 'the spec device'}; auto "
+                             "= cuda when available)")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -35,19 +59,86 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
 
 
-def resolve_device(value: str | None) -> str:
-    """Map ``--device`` to a torch device string; ``ValueError`` for an unusable value."""
-    import torch
+@contextlib.contextmanager
+def models_dir_env(models_dir: str | None) -> Iterator[None]:
+    """Within the block, ``$ADVSMOOTH_MODELS`` is ``models_dir`` (when given; restored after).
 
-    if value in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if value == "cpu":
-        return "cpu"
-    if value.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {value}: CUDA is not available on this machine")
-        return value
-    raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {value!r}")
+    For commands whose models are loaded deep inside the experiment runner or a study."""
+    if models_dir is None:
+        yield
+        return
+    if not Path(models_dir).expanduser().is_dir():
+        raise UserError(f"--models-dir {models_dir}: no such directory")
+    old = os.environ.get("ADVSMOOTH_MODELS")
+    os.environ["ADVSMOOTH_MODELS"] = str(models_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ADVSMOOTH_MODELS", None)
+        else:
+            os.environ["ADVSMOOTH_MODELS"] = old
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers (argparse types)
+# ----------------------------------------------------------------------------------------------
+
+_FRACTION = re.compile(r"^\s*([^/]+?)\s*/\s*([^/]+?)\s*$")
+
+
+def parse_number(text: str) -> float:
+    """A finite number written as a decimal (``0.03``, ``1e-3``) or a fraction (``8/255``).
+
+    ``ValueError`` naming the text otherwise (NaN and infinities are refused).
+
+    >>> parse_number("8/255") == 8 / 255
+    True
+    """
+    s = str(text).strip()
+    m = _FRACTION.match(s)
+    try:
+        if m:
+            num, den = float(m.group(1)), float(m.group(2))
+            if den == 0:
+                raise ValueError
+            value = num / den
+        else:
+            value = float(s)
+    except ValueError:
+        raise ValueError(f"expected a number or a fraction such as 8/255, got {text!r}") \
+            from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def number(text: str) -> float:
+    """argparse type: any finite number or fraction (``8/255``)."""
+    try:
+        return parse_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number or fraction > 0."""
+    v = number(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def nonnegative_number(text: str) -> float:
+    """argparse type: a finite number or fraction >= 0."""
+    v = number(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+#: older name of :func:`positive_number`
+positive_float = positive_number
 
 
 def positive_int(text: str) -> int:
@@ -72,15 +163,130 @@ def nonnegative_int(text: str) -> int:
     return v
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+def hidden_alias(parser: Any, alias: str, dest: str, **kwargs: Any) -> None:
+    """Accept ``alias`` as another spelling of the option stored in ``dest``, unlisted in
+    ``--help`` (older spellings keep working)."""
+    parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                        **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks made before any work
+# ----------------------------------------------------------------------------------------------
+
+def resolve_device(value: str | None, option: str = "--device") -> str:
+    """Map ``--device`` to a torch device string; :class:`UserError` for an unusable value
+    (``gpu``, ``cuda`` on a machine without CUDA, ``cuda:N`` past the last GPU)."""
+    import torch
+
+    if value in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    v = value.strip().lower()
+    if v == "cpu":
+        return "cpu"
+    if v == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"{option} mps: MPS is not available on this machine "
+                            "(use cpu or auto)")
+        return "mps"
+    m = re.fullmatch(r"cuda(?::(\d+))?", v)
+    if m:
+        if not torch.cuda.is_available():
+            raise UserError(f"{option} {value}: CUDA is not available on this machine "
+                            "(use cpu or auto)")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise UserError(f"{option} {value}: this machine has {torch.cuda.device_count()} "
+                            "CUDA device(s), numbered from 0")
+        return v
+    raise UserError(f"{option} must be cpu, cuda, cuda:N, mps or auto, got {value!r}")
+
+
+def _writable_dir(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_out_dir(path: str | os.PathLike[str] | None, option: str = "--out") -> None:
+    """:class:`UserError` unless ``path`` is (or can be created as) a writable folder.
+
+    Nothing is created; the nearest existing ancestor must be a writable folder."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{option} {path}: is a file, not a folder")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, not a folder")
+    if probe.exists() and not _writable_dir(probe):
+        raise UserError(f"{option} {path}: {probe} is not writable (permission denied)")
+
+
+def check_out_file(path: str | os.PathLike[str] | None, option: str) -> None:
+    """:class:`UserError` unless ``path`` can be written as a file (not a folder, in a writable
+    folder); nothing is created."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a folder, not a file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"{option} {path}: is not writable (permission denied)")
+    check_out_dir(p.parent if str(p.parent) else ".", option=f"{option} {path}: folder")
+
+
+def expected_input_shape(model_name: str) -> tuple[int, ...] | None:
+    """The ``C×H×W`` input a named model declares (zoo entry, or the description saved next to
+    a trained model), or ``None`` when it declares none (torchvision, timm, ...)."""
+    import json
+
+    from .. import models
+
+    if model_name in models.ZOO:
+        return tuple(models.spec(model_name).in_shape)
+    p = Path(model_name).expanduser()
+    meta = p.with_name(p.name + ".json")
+    if p.suffix in (".pt", ".pth") and meta.is_file():
+        try:
+            shape = json.loads(meta.read_text()).get("in_shape")
+        except (OSError, ValueError):
+            return None
+        return tuple(int(v) for v in shape) if shape else None
+    return None
+
+
+def check_model_input(model_name: str, data_name: str, image_shape: Sequence[int] | None,
+                      model: Any = None, probe: Any = None) -> None:
+    """:class:`UserError` when model ``model_name`` cannot take ``data_name`` images of shape
+    ``image_shape`` (``C×H×W``): the declared input shape differs, or (given ``model`` and one
+    ``probe`` image batch) a forward pass fails or returns something other than N×K logits."""
+    if image_shape is None:
+        return
+    want = expected_input_shape(model_name)
+    got = tuple(int(v) for v in image_shape)
+    if want is not None and want != got:
+        raise UserError(f"model {model_name!r} takes {'x'.join(map(str, want))} images but "
+                        f"{data_name!r} has {'x'.join(map(str, got))}; pick a model trained on "
+                        f"this dataset (see `advsmooth models`)")
+    if model is None or probe is None:
+        return
+    import torch
+
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (0 < v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
+        with torch.no_grad():
+            out = model(probe)
+    except RuntimeError as exc:
+        raise UserError(f"model {model_name!r} does not accept {data_name!r} images of shape "
+                        f"{'x'.join(map(str, got))}: {str(exc).strip().splitlines()[0]}") \
+            from None
+    if not (isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == probe.shape[0]):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {model_name!r} returned {shape} for {probe.shape[0]} "
+                        f"{data_name!r} image(s); expected N×K logits")
 
 
 def print_table(rows: list[list[Any]], header: list[str]) -> None:

@@ -19,7 +19,7 @@ from ._common import add_common, positive_float, positive_int, resolve_device
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "check-defense", help="gradient-masking sanity checks with a verdict table",
-        description="Run the evaluation checklist (unbounded attacks reach ~100%%, success grows "
+        description="Run the evaluation checklist (unbounded attacks reach ~100%, success grows "
                     "with eps, iterative > single-step, white-box > transfer, gradient > noise, "
                     "EPGD >= single draw for randomised models, NAttack cross-check) and print "
                     "a verdict table. Exit 1 when a check fails.")
