@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 __all__ = [
     "MissingDependency",
     "atomic_path",
+    "remove_stale_temps",
     "optional_import",
     "cache_dir",
     "make_generator",
@@ -95,14 +98,74 @@ def _naming(exc: OSError, final: Path) -> OSError:
     return new
 
 
+#: temporary files of :func:`atomic_path`: ``.NAME.PID-RANDOM.tmpSUFFIX`` (and the older
+#: ``.NAME.RANDOM.tmpSUFFIX``, without the writer's pid)
+_TEMP_NAME = re.compile(r"^\..+\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp(?:\.[^.]*)?$")
+#: a temporary file without a pid is stale after this many seconds
+_STALE_SECONDS = 3600.0
+_CLEANED: set[str] = set()
+_CLEANED_LOCK = threading.Lock()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists (another user's), or cannot tell: keep it
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` writers left in ``folder`` when they
+    were killed (``SIGKILL``, power loss): those whose writer process no longer exists, and
+    those without a pid older than an hour. Returns the removed paths; never raises."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        m = _TEMP_NAME.match(e.name)
+        if m is None:
+            continue
+        try:
+            if not e.is_file(follow_symlinks=False):
+                continue
+            stale = (not _alive(int(m.group(1))) if m.group(1)
+                     else now - e.stat().st_mtime > _STALE_SECONDS)
+            if stale:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _clean_once(folder: Path) -> None:
+    """:func:`remove_stale_temps` on ``folder``, once per process and folder."""
+    key = str(folder.resolve()) if folder.exists() else str(folder)
+    with _CLEANED_LOCK:
+        if key in _CLEANED:
+            return
+        _CLEANED.add(key)
+    remove_stale_temps(folder)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file atomically: yield a fresh temporary path beside ``path``, then rename it over
     ``path`` (``os.replace``) when the block succeeds.
 
-    * On any error (a failing serializer, a full disk, an interrupted write) the temporary file
-      is removed and an existing ``path`` is left intact; a process killed mid-write leaves at
-      most a hidden ``.NAME.*.tmp.SUFFIX`` file, never a truncated ``path``.
+    * On any error (a failing serializer, a full disk, an interrupted write, Ctrl-C) the temporary
+      file is removed and an existing ``path`` is left intact; a process killed mid-write
+      (``SIGKILL``) leaves at most a hidden ``.NAME.PID-RANDOM.tmpSUFFIX`` file, never a
+      truncated ``path``, and the first ``atomic_path`` into that folder by a later process
+      removes it (:func:`remove_stale_temps`: its writer ``PID`` no longer runs).
     * Every call gets its own temporary name (``tempfile.mkstemp`` in the target's folder), so
       concurrent writers (threads or processes) never collide: the last rename wins and the
       file is always one writer's complete output.
@@ -123,8 +186,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}",
-                                    dir=final.parent)
+        _clean_once(final.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-",
+                                    suffix=f".tmp{final.suffix}", dir=final.parent)
     except OSError as exc:
         raise _naming(exc, final) from exc
     tmp = Path(name)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -15,16 +17,26 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "report.html that opens offline.")
     p.add_argument("dir", help="experiment output directory (holding results.sqlite)")
     p.add_argument("--out", "-o", default=None, help="report folder (default: DIR/report)")
-    p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib)")
+    p.add_argument("--no-figures", action="store_true",
+                   help="tables only (also what happens, with a note, without matplotlib)")
     p.set_defaults(func=_main)
     return p
 
 
 def _main(args: argparse.Namespace) -> int:
     from ..report.html import build_report
+    from . import UserError
+    from ._common import check_out_dir
 
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UserError(f"{args.dir}: no such experiment folder")
+    check_out_dir(args.out if args.out is not None else folder / "report",
+                  "--out" if args.out is not None else "report folder")
     paths = build_report(args.dir, report_dir=args.out, figures=not args.no_figures)
     print(f"{len(paths['tables']) // 3} table(s), {len(paths['figures']) // 2} figure(s) -> "
           f"{paths['dir']}")
     print(f"open {paths['html']}")
+    if paths.get("note"):
+        print(f"advsmooth report: note: {paths['note']}", file=sys.stderr)
     return 0

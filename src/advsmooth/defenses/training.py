@@ -55,6 +55,7 @@ from .._utils import (
     make_generator,
     progress,
 )
+from ..models.checkpoints import safe_load
 
 __all__ = [
     "TrainingMethod",
@@ -326,7 +327,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         last = out / "last.pt"
         if resume and last.exists():
-            state = torch.load(last, map_location=dev, weights_only=True)
+            state = safe_load(last, map_location=dev)  # one-line error if unsafe/corrupt
             if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"cannot resume from {last}: not an advsmooth training "
                                  f"checkpoint")

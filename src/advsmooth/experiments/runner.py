@@ -12,7 +12,10 @@
 * **shardable** — under ``torchrun --nproc_per_node=N -m advsmooth run ...`` (or any launcher that
   sets ``WORLD_SIZE``/``RANK``) the pending batches are dealt round-robin to the ranks
   (``torch.distributed``, gloo on CPU, NCCL on GPUs), the per-sample rows are gathered on rank 0
-  and rank 0 alone writes the store. 1-process and N-process runs give the same tables.
+  and rank 0 alone writes the store. 1-process and N-process runs give the same tables;
+* **exclusive** — rank 0 holds a lock on the output folder (:class:`~.lock.FolderLock`) for the
+  whole run, so a second run on the same folder is refused at once with a message naming the
+  holder, instead of computing the same batches twice.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .._utils import atomic_path
 from .._utils import progress as progress_bar
 from . import tasks
 from .artefacts import Artefacts, Step, plan_order
+from .lock import FolderLock
 from .spec import AttackSpec, DatasetSpec, ModelSpec, Spec, StudySpec, load_spec, spec_hash
 from .store import STORE_NAME, Store, dumps
 
@@ -444,11 +448,13 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
     cells = expand_cells(spec)
     res = _Resources(spec, device, data_root)
     store: Store | None = None
+    lock: FolderLock | None = None
     run_id = 0
     store_seconds = 0.0
     plan: dict[str, Any] | None = None
     if rank == 0:
         try:
+            lock = FolderLock(out).acquire()  # one writer per folder; a second run is refused
             for c in cells:  # resolve sample counts (cheap: no images are loaded here)
                 if c.kind == "attack":
                     assert c.dataset is not None
@@ -489,6 +495,8 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
     if "error" in plan:
         if store is not None:
             store.close()
+        if lock is not None:
+            lock.release()
         raise plan["error"]
     for c, n in zip(cells, plan["n_samples"]):
         c.n_samples = n
@@ -594,6 +602,8 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
         overall.close()
         if store is not None:
             store.close()
+        if lock is not None:
+            lock.release()
     if world > 1:
         import torch.distributed as dist
 

@@ -20,12 +20,14 @@ rows, so they do not depend on how a run was interrupted or sharded.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +164,41 @@ def summarize(cols: Mapping[str, np.ndarray], seconds: float = 0.0) -> dict[str,
     }
 
 
+#: SQLite result codes that are about the disk or the file, not about the data
+_SQLITE_OS_ERRORS = {
+    "SQLITE_FULL": errno.ENOSPC, "SQLITE_READONLY": errno.EROFS, "SQLITE_CANTOPEN": errno.EACCES,
+    "SQLITE_IOERR": errno.EIO, "SQLITE_PERM": errno.EACCES,
+}
+_SQLITE_MESSAGES = {"database or disk is full": "SQLITE_FULL",
+                    "attempt to write a readonly database": "SQLITE_READONLY",
+                    "unable to open database file": "SQLITE_CANTOPEN",
+                    "disk I/O error": "SQLITE_IOERR"}
+
+
+def _os_error(exc: sqlite3.Error, path: Path) -> OSError | None:
+    """``exc`` as an ``OSError`` naming the store file when it is about the disk or the file
+    (full disk, read-only file or folder, unreadable file), else ``None``."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    base = name if name in _SQLITE_OS_ERRORS else next(
+        (code for text, code in _SQLITE_MESSAGES.items() if text in str(exc)),
+        next((k for k in _SQLITE_OS_ERRORS if name.startswith(k + "_")), None))
+    if base is None:
+        return None
+    message = str(exc).strip() or base
+    if base == "SQLITE_READONLY":
+        message = f"the result store is read-only ({message})"
+    return OSError(_SQLITE_OS_ERRORS[base], message, str(path))
+
+
 class Store:
     """A result store at ``path`` (a ``results.sqlite`` file, or a directory holding one).
 
     Use as a context manager or call :meth:`close`. ``readonly=True`` opens an existing store
-    without creating or migrating anything.
+    without creating or migrating anything (also in a read-only folder).
+
+    SQLite errors about the disk or the file — a full disk, a read-only store, an unreadable
+    file — are raised as ``OSError`` naming the store (``errno.ENOSPC``, ``EROFS``, ...); a
+    failed transaction is rolled back and leaves the store as it was.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
@@ -175,17 +207,47 @@ class Store:
             p = p / STORE_NAME
         self.path = p
         self.readonly = readonly
-        if readonly:
-            if not p.is_file():
-                raise FileNotFoundError(f"no result store at {p} (run `advsmooth run` first)")
-            self.conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
-        else:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(p), timeout=60, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(_SCHEMA)
+        with self._errors():
+            if readonly:
+                if not p.is_file():
+                    raise FileNotFoundError(f"no result store at {p} (run `advsmooth run` "
+                                            "first)")
+                self.conn = self._open_readonly(p)
+            else:
+                try:
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, str(p.parent)) from exc
+                self.conn = sqlite3.connect(str(p), timeout=60, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(_SCHEMA)
         self.conn.row_factory = sqlite3.Row
+
+    @staticmethod
+    def _open_readonly(p: Path) -> sqlite3.Connection:
+        """A read-only connection; in a folder where SQLite cannot create its shared-memory file
+        (a read-only folder or medium) the file is opened as immutable instead."""
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        conn = sqlite3.connect(f"file:{p}?immutable=1", uri=True, timeout=60)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Raise SQLite errors about the disk or the file as ``OSError`` naming the store."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            err = _os_error(exc, self.path)
+            if err is None:
+                raise
+            raise err from exc
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -198,19 +260,27 @@ class Store:
         self.close()
 
     def _tx(self, statements: Iterable[tuple[str, Any, bool]]) -> None:
-        """Run ``(sql, params, many)`` statements in one IMMEDIATE transaction."""
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, params, many in statements:
-                if many:
-                    cur.executemany(sql, params)  # type: ignore[arg-type]
-                else:
-                    cur.execute(sql, params)  # type: ignore[arg-type]
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+        """Run ``(sql, params, many)`` statements in one IMMEDIATE transaction.
+
+        On any error the transaction is rolled back — unless SQLite already did (it does for a
+        full disk, among others), so that the caller sees the original error."""
+        with self._errors():
+            cur = self.conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params, many in statements:
+                    if many:
+                        cur.executemany(sql, params)  # type: ignore[arg-type]
+                    else:
+                        cur.execute(sql, params)  # type: ignore[arg-type]
+                cur.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # pragma: no cover - the original error matters
+                        pass
+                raise
 
     # -- runs and specs ------------------------------------------------------------------------
     def add_spec(self, spec_hash: str, name: str, spec_json: Mapping[str, Any],
@@ -222,14 +292,16 @@ class Store:
         ])
 
     def begin_run(self, spec_hash: str, world_size: int, device: str) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO runs (spec_hash, started, world_size, device, pid, host) "
-            "VALUES (?,?,?,?,?,?)",
-            (spec_hash, _now(), world_size, device, os.getpid(), os.uname().nodename))
+        with self._errors():
+            cur = self.conn.execute(
+                "INSERT INTO runs (spec_hash, started, world_size, device, pid, host) "
+                "VALUES (?,?,?,?,?,?)",
+                (spec_hash, _now(), world_size, device, os.getpid(), os.uname().nodename))
         return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int) -> None:
-        self.conn.execute("UPDATE runs SET finished=? WHERE run_id=?", (_now(), run_id))
+        with self._errors():
+            self.conn.execute("UPDATE runs SET finished=? WHERE run_id=?", (_now(), run_id))
 
     def current_spec(self) -> tuple[str, dict[str, Any], str]:
         """``(hash, canonical spec dict, TOML text)`` of the spec last run into this store."""

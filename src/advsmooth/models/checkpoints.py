@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .zoo import Normalized
 
-__all__ = ["load_checkpoint", "read_state_dict", "file_sha256", "CheckpointError"]
+__all__ = ["load_checkpoint", "read_state_dict", "safe_load", "file_sha256", "CheckpointError"]
 
 
 class CheckpointError(ValueError):
@@ -39,12 +39,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def read_state_dict(path: str | os.PathLike[str], *,
-                    map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Read a state dict from ``path`` with ``weights_only=True`` (see the module docstring).
+def safe_load(path: str | os.PathLike[str], *,
+              map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` (a
-    ``ValueError``) for an unsafe, corrupt or non-state-dict file; messages name the file.
+    ``ValueError``) for an unsafe (pickled objects other than tensors and plain containers) or
+    corrupt file; nothing in the file is ever executed.
     """
     p = Path(path)
     if not p.is_file():
@@ -58,9 +59,21 @@ def read_state_dict(path: str | os.PathLike[str], *,
             f"containers, which could execute code (only weights_only=True loading is allowed; "
             f"{first})") from None
     except Exception as exc:  # corrupt zip, truncated file, not a torch file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read checkpoint {p}: not a valid PyTorch file "
-                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    return _extract_state_dict(obj, p)
+                              f"({type(exc).__name__}: {first})") from None
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike[str], *,
+                    map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read a state dict from ``path`` with ``weights_only=True`` (see the module docstring).
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` (a
+    ``ValueError``) for an unsafe, corrupt or non-state-dict file; messages name the file.
+    """
+    p = Path(path)
+    return _extract_state_dict(safe_load(p, map_location=map_location), p)
 
 
 def _extract_state_dict(obj: Any, p: Path) -> dict[str, Tensor]:

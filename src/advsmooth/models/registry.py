@@ -12,12 +12,11 @@ asked for (seeded, deterministic, seconds on a CPU) and cached in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,21 +134,13 @@ def digits_model_path(name: str) -> Path:
     return cache_dir() / "models" / f"{name}-v{DIGITS_RECIPE_VERSION}.pt"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock (POSIX ``flock``; a no-op where unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+def _file_lock(path: Path) -> Any:
+    """Exclusive inter-process lock on ``path`` (the ``filelock`` package; every OS), blocking
+    until it is free; released when the block ends or the process dies."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return FileLock(str(path))
 
 
 def _read_meta(pt: Path, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:

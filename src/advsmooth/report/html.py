@@ -9,6 +9,11 @@ artefacts under ``DIR/artefacts``) and writes ``DIR/report/``:
 * ``report.html`` — everything in one file, figures embedded as base64 PNG, no external
   resources (opens offline). ``<body data-figures-loaded="yes">`` is set by an inline script once
   every figure has decoded (used by the headless-browser test).
+
+Without matplotlib (the optional extra ``plot``) the tables, ``report.md`` and ``report.html``
+are still written; the result's ``"note"`` says that figures were left out and how to get them.
+Every file is written atomically, so a killed report leaves the previous complete files (and
+at most hidden temporary files, which the next report removes).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import atomic_path
+from .._utils import MissingDependency, atomic_path, optional_import
 from .tables import (
     METRIC_DISPLAY,
     Table,
@@ -337,12 +342,21 @@ def build_report(out_dir: str | os.PathLike[str], *,
                  figures: bool = True) -> dict[str, Any]:
     """Write the report of the experiment in ``out_dir`` (see the module docstring).
 
-    Returns ``{"dir", "html", "markdown", "tables": [paths], "figures": [paths]}``.
+    Returns ``{"dir", "html", "markdown", "tables": [paths], "figures": [paths], "note"}``;
+    ``note`` is ``None``, or says why figures were left out (matplotlib missing) and how to get
+    them.
     """
     from ..experiments.store import Store
 
     out = Path(out_dir)
     rdir = Path(report_dir) if report_dir is not None else out / "report"
+    note = None
+    if figures:
+        try:
+            optional_import("matplotlib")
+        except MissingDependency as exc:
+            figures = False
+            note = f"figures left out: {exc}"
     with Store(out, readonly=True) as store:
         shash, spec, spec_text = store.current_spec()
         tables = build_tables(store, spec)
@@ -374,5 +388,5 @@ def build_report(out_dir: str | os.PathLike[str], *,
     page = render_html(title, tables, figs, meta=meta, spec_text=spec_text)
     _write_text(rdir / "report.html", page)
     return {"dir": rdir, "html": rdir / "report.html", "markdown": rdir / "report.md",
-            "tables": table_files, "figures": [p for f in figs for p in f.files]}
+            "tables": table_files, "figures": [p for f in figs for p in f.files], "note": note}
 
