@@ -28,6 +28,7 @@ __all__ = [
     "cache_dir",
     "make_generator",
     "progress",
+    "progress_enabled",
     "check_positive",
     "check_nonnegative",
     "check_int_at_least",
@@ -247,15 +248,29 @@ def make_generator(
     return gen
 
 
+def progress_enabled(enabled: bool = True) -> bool:
+    """Whether progress bars are drawn: ``enabled``, stderr is a terminal, and
+    ``$ADVSMOOTH_NO_PROGRESS`` is unset, empty or ``0``."""
+    if not enabled:
+        return False
+    if os.environ.get("ADVSMOOTH_NO_PROGRESS", "").strip() not in ("", "0"):
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 def progress(iterable: Any = None, *, total: int | None = None, desc: str = "",
              enabled: bool = True, **kwargs: Any) -> Any:
-    """A tqdm progress bar on stderr, or a silent pass-through when ``enabled`` is False.
+    """A tqdm progress bar on stderr, or a silent pass-through.
 
-    Disabled automatically when ``$ADVSMOOTH_NO_PROGRESS`` is set (CI, tests).
+    Off when ``enabled`` is False, when stderr is not a terminal (a log file, a pipe, CI), and
+    when ``$ADVSMOOTH_NO_PROGRESS`` is set to anything but ``0`` (see :func:`progress_enabled`).
     """
     from tqdm.auto import tqdm
 
-    disable = (not enabled) or bool(os.environ.get("ADVSMOOTH_NO_PROGRESS"))
+    disable = not progress_enabled(enabled)
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, **kwargs)
 
 

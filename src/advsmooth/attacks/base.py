@@ -431,13 +431,15 @@ class AttackResult:
 
     @property
     def mean_forward_evals(self) -> float:
-        """Mean forward evaluations per image."""
-        return float(self.forward_evals.float().mean()) if len(self) else 0.0
+        """Mean forward evaluations per attacked image (``~skipped``; 0 when none was)."""
+        att = ~self.skipped
+        return float(self.forward_evals[att].double().mean()) if bool(att.any()) else 0.0
 
     @property
     def mean_grad_evals(self) -> float:
-        """Mean gradient evaluations per image."""
-        return float(self.grad_evals.float().mean()) if len(self) else 0.0
+        """Mean gradient evaluations per attacked image (``~skipped``; 0 when none was)."""
+        att = ~self.skipped
+        return float(self.grad_evals[att].double().mean()) if bool(att.any()) else 0.0
 
     def __getitem__(self, index: Tensor | slice | Sequence[int]) -> AttackResult:
         """A result restricted to the samples selected by ``index`` (mask, indices or slice)."""
@@ -474,35 +476,32 @@ class AttackResult:
         )
 
     def summary(self) -> dict[str, float]:
-        """Aggregate numbers over the samples that were attacked (``~skipped``).
+        """Aggregate numbers (see :func:`advsmooth.attacks.summary.summarize`, the one summary
+        of attack results): rates over the attacked images (``~skipped``), norms over the
+        successful ones, iterations and costs per **attacked** image.
 
-        Keys: ``n``, ``skipped``, ``success_rate`` (over attacked samples), ``median_l2``,
-        ``mean_l2``, ``median_linf``, ``mean_linf`` (over successful attacked samples),
-        ``mean_iterations``, ``forward_evals``, ``grad_evals`` (means per image), ``seconds``.
+        Keys: ``n``, ``attacked``, ``skipped``, ``accuracy``, ``success_rate``, ``median_l2``,
+        ``mean_l2``, ``median_linf``, ``mean_linf``, ``rho_adv``, ... , ``iterations`` (also as
+        ``mean_iterations``), ``forward_evals``, ``grad_evals``, ``seconds``; NaN when undefined.
         """
-        att = ~self.skipped
-        ok = att & self.success
-        l2, linf = self.norms(2), self.norms("inf")
+        from .summary import result_columns, summarize
 
-        def stat(t: Tensor, fn: str) -> float:
-            if t.numel() == 0:
-                return float("nan")
-            t = t.double()
-            return float(t.median() if fn == "median" else t.mean())
+        out = summarize(result_columns(self), seconds=self.elapsed)
+        out["mean_iterations"] = out["iterations"]
+        return out
 
-        return {
-            "n": float(len(self)),
-            "skipped": float(self.skipped.sum()),
-            "success_rate": float(self.success[att].double().mean()) if att.any() else float("nan"),
-            "median_l2": stat(l2[ok], "median"),
-            "mean_l2": stat(l2[ok], "mean"),
-            "median_linf": stat(linf[ok], "median"),
-            "mean_linf": stat(linf[ok], "mean"),
-            "mean_iterations": stat(self.iterations[att].double(), "mean"),
-            "forward_evals": self.mean_forward_evals,
-            "grad_evals": self.mean_grad_evals,
-            "seconds": float(self.elapsed),
-        }
+    def __repr__(self) -> str:
+        """One line: attack, images, success, median ‖r‖₂, time (not the tensors)."""
+        n = len(self)
+        s = self.summary()
+        attacked = int(s["attacked"])
+        ok = int((self.success & ~self.skipped).sum()) if n else 0
+        med = "n/a" if s["median_l2"] != s["median_l2"] else f"{s['median_l2']:.4g}"
+        name = self.attack.split("(")[0] if self.attack else "attack"
+        kind = "targeted" if self.target is not None else "untargeted"
+        return (f"AttackResult({name}, {kind}, n={n}, attacked={attacked}, success={ok}/"
+                f"{attacked}, median_l2={med}, shape={tuple(self.x.shape[1:])}, "
+                f"dtype={str(self.x.dtype).replace('torch.', '')}, {self.elapsed:.3g} s)")
 
 
 # ----------------------------------------------------------------------------------------------

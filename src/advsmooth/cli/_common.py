@@ -259,6 +259,19 @@ def expected_input_shape(model_name: str) -> tuple[int, ...] | None:
     return None
 
 
+def data_shape(name: str, split: str = "test", root: str | None = None) -> tuple[int, ...]:
+    """``C×H×W`` of the images of dataset ``name`` (the registry's shape, else read from the
+    first image); the usual one-line errors for an unknown or missing dataset."""
+    from .. import data
+
+    if not name.startswith("npz:"):
+        shape = data.info(name).shape
+        if shape is not None:
+            return tuple(shape)
+    x, _ = data.load(name, split, root=root, indices=[0])
+    return tuple(int(v) for v in x.shape[1:])
+
+
 def check_model_input(model_name: str, data_name: str, image_shape: Sequence[int] | None,
                       model: Any = None, probe: Any = None) -> None:
     """:class:`UserError` when model ``model_name`` cannot take ``data_name`` images of shape

@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from .._utils import atomic_path
-from ._common import add_common, positive_float, positive_int, resolve_device
+from ._common import (
+    add_common,
+    check_model_input,
+    check_out_file,
+    data_shape,
+    hidden_alias,
+    nonnegative_number,
+    positive_int,
+    positive_number,
+    resolve_device,
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,16 +37,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", "-d", required=True, help="dataset name (e.g. digits) or npz:PATH")
     p.add_argument("--split", default="test", help="data split (default: test)")
     p.add_argument("--n", type=positive_int, default=64, help="samples to check (default 64)")
-    p.add_argument("--eps", type=positive_float, nargs="+", default=None,
-                   help="increasing Linf radii in pixel units (default 4/255 ... 64/255)")
+    p.add_argument("--eps", type=positive_number, nargs="+", default=None,
+                   help="increasing Linf radii in pixel units, numbers or fractions such as "
+                        "8/255 (default 4/255 ... 64/255)")
     p.add_argument("--surrogate", default=None, help="model for the transfer check")
-    p.add_argument("--smooth-sigma", type=float, default=None,
+    p.add_argument("--smooth-sigma", type=nonnegative_number, default=None,
                    help="wrap the model in a SmoothedClassifier with this sigma")
     p.add_argument("--smooth-samples", type=positive_int, default=32,
                    help="noisy copies per forward of the SmoothedClassifier (default 32)")
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--nattack-population", type=positive_int, default=40)
-    p.add_argument("--nattack-iter", type=positive_int, default=40)
+    p.add_argument("--nattack-population", type=positive_int, default=40,
+                   help="NAttack population (default 40)")
+    p.add_argument("--nattack-iters", type=positive_int, default=40,
+                   help="NAttack iterations (default 40)")
+    hidden_alias(p, "--nattack-iter", "nattack_iters", type=positive_int)
     p.add_argument("--no-nattack", action="store_true", help="skip the NAttack cross-check")
     p.add_argument("--seed", type=int, default=0, help="seed of every random component")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
@@ -51,23 +65,30 @@ def run(args: argparse.Namespace) -> int:
     from ..checks import evaluate_defense
 
     device = resolve_device(args.device)
+    check_out_file(args.json, "--json")
+    shape = data_shape(args.data, args.split, args.data_root)
+    for name in (args.model, args.surrogate):
+        if name:
+            check_model_input(name, args.data, shape)
     model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
                             verbose=False)
     surrogate = None
     if args.surrogate:
         surrogate = asm.models.load(args.surrogate, device=device, models_dir=args.models_dir,
                                     verbose=False)
+    x, y = asm.data.load(args.data, split=args.split, root=args.data_root, n=args.n)
+    if len(x):
+        check_model_input(args.model, args.data, shape, model=model, probe=x[:1].to(device))
     if args.smooth_sigma is not None:
         model = asm.defenses.SmoothedClassifier(model, sigma=args.smooth_sigma,
                                                 samples=args.smooth_samples, seed=args.seed)
-    x, y = asm.data.load(args.data, split=args.split, root=args.data_root, n=args.n)
     kw: dict[str, Any] = {}
     if args.eps:
         kw["eps_grid"] = tuple(args.eps)
     report = evaluate_defense(
         model, (x.to(device), y.to(device)), surrogate=surrogate, n=args.n, seed=args.seed,
         steps=args.steps, nattack_population=args.nattack_population,
-        nattack_iter=args.nattack_iter, nattack=not args.no_nattack, **kw)
+        nattack_iter=args.nattack_iters, nattack=not args.no_nattack, **kw)
     print(report.table())
     if args.json:
         path = Path(args.json)

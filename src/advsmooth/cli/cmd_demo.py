@@ -51,11 +51,17 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--model must be a digits-* model (the demo runs on the embedded "
                          f"digits data), got {name!r}")
     if getattr(args, "write_spec", None):
+        from ._common import check_out_file
+
+        check_out_file(args.write_spec, "--write-spec")
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         path = write_demo_spec(args.write_spec, n=args.n, seed=args.seed, model=name)
         print(f"wrote {path} (run it with: advsmooth run {path} --out DIR --report)")
         return 0
+    from ._common import check_out_dir
+
+    check_out_dir(getattr(args, "out", "advsmooth-demo"))
     if getattr(args, "retrain", False):
         models.load(name, retrain=True)
     _run(getattr(args, "out", "advsmooth-demo"), n=getattr(args, "n", DEMO_N),

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
+
+from ._common import (
+    add_data_root,
+    add_device,
+    add_models_dir,
+    check_model_input,
+    check_out_dir,
+    models_dir_env,
+    resolve_device,
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -19,9 +30,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("spec", help="experiment spec (TOML), e.g. experiments/digits_deepfool.toml")
     p.add_argument("--out", "-o", default=None,
                    help="output directory (default: runs/<spec name>)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:N or auto (default: the spec's device, else auto)")
-    p.add_argument("--data-root", default=None, help="folder holding dataset files")
+    add_device(p, default=None)
+    add_data_root(p)
+    add_models_dir(p)
     p.add_argument("--save-adversarial", action="store_true", default=None,
                    help="also save adversarial examples as .npz artefacts")
     p.add_argument("--check", action="store_true",
@@ -48,9 +59,6 @@ def _main(args: argparse.Namespace) -> int:
     spec_text = None
     if args.sample is not None:
         spec = with_sample(spec, args.sample)
-    if args.device is not None and args.device not in ("auto", "cpu", "mps") \
-            and not args.device.startswith("cuda"):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N, mps or auto, got {args.device!r}")
     if args.check:
         cells = expand_cells(spec)
         print(f"{args.spec}: valid; {len(cells)} cell(s)")
@@ -58,10 +66,17 @@ def _main(args: argparse.Namespace) -> int:
             where = f"{c.dataset.key}/{c.model.key}" if c.dataset and c.model else "study"
             print(f"  {c.cell_id}  {where:28s} {c.label}")
         return 0
-    result = run_spec(spec if args.sample is not None else args.spec, args.out,
-                      device=args.device, data_root=args.data_root,
-                      progress=not args.no_progress, save_adversarial=args.save_adversarial,
-                      spec_text=spec_text)
+    if args.device is not None:
+        resolve_device(args.device)
+    else:
+        resolve_device(spec.device, option="the spec's device")
+    check_out_dir(args.out if args.out is not None else Path("runs") / spec.name)
+    check_inputs(spec)
+    with models_dir_env(args.models_dir):
+        result = run_spec(spec if args.sample is not None else args.spec, args.out,
+                          device=args.device, data_root=args.data_root,
+                          progress=not args.no_progress,
+                          save_adversarial=args.save_adversarial, spec_text=spec_text)
     if result.rank == 0:
         print(result)
         if args.report:
@@ -70,6 +85,21 @@ def _main(args: argparse.Namespace) -> int:
             paths = build_report(result.out_dir)
             print(f"report: {paths['html']}")
     return 0
+
+
+def check_inputs(spec: Any) -> None:
+    """``UserError`` before any work when a spec pairs a model with a registered dataset whose
+    images it cannot take (declared input shapes, e.g. a CIFAR-10 model on MNIST)."""
+    from .. import data
+    from ..experiments import expand_cells
+
+    seen = set()
+    for c in expand_cells(spec):
+        if c.dataset is None or c.model is None or (c.dataset.name, c.model.name) in seen:
+            continue
+        seen.add((c.dataset.name, c.model.name))
+        if c.dataset.name in data.REGISTRY:
+            check_model_input(c.model.name, c.dataset.name, data.info(c.dataset.name).shape)
 
 
 def with_sample(spec: Any, n: int) -> Any:

@@ -2,8 +2,9 @@
 
 Example::
 
-    advsmooth smooth --model mnist-lenet-pgd --data mnist --n 100 --sigma 0.25 --samples 32 \
-        --vote prediction,soft --attack pgd,epgd --eps 0.3 --steps 40 --draws 3 --out runs/sm
+    advsmooth smooth --model mnist-lenet-pgd --data mnist --n 100 --sigma 0.25 \
+        --smooth-samples 32 --vote prediction,soft --attack pgd,epgd --eps 0.3 --steps 40 \
+        --draws 3 --out runs/sm
 
 prints one row per (attack, classifier) with the accuracy mean ± std over ``--draws`` evaluation
 draws; ``--sweep`` adds the σ × M sweep and ``--out`` writes CSV/Markdown tables and PNG plots.
@@ -18,7 +19,13 @@ from ._common import (
     add_data_root,
     add_device,
     add_models_dir,
+    check_model_input,
+    check_out_dir,
+    data_shape,
+    hidden_alias,
     nonnegative_int,
+    nonnegative_number,
+    parse_number,
     positive_int,
     resolve_device,
 )
@@ -26,9 +33,9 @@ from ._common import (
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        return [parse_number(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        msg = f"expected comma-separated numbers, got {text!r}"
+        msg = f"expected comma-separated numbers (fractions such as 8/255 too), got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
 
 
@@ -40,14 +47,7 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (0 <= v < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
+_nonneg_float = nonnegative_number
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,7 +64,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="seeded random subset size (default: 200)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the subset (default: 0)")
     p.add_argument("--sigma", type=_nonneg_float, default=0.25, help="noise std σ (0.25)")
-    p.add_argument("--samples", type=positive_int, default=64, help="inference samples M (64)")
+    p.add_argument("--smooth-samples", type=positive_int, default=64, dest="samples",
+                   help="noisy copies per smoothed prediction, M (64)")
+    hidden_alias(p, "--samples", "samples", type=positive_int)
     p.add_argument("--vote", default="prediction,weighted,soft",
                    help="comma-separated votes: prediction, weighted, weighted_c, soft, "
                         "logit_mean (default: prediction,weighted,soft)")
@@ -73,7 +75,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--attack", default="none,pgd",
                    help="comma-separated: none, pgd, epgd, epgd_ref, smoothadv, transfer_pgd, "
                         "transfer_pgd_s, nattack (default: none,pgd)")
-    p.add_argument("--eps", type=_nonneg_float, default=0.3, help="l_inf radius (0.3)")
+    p.add_argument("--eps", type=_nonneg_float, default=0.3,
+                   help="l_inf radius, a number or a fraction such as 8/255 (0.3)")
     p.add_argument("--steps", type=positive_int, default=40, help="PGD steps k (40)")
     p.add_argument("--alpha", type=_nonneg_float, default=None,
                    help="step size (default 2.5*eps/steps)")
@@ -82,6 +85,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="source model of the transfer attacks")
     p.add_argument("--population", type=positive_int, default=300, help="NAttack population")
     p.add_argument("--nattack-iters", type=positive_int, default=500, help="NAttack iterations")
+    hidden_alias(p, "--nattack-iter", "nattack_iters", type=positive_int)
     p.add_argument("--draws", type=positive_int, default=3,
                    help="evaluation draws of the randomised classifier (3)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed (0)")
@@ -103,6 +107,7 @@ def _main(args: argparse.Namespace) -> int:
     from ..studies.smoothing import MAIN_COLUMNS, rows_to_markdown, run_smoothing_study
 
     device = resolve_device(args.device)
+    check_out_dir(args.out)
     votes = [v.strip() for v in args.vote.split(",") if v.strip()]
     attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
     from ..defenses.smoothing import VOTES
@@ -117,6 +122,10 @@ def _main(args: argparse.Namespace) -> int:
                              f"{', '.join(ATTACKS)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
+    shape = data_shape(args.data, args.split, args.data_root)
+    for name in (args.model, args.source):
+        if name:
+            check_model_input(name, args.data, shape)
     model = models.load(args.model, models_dir=args.models_dir, device=device, verbose=False)
     source = (models.load(args.source, models_dir=args.models_dir, device=device, verbose=False)
               if args.source else None)

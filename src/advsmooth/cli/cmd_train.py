@@ -15,7 +15,9 @@ from ._common import (
     add_data_root,
     add_device,
     add_models_dir,
+    check_out_dir,
     nonnegative_int,
+    nonnegative_number,
     positive_float,
     positive_int,
     resolve_device,
@@ -44,7 +46,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--schedule", choices=("none", "cosine"), default="none",
                    help="learning-rate schedule (default: none)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=nonnegative_number, default=0.0,
+                   help="weight decay (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", "-o", default=None,
@@ -73,6 +76,9 @@ def _main(args: argparse.Namespace) -> int:
 
     get_method(args.method, **method_kwargs)  # validate before loading data
     device = resolve_device(args.device)
+    out = Path(args.out) if args.out else Path("runs") / f"train-{args.model}-{args.data}".replace(
+        ":", "_").replace("/", "_")
+    check_out_dir(out)
     train_xy = data.load(args.data, split=args.train_split, root=args.data_root)
     in_shape = tuple(train_xy[0].shape[1:])
     if args.data in data.REGISTRY and data.info(args.data).num_classes:
@@ -111,8 +117,6 @@ def _main(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed)
             model = models.create(arch, in_shape, num_classes)
 
-    out = Path(args.out) if args.out else Path("runs") / f"train-{args.model}-{args.data}".replace(
-        ":", "_").replace("/", "_")
     train(model, train_xy, method=args.method, epochs=args.epochs, lr=args.lr,
           optimizer=args.optimizer, weight_decay=args.weight_decay,
           schedule=None if args.schedule == "none" else args.schedule,

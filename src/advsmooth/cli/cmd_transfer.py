@@ -10,6 +10,8 @@ import argparse
 import json
 from typing import Any
 
+from ._common import add_models_dir
+
 #: ``advsmooth.studies.transfer.DIGITS_PARTS`` joined (kept literal: building the parser must not
 #: import torch; tests/test_transfer_study_figs.py checks they agree)
 DEFAULT_PARTS = "tables,fig3,fig4,fig5,fig6,fig7"
@@ -33,7 +35,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--budget-sources", default="cifar10-resnet20",
                    help="cifar10: comma-separated source models of the equal-budget table "
                         "(default: cifar10-resnet20)")
-    p.add_argument("--models-dir", default=None, help="folder of the pretrained checkpoints")
+    add_models_dir(p)
     p.add_argument("--parts", default=DEFAULT_PARTS,
                    help=f"digits: comma-separated sections to run (default: {DEFAULT_PARTS})")
     p.add_argument("--seed", type=int, default=0, help="seed (subset, noise, targets)")
@@ -44,12 +46,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     from ..studies.transfer import run_transfer_study
+    from ._common import check_out_dir, models_dir_env
 
+    check_out_dir(args.out)
     sources = tuple(s.strip() for s in args.budget_sources.split(",") if s.strip())
-    res = run_transfer_study(args.preset, args.out, args.n, args.seed,
-                             progress=not args.no_progress, budget_n=args.budget_n,
-                             budget_sources=sources, models_dir=args.models_dir,
-                             parts=tuple(s.strip() for s in args.parts.split(",") if s.strip()))
+    with models_dir_env(args.models_dir):
+        res = run_transfer_study(
+            args.preset, args.out, args.n, args.seed, progress=not args.no_progress,
+            budget_n=args.budget_n, budget_sources=sources, models_dir=args.models_dir,
+            parts=tuple(s.strip() for s in args.parts.split(",") if s.strip()))
     print(json.dumps({"preset": res["preset"], "n": res["n"], "seconds": round(res["seconds"], 1),
                       "summary": res["summary"], "tables": sorted(res["tables"]),
                       "figures": sorted(res["figures"])}, indent=1))

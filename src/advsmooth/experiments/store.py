@@ -119,49 +119,17 @@ def _nan_to_none(v: Any) -> Any:
 
 
 def summarize(cols: Mapping[str, np.ndarray], seconds: float = 0.0) -> dict[str, float | None]:
-    """Summary metrics of an attack cell from its per-sample columns (see ``ATTACK_METRICS``).
-
-    Metrics defined on correctly classified inputs (fooling rate, ρ_adv, norms, roughness) use
-    those only; norms and roughness also require a successful attack (the set D_s). Undefined
-    values (empty sets) are ``None``.
+    """Summary metrics of an attack cell (:data:`SUMMARY_COLUMNS`) from its per-sample columns,
+    computed by the one summary of attack results, :func:`advsmooth.attacks.summary.summarize`
+    (rates over correctly classified inputs, norms and roughness over successful attacks on
+    them, iterations and costs per attacked image). Undefined values (empty sets) are ``None``.
     """
-    label = np.asarray(cols["label"])
-    n = int(label.shape[0])
-    clean = np.asarray(cols["clean_pred"])
-    adv = np.asarray(cols["adv_pred"])
-    success = np.asarray(cols["success"]).astype(bool)
-    correct = clean == label
-    ds = correct & success
+    from ..attacks.summary import summarize as summarize_attack
 
-    def mean(v: np.ndarray, mask: np.ndarray) -> float | None:
-        v = np.asarray(v, dtype=np.float64)[mask]
-        v = v[np.isfinite(v)]
-        return float(v.mean()) if v.size else None
-
-    def median(v: np.ndarray, mask: np.ndarray) -> float | None:
-        v = np.asarray(v, dtype=np.float64)[mask]
-        return float(np.median(v)) if v.size else None
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.asarray(cols["l2"], np.float64) / np.asarray(cols["x_l2"], np.float64)
-        rho_inf = np.asarray(cols["linf"], np.float64) / np.asarray(cols["x_linf"], np.float64)
-    return {
-        "n": float(n),
-        "n_correct": float(correct.sum()),
-        "accuracy": float(correct.mean()) if n else None,
-        "adv_accuracy": float((adv == label).mean()) if n else None,
-        "fooling_rate": float(success[correct].mean()) if correct.any() else None,
-        "rho_adv": mean(rho, ds),
-        "rho_inf": mean(rho_inf, ds),
-        "mean_l2": mean(cols["l2"], ds),
-        "median_l2": median(cols["l2"], ds),
-        "mean_linf": mean(cols["linf"], ds),
-        "omega": mean(cols["omega"], ds),
-        "omega_n": mean(cols["omega_n"], ds),
-        "iterations": mean(cols["iterations"], correct),
-        "forward_evals": mean(cols["forward_evals"], np.ones(n, bool)),
-        "grad_evals": mean(cols["grad_evals"], np.ones(n, bool)),
-    }
+    s = summarize_attack(cols)
+    s["n_correct"] = s["attacked"]
+    s["fooling_rate"] = s["success_rate"]
+    return {c: _nan_to_none(s[c]) for c in SUMMARY_COLUMNS}
 
 
 #: SQLite result codes that are about the disk or the file, not about the data

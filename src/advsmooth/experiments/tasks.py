@@ -244,28 +244,15 @@ def attack_rows(attack: Any, model: nn.Module, x: Tensor, y: Tensor, *,
     ``r = x_adv − x``), x_l2, x_linf (of the clean input), omega, omega_n (roughness at σh = 1,
     NaN when unavailable), iterations, forward_evals, grad_evals.
     """
+    from ..attacks.summary import result_columns
+
     res = attack(model, x, y, generator=generator)
-    r = (res.x_adv - res.x).detach()
-    flat = r.flatten(1).double()
-    xf = res.x.flatten(1).double()
-    rough = roughness(r)
-    n = len(res)
-    nan = np.full(n, np.nan)
-    cols = {
-        "label": res.labels.cpu().numpy().astype(np.int64),
-        "clean_pred": res.clean_pred.cpu().numpy().astype(np.int64),
-        "adv_pred": res.adv_pred.cpu().numpy().astype(np.int64),
-        "success": res.success.cpu().numpy().astype(np.int64),
-        "l2": flat.norm(dim=1).cpu().numpy(),
-        "linf": (flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(n)).cpu().numpy(),
-        "x_l2": xf.norm(dim=1).cpu().numpy(),
-        "x_linf": (xf.abs().amax(dim=1) if xf.shape[1] else xf.new_zeros(n)).cpu().numpy(),
-        "omega": nan if rough is None else rough[0].cpu().numpy().astype(np.float64),
-        "omega_n": nan if rough is None else rough[1].cpu().numpy().astype(np.float64),
-        "iterations": res.iterations.cpu().numpy().astype(np.int64),
-        "forward_evals": res.forward_evals.cpu().numpy().astype(np.int64),
-        "grad_evals": res.grad_evals.cpu().numpy().astype(np.int64),
-    }
+    cols = result_columns(res)
+    cols.pop("target", None)
+    rough = roughness((res.x_adv - res.x).detach())
+    nan = np.full(len(res), np.nan)
+    cols["omega"] = nan if rough is None else rough[0].cpu().numpy().astype(np.float64)
+    cols["omega_n"] = nan if rough is None else rough[1].cpu().numpy().astype(np.float64)
     return cols, res.x_adv.detach(), float(res.elapsed)
 
 

@@ -18,6 +18,11 @@ from .roughness import roughness  # noqa: E402
 
 __all__ += ["roughness"]
 
+# the one summary of attack results lives beside AttackResult (which calls it); re-exported here
+from ..attacks.summary import summarize as attack_summary  # noqa: E402
+
+__all__ += ["attack_summary"]
+
 from .transfer import (  # noqa: E402
     DecisionBoundaryMap,
     GradientSimilarity,

@@ -48,9 +48,9 @@ METRIC_DISPLAY: dict[str, tuple[str, float]] = {
     "mean_linf": ("mean ‖r‖∞", 1.0),
     "omega": ("Ω×10³", 1000.0),
     "omega_n": ("Ωn×10³", 1000.0),
-    "iterations": ("iterations", 1.0),
-    "forward_evals": ("forward evals / image", 1.0),
-    "grad_evals": ("grad evals / image", 1.0),
+    "iterations": ("iterations / attacked image", 1.0),
+    "forward_evals": ("forward evals / attacked image", 1.0),
+    "grad_evals": ("grad evals / attacked image", 1.0),
     "seconds_per_sample": ("s / sample", 1.0),
 }
 
