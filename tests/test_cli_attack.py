@@ -39,7 +39,7 @@ def test_deepfool_writes_npz_png_json(tmp_path, capsys):
                            "--out", str(out))
     assert code == 0
     for label in ("clean accuracy", "success rate", "median L2", "mean Linf",
-                  "Omega_n x1e3", "gradient evals / image", "time (s)"):
+                  "Omega_n x1e3", "gradient evals / attacked image", "time (s)"):
         assert label in stdout
     data, summary = _check_outputs(out, 6)
     s = summary["summary"]

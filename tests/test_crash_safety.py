@@ -3,6 +3,9 @@
 * an ``advsmooth run`` killed with SIGKILL three times at random (seeded) moments and resumed
   ends with exactly the store of an uninterrupted run (no lost, no duplicated rows); reuses the
   helpers of tests/test_store.py;
+* an ``advsmooth report`` killed with SIGKILL while it writes leaves only complete files (plus
+  hidden temporary files that the next report removes), and the next report is identical to an
+  uninterrupted one;
 * outputs are written atomically (temp file + ``os.replace``): checkpoints, and
   ``advsmooth attack``'s npz/json/png are written via temp file + ``os.replace``;
 * a read-only output directory gives one clear line and exit status 2 (skipped as root, where
@@ -18,6 +21,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +93,76 @@ def test_three_random_sigkills_then_resume_equal_uninterrupted(tmp_path):
         sa, sb = a.snapshot(), b.snapshot()
         assert len(sa["samples"]) == TOTAL and sa == sb
         assert all(c["status"] == "done" for c in a.cells())
+
+
+REPORT_SPEC = """
+name = "report-kill"
+seed = 2
+batch_size = 4
+save_adversarial = true
+[[datasets]]
+name = "digits"
+sample = 8
+[[models]]
+name = "digits-lenet"
+[[attacks]]
+name = "fgsm"
+grid = { eps = [0.05, 0.1, 0.2] }
+"""
+
+
+def _report(out: Path) -> subprocess.Popen:
+    from test_store import _env
+
+    return subprocess.Popen([sys.executable, "-m", "advsmooth", "report", str(out)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and ".tmp" in p.name]
+
+
+def test_sigkill_during_report_then_report_again(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(REPORT_SPEC)
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 0
+    reference = tmp_path / "reference"
+    assert main(["report", str(out), "--out", str(reference)]) == 0
+    rng = random.Random(99)
+    kills = 0
+    for _ in range(6):
+        proc = _report(out)
+        deadline = time.time() + 300
+        while not (out / "report").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.6))        # land somewhere inside the writing
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        # whatever the moment: every visible file is a complete one
+        for p in (out / "report").rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                if p.suffix in (".md", ".csv", ".json") and p.parent.name == "tables":
+                    assert p.read_bytes() == (reference / "tables" / p.name).read_bytes(), p
+                elif p.suffix == ".html":
+                    assert p.read_text().rstrip().endswith("</html>"), p
+                else:
+                    assert p.stat().st_size > 0, p
+        if kills >= 3:
+            break
+    assert kills >= 1, "no kill landed while the report was being written"
+    again = _report(out)
+    assert again.wait(timeout=600) == 0, again.stderr.read().decode()
+    assert _temp_files(out / "report") == []              # stale temporary files removed
+    tables = sorted(p.name for p in (reference / "tables").iterdir())
+    assert sorted(p.name for p in (out / "report" / "tables").iterdir()) == tables
+    for name in tables:
+        assert (out / "report" / "tables" / name).read_bytes() == \
+            (reference / "tables" / name).read_bytes()
+    assert sorted(p.name for p in (out / "report" / "figures").iterdir()) == \
+        sorted(p.name for p in (reference / "figures").iterdir())
 
 
 # -- atomic writes -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import errno
 import importlib
 import os
 import re
+import sys
 import tempfile
 import threading
 import time

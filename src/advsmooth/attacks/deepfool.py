@@ -105,6 +105,11 @@ class DeepFoolRun:
 class DeepFool(Attack):
     """DeepFool: the smallest perturbation (in ℓp) that crosses the nearest linearised boundary.
 
+    **Default ``clip=False``, as in the paper**: iterates are not clipped, so ``x_adv`` may leave
+    the valid image range [0, 1] (a success may then rest on invalid pixel values). Pass
+    ``clip=True`` for valid images; the command line (``advsmooth attack deepfool``) clips by
+    default and offers the unclipped mode as ``--no-clip``.
+
     Args:
         norm: ``2`` (default), ``"inf"`` or any real ``p > 1``.
         overshoot: η; the returned perturbation is ``(1+η)·r_tot`` (applied to the total).

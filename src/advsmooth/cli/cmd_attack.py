@@ -1,10 +1,16 @@
 """``advsmooth attack NAME``: run one registered attack on a model and data, summarise, save.
 
-Per-sample attacks (deepfool, smoothfool, iterative-smooth, color-shift, ...) run on ``--n``
-samples of ``--split``; universal ones (uap, smooth-uap) are fitted on ``--fit-n`` samples of
-``--fit-split`` and evaluated on the ``--n`` samples of ``--split`` (disjoint samples when the two
-splits are the same). With ``--out DIR`` the command writes ``DIR/adversarial.npz``,
-``DIR/examples.png`` and ``DIR/summary.json``. See docs/cli.md.
+Per-sample attacks (deepfool, smoothfool, iterative-smooth, color-shift, ...) are a one-cell
+experiment: the command builds the spec (one dataset selection, one model, one attack) and runs
+it through the experiment runner, so ``--out DIR`` is a run folder like ``advsmooth run``'s —
+``DIR/results.sqlite`` (resumable), ``DIR/artefacts/``, ``DIR/report/`` — plus the files of
+this command, ``DIR/adversarial.npz``, ``DIR/examples.png`` and ``DIR/summary.json``. Without
+``--out`` the run goes to a temporary folder that is removed afterwards. The printed table is
+:func:`advsmooth.attacks.summary.summarize` of the stored per-sample rows.
+
+Universal ones (uap, smooth-uap) are fitted on ``--fit-n`` samples of ``--fit-split`` and
+evaluated on the ``--n`` samples of ``--split`` (disjoint samples when the two splits are the
+same). See docs/cli.md.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import ast
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._utils import atomic_path
+from .._utils import MissingDependency, atomic_path, optional_import
 from . import UserError
+from ._common import (
+    add_data_root,
+    add_device,
+    add_models_dir,
+    check_model_input,
+    check_out_dir,
+    data_shape,
+    models_dir_env,
+    number,
+    parse_number,
+    resolve_device,
+)
 
 #: named flags → parameter (dest) names; the registry entry says which ones an attack takes
 _NAMED = ("norm", "sigma", "overshoot", "max_iter", "candidates", "eps")
@@ -35,9 +54,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "attack", help="run an attack on a model and data; print a summary, save examples",
         description="Run the attack NAME on --n samples and print accuracy, success rate, "
-                    "perturbation norms, roughness, iterations, evaluations and time. "
-                    "With --out DIR, write DIR/adversarial.npz, DIR/examples.png and "
-                    "DIR/summary.json.",
+                    "perturbation norms, roughness, iterations, evaluations per attacked image "
+                    "and time. Adversarial images stay in [0, 1] (--no-clip: the paper's "
+                    "unclipped DeepFool). With --out DIR (a run folder, resumable): "
+                    "DIR/results.sqlite, DIR/report/, DIR/adversarial.npz, DIR/examples.png "
+                    "and DIR/summary.json.",
         epilog=f"attacks:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME", help="attack name (see the list below)")
     p.add_argument("--model", "-m", required=True, help="model name (e.g. digits-lenet) or path")
@@ -47,19 +68,26 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="number of samples: a seeded random subset (default 100; 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and the attack")
     p.add_argument("--batch-size", type=int, default=128, help="attack batch size")
-    p.add_argument("--out", "-o", default=None, help="output folder (default: write nothing)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--data-root", default=None, help="folder holding dataset files")
+    p.add_argument("--out", "-o", default=None,
+                   help="run folder: store, report, npz/png/json (default: write nothing)")
+    add_device(p)
+    add_data_root(p)
+    add_models_dir(p)
     g = p.add_argument_group("attack options (each attack takes some of them)")
     g.add_argument("--norm", default=None, help="norm of the attack: 2 or inf")
-    g.add_argument("--sigma", type=float, default=None, help="smoothing σ_g in pixels")
-    g.add_argument("--overshoot", type=float, default=None, help="DeepFool overshoot η")
+    g.add_argument("--sigma", type=number, default=None, help="smoothing σ_g in pixels")
+    g.add_argument("--overshoot", type=number, default=None, help="DeepFool overshoot η")
     g.add_argument("--max-iter", dest="max_iter", type=int, default=None, help="iteration cap")
     g.add_argument("--candidates", type=int, default=None, help="DeepFool candidate classes")
-    g.add_argument("--eps", type=float, default=None,
-                   help="budget in pixel units (ξ for uap / smooth-uap)")
+    g.add_argument("--eps", type=number, default=None,
+                   help="budget in pixel units, a number or a fraction such as 8/255 (ξ for "
+                        "uap / smooth-uap)")
+    g.add_argument("--no-clip", action="store_true",
+                   help="attacks with a clip option (deepfool): keep the paper's unclipped "
+                        "iterates, so x_adv may leave [0, 1] (default: clip=True, valid images)")
     g.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other constructor parameter (Python literal), repeatable")
+                   help="any other constructor parameter (Python literal or a fraction such as "
+                        "8/255), repeatable")
     u = p.add_argument_group("universal perturbations (uap, smooth-uap)")
     u.add_argument("--fit-split", default="train", help="split to fit v on (default train)")
     u.add_argument("--fit-n", type=int, default=200, help="samples to fit v on (default 200)")
@@ -79,7 +107,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def _literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        return parse_number(text)  # a fraction such as 8/255
+    except ValueError:
         return text
 
 
@@ -116,6 +148,11 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key.isidentifier():
             raise UserError(f"--param must look like KEY=VALUE, got {item!r}")
         params[key] = _literal(value.strip())
+    if e.accepts("clip"):
+        params.setdefault("clip", not getattr(args, "no_clip", False))
+    elif getattr(args, "no_clip", False):
+        raise UserError(f"attack {args.name!r} has no clip option (--no-clip is for attacks "
+                        "that take one, e.g. deepfool)")
     if e.kind == "universal" and getattr(args, "no_progress", False):
         params.setdefault("progress_bar", False)
     if e.accepts("seed") and "seed" not in params:
@@ -157,32 +194,54 @@ def _select(total: int, n: int, seed: int, offset: int = 0) -> torch.Tensor:
     return perm[offset:stop].sort().values
 
 
-def _load(args: argparse.Namespace) -> dict[str, Any]:
+def _load_model(args: argparse.Namespace, device: str) -> tuple[Any, torch.dtype]:
+    """The model (``--models-dir`` honoured), after checking it takes the data's images."""
     import advsmooth as asm
 
-    device = torch.device(args.device)
-    model = asm.models.load(args.model, device=device)
+    model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
+                            verbose=False)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return model, dtype
+
+
+def _probe(args: argparse.Namespace, model: Any, dtype: torch.dtype, device: str) -> None:
+    """One forward pass on one image of the data: a model/data mismatch is a one-line error
+    before any work, as are labels the model has no output for."""
+    import advsmooth as asm
+
+    x, _ = asm.data.load(args.data, split=args.split, root=args.data_root, indices=[0])
+    check_model_input(args.model, args.data, tuple(x.shape[1:]), model=model,
+                      probe=x.to(device=device, dtype=dtype))
+    with torch.no_grad():
+        k = int(model(x.to(device=device, dtype=dtype)).shape[1])
+    if args.data in asm.data.REGISTRY:
+        classes = asm.data.info(args.data).num_classes
+        if classes is not None and classes > k:
+            raise UserError(f"{args.data!r} has {classes} classes but model {args.model!r} has "
+                            f"{k} outputs")
+
+
+def _load(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Model and the ``--n`` selected samples (universal attacks)."""
+    import advsmooth as asm
+
+    model, dtype = _load_model(args, device)
+    _probe(args, model, dtype, device)
     x_all, y_all = asm.data.load(args.data, split=args.split, root=args.data_root)
     idx = _select(len(y_all), args.n, args.seed)
-    x, y = x_all[idx].to(device), y_all[idx].to(device)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = x.to(dtype)
+    x, y = x_all[idx].to(device=device, dtype=dtype), y_all[idx].to(device)
+    return {"model": model, "x": x, "y": y, "indices": idx,
+            "class_names": _class_names(args), "x_all": x_all, "y_all": y_all,
+            "device": torch.device(device), "dtype": dtype}
+
+
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    import advsmooth as asm
+
     try:
-        with torch.no_grad():
-            out = model(x[:1])
-    except RuntimeError as exc:
-        raise UserError(f"model {args.model!r} does not accept {args.data!r} images of shape "
-                        f"{tuple(x.shape[1:])}: {str(exc).splitlines()[0]}") from None
-    k = out.shape[1] if out.ndim == 2 else 2
-    if y.numel() and int(y.max()) >= k:
-        raise UserError(f"{args.data!r} has labels up to {int(y.max())} but model {args.model!r} "
-                        f"has {k} outputs")
-    try:
-        names = asm.data.class_names(args.data, args.data_root)
+        return asm.data.class_names(args.data, args.data_root)
     except Exception:  # noqa: BLE001 - class names are decoration only
-        names = None
-    return {"model": model, "x": x, "y": y, "indices": idx, "class_names": names,
-            "x_all": x_all, "y_all": y_all, "device": device, "dtype": dtype}
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,31 +263,68 @@ def _roughness_stats(r: torch.Tensor) -> dict[str, float]:
             "omega_n_x1e3": 1e3 * float(roughness(rd, sigma_h=1.0, normalized=True).mean())}
 
 
-def _run_sample_attack(attack: Any, data: dict[str, Any], args: argparse.Namespace
-                       ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from ..attacks import run_batched
+def attack_spec(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """The one-cell experiment spec of ``advsmooth attack`` (validated)."""
+    import re
 
-    model, x, y = data["model"], data["x"], data["y"]
-    res = run_batched(attack, model, x, y, batch_size=args.batch_size,
-                      progress_bar=not args.no_progress)
-    s = res.summary()
-    att = ~res.skipped
-    ok = att & res.success
+    from ..experiments import parse_spec
+
+    ds: dict[str, Any] = {"name": args.data, "split": args.split}
+    if args.n:
+        ds.update(sample=args.n, seed=args.seed)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}")
+    return parse_spec({
+        "name": name, "description": f"advsmooth attack {args.name} on {args.model}",
+        "seed": args.seed, "batch_size": args.batch_size, "save_adversarial": True,
+        "datasets": [ds], "models": [{"name": args.model}],
+        "attacks": [{"name": args.name, "params": params}]}, source=f"attack {args.name}")
+
+
+def _read_artefacts(out: Path, cell_id: str, n: int) -> dict[str, np.ndarray]:
+    """``x`` and ``x_adv`` of a cell from its saved batches, in sample order."""
+    parts: dict[str, list[np.ndarray]] = {"idx": [], "x": [], "x_adv": []}
+    for f in sorted((out / "artefacts" / cell_id).glob("batch_*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            for k in parts:
+                parts[k].append(z[k])
+    if not parts["idx"]:
+        raise FileNotFoundError(f"{out}: no saved adversarial examples of cell {cell_id}")
+    idx = np.concatenate(parts["idx"])
+    order = np.argsort(idx, kind="stable")
+    if len(idx) != n or not np.array_equal(idx[order], np.arange(n)):
+        raise FileNotFoundError(f"{out / 'artefacts' / cell_id}: saved batches do not cover the "
+                                f"{n} samples (remove the folder to recompute them)")
+    return {k: np.concatenate(v)[order] for k, v in parts.items() if k != "idx"}
+
+
+def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Path,
+                       device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run the one-cell spec into the run folder ``out``; the summary comes from the store."""
+    from ..attacks.summary import summarize
+    from ..experiments import Store, expand_cells, run_spec
+
+    spec = attack_spec(args, params)
+    run_spec(spec, out, device=device, data_root=args.data_root,
+             progress=not args.no_progress)
+    cell_id = expand_cells(spec)[0].cell_id
+    with Store(out, readonly=True) as st:
+        cols = st.samples(cell_id)
+        seconds = next(c["seconds"] for c in st.cells() if c["cell_id"] == cell_id)
+    s = summarize(cols, seconds=seconds)
     summary: dict[str, Any] = {
-        "n": len(res), "accuracy": float((res.clean_pred == y).double().mean()),
-        "attacked": int(att.sum()), "success_rate": s["success_rate"],
-        "median_l2": s["median_l2"], "mean_l2": s["mean_l2"],
+        "n": int(s["n"]), "accuracy": s["accuracy"], "attacked": int(s["attacked"]),
+        "success_rate": s["success_rate"], "median_l2": s["median_l2"], "mean_l2": s["mean_l2"],
         "median_linf": s["median_linf"], "mean_linf": s["mean_linf"],
-        **_roughness_stats(res.perturbation[ok]),
-        "mean_iterations": s["mean_iterations"],
-        "forward_evals_per_image": s["forward_evals"], "grad_evals_per_image": s["grad_evals"],
-        "seconds": s["seconds"],
+        "omega_x1e3": 1e3 * s["omega"], "omega_n_x1e3": 1e3 * s["omega_n"],
+        "mean_iterations": s["iterations"], "forward_evals_per_image": s["forward_evals"],
+        "grad_evals_per_image": s["grad_evals"], "seconds": s["seconds"],
     }
-    if "hsv_magnitude" in res.extras and bool(ok.any()):
-        summary["mean_hsv_magnitude"] = float(res.extras["hsv_magnitude"][ok].double().mean())
-    arrays = {"x": x, "x_adv": res.x_adv, "y": y, "clean_pred": res.clean_pred,
-              "pred": res.adv_pred, "success": res.success, "iterations": res.iterations}
-    return summary, {k: v.detach().cpu().numpy() for k, v in arrays.items()}
+    images = _read_artefacts(out, cell_id, len(cols["label"]))
+    arrays = {"x": images["x"], "x_adv": images["x_adv"], "y": cols["label"],
+              "clean_pred": cols["clean_pred"], "pred": cols["adv_pred"],
+              "success": cols["success"].astype(bool), "iterations": cols["iterations"],
+              "indices": cols["source_index"]}
+    return summary, arrays
 
 
 def _run_universal(uap: Any, data: dict[str, Any], args: argparse.Namespace
@@ -259,6 +355,7 @@ def _run_universal(uap: Any, data: dict[str, Any], args: argparse.Namespace
         adv_pred = torch.cat([predict(model(x_adv[s:s + args.batch_size]))
                               for s in range(0, len(x), args.batch_size)])
     fr = fooling_rate(model, x, x_adv, y, batch_size=args.batch_size)
+    indices = data["indices"]
     n_fit = len(x_fit)
     summary: dict[str, Any] = {
         "n": len(x), "accuracy": float((clean_pred == y).double().mean()),
@@ -271,12 +368,12 @@ def _run_universal(uap: Any, data: dict[str, Any], args: argparse.Namespace
         **_roughness_stats(v),
         "passes": uap.passes_, "updates": uap.updates_, "history": uap.history_,
         "projection_fallbacks": getattr(uap, "projection_fallbacks_", 0),
-        "forward_evals_per_image": uap.cost_["forward"] / n_fit,
-        "grad_evals_per_image": uap.cost_["grad"] / n_fit,
+        "forward_evals_per_fit_image": uap.cost_["forward"] / n_fit,
+        "grad_evals_per_fit_image": uap.cost_["grad"] / n_fit,
         "seconds": fit_seconds,
     }
     arrays = {"x": x, "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "pred": adv_pred,
-              "success": adv_pred != clean_pred, "v": v[0]}
+              "success": adv_pred != clean_pred, "v": v[0], "indices": indices}
     return summary, {k: t.detach().cpu().numpy() for k, t in arrays.items()}
 
 
@@ -292,8 +389,10 @@ _LABELS = [
     ("omega_n_x1e3", "Omega_n x1e3 (sigma_h=1)", "{:.3f}"),
     ("mean_hsv_magnitude", "mean HSV magnitude", "{:.4f}"),
     ("mean_iterations", "mean iterations", "{:.2f}"), ("passes", "passes", "{:.0f}"),
-    ("forward_evals_per_image", "forward evals / image", "{:.1f}"),
-    ("grad_evals_per_image", "gradient evals / image", "{:.1f}"),
+    ("forward_evals_per_image", "forward evals / attacked image", "{:.1f}"),
+    ("grad_evals_per_image", "gradient evals / attacked image", "{:.1f}"),
+    ("forward_evals_per_fit_image", "forward evals / fit image", "{:.1f}"),
+    ("grad_evals_per_fit_image", "gradient evals / fit image", "{:.1f}"),
     ("seconds", "time (s)", "{:.2f}"),
 ]
 
@@ -324,46 +423,89 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _clip_note(params: dict[str, Any]) -> str | None:
+    if "clip" not in params:
+        return None
+    if params["clip"]:
+        return "adversarial images are clipped to [0, 1] (--no-clip: the paper's unclipped mode)"
+    return "--no-clip: adversarial images are not clipped and may leave [0, 1] (the paper's mode)"
+
+
+def _write_files(args: argparse.Namespace, out: Path, attack: Any, params: dict[str, Any],
+                 summary: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[str]:
+    """``adversarial.npz``, ``examples.png`` (when matplotlib is installed), ``summary.json``."""
     import advsmooth as asm
 
-    from ..attacks.registry import build, entry
-    from ..report.figures import perturbation_grid
-
-    e = entry(args.name)
-    _check_args(args)
-    params = attack_params(args)
-    attack = build(args.name, **params)
-    data = _load(args)
-    if e.kind == "universal":
-        summary, arrays = _run_universal(attack, data, args)
-    else:
-        summary, arrays = _run_sample_attack(attack, data, args)
-    print(f"{args.name} on {args.model} / {args.data}:{args.split}  ({attack!r})")
-    print(format_table(summary))
-    if args.out is None:
-        return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "adversarial.npz") as tmp:
-        np.savez_compressed(tmp, indices=data["indices"].numpy(), **arrays)
+        np.savez_compressed(tmp, **arrays)
+    files = ["adversarial.npz"]
     order = np.flatnonzero(arrays["success"] & (arrays["clean_pred"] == arrays["y"]))
     rest = np.setdiff1d(np.arange(len(arrays["y"])), order)
     pick = np.concatenate([order, rest])[:args.grid_n]
-    if len(pick):
+    try:
+        optional_import("matplotlib")
+        have_mpl = True
+    except MissingDependency as exc:
+        have_mpl = False
+        print(f"advsmooth attack: note: examples.png left out: {exc}", file=sys.stderr)
+    if len(pick) and have_mpl:
+        from ..report.figures import perturbation_grid
+
         perturbation_grid(arrays["x"][pick], arrays["x_adv"][pick], arrays["clean_pred"][pick],
                           arrays["pred"][pick], out / "examples.png", magnify=args.magnify,
-                          max_images=args.grid_n, class_names=data["class_names"],
+                          max_images=args.grid_n, class_names=_class_names(args),
                           title=f"{args.name} on {args.model}")
+        files.append("examples.png")
     record = {
         "attack": args.name, "attack_repr": repr(attack), "params": params,
         "model": args.model, "data": args.data, "split": args.split, "seed": args.seed,
         "summary": summary, "versions": {"advsmooth": asm.__version__,
                                          "torch": torch.__version__},
-        "files": ["adversarial.npz", "examples.png"] if len(pick) else ["adversarial.npz"],
+        "files": list(files),
     }
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
-    print(f"wrote {out / 'adversarial.npz'}, {out / 'examples.png'}, {out / 'summary.json'}",
-          file=sys.stderr)
+    return [*files, "summary.json"]
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..attacks.registry import build, entry
+
+    e = entry(args.name)
+    _check_args(args)
+    device = resolve_device(args.device)
+    check_out_dir(args.out)
+    params = attack_params(args)
+    try:
+        attack = build(args.name, **params)
+    except TypeError as exc:
+        raise UserError(f"attack {args.name!r}: {exc}") from None
+    check_model_input(args.model, args.data, data_shape(args.data, args.split, args.data_root))
+    with models_dir_env(args.models_dir), tempfile.TemporaryDirectory(
+            prefix="advsmooth-attack-") as scratch:
+        out = Path(args.out) if args.out is not None else Path(scratch)
+        if e.kind == "universal":
+            summary, arrays = _run_universal(attack, _load(args, device), args)
+        else:
+            model, dtype = _load_model(args, device)
+            _probe(args, model, dtype, device)
+            del model
+            summary, arrays = _run_sample_attack(args, params, out, device)
+        print(f"{args.name} on {args.model} / {args.data}:{args.split}  ({attack!r})")
+        print(format_table(summary))
+        note = _clip_note(params)
+        if note:
+            print(note)
+        if args.out is None:
+            return 0
+        files = _write_files(args, out, attack, params, summary, arrays)
+    written = ", ".join(str(out / f) for f in files)
+    if e.kind != "universal":
+        from ..report import build_report
+
+        paths = build_report(out)
+        written += f"; run store {out / 'results.sqlite'}, report {paths['html']}"
+        if paths.get("note"):
+            print(f"advsmooth attack: note: {paths['note']}", file=sys.stderr)
+    print(f"wrote {written}", file=sys.stderr)
     return 0

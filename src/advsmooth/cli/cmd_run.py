@@ -15,7 +15,6 @@ from ._common import (
     add_data_root,
     add_device,
     add_models_dir,
-    check_model_input,
     check_out_dir,
     models_dir_env,
     resolve_device,
@@ -71,7 +70,6 @@ def _main(args: argparse.Namespace) -> int:
     else:
         resolve_device(spec.device, option="the spec's device")
     check_out_dir(args.out if args.out is not None else Path("runs") / spec.name)
-    check_inputs(spec)
     with models_dir_env(args.models_dir):
         result = run_spec(spec if args.sample is not None else args.spec, args.out,
                           device=args.device, data_root=args.data_root,
@@ -85,21 +83,6 @@ def _main(args: argparse.Namespace) -> int:
             paths = build_report(result.out_dir)
             print(f"report: {paths['html']}")
     return 0
-
-
-def check_inputs(spec: Any) -> None:
-    """``UserError`` before any work when a spec pairs a model with a registered dataset whose
-    images it cannot take (declared input shapes, e.g. a CIFAR-10 model on MNIST)."""
-    from .. import data
-    from ..experiments import expand_cells
-
-    seen = set()
-    for c in expand_cells(spec):
-        if c.dataset is None or c.model is None or (c.dataset.name, c.model.name) in seen:
-            continue
-        seen.add((c.dataset.name, c.model.name))
-        if c.dataset.name in data.REGISTRY:
-            check_model_input(c.model.name, c.dataset.name, data.info(c.dataset.name).shape)
 
 
 def with_sample(spec: Any, n: int) -> Any:

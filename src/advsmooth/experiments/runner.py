@@ -430,10 +430,13 @@ def run_spec(spec: str | os.PathLike[str] | Spec, out_dir: str | os.PathLike[str
     save_adv = spec.save_adversarial if save_adversarial is None else bool(save_adversarial)
     dev_req = device or spec.device
     rank, world, local_rank, created = _dist_setup(dev_req)
+    locks: list[FolderLock] = []
     try:
         return _run(spec, spec_text, out, dev_req, data_root, progress, save_adv, rank, world,
-                    local_rank)
+                    local_rank, locks)
     finally:
+        for lock in locks:
+            lock.release()
         if created:
             import torch.distributed as dist
 
@@ -441,20 +444,21 @@ def run_spec(spec: str | os.PathLike[str] | Spec, out_dir: str | os.PathLike[str
 
 
 def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | None,
-         progress: bool, save_adv: bool, rank: int, world: int, local_rank: int) -> RunResult:
+         progress: bool, save_adv: bool, rank: int, world: int, local_rank: int,
+         locks: list[FolderLock]) -> RunResult:
     t_start = time.perf_counter()
     device = _resolve_device(dev_req, world, local_rank)
     shash = spec_hash(spec)
     cells = expand_cells(spec)
     res = _Resources(spec, device, data_root)
     store: Store | None = None
-    lock: FolderLock | None = None
     run_id = 0
     store_seconds = 0.0
     plan: dict[str, Any] | None = None
     if rank == 0:
         try:
-            lock = FolderLock(out).acquire()  # one writer per folder; a second run is refused
+            # one writer per folder: a second run is refused (released by run_spec)
+            locks.append(FolderLock(out).acquire())
             for c in cells:  # resolve sample counts (cheap: no images are loaded here)
                 if c.kind == "attack":
                     assert c.dataset is not None
@@ -495,8 +499,6 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
     if "error" in plan:
         if store is not None:
             store.close()
-        if lock is not None:
-            lock.release()
         raise plan["error"]
     for c, n in zip(cells, plan["n_samples"]):
         c.n_samples = n
@@ -602,8 +604,6 @@ def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | N
         overall.close()
         if store is not None:
             store.close()
-        if lock is not None:
-            lock.release()
     if world > 1:
         import torch.distributed as dist
 
