@@ -82,6 +82,8 @@ def _main(args: argparse.Namespace) -> int:
 
             paths = build_report(result.out_dir)
             print(f"report: {paths['html']}")
+            if paths.get("note"):
+                print(f"advsmooth run: note: {paths['note']}", file=sys.stderr)
     return 0
 
 
