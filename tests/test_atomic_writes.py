@@ -283,7 +283,9 @@ def test_read_only_attack_out_dir_cli(tmp_path, monkeypatch, capsys):
     # the first use of digits-lenet may print training progress first; the error is one line
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
-    assert "Permission denied" in errors[0] and str(out / "adversarial.npz") in errors[0]
+    # the run folder is locked before any work: its first write (the lock's sidecar) fails
+    assert "Permission denied" in errors[0] and str(out) in errors[0]
+    assert not (out / "results.sqlite").exists() and _temps(tmp_path) == []
 
 
 # -- (c) concurrent writers ----------------------------------------------------------------------
