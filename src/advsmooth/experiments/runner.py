@@ -400,7 +400,7 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
     except Exception as exc:  # noqa: BLE001 - reported on every rank below
         return {"cell": cell.cell_id, "batch": batch, "rank": rank,
                 "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                "exc": exc if isinstance(exc, (ValueError, FileNotFoundError)) else None}
+                "exc": exc if isinstance(exc, (ValueError, OSError)) else None}
 
 
 def run_spec(spec: str | os.PathLike[str] | Spec, out_dir: str | os.PathLike[str] | None = None,
