@@ -21,7 +21,6 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +183,6 @@ def _check_args(args: argparse.Namespace) -> None:
 # data and model
 # ----------------------------------------------------------------------------------------------
 
-def _select(total: int, n: int, seed: int, offset: int = 0) -> torch.Tensor:
-    """Seeded random indices ``perm[offset : offset + n]`` (``n = 0``: all after offset)."""
-    perm = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))
-    stop = total if n == 0 else offset + n
-    if stop > total:
-        raise UserError(f"asked for {stop - offset} samples but only {total - offset} are "
-                        "available")
-    return perm[offset:stop].sort().values
-
-
 def _load_model(args: argparse.Namespace, device: str) -> tuple[Any, torch.dtype]:
     """The model (``--models-dir`` honoured), after checking it takes the data's images."""
     import advsmooth as asm
@@ -221,20 +210,6 @@ def _probe(args: argparse.Namespace, model: Any, dtype: torch.dtype, device: str
                             f"{k} outputs")
 
 
-def _load(args: argparse.Namespace, device: str) -> dict[str, Any]:
-    """Model and the ``--n`` selected samples (universal attacks)."""
-    import advsmooth as asm
-
-    model, dtype = _load_model(args, device)
-    _probe(args, model, dtype, device)
-    x_all, y_all = asm.data.load(args.data, split=args.split, root=args.data_root)
-    idx = _select(len(y_all), args.n, args.seed)
-    x, y = x_all[idx].to(device=device, dtype=dtype), y_all[idx].to(device)
-    return {"model": model, "x": x, "y": y, "indices": idx,
-            "class_names": _class_names(args), "x_all": x_all, "y_all": y_all,
-            "device": torch.device(device), "dtype": dtype}
-
-
 def _class_names(args: argparse.Namespace) -> list[str] | None:
     import advsmooth as asm
 
@@ -253,28 +228,21 @@ def _nanfloat(v: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _roughness_stats(r: torch.Tensor) -> dict[str, float]:
-    from ..filters import roughness
+def _spec_name(args: argparse.Namespace) -> str:
+    import re
 
-    if r.shape[0] == 0:
-        return {"omega_x1e3": float("nan"), "omega_n_x1e3": float("nan")}
-    rd = r.double()
-    return {"omega_x1e3": 1e3 * float(roughness(rd, sigma_h=1.0).mean()),
-            "omega_n_x1e3": 1e3 * float(roughness(rd, sigma_h=1.0, normalized=True).mean())}
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}")
 
 
 def attack_spec(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The one-cell experiment spec of ``advsmooth attack`` (validated)."""
-    import re
-
     from ..experiments import parse_spec
 
     ds: dict[str, Any] = {"name": args.data, "split": args.split}
     if args.n:
         ds.update(sample=args.n, seed=args.seed)
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}")
     return parse_spec({
-        "name": name, "description": f"advsmooth attack {args.name} on {args.model}",
+        "name": _spec_name(args), "description": f"advsmooth attack {args.name} on {args.model}",
         "seed": args.seed, "batch_size": args.batch_size, "save_adversarial": True,
         "datasets": [ds], "models": [{"name": args.model}],
         "attacks": [{"name": args.name, "params": params}]}, source=f"attack {args.name}")
@@ -327,54 +295,35 @@ def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Pa
     return summary, arrays
 
 
-def _run_universal(uap: Any, data: dict[str, Any], args: argparse.Namespace
-                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    import advsmooth as asm
+def _run_universal(args: argparse.Namespace, params: dict[str, Any], out: Path,
+                   device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run the one-cell ``universal_attack`` study into ``out``; summary and arrays come from
+    its stored row and artefact."""
+    from ..experiments import expand_cells, parse_spec, run_spec
+    from ..experiments.artefacts import Artefacts, Step
+    from ..experiments.attack_universal import STEP_KIND
 
-    from ..attacks.base import predict
-    from ..attacks.universal import universal_fooling_rate
-    from ..metrics import fooling_rate
-
-    model, x, y = data["model"], data["x"], data["y"]
-    if args.fit_split == args.split:
-        fit_idx = _select(len(data["y_all"]), args.fit_n, args.seed,
-                          offset=len(data["indices"]))
-        x_fit = data["x_all"][fit_idx]
-    else:
-        x_fit_all, _ = asm.data.load(args.data, split=args.fit_split, root=args.data_root)
-        fit_idx = _select(len(x_fit_all), min(args.fit_n, len(x_fit_all)), args.seed)
-        x_fit = x_fit_all[fit_idx]
-    x_fit = x_fit.to(device=data["device"], dtype=data["dtype"])
-    start = time.perf_counter()
-    v = uap.fit(model, x_fit)
-    fit_seconds = time.perf_counter() - start
-    x_adv = (x + v).clamp(0.0, 1.0)
-    with torch.no_grad():
-        clean_pred = torch.cat([predict(model(x[s:s + args.batch_size]))
-                                for s in range(0, len(x), args.batch_size)])
-        adv_pred = torch.cat([predict(model(x_adv[s:s + args.batch_size]))
-                              for s in range(0, len(x), args.batch_size)])
-    fr = fooling_rate(model, x, x_adv, y, batch_size=args.batch_size)
-    indices = data["indices"]
-    n_fit = len(x_fit)
-    summary: dict[str, Any] = {
-        "n": len(x), "accuracy": float((clean_pred == y).double().mean()),
-        "fit_n": n_fit, "fit_split": args.fit_split,
-        "universal_fooling_rate": universal_fooling_rate(model, x, v, clean_pred=clean_pred,
-                                                         batch_size=args.batch_size),
-        "fit_fooling_rate": uap.fooling_rate_,
-        "success_rate": fr.rate, "n_excluded": fr.n_excluded,
-        "v_l2": float(torch.linalg.vector_norm(v)), "v_linf": float(v.abs().max()),
-        **_roughness_stats(v),
-        "passes": uap.passes_, "updates": uap.updates_, "history": uap.history_,
-        "projection_fallbacks": getattr(uap, "projection_fallbacks_", 0),
-        "forward_evals_per_fit_image": uap.cost_["forward"] / n_fit,
-        "grad_evals_per_fit_image": uap.cost_["grad"] / n_fit,
-        "seconds": fit_seconds,
-    }
-    arrays = {"x": x, "x_adv": x_adv, "y": y, "clean_pred": clean_pred, "pred": adv_pred,
-              "success": adv_pred != clean_pred, "v": v[0], "indices": indices}
-    return summary, {k: t.detach().cpu().numpy() for k, t in arrays.items()}
+    attack_params = {k: v for k, v in params.items() if k != "progress_bar"}
+    study = {"dataset": args.data, "split": args.split, "n": args.n, "seed": args.seed,
+             "fit_split": args.fit_split, "fit_n": args.fit_n, "batch_size": args.batch_size,
+             "model": args.model, "attack": args.name, "attack_params": attack_params}
+    spec = parse_spec({"name": _spec_name(args), "seed": args.seed,
+                       "description": f"advsmooth attack {args.name} on {args.model}",
+                       "studies": [{"task": "universal_attack", "params": study}]},
+                      source=f"attack {args.name}")
+    run_spec(spec, out, device=device, data_root=args.data_root,
+             progress=not args.no_progress)
+    step = Step(STEP_KIND, dict(expand_cells(spec)[0].params))
+    arts = Artefacts(out, readonly=True)
+    try:
+        done = arts.load(step)
+    finally:
+        arts.close()
+    if done is None:
+        raise FileNotFoundError(f"{out}: the universal perturbation's artefact is missing or "
+                                "damaged (run the command again to recompute it)")
+    arrays = {k: t.numpy() for k, t in done.tensors.items()}
+    return dict(done.rows[0]), arrays
 
 
 _LABELS = [
@@ -484,13 +433,11 @@ def _main(args: argparse.Namespace) -> int:
     with models_dir_env(args.models_dir), tempfile.TemporaryDirectory(
             prefix="advsmooth-attack-") as scratch:
         out = Path(args.out) if args.out is not None else Path(scratch)
-        if e.kind == "universal":
-            summary, arrays = _run_universal(attack, _load(args, device), args)
-        else:
-            model, dtype = _load_model(args, device)
-            _probe(args, model, dtype, device)
-            del model
-            summary, arrays = _run_sample_attack(args, params, out, device)
+        model, dtype = _load_model(args, device)
+        _probe(args, model, dtype, device)
+        del model
+        run = _run_universal if e.kind == "universal" else _run_sample_attack
+        summary, arrays = run(args, params, out, device)
         print(f"{args.name} on {args.model} / {args.data}:{args.split}  ({attack!r})")
         print(format_table(summary))
         note = _clip_note(params)
@@ -499,13 +446,12 @@ def _main(args: argparse.Namespace) -> int:
         if args.out is None:
             return 0
         files = _write_files(args, out, attack, params, summary, arrays)
-    written = ", ".join(str(out / f) for f in files)
-    if e.kind != "universal":
-        from ..report import build_report
+    from ..report import build_report
 
-        paths = build_report(out)
-        written += f"; run store {out / 'results.sqlite'}, report {paths['html']}"
-        if paths.get("note"):
-            print(f"advsmooth attack: note: {paths['note']}", file=sys.stderr)
+    paths = build_report(out)
+    written = ", ".join(str(out / f) for f in files)
+    written += f"; run store {out / 'results.sqlite'}, report {paths['html']}"
+    if paths.get("note"):
+        print(f"advsmooth attack: note: {paths['note']}", file=sys.stderr)
     print(f"wrote {written}", file=sys.stderr)
     return 0

@@ -354,6 +354,7 @@ _LAZY: dict[str, str] = {
     "transfer": "advsmooth.experiments.studies_builtin",
     "smoothing": "advsmooth.experiments.studies_builtin",
     "uap": "advsmooth.experiments.studies_builtin",
+    "universal_attack": "advsmooth.experiments.attack_universal",
 }
 
 
