@@ -319,6 +319,15 @@ def test_eps_fraction_reaches_the_attack(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["params"]["xi"] == pytest.approx(8 / 255)
     assert s["summary"]["v_linf"] <= 8 / 255 + 1e-6
+    # a universal attack is a one-cell run too: its summary is the study row in the store
+    from advsmooth.experiments import Store
+
+    with Store(out, readonly=True) as st:
+        (cell,) = st.cells()
+        (row,) = st.study_rows(cell["cell_id"])
+    assert cell["task"] == "universal_attack" and cell["status"] == "done"
+    assert row["v_linf"] == pytest.approx(s["summary"]["v_linf"])
+    assert (out / "report" / "report.html").is_file()
 
 
 def test_one_spelling_per_option_old_ones_hidden(capsys):

@@ -152,8 +152,6 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
     elif getattr(args, "no_clip", False):
         raise UserError(f"attack {args.name!r} has no clip option (--no-clip is for attacks "
                         "that take one, e.g. deepfool)")
-    if e.kind == "universal" and getattr(args, "no_progress", False):
-        params.setdefault("progress_bar", False)
     if e.accepts("seed") and "seed" not in params:
         params["seed"] = args.seed
     return params
@@ -303,10 +301,9 @@ def _run_universal(args: argparse.Namespace, params: dict[str, Any], out: Path,
     from ..experiments.artefacts import Artefacts, Step
     from ..experiments.attack_universal import STEP_KIND
 
-    attack_params = {k: v for k, v in params.items() if k != "progress_bar"}
     study = {"dataset": args.data, "split": args.split, "n": args.n, "seed": args.seed,
              "fit_split": args.fit_split, "fit_n": args.fit_n, "batch_size": args.batch_size,
-             "model": args.model, "attack": args.name, "attack_params": attack_params}
+             "model": args.model, "attack": args.name, "attack_params": params}
     spec = parse_spec({"name": _spec_name(args), "seed": args.seed,
                        "description": f"advsmooth attack {args.name} on {args.model}",
                        "studies": [{"task": "universal_attack", "params": study}]},
