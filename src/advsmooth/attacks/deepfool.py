@@ -1,9 +1,18 @@
-"""DeepFool (Moosavi-Dezfooli et al., CVPR 2016): minimal perturbations by iterated linearisation.
+"""DeepFool: minimal adversarial perturbations by iterated linearisation.
 
-Multiclass DeepFool for any ``p`` in ``{2, ∞}`` or real ``p > 1`` (ALGORITHMS.md §3.2), the
-binary variant for single-score models (§3.1, handled as the two-class logits ``[0, s]``), and a
-targeted mode. Fully batched: samples that are fooled leave the active batch, so every iteration
-costs only what the still-active samples need.
+Moosavi-Dezfooli, Fawzi, Frossard, "DeepFool: a simple and accurate method to fool deep neural
+networks", CVPR 2016, arXiv:1511.04599. This module follows the paper's Algorithm 2 (multiclass
+DeepFool) for any ``p`` in ``{2, ∞}`` or real ``p > 1`` (the paper's Section 3.3), with the binary
+case of Algorithm 1 as the two-class logits ``[0, s]``, and a targeted mode. Read
+:meth:`DeepFool.run` (the ``while`` loop) and :meth:`DeepFool._iterate` (one pass of its body)
+next to Algorithm 2. Departures from the paper, all documented in docs/deepfool.md: the
+overshoot multiplies the total perturbation, the default linearisation point is the overshot
+point (as the authors' Python code), ``clip=True`` keeps iterates in ``[0, 1]`` with
+box-constrained steps, and after the first iteration only the nearest faces are differentiated
+unless the choice of face needs them all.
+
+Fully batched: samples that are fooled leave the active batch, so every iteration costs only what
+the still-active samples need.
 
 >>> import torch
 >>> from torch import nn
@@ -35,14 +44,24 @@ from .base import (
     plain_torch_modules,
 )
 
-__all__ = ["DeepFool", "JACOBIAN_METHODS"]
+__all__ = ["DeepFool", "JACOBIAN_METHODS", "BOX_METHODS", "FACE_METHODS"]
 
-#: how the candidate-face gradients are computed (see docs/deepfool.md for measurements)
-JACOBIAN_METHODS = ("auto", "loop", "threads", "loop_logits", "batched", "vmap", "replicate")
+#: how the candidate-face gradients are computed: ``"loop"`` (one backward pass per face through
+#: one retained graph), ``"threads"`` (the same, the chunks of an iteration in parallel threads),
+#: ``"auto"`` (``"threads"`` where it is safe, else ``"loop"``)
+JACOBIAN_METHODS = ("auto", "loop", "threads")
+#: how ``clip=True`` keeps the iterates in ``[0, 1]``
+BOX_METHODS = ("project", "clamp")
+#: which faces are differentiated after the first iteration
+FACE_METHODS = ("nearest", "all")
 
 _TINY = 1e-12
-#: relative slack on the adaptive-face acceptance test (see DeepFool._iterate)
-_ADAPTIVE_TOL = 0.1
+#: faces differentiated per later iteration with ``faces="nearest"`` (before any fallback)
+_NEAREST = 2
+#: safety factor of the ``faces="nearest"`` acceptance test (see DeepFool._faces)
+_MARGIN = 2.0
+#: iteration cap of the free-set solve of the box-constrained step (it converges in a handful)
+_BOX_ITERS = 64
 
 Counter = Callable[[Tensor, int], None]
 
@@ -102,6 +121,64 @@ class DeepFoolRun:
         return self.adv_logits.argmax(dim=1)
 
 
+@dataclass
+class _State:
+    """The state of one :meth:`DeepFool.run` (first dimension = batch size N); the iterations
+    update disjoint rows of it in place.
+
+    ``cand`` (N, Kc): the candidate classes, column 0 the class whose region is left (the clean
+    label; for targeted attacks the strongest competitor of the target, column 1); ``wnorm``
+    (N, Kc−1): the normal norm ``‖w'_k‖_q`` last computed for each face (the effective one
+    ``|f'_k| / distance`` under the box-constrained step), used to pick the faces to differentiate.
+    """
+
+    x: Tensor
+    cand: Tensor
+    k0: Tensor
+    target: Tensor | None
+    r_tot: Tensor
+    iters: Tensor
+    face: Tensor
+    fooled: Tensor
+    failed: Tensor
+    wnorm: Tensor
+    adv_logits: Tensor
+
+
+@dataclass
+class _Exec:
+    """How one run evaluates the model: ``forward`` (the model to differentiate, in the attack's
+    memory layout), ``check`` (the stopping-check model) and the cost counters (indices into the
+    run's batch)."""
+
+    forward: Callable[[Tensor], Tensor]
+    check: Callable[[Tensor], Tensor]
+    count_forward: Counter | None
+    count_grad: Counter | None
+
+    def counted(self, idx: Tensor, forwards: int, grads: int) -> None:
+        if self.count_forward is not None and forwards:
+            self.count_forward(idx, forwards)
+        if self.count_grad is not None and grads:
+            self.count_grad(idx, grads)
+
+
+@dataclass
+class _Nearest:
+    """The nearest face among ``a`` given ones, per sample: ``dist`` (n, a) distance of every
+    face (∞: unreachable inside the box), ``norm`` (n, a) its (effective) normal norm, ``l`` (n,)
+    the chosen face, ``step`` the step to it (n, C, H, W), ``bad`` (n,) every normal vanished."""
+
+    dist: Tensor
+    norm: Tensor
+    l: Tensor
+    step: Tensor
+    bad: Tensor
+
+    def chosen_dist(self) -> Tensor:
+        return self.dist.gather(1, self.l[:, None])[:, 0]
+
+
 class DeepFool(Attack):
     """DeepFool: the smallest perturbation (in ℓp) that crosses the nearest linearised boundary.
 
@@ -116,53 +193,49 @@ class DeepFool(Attack):
         max_iter: iteration cap per sample (a sample not fooled by then ends with success=False).
         candidates: number Kc of candidate classes (top-Kc clean logits, fixed for the run; all
             classes when K <= Kc). Must be >= 2.
-        stabilizer: δ added to every step's distance (``(d + δ)``; LTS4's 1e-4) so that steps
-            never vanish.
+        stabilizer: δ added to every step's distance (``(d + δ)``; the authors' code uses 1e-4)
+            so that steps never vanish.
         clip: keep every iterate in ``[0, 1]`` (off by default, like the paper).
+        box: how ``clip=True`` does it. ``"clamp"``: the paper's unconstrained step, then a
+            pixel-wise clamp (which undoes part of the step on saturated pixels, so the iterate
+            falls short of the linearised boundary and more iterations follow). ``"project"``
+            (default): the first step, from the clean image, is the clamped one; every later
+            step goes to the nearest face of the linearised classifier *inside the box*: a
+            pixel on a bound that the step would push outward stays there, and the step is
+            recomputed on the pixels that can move (repeated while more pixels reach a bound),
+            so the iterate lands on the linearised boundary with its overshot point in
+            ``[0, 1]``. Projecting already from the clean image took fewer iterations still but
+            gave larger perturbations (docs/deepfool.md). Ignored when ``clip=False``.
+        faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
+            later ones differentiate the two faces nearest under the current face values and
+            the normal norms last computed, and all the others too whenever a face left out
+            could be nearer than the chosen one if its normal had grown by a factor 2 more than
+            the largest growth seen on the differentiated faces. The step is always computed
+            from exact gradients; on the shared models the results equal ``"all"``'s up to
+            float rounding (docs/deepfool.md). ``"all"``: every candidate face at every
+            iteration, as in the paper.
         linearize_with_overshoot: linearise (and check) at ``x + (1+η)·r_tot``, as the
-            authors' Python code (LTS4) and Foolbox do — the default, because it ends ≈ 1 %
-            closer to the boundary at the same success rate (docs/deepfool.md, measured on
-            digits, MNIST and CIFAR-10); ``False``: linearise at ``x + r_tot`` (the paper's
-            pseudo-code and the MATLAB code; ALGORITHMS.md §3.2's default).
-        jacobian: how the Kc−1 face gradients are computed from one forward pass: ``"loop"``
-            (Kc−1 backward passes of the logit differences through a retained graph),
-            ``"loop_logits"`` (Kc backward passes of the logits), ``"batched"`` (one
-            ``autograd.grad(..., is_grads_batched=True)``), ``"vmap"`` (``torch.func``
-            vmap/jacrev), ``"replicate"`` (the batch repeated Kc−1 times, one backward; costs Kc−1
-            forward evaluations), ``"threads"`` (``"loop"``, with the chunks of each iteration
-            shared among ``torch.get_num_threads()`` Python threads that run with one intra-op
-            thread each — the same results up to float rounding; CPU only), or ``"auto"``
-            (default: ``"threads"`` on a CPU with more than one torch thread when the model is
-            built only from hook-free ``torch.nn`` / ``torch.fx`` / ``advsmooth.models``
-            modules, else ``"loop"``; see ``benchmarks/deepfool_jacobian.py`` and
-            docs/deepfool.md).
-        adaptive_faces: an opt-in approximation for speed. After the first iteration,
-            differentiate only this many faces per sample: the nearest ones under the current
-            face values ``|f'_k|`` (exact, from the forward pass) and the normal norms
-            ``‖w'_k‖`` last computed for them; when the choice is not clear by a margin (a face
-            left out could be nearer if its normal grew like the differentiated ones did, +10 %),
-            the remaining faces are differentiated too. The step always uses the exact gradient
-            of the chosen face. On standard models it returned the same perturbations as the
-            exact algorithm with ~40 % fewer gradients; on an adversarially trained model (many
-            iterations, fast-changing normals) it changed results (see docs/deepfool.md).
-            ``None`` (default): every candidate face at every iteration, as in the paper.
+            authors' Python code and Foolbox do — the default, because it ends ≈ 1 % closer to
+            the boundary at the same success rate (docs/deepfool.md); ``False``: linearise at
+            ``x + r_tot`` (the paper's pseudo-code).
+        jacobian: how the face gradients are computed from one forward pass: ``"loop"``
+            (one backward pass per face through a retained graph), ``"threads"`` (``"loop"``,
+            with the chunks of each iteration shared among ``torch.get_num_threads()`` Python
+            threads that run with one intra-op thread each; CPU only; the same results up to
+            float rounding) or ``"auto"`` (default: ``"threads"`` on a CPU with more than one
+            torch thread when the model is built only from hook-free ``torch.nn`` / ``torch.fx``
+            / ``advsmooth.models`` modules, else ``"loop"``).
         chunk_size: active samples per forward/backward pass (default 128: bounds memory, and
-            moderate batches are faster per image on CPU — measured in docs/deepfool.md);
-            ``None`` = the whole active set at once. Results do not depend on it beyond float
-            rounding.
+            moderate batches are faster per image on CPU); ``None`` = the whole active set at
+            once. Results do not depend on it beyond float rounding.
         channels_last: run the model on channels-last copies of the (4-D, multi-channel) inputs
             (see :class:`~advsmooth.attacks.base.LayoutHint`). ``None`` (default): on CPU, try it
-            and fall back to the input's layout for the rest of the run if the model rejects it
-            (e.g. ``.view`` on a non-contiguous activation); ``True``: require it; ``False``:
-            never.
+            and fall back to the input's layout for the rest of the run if the model rejects it;
+            ``True``: require it; ``False``: never.
         fold_batchnorm: attack a copy of the model with eval-mode Conv→BatchNorm pairs folded
             into single convolutions (:func:`~advsmooth.attacks.base.fold_batchnorm`; the same
-            function up to float rounding; the 9 face gradients of ResNet-20 took 0.68× the
-            time in an ad-hoc measurement here). Applies only to eval-mode models without hooks,
-            built from ``torch.nn``/``advsmooth.models`` modules that ``torch.fx`` traces (a
-            wrapper with Python-side state, e.g. an evaluation counter, is never copied), and
-            only when the copy's logits match on a probe batch; the success of the result is
-            always verified on the original model. ``False``: attack the model as given.
+            function up to float rounding), when the model qualifies; the success of the result
+            is always verified on the original model. ``False``: attack the model as given.
         seed: unused (DeepFool is deterministic); kept for the common signature.
 
     Targeted mode (``attack(model, x, y, target=t)``): each iteration uses only the face between
@@ -173,47 +246,47 @@ class DeepFool(Attack):
     ``face`` (class of the last face), ``failed`` (all face normals vanished).
     Costs per iteration and active sample: 2 forward evaluations (the linearisation point with
     gradients and the overshot check point) and Kc−1 gradient evaluations in the first iteration
-    (one more for ``"loop_logits"``; 1 for binary models and targeted attacks), then
-    ``min(adaptive_faces, Kc−1)``.
+    (1 for binary models and targeted attacks), then 2 with ``faces="nearest"`` (Kc−1, and one
+    forward more, when the acceptance test falls back to every face).
     """
 
     supports_targeted = True
 
+    # 14 parameters: the paper's five, the box and face policies, and the execution options
+    # (jacobian, chunk_size, channels_last, fold_batchnorm) that never change the result
     def __init__(self, *, norm: float | int | str = 2, overshoot: float = 0.02, max_iter: int = 50,
                  candidates: int = 10, stabilizer: float = 1e-4, clip: bool = False,
+                 box: str = "project", faces: str = "nearest",
                  linearize_with_overshoot: bool = True, jacobian: str = "auto",
-                 adaptive_faces: int | None = None, chunk_size: int | None = 128,
-                 channels_last: bool | None = None, fold_batchnorm: bool = True,
-                 seed: int = 0) -> None:
+                 chunk_size: int | None = 128, channels_last: bool | None = None,
+                 fold_batchnorm: bool = True, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.p = _parse_norm(norm)
         self.overshoot = check_nonnegative("overshoot", overshoot)
         self.max_iter = check_int_at_least("max_iter", max_iter, 1)
         self.candidates = check_int_at_least("candidates", candidates, 2)
         self.stabilizer = check_nonnegative("stabilizer", stabilizer)
-        if not isinstance(clip, bool):
-            raise ValueError(f"clip must be a bool, got {clip!r}")
-        if not isinstance(linearize_with_overshoot, bool):
-            raise ValueError(f"linearize_with_overshoot must be a bool, got "
-                             f"{linearize_with_overshoot!r}")
+        for name, flag in (("clip", clip), ("linearize_with_overshoot", linearize_with_overshoot),
+                           ("fold_batchnorm", fold_batchnorm)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
         self.clip = clip
+        self.box = check_choice("box", box, BOX_METHODS)
+        self.faces = check_choice("faces", faces, FACE_METHODS)
         self.linearize_with_overshoot = linearize_with_overshoot
         self.jacobian = check_choice("jacobian", jacobian, JACOBIAN_METHODS)
-        self.adaptive_faces = (None if adaptive_faces is None
-                               else check_int_at_least("adaptive_faces", adaptive_faces, 1))
         self.chunk_size = (None if chunk_size is None
                            else check_int_at_least("chunk_size", chunk_size, 1))
         self.channels_last = LayoutHint(channels_last).mode  # validates
-        if not isinstance(fold_batchnorm, bool):
-            raise ValueError(f"fold_batchnorm must be a bool, got {fold_batchnorm!r}")
         self.fold_batchnorm = fold_batchnorm
         norm_repr: float | str = "inf" if math.isinf(self.p) else (
             int(self.p) if self.p.is_integer() else self.p)
         self._set_params(norm=norm_repr, overshoot=self.overshoot, max_iter=self.max_iter,
                          candidates=self.candidates, stabilizer=self.stabilizer, clip=clip,
+                         box=self.box, faces=self.faces,
                          linearize_with_overshoot=linearize_with_overshoot, jacobian=jacobian,
-                         adaptive_faces=self.adaptive_faces, chunk_size=self.chunk_size,
-                         channels_last=channels_last, fold_batchnorm=fold_batchnorm)
+                         chunk_size=self.chunk_size, channels_last=channels_last,
+                         fold_batchnorm=fold_batchnorm)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -221,9 +294,12 @@ class DeepFool(Attack):
         """Dual exponent ``q = p/(p−1)`` (1 for p = ∞)."""
         return 1.0 if math.isinf(self.p) else self.p / (self.p - 1.0)
 
+    @property
+    def _projects(self) -> bool:
+        return self.clip and self.box == "project"
+
     def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
-        # the clean prediction in the attack's own memory layout and chunks (the same model;
-        # on CPU channels-last ResNet-20 took 0.78× the CPU time of one contiguous call)
+        # the clean prediction in the attack's own memory layout and chunks (the same model)
         hint = LayoutHint(self.channels_last)
         step = self.chunk_size or max(x.shape[0], 1)
         with torch.no_grad():
@@ -233,13 +309,12 @@ class DeepFool(Attack):
     def gradients_per_iteration(self, num_classes: int, targeted: bool = False,
                                 first: bool = True) -> int:
         """Gradient evaluations per active sample in the first (``first=True``) or a later
-        iteration, for a ``num_classes`` model."""
+        iteration, for a ``num_classes`` model (a later iteration of ``faces="nearest"`` may
+        fall back to every face: this is the least it costs)."""
         if targeted or num_classes <= 2:
             return 1
         m = min(self.candidates, num_classes) - 1
-        if not first and self.adaptive_faces is not None:
-            m = min(m, self.adaptive_faces)
-        return m + 1 if self._method() == "loop_logits" else m
+        return m if first or self.faces == "all" else min(m, _NEAREST)
 
     def _method(self, model: nn.Module | None = None, device: torch.device | None = None) -> str:
         """The Jacobian strategy: ``jacobian``, or what ``"auto"`` picks for ``model`` on
@@ -256,9 +331,8 @@ class DeepFool(Attack):
         z0 = as_logits(ctx.clean_logits)
         k0 = z0.argmax(dim=1)
         model = fold_batchnorm(ctx.model, ctx.x[:4]) if self.fold_batchnorm else ctx.model
-        # the stopping checks run on the caller's model itself (a no-grad forward, where BN
-        # folding gains little), so the last check of each sample is the verification of its
-        # x_adv and the base class need not run one more forward pass
+        # the stopping checks run on the caller's model itself, so the last check of each sample
+        # is the verification of its x_adv and the base class need not run one more forward
         run = self.run(
             model, ctx.x, z0, target=ctx.target,
             count_forward=lambda sub, k: ctx.count_forward(sub, k),
@@ -269,6 +343,8 @@ class DeepFool(Attack):
                             info={"jacobian": self._method(model, ctx.x.device)},
                             adv_logits=run.adv_logits)
 
+    # ------------------------------------------------------------------------------------------
+    # Algorithm 2
     # ------------------------------------------------------------------------------------------
     def run(self, model: nn.Module, x: Tensor, z0: Tensor, *, target: Tensor | None = None,
             count_forward: Counter | None = None, count_grad: Counter | None = None,
@@ -281,234 +357,284 @@ class DeepFool(Attack):
         original of a BN-folded ``model``). Used by :class:`DeepFool` and by SmoothFool's inner
         loop.
         """
-        n = x.shape[0]
-        dev = x.device
+        n, dev = x.shape[0], x.device
         z0 = as_logits(z0.detach())
-        num_classes = z0.shape[1]
         k0 = z0.argmax(dim=1)
         if target is None:
-            kc = min(self.candidates, num_classes)
+            kc = min(self.candidates, z0.shape[1])
             # stable descending sort: ties keep the lower index first, like argmax
             cand = torch.sort(z0, dim=1, descending=True, stable=True).indices[:, :kc]
         else:
             cand = torch.stack([k0, target.to(dev).long()], dim=1)
-        eta = self.overshoot
-        r_tot = torch.zeros_like(x)
-        iters = torch.zeros(n, dtype=torch.long, device=dev)
-        face = cand[:, 1].clone()
-        fooled = torch.zeros(n, dtype=torch.bool, device=dev)
-        failed = torch.zeros(n, dtype=torch.bool, device=dev)
-        # last computed ‖w'_j‖_q per sample and face (adaptive face selection)
-        wnorm = torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev)
-        act = torch.arange(n, device=dev)
-        method = self._method(model, x.device)
-        chunk = self.chunk_size or max(n, 1)
-        hint = LayoutHint(self.channels_last)
-        check_hint = hint if check_model is None else LayoutHint(self.channels_last)
+        # line 1: r_tot = 0
+        st = _State(x=x, cand=cand, k0=k0, target=target, r_tot=torch.zeros_like(x),
+                    iters=torch.zeros(n, dtype=torch.long, device=dev), face=cand[:, 1].clone(),
+                    fooled=torch.zeros(n, dtype=torch.bool, device=dev),
+                    failed=torch.zeros(n, dtype=torch.bool, device=dev),
+                    wnorm=torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev),
+                    adv_logits=torch.zeros_like(z0))
+        hint, check_hint = LayoutHint(self.channels_last), LayoutHint(self.channels_last)
         checker = model if check_model is None else check_model
-        adv_logits = torch.zeros_like(z0)
-
-        def layout(xs: Tensor) -> Tensor:
-            return hint(model, xs)
-
-        def check(xs: Tensor) -> Tensor:
-            return check_hint(checker, xs)
+        ex = _Exec(forward=lambda xs: hint(model, xs), check=lambda xs: check_hint(checker, xs),
+                   count_forward=count_forward, count_grad=count_grad)
         # "threads": the chunks of an iteration are independent (disjoint rows of the state), so
-        # torch's threads each take whole chunks with one intra-op thread (balanced: the chunk
-        # count is a multiple of the thread count); the face passes inside run as "loop"
-        workers = torch.get_num_threads() if method == "threads" else 1
-        inner = "loop" if method == "threads" else method
+        # torch's threads each take whole chunks with one intra-op thread
+        workers = torch.get_num_threads() if self._method(model, dev) == "threads" else 1
+        act = torch.arange(n, device=dev)
+        # line 3: while the label has not changed (the active set) and max_iter is not reached
         for it in range(self.max_iter):
             if act.numel() == 0:
                 break
-            # equal chunks of at most chunk_size (400 active -> 4 × 100, not 3 × 128 + 16)
-            parts = -(-act.numel() // chunk)
-            if workers > 1:
-                parts = min(-(-parts // workers) * workers, act.numel())
-            size = -(-act.numel() // parts)
-            groups = [act[s:s + size] for s in range(0, act.numel(), size)]
+            groups = self._chunks(act, workers)
 
             def one(idx: Tensor, first: bool = it == 0) -> Tensor:
-                return self._iterate(model, x, idx, r_tot, cand, k0, wnorm, iters, face, fooled,
-                                     failed, adv_logits, target, inner, layout, check,
-                                     first=first, count_forward=count_forward,
-                                     count_grad=count_grad)
+                return self._iterate(st, idx, ex, first=first)
             done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
-        x_adv = x + (1.0 + eta) * r_tot
+        # line 12: the overshoot multiplies the total perturbation
+        x_adv = x + (1.0 + self.overshoot) * st.r_tot
         if self.clip:
             x_adv = x_adv.clamp(0.0, 1.0)
-        return DeepFoolRun(r_tot=r_tot, x_adv=x_adv, fooled=fooled,
-                           failed=failed, face=face, iterations=iters, adv_logits=adv_logits)
+        return DeepFoolRun(r_tot=st.r_tot, x_adv=x_adv, fooled=st.fooled, failed=st.failed,
+                           face=st.face, iterations=st.iters, adv_logits=st.adv_logits)
 
-    def _iterate(self, model: nn.Module, x: Tensor, idx: Tensor, r_tot: Tensor, cand: Tensor,
-                 k0: Tensor, wnorm: Tensor, iters: Tensor, face: Tensor, fooled: Tensor,
-                 failed: Tensor, adv_logits: Tensor, target: Tensor | None,
-                 method: str, layout: Callable[[Tensor], Tensor],
-                 check: Callable[[Tensor], Tensor], *, first: bool,
-                 count_forward: Counter | None, count_grad: Counter | None) -> Tensor:
-        """One DeepFool iteration on the samples ``idx`` (updates the state tensors in place);
-        returns which of them are finished (fooled or failed)."""
+    def _chunks(self, act: Tensor, workers: int) -> list[Tensor]:
+        """The active set in equal chunks of at most ``chunk_size`` (400 → 4 × 100), their count
+        a multiple of ``workers`` when there are enough samples."""
+        parts = -(-act.numel() // (self.chunk_size or max(act.numel(), 1)))
+        if workers > 1:
+            parts = min(-(-parts // workers) * workers, act.numel())
+        size = -(-act.numel() // parts)
+        return [act[s:s + size] for s in range(0, act.numel(), size)]
+
+    def _iterate(self, st: _State, idx: Tensor, ex: _Exec, *, first: bool) -> Tensor:
+        """One pass of Algorithm 2's loop body on the samples ``idx`` (updates ``st`` in place);
+        returns which of them are finished (fooled, or every face normal vanished)."""
         eta = self.overshoot
-        xa, ra, ca = x[idx], r_tot[idx], cand[idx]
-        xl = xa + ra * (1.0 + eta) if self.linearize_with_overshoot else xa + ra
+        xa, ra = st.x[idx], st.r_tot[idx]
+        xo = xa + (1.0 + eta) * ra  # the overshot point (checked by the previous iteration)
+        if self.clip:
+            xo = xo.clamp(0.0, 1.0)
+        xl = xo if self.linearize_with_overshoot else xa + ra
         if self.clip:
             xl = xl.clamp(0.0, 1.0)
-        m = ca.shape[1] - 1
-        adaptive = not first and self.adaptive_faces is not None and self.adaptive_faces < m
-        select = None
-        if adaptive:
-            k = self.adaptive_faces
-            wn_old = wnorm[idx]
-
-            def select(fp_all: Tensor) -> Tensor:
-                est = fp_all.abs() / wn_old.clamp_min(_TINY)
-                return est.topk(k, dim=1, largest=False, sorted=True).indices
-
-        fp_all, wp, sel, ngrad, nfwd = _face_gradients(model, xl, ca, method, select, layout)
-        if count_forward is not None:
-            count_forward(idx, nfwd)
-        if count_grad is not None:
-            count_grad(idx, ngrad)
-        fp = fp_all.gather(1, sel)
-        step, l, bad, norms = self._step(fp, wp)
-        wnorm[idx[:, None], sel] = norms.to(wnorm.dtype)
-        lf = sel.gather(1, l[:, None])[:, 0]  # chosen face, as an index into the m faces
-        if adaptive:
-            # Verify the choice: the faces not differentiated keep their last normal norms. Accept
-            # only when none of them could be nearer unless its normal grew by more than the
-            # largest growth seen on the differentiated faces (+ a tolerance); otherwise
-            # differentiate the remaining faces too, so the step is the exact DeepFool step.
-            growth = (norms / wn_old.gather(1, sel).clamp_min(_TINY)).amax(dim=1).clamp_min(1.0)
-            rest = _complement(sel, m)
-            est_rest = (fp_all.gather(1, rest).abs()
-                        / wn_old.gather(1, rest).clamp_min(_TINY)).amin(dim=1)
-            d_best = fp.abs().gather(1, l[:, None])[:, 0] / norms.gather(1, l[:, None])[:, 0] \
-                .clamp_min(_TINY)
-            redo = (~bad & (d_best * growth * (1.0 + _ADAPTIVE_TOL) > est_rest)).nonzero()[:, 0]
-            if redo.numel():
-                fp_r, wp_r, _, ngrad_r, nfwd_r = _face_gradients(
-                    model, xl[redo], ca[redo], method, lambda _fp, rr=rest[redo]: rr, layout)
-                if count_forward is not None:
-                    count_forward(idx[redo], nfwd_r)
-                if count_grad is not None:
-                    count_grad(idx[redo], ngrad_r)
-                sel_r = torch.cat([sel[redo], rest[redo]], dim=1)  # every face
-                step_r, l_r, bad_r, norms_r = self._step(fp_all[redo].gather(1, sel_r),
-                                                         torch.cat([wp[redo], wp_r], dim=1))
-                wnorm[idx[redo][:, None], sel_r] = norms_r.to(wnorm.dtype)
-                step, bad = step.clone(), bad.clone()
-                step[redo], bad[redo] = step_r, bad_r
-                lf[redo] = sel_r.gather(1, l_r[:, None])[:, 0]
-        ra = ra + step
-        if self.clip:
-            ra = (xa + ra).clamp(0.0, 1.0) - xa
-        r_tot[idx] = ra
-        iters[idx] += 1
-        face[idx] = ca.gather(1, (lf + 1)[:, None])[:, 0]
-        # stopping check at the overshot point
+        # box="project": from the second iteration on, the step has the room that keeps
+        # x + (1+η)(r_tot + r) in [0, 1]; the first step, from the clean image, is clamped
+        project = self._projects and not first
+        box = (-xo / (1.0 + eta), (1.0 - xo) / (1.0 + eta)) if project else None
+        # lines 4-10: face values f'_k and normals w'_k at x_i, the nearest face and the step
+        near, sel = self._faces(st, idx, ex, xl, box, first=first)
+        ra = ra + near.step
+        if self.clip and not project:
+            ra = (xa + ra).clamp(0.0, 1.0) - xa  # the plain clamp
+        st.r_tot[idx] = ra
+        st.iters[idx] += 1
+        lf = sel.gather(1, near.l[:, None])[:, 0]  # the chosen face, among the Kc − 1
+        st.face[idx] = st.cand[idx].gather(1, (lf + 1)[:, None])[:, 0]
+        # line 3 again: the stopping check, at the overshot point
         xc = xa + (1.0 + eta) * ra
         if self.clip:
             xc = xc.clamp(0.0, 1.0)
         with torch.no_grad():
-            zc = as_logits(check(xc))
-        if count_forward is not None:
-            count_forward(idx, 1)
+            zc = as_logits(ex.check(xc))
+        ex.counted(idx, 1, 0)
         pc = zc.argmax(dim=1)
-        adv_logits[idx] = zc.to(adv_logits.dtype)
-        if target is None:
-            hit = pc != k0[idx]
+        st.adv_logits[idx] = zc.to(st.adv_logits.dtype)
+        if st.target is None:
+            hit = pc != st.k0[idx]
         else:
-            ta = cand[idx, 1]
+            ta = st.cand[idx, 1]
             hit = pc == ta
             # next face: target vs its strongest competitor at the checked point
-            comp = zc.scatter(1, ta[:, None], float("-inf")).argmax(dim=1)
-            cand[idx, 0] = comp
-        fooled[idx] = hit
-        failed[idx] = bad & ~hit
-        return hit | bad
+            st.cand[idx, 0] = zc.scatter(1, ta[:, None], float("-inf")).argmax(dim=1)
+        st.fooled[idx] = hit
+        st.failed[idx] = near.bad & ~hit
+        return hit | near.bad
 
-    def _step(self, fp: Tensor, wp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Step to the nearest linearised face. ``fp``: (n, m) ``f'``; ``wp``: (n, m, C, H, W).
+    def _faces(self, st: _State, idx: Tensor, ex: _Exec, xl: Tensor,
+               box: tuple[Tensor, Tensor] | None, *, first: bool) -> tuple[_Nearest, Tensor]:
+        """Lines 4-10 for the samples ``idx`` linearised at ``xl``: the nearest face and the step
+        to it, and the faces differentiated (``sel`` (n, a), indices into the Kc − 1 faces, the
+        chosen one is ``sel[l]``).
 
-        Returns ``(step, l, bad, norms)``: the step (n, C, H, W), the index of the chosen face
-        among the m given, whether every normal vanished, and ``‖w'‖_q`` (n, m)."""
-        n, m = fp.shape
-        flat = wp.reshape(n, m, -1)
-        q = self.q
-        if q == 2.0:
-            norms = flat.norm(dim=2)
-        elif q == 1.0:
-            norms = flat.abs().sum(dim=2)
+        With ``faces="nearest"`` after the first iteration, only the ``_NEAREST`` faces nearest
+        under the estimate ``|f'_k| / ‖w'_k‖`` (exact face values, normal norms last computed)
+        are differentiated. The choice is accepted when every face left out stays farther than
+        the chosen one even if its normal had grown ``_MARGIN`` times more than the largest
+        growth seen on the differentiated faces; otherwise the sample's other faces are
+        differentiated too (one more forward) and the step is chosen among all of them.
+        """
+        ca = st.cand[idx]
+        m = ca.shape[1] - 1
+        xg, diffs = _forward_faces(ex.forward, xl, ca)
+        fp = diffs.detach()
+        selective = not first and self.faces == "nearest" and m > _NEAREST
+        if selective:
+            old = st.wnorm[idx]
+            est = fp.abs() / old.clamp_min(_TINY)
+            sel = est.topk(_NEAREST, dim=1, largest=False, sorted=True).indices
         else:
-            norms = torch.linalg.vector_norm(flat, ord=q, dim=2)
-        dist = fp.abs() / norms.clamp_min(_TINY)
-        l = dist.argmin(dim=1)
+            sel = torch.arange(m, device=xl.device).expand(xl.shape[0], m)
+        wp = _backward_faces(xg, diffs, sel)
+        ex.counted(idx, 1, sel.shape[1])
+        near = self._nearest(fp.gather(1, sel), wp, box)
+        if selective:
+            growth = (near.norm / old.gather(1, sel)).amax(dim=1).clamp_min(1.0)
+            rest = _complement(sel, m)
+            reach = fp.gather(1, rest).abs() / (old.gather(1, rest) * _MARGIN)
+            redo = (~near.bad & (reach.amin(dim=1) <= near.chosen_dist() * growth)).nonzero()[:, 0]
+            if redo.numel():
+                near, sel = self._all_faces(st, idx, ex, xl, box, redo, near, sel, wp, fp)
+        st.wnorm[idx[:, None], sel] = near.norm.to(st.wnorm.dtype)
+        return near, sel
+
+    def _all_faces(self, st: _State, idx: Tensor, ex: _Exec, xl: Tensor,
+                   box: tuple[Tensor, Tensor] | None, redo: Tensor, near: _Nearest, sel: Tensor,
+                   wp: Tensor, fp: Tensor) -> tuple[_Nearest, Tensor]:
+        """The fallback of :meth:`_faces`: differentiate the faces left out for the samples
+        ``redo`` (rows of ``idx``) and choose among every face."""
+        rest = _complement(sel[redo], fp.shape[1])
+        xg, diffs = _forward_faces(ex.forward, xl[redo], st.cand[idx[redo]])
+        wp_r = torch.cat([wp[redo], _backward_faces(xg, diffs, rest)], dim=1)
+        ex.counted(idx[redo], 1, rest.shape[1])
+        sel_r = torch.cat([sel[redo], rest], dim=1)
+        box_r = None if box is None else (box[0][redo], box[1][redo])
+        near_r = self._nearest(fp[redo].gather(1, sel_r), wp_r, box_r)
+        # rows of the accepted samples keep their faces, padded with what they last knew
+        wide = torch.cat([sel, _complement(sel, fp.shape[1])], dim=1)
+        old = st.wnorm[idx].gather(1, wide)
+        norm = torch.cat([near.norm.to(old.dtype), old[:, sel.shape[1]:]], dim=1)
+        dist = torch.cat([near.dist, torch.full_like(old[:, sel.shape[1]:], math.inf)], dim=1)
+        norm[redo], dist[redo] = near_r.norm.to(norm.dtype), near_r.dist.to(dist.dtype)
+        wide[redo] = sel_r
+        l, step, bad = near.l.clone(), near.step.clone(), near.bad.clone()
+        l[redo], step[redo], bad[redo] = near_r.l, near_r.step, near_r.bad
+        return _Nearest(dist=dist, norm=norm, l=l, step=step, bad=bad), wide
+
+    def _nearest(self, fp: Tensor, wp: Tensor, box: tuple[Tensor, Tensor] | None) -> _Nearest:
+        """Lines 7-10: the nearest of the ``a`` linearised faces ``f'_k + w'_k·r = 0`` and the
+        step to it. ``fp``: (n, a) face values; ``wp``: (n, a, C, H, W) normals; ``box``: the
+        bounds ``(lo, hi)`` (n, C, H, W) of the step, or ``None`` (unconstrained).
+
+        Unconstrained: ``d_k = |f'_k| / ‖w'_k‖_q``, ``l = argmin d_k``, step ``(d_l + δ)·u(w'_l)``
+        with ``u`` the unit-ℓp direction of Hölder's equality. In a box the step to face ``k`` is
+        ``clip(t·u(w'_k), lo, hi)`` with the smallest ``t`` that reaches the face (the
+        minimal-ℓp point of the face inside the box, see :func:`_box_solve`), ``d_k`` its ℓp
+        norm (∞ when the face cannot be reached inside the box).
+        """
+        n, a = fp.shape
+        flat = wp.reshape(n, a, -1)
+        q = self.q
+        norms = _lp(flat, q)
+        free = fp.abs() / norms.clamp_min(_TINY)
         ar = torch.arange(n, device=fp.device)
-        wl = wp[ar, l]
+        if box is None:
+            l = free.argmin(dim=1)
+            nl = norms[ar, l]
+            bad = nl < _TINY
+            t = (free[ar, l] + self.stabilizer).masked_fill(bad, 0.0)
+            step = t[:, None] * _direction(flat[ar, l], nl, q)
+            return _Nearest(dist=free, norm=norms, l=l, step=step.view_as(wp[:, 0]), bad=bad)
+        u = _direction(flat, norms, q)  # (n, a, D): ‖u‖_p = 1, w'·u = ‖w'‖_q
+        lo, hi = box[0].reshape(n, 1, -1), box[1].reshape(n, 1, -1)
+        t, reach = _box_solve(flat, u, fp.abs(), lo, hi)
+        dist = _lp(torch.minimum(torch.maximum(t[..., None] * u, lo), hi), self.p)
+        dist = dist.masked_fill(~reach, math.inf)
+        # no face reachable inside the box: the nearest unconstrained face (a clamped step)
+        l = torch.where(reach.any(dim=1), dist.argmin(dim=1), free.argmin(dim=1))
         nl = norms[ar, l]
         bad = nl < _TINY
-        scale = (dist[ar, l] + self.stabilizer).masked_fill(bad, 0.0)
-        shape = (n,) + (1,) * (wl.ndim - 1)
-        if q == 2.0:
-            direction = wl / nl.clamp_min(_TINY).view(shape)
-        elif q == 1.0:
-            direction = wl.sign()
-        else:
-            direction = (wl.abs() / nl.clamp_min(_TINY).view(shape)).pow(q - 1.0) * wl.sign()
-        return scale.view(shape) * direction, l, bad, norms
+        ul, wl = u[ar, l][:, None], flat[ar, l][:, None]
+        # the step to the chosen face with the stabilizer: w'·r = |f'| + δ·‖w'‖_q, which is
+        # (d + δ)·u when no pixel meets a bound
+        tl, reach_l = _box_solve(wl, ul, (fp.abs()[ar, l] + self.stabilizer * nl)[:, None], lo, hi)
+        tl = torch.where(reach_l, tl, (free[ar, l] + self.stabilizer)[:, None])
+        tl = tl.masked_fill(bad[:, None], 0.0)
+        step = torch.minimum(torch.maximum(tl[..., None] * ul, lo), hi)[:, 0].view_as(wp[:, 0])
+        effective = torch.where(torch.isfinite(dist) & (dist > 0),
+                                fp.abs() / dist.clamp_min(_TINY), norms)
+        return _Nearest(dist=dist, norm=effective, l=l, step=step, bad=bad)
 
 
 # ----------------------------------------------------------------------------------------------
-# face gradients: f'_j = z[c_j] − z[c_0], w'_j = ∇ f'_j for j = 1..m (m = Kc − 1)
+# norms, directions and the box-constrained step
 # ----------------------------------------------------------------------------------------------
 
-def _face_gradients(model: nn.Module, xl: Tensor, cand: Tensor, method: str,
-                    select: Callable[[Tensor], Tensor] | None = None,
-                    forward: Callable[[Tensor], Tensor] | None = None
-                    ) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """Face values and normals at ``xl`` for the candidate classes ``cand`` (n, Kc).
+def _lp(v: Tensor, p: float) -> Tensor:
+    """ℓp norm over the last dimension."""
+    if p == 2.0:
+        return v.norm(dim=-1)
+    if p == 1.0:
+        return v.abs().sum(dim=-1)
+    if math.isinf(p):
+        return v.abs().amax(dim=-1)
+    return torch.linalg.vector_norm(v, ord=p, dim=-1)
 
-    ``select(f' (n, m)) → (n, a)`` picks the faces to differentiate (all m when None);
-    ``forward`` replaces ``model(x)`` for the loop strategies (memory layout). Returns
-    ``(f' of every face (n, m), w' (n, a, C, H, W) of the selected faces, their indices (n, a),
-    grad evals, forward evals)`` per sample.
+
+def _direction(w: Tensor, norms: Tensor, q: float) -> Tensor:
+    """The unit-ℓp vector ``u`` with ``w·u = ‖w‖_q`` (Hölder's equality case), for ``w``
+    (..., D) and ``norms = ‖w‖_q`` (...): ``w/‖w‖₂`` (q = 2), ``sign(w)`` (q = 1) or
+    ``|w|^(q−1)·sign(w) / ‖w‖_q^(q−1)``; 0 where ``w`` vanishes."""
+    if q == 2.0:
+        return w / norms.clamp_min(_TINY)[..., None]
+    if q == 1.0:
+        return w.sign()
+    return (w.abs() / norms.clamp_min(_TINY)[..., None]).pow(q - 1.0) * w.sign()
+
+
+def _box_solve(w: Tensor, u: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The smallest ``t ≥ 0`` with ``w·clip(t·u, lo, hi) = b``, per face.
+
+    ``w``, ``u``: (n, a, D) with ``sign(u) = sign(w)``; ``b`` (n, a) ≥ 0; ``lo ≤ 0 ≤ hi``
+    (n, 1, D). For every ℓp, ``clip(t·u, lo, hi)`` with this ``t`` is the minimal-norm ``r`` in
+    the box with ``w·r = b`` (the box-constrained problem's optimality conditions). Free-set
+    iteration: ``t = (b − Σ_saturated w_j·bound_j) / Σ_free w_j·u_j``, then coordinates that
+    pass their bound at ``t`` are fixed at it, and again; ``t`` grows monotonically and stops,
+    exactly, when no further coordinate saturates (at most D rounds; a handful in practice).
+    Returns ``(t (n, a), reachable (n, a))``; ``t`` is 0 where the face is out of reach
+    (``b`` above the most the box allows).
     """
-    n, m = cand.shape[0], cand.shape[1] - 1
-    if method in ("vmap", "replicate"):
-        # these strategies differentiate every face; a selection only subsets the result
-        fp, wp = (_face_gradients_vmap if method == "vmap" else _face_gradients_replicate)(
-            model, xl, cand)
-        nfwd = 1 if method == "vmap" else m
-        sel = _all_faces(n, m, xl.device) if select is None else select(fp)
-        ar = torch.arange(n, device=xl.device)[:, None]
-        return fp, wp[ar, sel], sel, m, nfwd
+    bound = torch.where(u > 0, hi, lo)  # the bound each coordinate moves towards
+    cap = w * bound  # a saturated coordinate's contribution (≥ 0)
+    wu = w * u
+    reach = cap.sum(dim=-1) >= b
+    b = torch.where(reach, b, torch.zeros_like(b))
+    t = b / wu.sum(dim=-1).clamp_min(_TINY)
+    size = bound.abs()
+    for _ in range(_BOX_ITERS):
+        sat = t[..., None] * u.abs() >= size
+        free = torch.where(sat, torch.zeros_like(wu), wu).sum(dim=-1)
+        fixed = torch.where(sat, cap, torch.zeros_like(cap)).sum(dim=-1)
+        t_new = torch.where(free > 0, (b - fixed).clamp_min(0.0) / free.clamp_min(_TINY), t)
+        t_new = torch.maximum(t, t_new)  # monotone despite rounding
+        if torch.equal(t_new, t):
+            break
+        t = t_new
+    return t, reach
+
+
+# ----------------------------------------------------------------------------------------------
+# face gradients: f'_k = z[c_k] − z[c_0], w'_k = ∇ f'_k for k = 1..Kc−1, one forward shared
+# ----------------------------------------------------------------------------------------------
+
+def _forward_faces(forward: Callable[[Tensor], Tensor], xl: Tensor, cand: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    """One forward pass at ``xl`` (n, C, H, W) with gradients: ``(x with requires_grad, f' (n, m))``
+    for the candidate classes ``cand`` (n, Kc), ``m = Kc − 1``."""
     xg = xl.detach().requires_grad_(True)
-    z = as_logits(model(xg) if forward is None else forward(xg))
-    zc = z.gather(1, cand)
-    diffs = zc[:, 1:] - zc[:, :1]
-    fp_all = diffs.detach()
-    if select is None:
-        sel = _all_faces(n, m, xl.device)
-    else:
-        sel = select(fp_all)
-        diffs = diffs.gather(1, sel)
-        zc = torch.cat([zc[:, :1], zc[:, 1:].gather(1, sel)], dim=1)
-    a = sel.shape[1]
-    if method == "loop_logits":
-        gl = [torch.autograd.grad(zc[:, j].sum(), xg, retain_graph=j < a)[0] for j in range(a + 1)]
-        wp = torch.stack([g - gl[0] for g in gl[1:]], dim=1)
-        return fp_all, wp, sel, a + 1, 1
-    if method == "batched" and a > 1:
-        eye = torch.eye(a, dtype=diffs.dtype, device=diffs.device)
-        go = eye[:, None, :].expand(a, n, a)
-        (g,) = torch.autograd.grad(diffs, xg, grad_outputs=go, is_grads_batched=True)
-        wp = g.transpose(0, 1)
-    else:  # "loop" ("threads" runs whole chunks in threads, each with this loop)
-        wp = torch.stack([torch.autograd.grad(diffs[:, j].sum(), xg, retain_graph=j < a - 1)[0]
-                          for j in range(a)], dim=1)
-    return fp_all, wp, sel, a, 1
+    zc = as_logits(forward(xg)).gather(1, cand)
+    return xg, zc[:, 1:] - zc[:, :1]
+
+
+def _backward_faces(xg: Tensor, diffs: Tensor, sel: Tensor) -> Tensor:
+    """Normals ``w'`` (n, a, C, H, W) of the faces ``sel`` (n, a) of ``diffs`` (n, m), one
+    backward pass per face through the graph of :func:`_forward_faces` (a sample's gradient
+    depends only on its own row: the model is in eval mode)."""
+    d = diffs.gather(1, sel)
+    a = d.shape[1]
+    return torch.stack([torch.autograd.grad(d[:, j].sum(), xg, retain_graph=j < a - 1)[0]
+                        for j in range(a)], dim=1)
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:
@@ -516,37 +642,3 @@ def _complement(sel: Tensor, m: int) -> Tensor:
     mask = torch.ones(sel.shape[0], m, dtype=torch.bool, device=sel.device)
     mask.scatter_(1, sel, False)
     return torch.arange(m, device=sel.device).expand_as(mask)[mask].view(sel.shape[0], -1)
-
-
-def _all_faces(n: int, m: int, device: torch.device) -> Tensor:
-    return torch.arange(m, device=device).expand(n, m)
-
-
-def _face_gradients_replicate(model: nn.Module, xl: Tensor, cand: Tensor
-                              ) -> tuple[Tensor, Tensor]:
-    n = xl.shape[0]
-    m = cand.shape[1] - 1
-    xr = xl.detach().unsqueeze(1).expand(n, m, *xl.shape[1:]).reshape(n * m, *xl.shape[1:])
-    xr.requires_grad_(True)
-    z = as_logits(model(xr)).view(n, m, -1)
-    up = z.gather(2, cand[:, 1:, None])[..., 0]
-    down = z.gather(2, cand[:, :1, None].expand(n, m, 1))[..., 0]
-    diffs = up - down
-    (g,) = torch.autograd.grad(diffs.sum(), xr)
-    return diffs.detach(), g.view(n, m, *xl.shape[1:])
-
-
-def _face_gradients_vmap(model: nn.Module, xl: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
-    from torch.func import functional_call, jacrev, vmap
-
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def f(xs: Tensor, cs: Tensor) -> tuple[Tensor, Tensor]:
-        z = as_logits(functional_call(model, (params, buffers), (xs[None],)))[0]
-        zc = z[cs]
-        d = zc[1:] - zc[0]
-        return d, d
-
-    jac, fp = vmap(jacrev(f, argnums=0, has_aux=True))(xl.detach(), cand)
-    return fp, jac

@@ -1,0 +1,158 @@
+"""DeepFool's box-constrained step (``clip=True, box="project"``) and exact nearest faces.
+
+The box step: from the second iteration on, the step goes to the minimal-ℓp point of the
+linearised face inside the box (Moosavi-Dezfooli et al., "DeepFool", arXiv:1511.04599, with the
+box constraint added); ``box="clamp"`` is the paper's step followed by a pixel-wise clamp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import SHARED, Affine, TinyCNN
+
+from advsmooth.attacks import DeepFool
+from advsmooth.attacks.deepfool import _box_solve, _direction, _lp
+
+
+def _x(n=8, shape=(1, 6, 6), seed=0, dtype=torch.float64):
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("q", [2.0, 1.0, 1.5])
+def test_box_solve_is_the_minimal_point_in_the_box(q):
+    """``clip(t·u, lo, hi)`` reaches the face, stays in the box, and no feasible point of random
+    search along the face inside the box has a smaller ℓp norm."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 6, 12
+    w = torch.randn(n, 1, d, generator=g, dtype=torch.float64)
+    lo = -torch.rand(n, 1, d, generator=g, dtype=torch.float64) * 0.3
+    hi = torch.rand(n, 1, d, generator=g, dtype=torch.float64) * 0.3
+    lo[:, :, :3] = 0.0  # coordinates on a bound
+    p = math.inf if q == 1.0 else q / (q - 1.0)
+    u = _direction(w, _lp(w, q), q)
+    cap = (w * torch.where(u > 0, hi, lo)).sum(-1)
+    b = cap * 0.7  # reachable, with some coordinates saturating
+    t, reach = _box_solve(w, u, b, lo, hi)
+    assert reach.all()
+    r = torch.minimum(torch.maximum(t[..., None] * u, lo), hi)
+    assert torch.allclose((w * r).sum(-1), b, atol=1e-10)
+    best = _lp(r, p)[:, 0]
+    # feasible competitors: r + v with v in the face's null space, clipped into the box and
+    # rescaled back onto the face where possible
+    for _ in range(200):
+        v = torch.randn(n, 1, d, generator=g, dtype=torch.float64) * 0.05
+        v = v - (w * v).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True) * w
+        c = r + v
+        ok = ((c >= lo - 1e-12) & (c <= hi + 1e-12)).all(-1)[:, 0]
+        assert (_lp(c, p)[:, 0][ok] >= best[ok] - 1e-9).all()
+    # out of reach: flagged, t = 0
+    t2, reach2 = _box_solve(w, u, cap * 1.5, lo, hi)
+    assert not reach2.any() and (t2 == 0).all()
+
+
+@pytest.mark.parametrize("norm", [2, "inf", 3.0])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_project_stays_in_box_and_succeeds(norm, targeted):
+    model = TinyCNN(num_classes=5, seed=3).double().eval()
+    x = _x(10, (1, 8, 8), seed=4)
+    x[:, :, :3] = 0.0  # saturated regions, as on MNIST
+    x[:, :, -2:] = 1.0
+    target = None
+    if targeted:
+        with torch.no_grad():
+            target = (model(x).argmax(1) + 2) % 5
+    for box in ("project", "clamp"):
+        res = DeepFool(norm=norm, clip=True, box=box, max_iter=100)(model, x, target=target)
+        assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1, box
+        assert res.success.all(), box
+        if targeted:
+            assert torch.equal(res.adv_pred, target)
+
+
+def test_project_takes_fewer_iterations_than_clamp_and_overshoot_on_total():
+    model = TinyCNN(num_classes=10, seed=4).double().eval()
+    x = _x(24, (1, 8, 8), seed=2)
+    x[:, :, :4] = 0.0
+    proj = DeepFool(clip=True)(model, x)
+    clamp = DeepFool(clip=True, box="clamp")(model, x)
+    assert proj.success.all() and clamp.success.all()
+    assert proj.iterations.sum() < clamp.iterations.sum()
+    # from the second step on the overshot point itself is in the box: the returned
+    # perturbation is (1+η)·r_tot up to the first (clamped) step's rounding of the overshoot
+    one = proj.iterations == 1
+    assert torch.allclose(proj.perturbation[~one], 1.02 * proj.extras["r_tot"][~one],
+                          atol=0.02 * proj.extras["r_tot"][~one].abs().max())
+
+
+def test_project_on_affine_model_lands_on_the_face():
+    """On an affine model the second (projected) step lands exactly on the linear face, so two
+    iterations always suffice when the face is reachable in the box."""
+    model = Affine((1, 6, 6), 4, seed=7).double()
+    x = _x(12, (1, 6, 6), seed=3)
+    x[:, :, :2] = 0.0
+    x[:, :, -1] = 1.0
+    res = DeepFool(clip=True, overshoot=0.0)(model, x)
+    clamp = DeepFool(clip=True, box="clamp", overshoot=0.0, max_iter=200)(
+        model, x)
+    assert res.success.all() and (res.iterations <= 2).all()
+    assert res.iterations.sum() <= clamp.iterations.sum()
+
+
+def test_binary_model_in_box():
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 1)).double()
+    x = _x(8)
+    x[:, :, :2] = 1.0
+    res = DeepFool(clip=True)(lin, x)
+    assert res.success.all() and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert (res.grad_evals == res.iterations).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# shared models: the box step vs the plain clamp; nearest faces vs every face
+# ----------------------------------------------------------------------------------------------
+
+_CASES = [("mnist-lenet", "mnist", 120, ("data/mnist_test.npz", "models/mnist_lenet_clean.pt")),
+          ("cifar10-resnet20", "cifar10", 40,
+           ("data/cifar10_test.npz", "models/cifar10_resnet20.pt"))]
+
+
+def _case(name, ds, n):
+    import advsmooth as asm
+    model = asm.models.load(name).eval()
+    x, y = asm.data.load(ds, "test", sample=n, seed=0)
+    return model, x, y
+
+
+@pytest.mark.parametrize("name,ds,n,files", _CASES, ids=[c[0] for c in _CASES])
+def test_shared_project_vs_clamp(name, ds, n, files):
+    if any(not (SHARED / f).exists() for f in files):
+        pytest.skip("../shared missing")
+    model, x, y = _case(name, ds, n)
+    proj = DeepFool(clip=True)(model, x, y)
+    clamp = DeepFool(clip=True, box="clamp")(model, x, y)
+    ok = ~proj.skipped
+    assert proj.success[ok].all() and clamp.success[ok].all()
+    assert proj.x_adv.min() >= 0 and proj.x_adv.max() <= 1
+    ratio = (proj.norms(2)[ok] / clamp.norms(2)[ok]).median()
+    # measured: mnist-lenet 1.004, cifar10-resnet20 1.000 (paired medians; docs/deepfool.md)
+    assert ratio <= 1.01, float(ratio)
+    assert proj.iterations[ok].sum() <= clamp.iterations[ok].sum()
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("name,ds,n,files", _CASES, ids=[c[0] for c in _CASES])
+def test_shared_nearest_faces_equal_all_faces(name, ds, n, files, clip):
+    if any(not (SHARED / f).exists() for f in files):
+        pytest.skip("../shared missing")
+    model, x, y = _case(name, ds, n)
+    near = DeepFool(clip=clip)(model, x, y)
+    full = DeepFool(clip=clip, faces="all")(model, x, y)
+    ok = ~full.skipped
+    assert torch.equal(near.iterations, full.iterations)
+    assert torch.equal(near.extras["face"], full.extras["face"])
+    assert torch.allclose(near.x_adv, full.x_adv, atol=1e-5)
+    assert near.grad_evals[ok].sum() < full.grad_evals[ok].sum()
