@@ -10,14 +10,16 @@ Semantics that differ between libraries (all documented in benchmarks/README.md)
 
 DeepFool L2 (overshoot η = 0.02, 50 iterations, 10 candidates):
 * advsmooth (defaults): candidate set = top-10 clean logits (all classes here, K = 10), one
-  forward per iteration shared by the 9 face gradients, overshoot on the total (``x + (1+η)
+  forward per iteration shared by the face gradients (9 in the first iteration, then the 2
+  nearest unless a left-out face could be nearer), overshoot on the total (``x + (1+η)
   r_tot``, checked at that point, and the next linearisation point, like LTS4's Python code and
   Foolbox), active set shrinks as samples are fooled and is processed in chunks of 128, no
   clipping (``clip=False``, the paper). ``advsmooth-clip``: the same with ``clip=True`` (every
-  iterate kept in ``[0, 1]``), the semantics Foolbox and torchattacks force.
-  ``advsmooth-paper``: ``linearize_with_overshoot=False`` (linearise at ``x + r_tot``, the
-  paper's pseudo-code). ``advsmooth-adaptive``: ``adaptive_faces=2`` (opt-in approximation: 2
-  face gradients per iteration after the first when the choice is clear).
+  iterate kept in ``[0, 1]``, the semantics Foolbox and torchattacks force; the default
+  box-constrained step). ``advsmooth-clip-clamp``: ``clip=True, box="clamp"`` (the paper's step,
+  then a pixel-wise clamp, as Foolbox). ``advsmooth-paper``: ``linearize_with_overshoot=False``
+  (linearise at ``x + r_tot``, the paper's pseudo-code). ``advsmooth-all-faces``:
+  ``faces="all"`` (every face gradient at every iteration, as the paper).
 * Foolbox ``L2DeepFoolAttack(steps, candidates, overshoot, loss="logits")``: one forward+backward
   *per candidate* (9 per iteration), the whole batch every iteration (finished samples are frozen
   but still evaluated), linearises at ``x0 + (1+η) p_total`` and always clips to the model bounds
@@ -76,9 +78,10 @@ def _art_classifier(model: nn.Module, x_shape: tuple[int, ...], num_classes: int
 #: advsmooth DeepFool variants in the deepfool suite: row name → extra constructor arguments
 ADVSMOOTH_DEEPFOOL: dict[str, dict[str, Any]] = {
     "advsmooth": {},                                             # defaults
-    "advsmooth-clip": {},                                        # clip=True
+    "advsmooth-clip": {"clip": True},                            # box-constrained steps
+    "advsmooth-clip-clamp": {"clip": True, "box": "clamp"},      # the paper's step + clamp
     "advsmooth-paper": {"linearize_with_overshoot": False},      # the paper's linearisation point
-    "advsmooth-adaptive": {"adaptive_faces": 2},                 # opt-in approximation
+    "advsmooth-all-faces": {"faces": "all"},                     # every face, every iteration
 }
 
 
@@ -106,9 +109,9 @@ def deepfool(lib: str, model: nn.Module, *, overshoot: float, steps: int, candid
              clip: bool = False) -> RunFn:
     if lib in ADVSMOOTH_DEEPFOOL:
         import advsmooth as asm
+        kw = {"clip": clip, **ADVSMOOTH_DEEPFOOL[lib]}
         atk = asm.attacks.DeepFool(norm=2, overshoot=overshoot, max_iter=steps,
-                                   candidates=candidates, clip=clip or lib == "advsmooth-clip",
-                                   **ADVSMOOTH_DEEPFOOL[lib])
+                                   candidates=candidates, **kw)
         return _advsmooth_run(atk, model, batch_size)
 
     if lib == "foolbox":

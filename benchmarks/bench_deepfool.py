@@ -1,7 +1,8 @@
 """deepfool suite (issue 3 item 8): DeepFool L2 in advsmooth vs Foolbox, torchattacks and ART, and
 SmoothFool (σg = 2, 5) vs advsmooth's DeepFool.
 
-Cases: (a) every correctly classified digits test image, ``digits-lenet``; (b) a seeded sample of
+Cases: (a) every correctly classified digits test image, ``digits-lenet`` and ``digits-resnet20``;
+(b) a seeded sample of
 1,000 MNIST test images, ``mnist-lenet``; (c) a seeded sample of 500 CIFAR-10 test images,
 ``cifar10-resnet20`` (b and c need ../shared and are skipped cleanly without it). Only the
 correctly classified images of each sample are attacked (the count is reported).
@@ -20,6 +21,7 @@ DF = {"overshoot": 0.02, "steps": 50, "candidates": 10}
 CASES = [
     # name, model, dataset, load kwargs, needs shared files
     ("digits", "digits-lenet", "digits", {}, []),
+    ("digits-resnet20", "digits-resnet20", "digits", {}, []),
     ("mnist", "mnist-lenet", "mnist", {"sample": 1000, "seed": 0},
      ["data/mnist_test.npz", "models/mnist_lenet_clean.pt"]),
     ("cifar10", "cifar10-resnet20", "cifar10", {"sample": 500, "seed": 0},
@@ -27,10 +29,11 @@ CASES = [
 ]
 
 #: default number of images torchattacks (a Python loop over samples) is timed on, per case
-SLOW_SUBSET = {"digits": 100, "mnist": 100, "cifar10": 40}
+SLOW_SUBSET = {"digits": 100, "digits-resnet20": 40, "mnist": 100, "cifar10": 40}
 
 #: advsmooth rows whose median L2 is paired with every peer's → column key
 PAIRED = {"advsmooth": "paired_l2_ratio", "advsmooth-clip": "paired_l2_ratio_clip",
+          "advsmooth-clip-clamp": "paired_l2_ratio_clip_clamp",
           "advsmooth-paper": "paired_l2_ratio_paper"}
 
 
@@ -221,6 +224,7 @@ def targets(cases: list[dict[str, Any]], sf: list[dict[str, Any]]) -> list[dict[
             ratio = fastest["seconds"] / a["seconds"]
             out.append({"target": f"{c['case']}: ≥ 5× faster than the fastest peer "
                                   f"({fastest['library']})", "value": ratio, "pass": ratio >= 5.0})
+        out += _clip_targets(c["case"], rows, peers)
     for c in sf:
         if c.get("case") != "digits" or "rows" not in c:
             continue
@@ -239,6 +243,36 @@ def targets(cases: list[dict[str, Any]], sf: list[dict[str, Any]]) -> list[dict[
     return out
 
 
+def _passes(r: dict[str, Any]) -> float:
+    return r["forward_per_image"] + r["grad_per_image"]
+
+
+def _clip_targets(case: str, rows: dict[str, Any], peers: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """clip=True (the box-constrained step): ≥ 8× Foolbox's images/s, paired median L2 ≤ 1.00×
+    Foolbox's, 100 % success; on MNIST, passes per image within 1.5× of unclipped."""
+    c = rows.get("advsmooth-clip")
+    fb = next((r for r in peers if r["library"] == "foolbox"), None)
+    if c is None:
+        return []
+    out = [{"target": f"{case}: clip=True success = 100 %", "value": c["success_rate"],
+            "pass": c["success_rate"] == 1.0}]
+    if fb is not None:
+        ratio = fb["seconds"] / c["seconds"]
+        out.append({"target": f"{case}: clip=True ≥ 8× Foolbox's images/s", "value": ratio,
+                    "pass": ratio >= 8.0})
+        if "paired_l2_ratio_clip" in fb:
+            out.append({"target": f"{case}: clip=True paired median L2 ≤ 1.00× Foolbox's",
+                        "value": fb["paired_l2_ratio_clip"],
+                        "pass": fb["paired_l2_ratio_clip"] <= 1.0})
+    a = rows.get("advsmooth")
+    if a is not None and case == "mnist":
+        ratio = _passes(c) / _passes(a)
+        out.append({"target": f"{case}: clip=True passes / image ≤ 1.5× unclipped",
+                    "value": ratio, "pass": ratio <= 1.5})
+    return out
+
+
 DF_COLUMNS = [
     ("library", "library"), ("n_timed", "images timed"), ("extrapolated", "extrapolated"),
     ("seconds", "wall time (s, median)"), ("ms_per_image", "ms / image"),
@@ -249,6 +283,7 @@ DF_COLUMNS = [
     ("own_grad_per_image", "own grad / image"),
     ("paired_l2_ratio", "advsmooth ÷ peer median L2 (paired)"),
     ("paired_l2_ratio_clip", "advsmooth-clip ÷ peer (paired)"),
+    ("paired_l2_ratio_clip_clamp", "advsmooth-clip-clamp ÷ peer (paired)"),
     ("paired_l2_ratio_paper", "advsmooth-paper ÷ peer (paired)"),
 ]
 SF_COLUMNS = [

@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per attack call, same for every library (default 500; quick 8)")
     p.add_argument("--cases", default=None,
-                   help="deepfool cases, comma list of digits,mnist,cifar10 (default all)")
+                   help="deepfool cases, comma list of digits,digits-resnet20,mnist,cifar10 "
+                        "(default all)")
     p.add_argument("--limit", type=int, default=None,
                    help="attack only the first N correctly classified images of each case")
     p.add_argument("--slow-subset", type=int, default=None,
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time Foolbox/ART DeepFool on the first N images of a case and "
                         "extrapolate, "
                         "e.g. 'mnist=300,cifar10=150' (default: the whole set)")
+    p.add_argument("--variants", default=None,
+                   help="advsmooth DeepFool rows, comma list (default all: advsmooth, "
+                        "advsmooth-clip, advsmooth-clip-clamp, advsmooth-paper, "
+                        "advsmooth-all-faces)")
     p.add_argument("--no-smoothfool", action="store_true")
     p.add_argument("--smoothfool-cases", default="digits",
                    help="cases for the SmoothFool comparison (comma list; default digits)")
@@ -77,7 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.batch_size = args.batch_size or (8 if args.quick else 500)
-    args.cases = (args.cases or ("digits" if args.quick else "digits,mnist,cifar10")).split(",")
+    args.cases = (args.cases or ("digits" if args.quick
+                                 else "digits,digits-resnet20,mnist,cifar10")).split(",")
+    args.variants = (args.variants.split(",") if args.variants
+                     else list(P.ADVSMOOTH_DEEPFOOL))
+    bad = [v for v in args.variants if v not in P.ADVSMOOTH_DEEPFOOL]
+    if bad:
+        raise SystemExit(f"unknown --variants {bad}; choose from {list(P.ADVSMOOTH_DEEPFOOL)}")
     args.smoothfool_cases = args.smoothfool_cases.split(",") if args.smoothfool_cases else []
     args.sigmas = args.sigmas or ("2" if args.quick else "2,5")
     args.sigmas = [float(s) for s in args.sigmas.split(",") if s]
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"== suite {suite} (peers: {', '.join(peers) or 'none'})")
         if suite == "deepfool":
             import bench_deepfool as B
-            payload: dict[str, Any] = B.run(args, [*P.ADVSMOOTH_DEEPFOOL, *peers], log)
+            payload: dict[str, Any] = B.run(args, [*args.variants, *peers], log)
         elif suite == "engine":
             import bench_engine as B
             payload = B.run(args, ["advsmooth", *peers], log)

@@ -77,7 +77,8 @@ def test_quick_run_writes_documented_outputs(tmp_path):
     case = df["cases"][0]
     assert case["case"] == "digits" and case["n_attacked"] == 8
     libs = [r["library"] for r in case["rows"]]
-    assert libs == ["advsmooth", "advsmooth-clip", "advsmooth-paper", "advsmooth-adaptive"]
+    assert libs == ["advsmooth", "advsmooth-clip", "advsmooth-clip-clamp", "advsmooth-paper",
+                    "advsmooth-all-faces"]
     row = case["rows"][0]
     for key in ("seconds", "times", "ms_per_image", "success_rate", "median_l2", "rho_adv",
                 "forward_per_image", "grad_per_image", "own_forward_per_image",
