@@ -1,11 +1,14 @@
-"""SmoothFool (Dabouei et al., 2020): smooth, approximately ℓ2-minimal adversarial perturbations.
+"""SmoothFool: smooth, approximately ℓ2-minimal adversarial perturbations.
 
-Each outer iteration runs DeepFool from the current point ``x_i`` to find a nearby boundary point
-``x_p``, takes the boundary normal ``w`` there, smooths it with a low-pass filter ``g``
-(``w̃ = g ∗ w``) and steps along ``w̃`` just far enough to reach the linearised boundary:
-``r_i = α·⟨w, x_p − x_i⟩ / ⟨w, w̃⟩ · w̃`` (ALGORITHMS.md §5). :func:`smooth_clip` (§4) keeps every
-iterate inside ``[0, 1]`` without destroying smoothness by subtracting smoothed out-of-range masks
-instead of clipping pixel-wise.
+Dabouei, Soleymani, Taherkhani, Dawson, Nasrabadi, "SmoothFool: An Efficient Framework for
+Computing Smooth Adversarial Perturbations", WACV 2020, arXiv:1910.03624. Each outer iteration
+(the paper's Algorithm 2) runs DeepFool (Moosavi-Dezfooli et al., arXiv:1511.04599) from the
+current point ``x_i`` to find a nearby boundary point ``x_p``, takes the boundary normal ``w``
+there, smooths it with a low-pass filter ``g`` (``w̃ = g ∗ w``) and steps along ``w̃`` just far
+enough to reach the linearised boundary: ``r_i = α·⟨w, x_p − x_i⟩ / ⟨w, w̃⟩ · w̃``.
+:func:`smooth_clip` (the paper's Algorithm 1, SmoothClip) keeps every iterate inside ``[0, 1]``
+without destroying smoothness by subtracting smoothed out-of-range masks instead of clipping
+pixel-wise.
 
 >>> import torch
 >>> from torch import nn
@@ -118,16 +121,19 @@ class SmoothFool(Attack):
         kernel: ``"gaussian"`` (default), ``"linear"`` or ``"uniform"`` (then ``size`` is the
             kernel size k).
         size: kernel size for ``kernel="linear"``/``"uniform"``.
-        padding: padding of g (default ``"zeros"``, REF; graceful for σ ≫ image size).
+        padding: padding of g (default ``"zeros"``, as the authors' code; graceful for σ ≫
+            image size).
         filter: any :class:`~advsmooth.filters.LowPassFilter` to use as g (overrides
             ``sigma``/``kernel``/``size``/``padding``).
         clip_step: SmoothClip step ε_sc (paper: 1 MNIST, 0.5 CIFAR-10, 0.1 ImageNet).
-        max_iter: outer iteration cap (REF 500); a sample not fooled by then has success=False.
+        max_iter: outer iteration cap (the authors' code: 500); a sample not fooled by then has
+            success=False.
         use_smoothclip: keep iterates in ``[0, 1]`` with SmoothClip (default) or plain clamping.
-        clip_max_iter, clip_min_step, normalize_mask: SmoothClip settings (REF: 200, 0.01, True).
+        clip_max_iter, clip_min_step, normalize_mask: SmoothClip settings (the authors'
+            code: 200, 0.01, True).
         xp_scale: λ, the DeepFool perturbation is scaled by λ to get the boundary point ``x_p``
-            (REF 1.5).
-        step_scale: α_f, multiplies the projection step (REF 1.1).
+            (the authors' code: 1.5).
+        step_scale: α_f, multiplies the projection step (the authors' code: 1.1).
         deepfool: the inner :class:`DeepFool` (default: ``DeepFool()``: ℓ2, 10 candidates,
             η = 0.02, 50 iterations).
         seed: unused (deterministic); common signature.
