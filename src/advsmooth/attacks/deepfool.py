@@ -60,6 +60,9 @@ _TINY = 1e-12
 _NEAREST = 2
 #: safety factor of the ``faces="nearest"`` acceptance test (see DeepFool._faces)
 _MARGIN = 2.0
+#: ``faces="nearest"`` falls back to every face when a differentiated normal's norm changed by
+#: more than this factor per iteration (up or down)
+_STEADY = 1.5
 #: iteration cap of the free-set solve of the box-constrained step (it converges in a handful)
 _BOX_ITERS = 64
 
@@ -129,7 +132,8 @@ class _State:
     ``cand`` (N, Kc): the candidate classes, column 0 the class whose region is left (the clean
     label; for targeted attacks the strongest competitor of the target, column 1); ``wnorm``
     (N, Kc−1): the normal norm ``‖w'_k‖_q`` last computed for each face (the effective one
-    ``|f'_k| / distance`` under the box-constrained step), used to pick the faces to differentiate.
+    ``|f'_k| / distance`` under the box-constrained step) and ``wnorm_at`` (N, Kc−1) the
+    iteration it was computed in, used to pick the faces to differentiate.
     """
 
     x: Tensor
@@ -142,6 +146,7 @@ class _State:
     fooled: Tensor
     failed: Tensor
     wnorm: Tensor
+    wnorm_at: Tensor
     adv_logits: Tensor
 
 
@@ -209,11 +214,13 @@ class DeepFool(Attack):
         faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
             later ones differentiate the two faces nearest under the current face values and
             the normal norms last computed, and all the others too whenever a face left out
-            could be nearer than the chosen one if its normal had grown by a factor 2 more than
-            the largest growth seen on the differentiated faces. The step is always computed
-            from exact gradients; on the shared models the results equal ``"all"``'s up to
-            float rounding (docs/deepfool.md). ``"all"``: every candidate face at every
-            iteration, as in the paper.
+            could be nearer than the chosen one if its normal had grown, per iteration since
+            its norm was computed, 2× more than the differentiated ones did, or whenever a
+            differentiated normal's norm changed by more than 1.5× per iteration. The step is
+            always computed from exact gradients. On the standard shared models the results
+            equal ``"all"``'s up to float rounding; on an adversarially trained model, whose
+            normals jump between iterations, individual results differed (docs/deepfool.md).
+            ``"all"``: every candidate face at every iteration, as in the paper.
         linearize_with_overshoot: linearise (and check) at ``x + (1+η)·r_tot``, as the
             authors' Python code and Foolbox do — the default, because it ends ≈ 1 % closer to
             the boundary at the same success rate (docs/deepfool.md); ``False``: linearise at
@@ -372,6 +379,7 @@ class DeepFool(Attack):
                     fooled=torch.zeros(n, dtype=torch.bool, device=dev),
                     failed=torch.zeros(n, dtype=torch.bool, device=dev),
                     wnorm=torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev),
+                    wnorm_at=torch.zeros(n, cand.shape[1] - 1, dtype=torch.long, device=dev),
                     adv_logits=torch.zeros_like(z0))
         hint, check_hint = LayoutHint(self.channels_last), LayoutHint(self.channels_last)
         checker = model if check_model is None else check_model
@@ -461,9 +469,10 @@ class DeepFool(Attack):
         With ``faces="nearest"`` after the first iteration, only the ``_NEAREST`` faces nearest
         under the estimate ``|f'_k| / ‖w'_k‖`` (exact face values, normal norms last computed)
         are differentiated. The choice is accepted when every face left out stays farther than
-        the chosen one even if its normal had grown ``_MARGIN`` times more than the largest
-        growth seen on the differentiated faces; otherwise the sample's other faces are
-        differentiated too (one more forward) and the step is chosen among all of them.
+        the chosen one even if its normal had grown, in every iteration since its norm was
+        computed, ``_MARGIN`` times more than the largest growth per iteration seen on the
+        differentiated faces; otherwise the sample's other faces are differentiated too (one
+        more forward) and the step is chosen among all of them.
         """
         ca = st.cand[idx]
         m = ca.shape[1] - 1
@@ -480,13 +489,21 @@ class DeepFool(Attack):
         ex.counted(idx, 1, sel.shape[1])
         near = self._nearest(fp.gather(1, sel), wp, box)
         if selective:
-            growth = (near.norm / old.gather(1, sel)).amax(dim=1).clamp_min(1.0)
+            # growth per iteration on the differentiated faces, compounded over the iterations
+            # since each left-out face's norm was computed
+            age = st.iters[idx, None] - st.wnorm_at[idx]
+            change = (near.norm / old.gather(1, sel)).pow(1.0 / age.gather(1, sel))
+            per_it = torch.maximum(change, 1.0 / change.clamp_min(_TINY)).amax(dim=1)
             rest = _complement(sel, m)
-            reach = fp.gather(1, rest).abs() / (old.gather(1, rest) * _MARGIN)
-            redo = (~near.bad & (reach.amin(dim=1) <= near.chosen_dist() * growth)).nonzero()[:, 0]
+            bound = (change.amax(dim=1).clamp_min(1.0)[:, None] * _MARGIN).pow(age.gather(1, rest))
+            reach = fp.gather(1, rest).abs() / (old.gather(1, rest) * bound)
+            # and never when the normals change fast (an estimate from old norms means little)
+            doubt = (reach.amin(dim=1) <= near.chosen_dist()) | (per_it > _STEADY)
+            redo = (~near.bad & doubt).nonzero()[:, 0]
             if redo.numel():
                 near, sel = self._all_faces(st, idx, ex, xl, box, redo, near, sel, wp, fp)
         st.wnorm[idx[:, None], sel] = near.norm.to(st.wnorm.dtype)
+        st.wnorm_at[idx[:, None], sel] = st.iters[idx, None].expand_as(sel)
         return near, sel
 
     def _all_faces(self, st: _State, idx: Tensor, ex: _Exec, xl: Tensor,
