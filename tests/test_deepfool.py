@@ -313,12 +313,18 @@ def test_nearest_faces_costs_and_fallback(monkeypatch):
     assert torch.equal(full.grad_evals, exact.grad_evals)
     later = (exact.iterations - 1).clamp_min(0)
     assert torch.equal(full.forward_evals, exact.forward_evals + later)
-    # a margin always met: exactly 2 faces after the first iteration
+    # a margin always met and normals deemed steady: exactly 2 faces after the first iteration
     monkeypatch.setattr(df_mod, "_MARGIN", 1e-9)
+    monkeypatch.setattr(df_mod, "_STEADY", math.inf)
     fast = DeepFool()(model, x)
     att = fast.iterations > 0
     assert torch.equal(fast.grad_evals[att], 9 + 2 * (fast.iterations[att] - 1))
     assert torch.equal(fast.forward_evals, 2 * fast.iterations + 1)
+    # normals never steady enough: every face again, the exact algorithm
+    monkeypatch.setattr(df_mod, "_STEADY", 0.0)
+    wary = DeepFool()(model, x)
+    assert torch.equal(wary.grad_evals, exact.grad_evals)
+    assert torch.allclose(wary.x_adv, exact.x_adv, atol=1e-10)
     assert DeepFool().gradients_per_iteration(10, first=False) == 2
     assert DeepFool(faces="all").gradients_per_iteration(10, first=False) == 9
     assert DeepFool().gradients_per_iteration(10) == 9
