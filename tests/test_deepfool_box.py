@@ -120,7 +120,10 @@ _CASES = [("mnist-lenet", "mnist", 120, ("data/mnist_test.npz", "models/mnist_le
            ("data/cifar10_test.npz", "models/cifar10_resnet20.pt"))]
 
 
-def _case(name, ds, n):
+def _case(name, ds, n, files):
+    """The model and a seeded test sample; skips cleanly without ../shared."""
+    if any(not (SHARED / f).exists() for f in files):
+        pytest.skip("../shared missing")
     import advsmooth as asm
     model = asm.models.load(name).eval()
     x, y = asm.data.load(ds, "test", sample=n, seed=0)
@@ -129,9 +132,7 @@ def _case(name, ds, n):
 
 @pytest.mark.parametrize("name,ds,n,files", _CASES, ids=[c[0] for c in _CASES])
 def test_shared_project_vs_clamp(name, ds, n, files):
-    if any(not (SHARED / f).exists() for f in files):
-        pytest.skip("../shared missing")
-    model, x, y = _case(name, ds, n)
+    model, x, y = _case(name, ds, n, files)
     proj = DeepFool(clip=True)(model, x, y)
     clamp = DeepFool(clip=True, box="clamp")(model, x, y)
     ok = ~proj.skipped
@@ -146,9 +147,7 @@ def test_shared_project_vs_clamp(name, ds, n, files):
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("name,ds,n,files", _CASES, ids=[c[0] for c in _CASES])
 def test_shared_nearest_faces_equal_all_faces(name, ds, n, files, clip):
-    if any(not (SHARED / f).exists() for f in files):
-        pytest.skip("../shared missing")
-    model, x, y = _case(name, ds, n)
+    model, x, y = _case(name, ds, n, files)
     near = DeepFool(clip=clip)(model, x, y)
     full = DeepFool(clip=clip, faces="all")(model, x, y)
     ok = ~full.skipped
