@@ -148,8 +148,7 @@ def test_bad_arguments():
     assert "SmoothAdvGradient(sigma=0.1" in repr(SmoothAdvGradient(0.1, 8))
 
 
-def test_study_rows_sweep_budget_and_plots(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_study_rows_sweep_and_budget():
     from advsmooth.studies.smoothing import run_smoothing_study
 
     torch.manual_seed(0)
@@ -159,7 +158,7 @@ def test_study_rows_sweep_budget_and_plots(tmp_path):
     rows = run_smoothing_study(model, (x, y), sigma=0.2, samples=4, votes=("prediction", "soft"),
                                attacks=("none", "pgd", "epgd"), eps=0.05, steps=2, m_backward=2,
                                draws=2, sweep=True, sweep_sigmas=(0.0, 0.2), sweep_samples=(1, 4),
-                               budgets=(2, 4), out=tmp_path)
+                               budgets=(2, 4))
     main = [r for r in rows if r["table"] == "main"]
     assert {(r["attack"], r["classifier"]) for r in main} == {
         (a, c) for a in ("none", "pgd", "epgd") for c in ("base", "prediction", "soft")}
@@ -175,9 +174,32 @@ def test_study_rows_sweep_budget_and_plots(tmp_path):
     assert {(r["attack"], r["budget"]) for r in budget} == {
         (a, b) for a in ("pgd", "epgd", "smoothadv") for b in (2, 4)}
     assert all(r["steps"] * r["M_backward"] == r["budget"] for r in budget)
-    for name in ("smoothing_main.csv", "smoothing_main.md", "smoothing_sweep.csv",
-                 "sweep_sigma_prediction.png", "sweep_samples.png", "budget.png"):
-        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_planned_study_gives_the_in_memory_rows_and_crafts_once(tmp_path):
+    """The runner's steps (task ``smoothing``) give the rows of :func:`run_smoothing_study`;
+    the sweep reuses the main table's adversarial set (one ``smoothing.craft`` artefact)."""
+    from advsmooth import data, models
+    from advsmooth.experiments import Store, parse_spec, run_spec
+    from advsmooth.experiments.studies_builtin import smoothing_spec
+    from advsmooth.studies.smoothing import run_smoothing_study
+
+    params = {"model": "digits-lenet", "data": "digits", "n": 10, "sigma": 0.2, "samples": 4,
+              "votes": ["prediction"], "attacks": ["none", "pgd"], "eps": 0.1, "steps": 2,
+              "draws": 2, "sweep": True, "sweep_sigmas": [0.0, 0.2], "sweep_samples": [1, 4],
+              "budgets": [2], "m_backward": 2, "seed": 3}
+    run_spec(parse_spec(smoothing_spec(params)), tmp_path, progress=False)
+    with Store(tmp_path, readonly=True) as st:
+        rows = st.study_rows(st.cells()[0]["cell_id"])
+        crafted = st.conn.execute(
+            "SELECT COUNT(*) FROM artefacts WHERE kind='smoothing.craft'").fetchone()[0]
+    assert crafted == 2  # none and pgd, the sweep's pgd set is the main table's
+    x, y = data.load("digits", "test", sample=10, seed=0)
+    kw = {k: v for k, v in params.items() if k not in ("model", "data", "n")}
+    ref = run_smoothing_study(models.load("digits-lenet", verbose=False), (x, y), **kw)
+    strip = [{k: v for k, v in r.items() if k != "attack_seconds"} for r in rows]
+    assert strip == [{k: v for k, v in r.items() if k != "attack_seconds"} for r in ref]
+    assert [r["table"] for r in rows].count("sweep") == 2 * 2 * 2
 
 
 def test_cli_smooth_rejects_bad_vote(capsys):

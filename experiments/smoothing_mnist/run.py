@@ -4,7 +4,9 @@ Run from the repository root (needs ../shared/data and ../shared/models):
 
     .venv/bin/python experiments/smoothing_mnist/run.py [SEGMENT ...]
 
-Segments (each writes experiments/smoothing_mnist/results/<segment>/ with CSV, Markdown, PNG):
+Segments (each writes experiments/smoothing_mnist/results/<segment>/ with its rows as JSON and
+the main table as Markdown; the digits/MNIST specs in experiments/ run the same study through the
+runner, with a report):
   pgd_model   mnist-lenet-pgd: clean / PGD-40 / EPGD-40 (M_b = 8) / transfer PGD and PGD-s from
               mnist-mlp; base vs prediction / weighted / soft smoothing; σ × M sweep
   clean_model the same for mnist-lenet (no transfer)
@@ -25,8 +27,7 @@ from advsmooth.studies.smoothing import MAIN_COLUMNS, rows_to_markdown, run_smoo
 
 HERE = Path(__file__).resolve().parent
 COMMON = dict(data="mnist", split="test", data_seed=0, sigma=0.25, samples=32, eps=0.3,
-              steps=40, m_backward=8, votes=("prediction", "weighted", "soft"), seed=0,
-              verbose=True)
+              steps=40, m_backward=8, votes=("prediction", "weighted", "soft"), seed=0)
 
 SEGMENTS = {
     "pgd_model": dict(model="mnist-lenet-pgd", n=100, draws=3,
@@ -53,13 +54,15 @@ def main(names: list[str]) -> None:
         kw = {**COMMON, **SEGMENTS[name]}
         out = HERE / "results" / name
         t0 = time.perf_counter()
-        rows = run_smoothing_study(out=out, **kw)
+        rows = run_smoothing_study(**kw)
         secs = time.perf_counter() - t0
         meta = {"segment": name, "seconds": round(secs, 1), "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "params": {k: v for k, v in kw.items() if k != "verbose"}}
+                "threads": torch.get_num_threads(), "params": kw}
+        out.mkdir(parents=True, exist_ok=True)
         (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        (out / "rows.json").write_text(json.dumps(rows, indent=1))
         main_rows = [r for r in rows if r["table"] == "main"]
+        (out / "smoothing_main.md").write_text(rows_to_markdown(main_rows, MAIN_COLUMNS))
         print(f"== {name} ({secs:.0f} s)\n" + rows_to_markdown(main_rows, MAIN_COLUMNS),
               flush=True)
 

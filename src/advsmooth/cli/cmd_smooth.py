@@ -7,7 +7,9 @@ Example::
         --draws 3 --out runs/sm
 
 prints one row per (attack, classifier) with the accuracy mean ± std over ``--draws`` evaluation
-draws; ``--sweep`` adds the σ × M sweep and ``--out`` writes CSV/Markdown tables and PNG plots.
+draws; ``--sweep`` adds the σ × M sweep. The study runs as a one-study spec (task ``smoothing``)
+through the experiment runner: ``--out DIR`` keeps its result store (resumable) and report
+(tables and plots, ``DIR/report/report.html``); without ``--out`` they go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sweep-samples", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--budgets", type=_ints, default=[],
                    help="equal k*M budget study, e.g. 8,16,32 (default: off)")
-    p.add_argument("--out", "-o", default=None, help="write tables and plots to this folder")
+    p.add_argument("--out", "-o", default=None,
+                   help="keep the result store and the report (tables, plots) in this folder")
     add_data_root(p)
     add_models_dir(p)
     add_device(p)
@@ -103,8 +106,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .. import models
-    from ..studies.smoothing import MAIN_COLUMNS, rows_to_markdown, run_smoothing_study
+    import os
+    import tempfile
+
+    from ..experiments import Store, parse_spec, run_spec
+    from ..experiments.studies_builtin import smoothing_spec
+    from ..studies.smoothing import MAIN_COLUMNS, rows_to_markdown
 
     device = resolve_device(args.device)
     check_out_dir(args.out)
@@ -122,24 +129,35 @@ def _main(args: argparse.Namespace) -> int:
                              f"{', '.join(ATTACKS)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
+    if args.models_dir is not None:  # the runner loads models by name
+        os.environ["ADVSMOOTH_MODELS"] = str(args.models_dir)
     shape = data_shape(args.data, args.split, args.data_root)
     for name in (args.model, args.source):
         if name:
             check_model_input(name, args.data, shape)
-    model = models.load(args.model, models_dir=args.models_dir, device=device, verbose=False)
-    source = (models.load(args.source, models_dir=args.models_dir, device=device, verbose=False)
-              if args.source else None)
-    rows = run_smoothing_study(
-        model, args.data, split=args.split, n=args.n, data_seed=args.data_seed,
-        data_root=args.data_root, sigma=args.sigma, samples=args.samples, votes=votes, C=args.C,
-        attacks=attacks, eps=args.eps, steps=args.steps, alpha=args.alpha,
-        m_backward=args.m_backward, source=source,
-        nattack={"population": args.population, "max_iter": args.nattack_iters},
-        draws=args.draws, seed=args.seed, noise_space=args.noise_space, sweep=args.sweep,
-        sweep_sigmas=args.sweep_sigmas, sweep_samples=args.sweep_samples, budgets=args.budgets,
-        out=args.out, device=device)
-    main_rows = [r for r in rows if r["table"] == "main"]
-    print(rows_to_markdown(main_rows, MAIN_COLUMNS), end="")
+    params: dict[str, Any] = {
+        "model": args.model, "data": args.data, "split": args.split, "n": args.n,
+        "data_seed": args.data_seed, "sigma": args.sigma, "samples": args.samples,
+        "votes": [v.strip() for v in args.vote.split(",") if v.strip()], "C": args.C,
+        "attacks": [a.strip() for a in args.attack.split(",") if a.strip()], "eps": args.eps,
+        "steps": args.steps, "alpha": args.alpha, "m_backward": args.m_backward,
+        "source": args.source,
+        "nattack": {"population": args.population, "max_iter": args.nattack_iters},
+        "draws": args.draws, "seed": args.seed, "noise_space": args.noise_space,
+        "sweep": args.sweep, "sweep_sigmas": args.sweep_sigmas,
+        "sweep_samples": args.sweep_samples, "budgets": args.budgets}
+    params = {k: v for k, v in params.items() if v is not None}
+    spec = parse_spec(smoothing_spec(params))  # SpecError (a ValueError): one line, exit 2
+    with tempfile.TemporaryDirectory(prefix="advsmooth-smooth-") as tmp:
+        out = args.out if args.out is not None else tmp
+        run_spec(spec, out, device=str(device), data_root=args.data_root, progress=False)
+        with Store(out, readonly=True) as st:
+            rows = st.study_rows(st.cells()[0]["cell_id"])
+        if args.out:
+            from ..report import build_report
+
+            build_report(out)
+    print(rows_to_markdown([r for r in rows if r["table"] == "main"], MAIN_COLUMNS), end="")
     if args.out:
-        print(f"tables and plots written to {args.out}")
+        print(f"result store and report written to {args.out}")
     return 0

@@ -6,8 +6,8 @@
   ``rescale_linf`` every perturbation is rescaled to that ℓ∞ norm first (SmoothFool Table 4).
   Rows: ``source, target, top1, top5, white_box, n, grad_evals`` (rates in %).
 * ``smoothing`` — base vs smoothed-classifier accuracy, clean and under attack, optionally the
-  σ × M sweep (smoothing paper Tables 1/4, Figs 1/2): the rows of
-  :func:`advsmooth.studies.smoothing.run_smoothing_study`.
+  σ × M sweep (smoothing paper Tables 1/4, Figs 1/2), planned as store steps
+  (:func:`advsmooth.studies.smoothing.plan`).
 * ``uap`` — a (smooth) universal perturbation fitted on one model and evaluated on several
   (SmoothFool Table 5). Rows: ``fit_model, model, sigma, fooling_rate, linf, l2``.
 * ``smoothfool_table3`` — SmoothFool Table 3 on MNIST: trains the defences and writes the tables
@@ -18,9 +18,9 @@
   ``run, epoch, rho_adv, test_error, rho_rel``.
 * ``pni_smoothing`` — a PNI-trained MNIST LeNet under smoothed inference
   (:func:`advsmooth.studies.training.pni_smoothing`).
-* ``transfer_study`` — the sg transfer paper's tables and figures
-  (:func:`advsmooth.studies.transfer.run_transfer_study`; rows of
-  :func:`advsmooth.studies.transfer.study_rows`, each with a ``part`` field).
+* ``transfer_study`` — the sg transfer paper's tables and figures, planned as store steps
+  (:func:`advsmooth.studies.transfer.plan`); rows with a ``part`` field naming the table or
+  figure.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 
 from .tasks import StudyContext, build_attack, register_task
 
-__all__: list[str] = []
+__all__ = ["transfer_study_spec", "smoothing_spec"]
 
 
 def _require(params: dict[str, Any], allowed: Sequence[str], required: Sequence[str]) -> None:
@@ -152,34 +152,57 @@ register_task("transfer", _transfer, check=_check_transfer,
 # smoothing
 # ---------------------------------------------------------------------------------------------
 
-def _smoothing_fn() -> Any:
-    from ..studies.smoothing import run_smoothing_study
+def _smoothing_settings(p: dict[str, Any], seed: int | None = None) -> Any:
+    """The :class:`~advsmooth.studies.smoothing.SmoothingSettings` of a ``smoothing`` cell (the
+    study ``seed`` defaults to the cell's seed)."""
+    from ..studies.smoothing import SmoothingSettings
 
-    return run_smoothing_study
+    _require(p, SmoothingSettings.fields(), ("model",))
+    kw = dict(p)
+    if seed is not None:
+        kw.setdefault("seed", seed % 2**31)
+    try:
+        return SmoothingSettings(**kw)
+    except TypeError as exc:  # a wrongly typed parameter
+        raise ValueError(str(exc)) from None
 
 
 def _check_smoothing(p: dict[str, Any]) -> None:
-    try:
-        fn = _smoothing_fn()
-    except ImportError as exc:  # pragma: no cover - module shipped with the package
-        raise ValueError(f"the smoothing study is unavailable: {exc}") from None
-    allowed = [k for k in inspect.signature(fn).parameters if k not in ("out", "device")]
-    _require(p, allowed, ("model",))
-    _check_models(_model_names(p["model"], "model"))
+    s = _smoothing_settings(p)
+    _check_models(_model_names(s.model, "model"))
+    if s.source is not None:
+        _check_models(_model_names(s.source, "source"))
 
 
-def _smoothing(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
-    fn = _smoothing_fn()
-    kw = dict(p)
-    kw.setdefault("seed", ctx.seed % 2**31)
-    kw.setdefault("data_root", ctx.data_root)
-    for key in ("votes", "attacks", "sweep_sigmas", "sweep_samples", "budgets"):
-        if key in kw:
-            kw[key] = tuple(kw[key])
-    return fn(device=str(ctx.device), **kw)
+def _smoothing_plan(p: dict[str, Any], seed: int) -> list[Any]:
+    from ..studies.smoothing import plan
+
+    return plan(_smoothing_settings(p, seed))
 
 
-register_task("smoothing", _smoothing, check=_check_smoothing,
+def smoothing_spec(params: dict[str, Any]) -> dict[str, Any]:
+    """A one-study spec (a dict for :func:`~advsmooth.experiments.parse_spec`) running the
+    smoothing study with ``params``, whose report shows its tables and the σ × M curves (Figs
+    1/2) when the sweep runs (used by ``advsmooth smooth``)."""
+    s = _smoothing_settings(params)
+    src = {"source": "smoothing"}
+    tables = [{"kind": "study", **src, "name": name, "where": {"table": name}}
+              for name in ("main", *(("sweep",) if s.sweep else ()),
+                           *(("budget",) if s.budgets else ()))]
+    plots = [{"kind": "curve", **src, "where": {"table": "sweep", "vote": v}, "x": "sigma",
+              "y": "acc_mean", "hue": ["input", "M"], "xlabel": "sigma",
+              "ylabel": "accuracy", "title": f"accuracy vs sigma ({v} vote)"}
+             for v in (s.votes if s.sweep else ())]
+    plots += [{"kind": "curve", **src, "where": {"table": "budget"}, "x": "budget",
+               "y": "acc_mean", "hue": ["attack", "M"], "ylabel": "accuracy",
+               "title": "accuracy at equal k x M budgets"}] if s.budgets else []
+    return {"name": "smoothing", "seed": 0,
+            "studies": [{"task": "smoothing", "label": "smoothing", "params": params}],
+            "report": {"title": f"Smoothed inference: {s.model} on {s.data}", "tables": tables,
+                       "plots": plots}}
+
+
+register_task("smoothing", plan=_smoothing_plan, check=_check_smoothing,
               description="base vs smoothed accuracy, clean and under attack (+ sigma x M sweep)")
 
 
@@ -284,40 +307,77 @@ _register_out_dir_study("pni_smoothing", "training", "pni_smoothing", ("sigmas",
 # the transferability study (sg transfer paper: Tables 1–5, Figures 1 and 3–5)
 # ---------------------------------------------------------------------------------------------
 
-_TRANSFER_STUDY_KEYS = ("preset", "out_dir", "n", "seed", "parts", "budget_n", "budget_sources",
-                        "fig6_ms", "fig7_alphas", "fig7_steps", "fig7_n")
+def _transfer_study_settings(p: dict[str, Any]) -> Any:
+    """The :class:`~advsmooth.studies.transfer.TransferStudySettings` of a ``transfer_study``
+    cell. ``out_dir`` (where the study used to write its own files) is accepted and ignored: the
+    report draws every table and figure from the store."""
+    from ..studies.transfer import TransferStudySettings
+
+    _require(p, (*TransferStudySettings.fields(), "out_dir"), ("preset",))
+    kw = {k: v for k, v in p.items() if k != "out_dir"}
+    try:
+        return TransferStudySettings(**kw)
+    except TypeError as exc:  # a wrongly typed parameter
+        raise ValueError(str(exc)) from None
 
 
 def _check_transfer_study(p: dict[str, Any]) -> None:
-    from ..studies.transfer import DIGITS_PARTS, PRESETS
-
-    _require(p, _TRANSFER_STUDY_KEYS, ("preset", "out_dir"))
-    if p["preset"] not in PRESETS:
-        raise ValueError(f"preset must be one of {list(PRESETS)}, got {p['preset']!r}")
-    _check_ints(p, (("n", 1), ("seed", 0), ("budget_n", 1)))
-    parts = p.get("parts", DIGITS_PARTS)
-    if not isinstance(parts, list | tuple) or not parts or any(q not in DIGITS_PARTS
-                                                               for q in parts):
-        raise ValueError(f"parts must be a non-empty list of {list(DIGITS_PARTS)}, got {parts!r}")
+    _transfer_study_settings(p)
     if "budget_sources" in p:
         _check_models(_model_names(p["budget_sources"], "budget_sources"))
 
 
-def _transfer_study(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
-    from ..studies.transfer import DIGITS_PARTS, run_transfer_study, study_rows
+def _transfer_study_plan(p: dict[str, Any], seed: int) -> list[Any]:
+    from ..studies.transfer import plan
 
-    kw = dict(p)
-    for key in ("fig6_ms", "fig7_alphas", "fig7_steps"):
-        if key in kw:
-            kw[key] = tuple(kw[key])
-    report = run_transfer_study(
-        kw.pop("preset"), kw.pop("out_dir"), kw.pop("n", None), kw.pop("seed", 0),
-        progress=ctx.progress, parts=tuple(kw.pop("parts", DIGITS_PARTS)),
-        **({"budget_sources": tuple(kw.pop("budget_sources"))} if "budget_sources" in kw else {}),
-        **kw)
-    return study_rows(report)
+    return plan(_transfer_study_settings(p))
 
 
-register_task("transfer_study", _transfer_study, check=_check_transfer_study,
-              description="sg transfer paper: Tables 1-5 and Figures 1, 3-5 (digits) or Tables "
-                          "2b/3 (cifar10); also writes its own tables and PNGs into out_dir")
+register_task("transfer_study", plan=_transfer_study_plan, check=_check_transfer_study,
+              description="sg transfer paper: Tables 1-5 and Figures 1, 3-7 (digits) or Tables "
+                          "2b/3 (cifar10); every trained model, evaluation set and figure's data "
+                          "is a store artefact")
+
+
+#: the matrices of the transfer study's presets, in row order
+_TRANSFER_STUDY_TABLES = {
+    "digits": ("table1_fgsm", "table1_igsm", "table1_sg_igsm", "table2a_fgsm_fc_depth",
+               "table3_igsm_t100", "table3_sg_igsm_t5_m20", "table4_igsm_targeted_ensembles",
+               "table4_sg_igsm_targeted_ensembles", "table5_migsm", "table5_sg_igsm",
+               "table5_sg_migsm"),
+    "cifar10": ("table2b_fgsm_eps10", "table3_igsm_t100", "table3_sg_igsm_t5_m20"),
+}
+
+
+def transfer_study_spec(params: dict[str, Any]) -> dict[str, Any]:
+    """A one-study spec (a dict for :func:`~advsmooth.experiments.parse_spec`) running the
+    transfer study with ``params``, whose report shows every table and figure of the parts run
+    (used by ``advsmooth transfer``)."""
+    s = _transfer_study_settings(params)
+    src = {"source": "sg"}
+    tables: list[dict[str, Any]] = []
+    plots: list[dict[str, Any]] = []
+    if s.preset == "cifar10" or "tables" in s.parts:
+        for part in _TRANSFER_STUDY_TABLES[s.preset]:
+            for metric in ("top1", "top5"):
+                tables.append({"kind": "study", **src, "name": f"{part}_{metric}",
+                               "where": {"part": part}, "rows": ["source"],
+                               "columns": ["target"], "value": metric})
+    if s.preset == "digits":
+        pivots = {"fig5": (["transform", "strength"], ["attack"], "rate"),
+                  "fig7": (["sweep", "alpha_eps", "steps"], ["method"], "top1")}
+        parts = {"tables": ["fig1"], "fig3": ["fig3a", "fig3b", "fig9"], "fig4": ["fig4a", "fig4b"],
+                 "fig5": ["fig5"], "fig6": ["fig6"], "fig7": ["fig7"]}
+        for part in (q for p in s.parts for q in parts[p]):
+            rows, cols, value = pivots.get(part, (None, None, None))
+            tables.append({"kind": "study", **src, "name": part, "where": {"part": part},
+                           **({"rows": rows, "columns": cols, "value": value} if rows else {})})
+        steps = {"tables": [("transfer.fig1", {})], "fig6": [("transfer.fig6", {})],
+                 "fig3": [("transfer.boundary", {"sign": False}),
+                          ("transfer.boundary", {"sign": True})]}
+        plots += [{"kind": "artefact", **src, "step": k, "where": w}
+                  for p in s.parts for k, w in steps.get(p, [])]
+    return {"name": f"transfer_study_{s.preset}", "seed": 0,
+            "studies": [{"task": "transfer_study", "label": "sg", "params": params}],
+            "report": {"title": f"Smoothed-gradient transferability study ({s.preset})",
+                       "tables": tables, "plots": plots}}

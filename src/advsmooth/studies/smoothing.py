@@ -11,8 +11,13 @@
   ``"transfer_pgd_s"`` (PGD / EPGD-style PGD on an independently trained source model),
   ``"nattack"`` (score-based, querying the smoothed classifier).
 * :func:`budget_study` — PGD vs EPGD vs SmoothAdv-PGD at equal ``k×M`` (Fig. B.3).
-* :func:`run_smoothing_study` — the whole table (Tables 1/3/4 analogue) as rows, optionally the
-  sweeps and the plots; used by ``advsmooth smooth`` and the experiment runner.
+* :class:`SmoothingSettings` and :func:`plan` — the whole study (Tables 1/3/4 analogue, optionally
+  the sweeps) as store steps of the experiment runner (task ``smoothing``, also behind
+  ``advsmooth smooth``): per attack one step crafts the adversarial set (an artefact) and one
+  scores it; the sweep and each equal-budget point are steps of their own. The figures (Figs
+  1/2) are drawn by the report from the rows.
+* :func:`run_smoothing_study` — the same parts in memory, for models and tensors given from
+  Python.
 
 σ here is in pixel units unless ``noise_space="normalized"`` (see
 :mod:`advsmooth.defenses.smoothing`).
@@ -20,20 +25,20 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import atomic_path, check_choice, check_int_at_least, check_nonnegative
+from .._utils import check_choice, check_int_at_least, check_nonnegative
 from ..attacks import PGD, ExpectationGradient, NAttack, SmoothAdvGradient
 from ..defenses.smoothing import VOTES, SmoothedClassifier, votes_from_logits
+from ..experiments.artefacts import Step, StepOutput, register_step
 
 __all__ = [
     "ATTACKS",
@@ -43,7 +48,9 @@ __all__ = [
     "budget_study",
     "run_smoothing_study",
     "rows_to_markdown",
-    "write_csv",
+    "SmoothingSettings",
+    "plan",
+    "MAIN_COLUMNS",
 ]
 
 #: attack names understood by :func:`craft`
@@ -212,7 +219,7 @@ def budget_study(model: nn.Module, x: Tensor, y: Tensor, *, budgets: Sequence[in
 
 
 # ----------------------------------------------------------------------------------------------
-# tables
+# the whole study: settings, parts and steps
 # ----------------------------------------------------------------------------------------------
 
 def _fmt(v: Any) -> str:
@@ -234,25 +241,138 @@ def rows_to_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] | No
     return "\n".join(out) + "\n"
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write ``rows`` as CSV (union of keys, in first-seen order), atomically (temporary file +
-    rename: a failed write leaves a previous ``path`` intact)."""
-    path = Path(path)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys and k != "values"]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
-    return path
+MAIN_COLUMNS = ("attack", "classifier", "sigma", "M", "acc_mean", "acc_std", "draws", "n",
+                "grad_evals", "attack_seconds")
 
 
-# ----------------------------------------------------------------------------------------------
-# the whole study
-# ----------------------------------------------------------------------------------------------
+# One field per study parameter (the spec's ``params`` table and ``advsmooth smooth``'s options),
+# so the constructor has more than 12 parameters; all but ``model`` have defaults.
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """Settings of the smoothing study (Tables 1/3/4, Figs 1/2/B.3 analogue).
+
+    ``model`` / ``source`` are zoo names or checkpoint paths, ``data`` a dataset name of
+    :func:`advsmooth.data.load` (a seeded random subset of ``n`` images of ``split``, seed
+    ``data_seed``; ``n=None``: the whole split). σ, ``eps`` and ``alpha`` are in pixel units
+    unless ``noise_space="normalized"``. See :func:`run_smoothing_study` for the meaning of the
+    other fields.
+    """
+
+    model: str
+    data: str = "mnist"
+    split: str = "test"
+    n: int | None = 200
+    data_seed: int = 0
+    sigma: float = 0.25
+    samples: int = 64
+    votes: tuple[str, ...] = ("prediction", "weighted", "soft")
+    C: float = 0.5
+    attacks: tuple[str, ...] = ("none", "pgd", "epgd")
+    eps: float = 0.3
+    steps: int = 40
+    alpha: float | None = None
+    m_backward: int = 8
+    source: str | None = None
+    nattack: dict[str, Any] | None = None
+    nattack_vote: str = "prediction"
+    nattack_on_base: bool = False
+    draws: int = 3
+    seed: int = 0
+    noise_space: str = "pixel"
+    std: Any = None
+    sweep: bool = False
+    sweep_sigmas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    sweep_samples: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    sweep_attack: str = "pgd"
+    sweep_draws: int | None = None
+    budgets: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("votes", "attacks", "sweep_sigmas", "sweep_samples", "budgets"):
+            v = getattr(self, key)
+            if isinstance(v, str) or not isinstance(v, Sequence):
+                raise ValueError(f"{key} must be a list, got {v!r}")
+            object.__setattr__(self, key, tuple(v))
+        for a in (*self.attacks, self.sweep_attack):
+            check_choice("attack", a, ATTACKS)
+        for v in (*self.votes, self.nattack_vote):
+            check_choice("vote", v, VOTES)
+        check_int_at_least("draws", self.draws, 1)
+        if any(a.startswith("transfer") for a in self.attacks) and self.source is None:
+            raise ValueError("the transfer attacks (transfer_pgd, transfer_pgd_s) need source = "
+                             "a model name")
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        """The names of the settings (the study task's parameters)."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON object (the settings of the study's steps)."""
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _attack_rows(s: SmoothingSettings, kind: str, base: nn.Module, x_adv: Tensor, y: Tensor,
+                 info: dict[str, Any], broken: Tensor | None) -> list[dict[str, Any]]:
+    """Rows of the main table for the adversarial set of attack ``kind``: the base model and
+    every vote of the smoothed classifier (``draws`` evaluation draws), plus NAttack's own
+    count of the samples it never broke."""
+    acc = smoothed_accuracy(base, x_adv, y, sigma=s.sigma, samples=s.samples, votes=s.votes,
+                            C=s.C, draws=s.draws, seed=s.seed + 1, noise_space=s.noise_space,
+                            std=s.std)
+    common = {"table": "main", "attack": kind, "n": int(y.shape[0]), "draws": s.draws,
+              "grad_evals": info["grad_evals"], "attack_seconds": round(info["seconds"], 2)}
+    rows = []
+    for name, a in acc.items():
+        rows.append({**common, "classifier": name, "sigma": 0.0 if name == "base" else s.sigma,
+                     "M": 1 if name == "base" else s.samples,
+                     "acc_mean": a["mean"], "acc_std": a["std"],
+                     "draws": 1 if name == "base" else s.draws})
+    if kind == "nattack":
+        assert broken is not None
+        who = "base" if s.nattack_on_base else s.nattack_vote
+        rows.append({**common, "classifier": f"{who} (NAttack search)",
+                     "sigma": 0.0 if s.nattack_on_base else s.sigma,
+                     "M": 1 if s.nattack_on_base else s.samples,
+                     "acc_mean": float((~broken).double().mean()), "acc_std": 0.0,
+                     "draws": 1, "queries": info["queries"]})
+    return rows
+
+
+def _craft(s: SmoothingSettings, kind: str, base: nn.Module, src: nn.Module | None, x: Tensor,
+           y: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """:func:`craft` with the study's settings (NAttack queries the smoothed classifier with
+    vote ``nattack_vote`` unless ``nattack_on_base``)."""
+    smoothed = None
+    if kind == "nattack" and not s.nattack_on_base:
+        smoothed = SmoothedClassifier(base, s.sigma, s.samples, vote=s.nattack_vote,
+                                      C=s.C if s.nattack_vote == "weighted_c" else None,
+                                      noise_space=s.noise_space, std=s.std, seed=s.seed)
+    return craft(kind, base, x, y, eps=s.eps, steps=s.steps, alpha=s.alpha, sigma=s.sigma,
+                 m_backward=s.m_backward, source=src, smoothed=smoothed,
+                 noise_space=s.noise_space, std=s.std, seed=s.seed, nattack=s.nattack)
+
+
+def _sweep_rows(s: SmoothingSettings, label: str, base: nn.Module, xs: Tensor,
+                y: Tensor) -> list[dict[str, Any]]:
+    """Rows of the σ × M sweep on ``xs`` (clean or adversarial, named ``label``)."""
+    return [{"table": "sweep", **r, "n": int(y.shape[0])}
+            for r in sigma_samples_sweep(base, xs, y, sigmas=s.sweep_sigmas,
+                                         samples=s.sweep_samples, votes=s.votes, C=s.C,
+                                         draws=s.sweep_draws or s.draws, seed=s.seed + 2,
+                                         noise_space=s.noise_space, std=s.std, label=label)]
+
+
+def _budget_rows(s: SmoothingSettings, budget: int, base: nn.Module, x: Tensor,
+                 y: Tensor) -> list[dict[str, Any]]:
+    """Rows of the equal-budget comparison (Fig. B.3) at ``k×M = budget``."""
+    return [{"table": "budget", **r, "n": int(y.shape[0])}
+            for r in budget_study(base, x, y, budgets=[budget], eps=s.eps, sigma=s.sigma,
+                                  m_backward=s.m_backward,
+                                  inference_samples=(1, s.m_backward, s.samples), draws=s.draws,
+                                  seed=s.seed, noise_space=s.noise_space, std=s.std)]
+
 
 def _resolve_model(m: nn.Module | str, device: str) -> nn.Module:
     if isinstance(m, nn.Module):
@@ -262,151 +382,129 @@ def _resolve_model(m: nn.Module | str, device: str) -> nn.Module:
     return models.load(m, device=device, verbose=False)
 
 
-def run_smoothing_study(
-    model: nn.Module | str,
-    data: str | tuple[Tensor, Tensor] = "mnist",
-    *,
-    split: str = "test",
-    n: int | None = 200,
-    data_seed: int = 0,
-    data_root: str | None = None,
-    sigma: float = 0.25,
-    samples: int = 64,
-    votes: Sequence[str] = ("prediction", "weighted", "soft"),
-    C: float = 0.5,
-    attacks: Sequence[str] = ("none", "pgd", "epgd"),
-    eps: float = 0.3,
-    steps: int = 40,
-    alpha: float | None = None,
-    m_backward: int = 8,
-    source: nn.Module | str | None = None,
-    nattack: dict[str, Any] | None = None,
-    nattack_vote: str = "prediction",
-    nattack_on_base: bool = False,
-    draws: int = 3,
-    seed: int = 0,
-    noise_space: str = "pixel",
-    std: Any = None,
-    sweep: bool = False,
-    sweep_sigmas: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-    sweep_samples: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
-    sweep_attack: str = "pgd",
-    sweep_draws: int | None = None,
-    budgets: Sequence[int] = (),
-    out: str | Path | None = None,
-    device: str = "cpu",
-    verbose: bool = False,
-) -> list[dict[str, Any]]:
+def run_smoothing_study(model: nn.Module | str, data: str | tuple[Tensor, Tensor] = "mnist", *,
+                        source: nn.Module | str | None = None, data_root: str | None = None,
+                        device: str = "cpu", **settings: Any) -> list[dict[str, Any]]:
     """Base vs smoothed accuracy, clean and under attack (Tables 1/3/4 analogue), as rows.
 
-    For each attack in ``attacks`` (see :func:`craft`), the adversarial set is crafted once
-    (seed ``seed``) and scored by the base model and by every vote of the smoothed classifier
-    (σ = ``sigma``, ``samples`` copies) over ``draws`` evaluation draws (mean ± std). NAttack
-    queries the smoothed classifier with vote ``nattack_vote`` (its accuracy is the share of
-    samples it never broke, one run; the draws then re-score its output);
-    ``nattack_on_base=True`` attacks the base model's logits instead (black-box baseline).
+    ``model`` / ``source`` are models or zoo names, ``data`` a dataset name or ``(x, y)``;
+    ``settings`` are the other fields of :class:`SmoothingSettings`. For each attack in
+    ``attacks`` (see :func:`craft`), the adversarial set is crafted once (seed ``seed``) and
+    scored by the base model and by every vote of the smoothed classifier (σ = ``sigma``,
+    ``samples`` copies) over ``draws`` evaluation draws (mean ± std). NAttack queries the
+    smoothed classifier with vote ``nattack_vote`` (its accuracy is the share of samples it
+    never broke, one run; the draws then re-score its output); ``nattack_on_base=True`` attacks
+    the base model's logits instead (black-box baseline). With ``sweep=True`` also the σ × M
+    sweep on clean inputs and on ``sweep_attack`` examples (Figs 1/2/B.1); with ``budgets`` the
+    equal-budget study (Fig. B.3).
 
-    With ``sweep=True`` also the σ × M sweep on clean inputs and on ``sweep_attack`` examples
-    (Figs 1/2/B.1); with ``budgets`` the equal-budget study (Fig. B.3). With ``out`` the rows go
-    to ``out/*.csv``, Markdown tables to ``out/*.md`` and plots to ``out/*.png`` (matplotlib).
+    The experiment runner runs the same parts as store steps (task ``smoothing``); this
+    function runs them in memory, for models and tensors given from Python.
 
     Rows: ``{"table": "main", "attack", "classifier", "sigma", "M", "acc_mean", "acc_std",
     "draws", "n", "grad_evals", "attack_seconds"}`` (``table="sweep"`` / ``"budget"`` rows as in
     :func:`sigma_samples_sweep` / :func:`budget_study`).
     """
-    for a in attacks:
-        check_choice("attack", a, ATTACKS)
-    for v in votes:
-        check_choice("vote", v, VOTES)
+    s = SmoothingSettings(model=model if isinstance(model, str) else "(given)",
+                          data=data if isinstance(data, str) else "(given)",
+                          source=None if source is None else "(given)", **settings)
     base = _resolve_model(model, device)
     src = _resolve_model(source, device) if source is not None else None
     if isinstance(data, str):
-        from .. import data as data_mod
-
-        kw: dict[str, Any] = {"sample": n, "seed": data_seed} if n is not None else {}
-        x, y = data_mod.load(data, split, root=data_root, **kw)
+        x, y = _load_data(s, data_root)
     else:
         x, y = data
     x, y = x.to(device), y.to(device)
-    n_eff = int(x.shape[0])
     rows: list[dict[str, Any]] = []
-    adv_sets: dict[str, Tensor] = {}
-    t_all = time.perf_counter()
-    for kind in attacks:
-        smoothed = None
-        if kind == "nattack" and not nattack_on_base:
-            smoothed = SmoothedClassifier(base, sigma, samples, vote=nattack_vote,
-                                          C=C if nattack_vote == "weighted_c" else None,
-                                          noise_space=noise_space, std=std, seed=seed)
-        x_adv, info = craft(kind, base, x, y, eps=eps, steps=steps, alpha=alpha, sigma=sigma,
-                            m_backward=m_backward, source=src, smoothed=smoothed,
-                            noise_space=noise_space, std=std, seed=seed, nattack=nattack)
-        adv_sets[kind] = x_adv
-        acc = smoothed_accuracy(base, x_adv, y, sigma=sigma, samples=samples, votes=votes, C=C,
-                                draws=draws, seed=seed + 1, noise_space=noise_space, std=std)
-        common = {"table": "main", "attack": kind, "n": n_eff, "draws": draws,
-                  "grad_evals": info["grad_evals"], "attack_seconds": round(info["seconds"], 2)}
-        for name, a in acc.items():
-            rows.append({**common, "classifier": name, "sigma": 0.0 if name == "base" else sigma,
-                         "M": 1 if name == "base" else samples,
-                         "acc_mean": a["mean"], "acc_std": a["std"],
-                         "draws": 1 if name == "base" else draws})
-        if kind == "nattack":
-            broken = info["broken"]
-            who = "base" if nattack_on_base else nattack_vote
-            rows.append({**common, "classifier": f"{who} (NAttack search)",
-                         "sigma": 0.0 if nattack_on_base else sigma,
-                         "M": 1 if nattack_on_base else samples,
-                         "acc_mean": float((~broken).double().mean()), "acc_std": 0.0,
-                         "draws": 1, "queries": info["queries"]})
-        if verbose:
-            print(f"[smoothing] {kind}: done in {info['seconds']:.1f}s", flush=True)
-    if sweep:
-        for label, xs in (("clean", x), (sweep_attack, adv_sets.get(sweep_attack))):
-            if xs is None:
-                xs, _ = craft(sweep_attack, base, x, y, eps=eps, steps=steps, alpha=alpha,
-                              sigma=sigma, m_backward=m_backward, source=src,
-                              noise_space=noise_space, std=std, seed=seed)
-            for r in sigma_samples_sweep(base, xs, y, sigmas=sweep_sigmas, samples=sweep_samples,
-                                         votes=votes, C=C, draws=sweep_draws or draws,
-                                         seed=seed + 2,
-                                         noise_space=noise_space, std=std, label=label):
-                rows.append({"table": "sweep", **r, "n": n_eff})
-        if verbose:
-            print("[smoothing] sweep done", flush=True)
-    if budgets:
-        for r in budget_study(base, x, y, budgets=budgets, eps=eps, sigma=sigma,
-                              m_backward=m_backward, inference_samples=(1, m_backward, samples),
-                              draws=draws, seed=seed, noise_space=noise_space, std=std):
-            rows.append({"table": "budget", **r, "n": n_eff})
-    if out is not None:
-        _write_outputs(rows, Path(out))
-    if verbose:
-        print(f"[smoothing] total {time.perf_counter() - t_all:.1f}s", flush=True)
+    adv: dict[str, Tensor] = {}
+    for kind in s.attacks:
+        x_adv, info = _craft(s, kind, base, src, x, y)
+        adv[kind] = x_adv
+        rows += _attack_rows(s, kind, base, x_adv, y, info, info.get("broken"))
+    if s.sweep:
+        rows += _sweep_rows(s, "clean", base, x, y)
+        xs = adv.get(s.sweep_attack)
+        if xs is None:
+            xs = _craft(s, s.sweep_attack, base, src, x, y)[0]
+        rows += _sweep_rows(s, s.sweep_attack, base, xs, y)
+    for b in s.budgets:
+        rows += _budget_rows(s, b, base, x, y)
     return rows
 
 
-MAIN_COLUMNS = ("attack", "classifier", "sigma", "M", "acc_mean", "acc_std", "draws", "n",
-                "grad_evals", "attack_seconds")
+def _load_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
+    from .. import data as data_mod
+
+    kw: dict[str, Any] = {"sample": s.n, "seed": s.data_seed} if s.n is not None else {}
+    return data_mod.load(s.data, s.split, root=root, **kw)
 
 
-def _write_outputs(rows: list[dict[str, Any]], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for table in ("main", "sweep", "budget"):
-        sel = [{k: v for k, v in r.items() if k != "table"} for r in rows if r["table"] == table]
-        if not sel:
-            continue
-        write_csv(sel, out / f"smoothing_{table}.csv")
-        cols = MAIN_COLUMNS if table == "main" else None
-        with atomic_path(out / f"smoothing_{table}.md") as tmp:
-            tmp.write_text(rows_to_markdown(sel, cols), encoding="utf-8")
-    from ..report import smoothing_plots
+# ----------------------------------------------------------------------------------------------
+# store steps (task ``smoothing`` of the experiment runner)
+# ----------------------------------------------------------------------------------------------
 
-    sweep = [r for r in rows if r["table"] == "sweep"]
-    if sweep:
-        for vote in sorted({r["vote"] for r in sweep}):
-            smoothing_plots.plot_sigma_sweep(sweep, out / f"sweep_sigma_{vote}.png", vote=vote)
-        smoothing_plots.plot_samples_sweep(sweep, out / "sweep_samples.png")
-    budget = [r for r in rows if r["table"] == "budget"]
-    if budget:
-        smoothing_plots.plot_budget(budget, out / "budget.png")
+def _inputs(st: dict[str, Any], ctx: Any) -> tuple[SmoothingSettings, nn.Module,
+                                                   nn.Module | None, Tensor, Tensor]:
+    s = SmoothingSettings(**st["study"])
+    base = ctx.load_model(s.model)
+    src = ctx.load_model(s.source) if s.source is not None else None
+    x, y = _load_data(s, ctx.data_root)
+    return s, base, src, x.to(ctx.device), y.to(ctx.device)
+
+
+@register_step("smoothing.craft")
+def _craft_step(st: dict[str, Any], ctx: Any) -> StepOutput:
+    """The adversarial set of attack ``st["attack"]`` (tensors ``x_adv`` and, for NAttack,
+    ``broken``; info: its per-image cost)."""
+    s, base, src, x, y = _inputs(st, ctx)
+    x_adv, info = _craft(s, st["attack"], base, src, x, y)
+    tensors = {"x_adv": x_adv}
+    if "broken" in info:
+        tensors["broken"] = info.pop("broken")
+    return StepOutput(tensors=tensors, info=info)
+
+
+@register_step("smoothing.main")
+def _main_step(st: dict[str, Any], ctx: Any) -> StepOutput:
+    """Main-table rows of one attack (its adversarial set from the ``smoothing.craft`` step)."""
+    s, base, _, _, y = _inputs(st, ctx)
+    crafted = ctx.step(craft_step(s, st["attack"]))
+    return StepOutput(rows=_attack_rows(s, st["attack"], base, crafted.tensors["x_adv"], y,
+                                        crafted.info, crafted.tensors.get("broken")))
+
+
+@register_step("smoothing.sweep")
+def _sweep_step(st: dict[str, Any], ctx: Any) -> StepOutput:
+    """σ × M sweep rows on clean inputs (``input = "clean"``) or on an attack's examples."""
+    s, base, _, x, y = _inputs(st, ctx)
+    xs = x if st["input"] == "clean" else ctx.step(craft_step(s, st["input"])).tensors["x_adv"]
+    return StepOutput(rows=_sweep_rows(s, st["input"], base, xs, y))
+
+
+@register_step("smoothing.budget")
+def _budget_step(st: dict[str, Any], ctx: Any) -> StepOutput:
+    """Equal-budget rows (Fig. B.3) of one budget ``k×M``."""
+    s, base, _, x, y = _inputs(st, ctx)
+    return StepOutput(rows=_budget_rows(s, int(st["budget"]), base, x, y))
+
+
+def craft_step(s: SmoothingSettings, kind: str) -> Step:
+    """The step crafting the adversarial set of attack ``kind`` (shared by the main table and
+    the sweep)."""
+    return Step("smoothing.craft", {"study": s.to_json(), "attack": kind}, rows=False)
+
+
+def plan(s: SmoothingSettings) -> list[Step]:
+    """The steps of the study, in table order: per attack its main rows (after crafting), the
+    sweep on clean and attacked inputs, one step per budget."""
+    steps = []
+    study = s.to_json()
+    for kind in s.attacks:
+        steps.append(Step("smoothing.main", {"study": study, "attack": kind},
+                          after=(craft_step(s, kind),)))
+    if s.sweep:
+        steps.append(Step("smoothing.sweep", {"study": study, "input": "clean"}))
+        steps.append(Step("smoothing.sweep", {"study": study, "input": s.sweep_attack},
+                          after=(craft_step(s, s.sweep_attack),)))
+    steps += [Step("smoothing.budget", {"study": study, "budget": int(b)}) for b in s.budgets]
+    return steps
