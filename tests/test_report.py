@@ -169,3 +169,80 @@ def test_image_plot_embeds_a_study_figure(tmp_path, monkeypatch, capsys):
               "report": {"plots": [{"kind": "image", "source": "draw", "file": "x.png"}]}}
     with pytest.raises(SpecError, match="out_dir"):
         parse_spec(no_dir)
+
+
+def _map_plan(params, seed):
+    from advsmooth.experiments.artefacts import Step
+
+    return [Step("test.map", {"k": k}) for k in (1, 2)]
+
+
+def test_artefact_plot_draws_a_planned_steps_artefact(tmp_path, monkeypatch):
+    """``kind = "artefact"``: the report reads the artefact of each matching step of the study's
+    plan (hash checked) and hands it to the drawing of its step kind."""
+    import torch
+
+    from advsmooth.experiments import SpecError
+    from advsmooth.experiments.artefacts import StepOutput, register_step
+    from advsmooth.report import artefact_plots
+
+    @register_step("test.map")
+    def _map(s, ctx):
+        return StepOutput(rows=[{"k": s["k"]}], tensors={"m": torch.full((3, 3), float(s["k"]))})
+
+    seen = []
+
+    def draw(out, path, title):
+        import matplotlib.pyplot as plt
+
+        seen.append(float(out.tensors["m"].sum()))
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.imshow(out.tensors["m"].numpy())
+        fig.savefig(path)
+        plt.close(fig)
+
+    monkeypatch.setitem(artefact_plots.DRAWERS, "test.map", draw)
+    register_task("test-map", plan=_map_plan, replace=True)
+    spec = {"name": "art", "seed": 0, "studies": [{"task": "test-map", "label": "maps"}],
+            "report": {"plots": [{"kind": "artefact", "source": "maps", "step": "test.map",
+                                  "where": {"k": 2}, "title": "the k = 2 map"}]}}
+    run_spec(parse_spec(spec), tmp_path, progress=False)
+    assert main(["report", str(tmp_path)]) == 0
+    assert seen == [18.0]  # only the step matching `where`, read back from the store
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<img ") == 1 and "the k = 2 map" in page
+    # a tampered artefact file is not drawn (and never deserialised)
+    for f in (tmp_path / "artefacts" / "steps" / "test.map").glob("*.pt"):
+        f.write_bytes(b"not a tensor file")
+    seen.clear()
+    assert main(["report", str(tmp_path)]) == 0
+    assert seen == [] and "<img " not in (tmp_path / "report" / "report.html").read_text()
+    with pytest.raises(SpecError, match="step"):
+        parse_spec({**spec, "report": {"plots": [{"kind": "artefact", "source": "maps"}]}})
+
+
+def test_transfer_study_drawings_render_their_artefacts(tmp_path):
+    import torch
+
+    from advsmooth.experiments.artefacts import StepOutput
+    from advsmooth.report.artefact_plots import DRAWERS
+
+    g = torch.Generator().manual_seed(0)
+    outs = {
+        "transfer.boundary": StepOutput(
+            tensors={"labels": torch.randint(0, 10, (2, 7, 7), generator=g),
+                     "u": torch.linspace(-1, 1, 7), "v": torch.linspace(-1, 1, 7)},
+            info={"models": ["a", "b"], "y": 3, "sign": False, "source": "a"}),
+        "transfer.fig6": StepOutput(
+            tensors={"image": torch.rand(2, 8, 8, generator=g),
+                     "plain": torch.rand(2, 8, 8, generator=g),
+                     "m5": torch.rand(2, 8, 8, generator=g)},
+            info={"ms": [5], "labels": [1, 2], "source": "a", "sigma": 0.1}),
+        "transfer.fig1": StepOutput(
+            rows=[{"source": "a", "test_error": 2.0, "params": 1e4, "igsm_success": 40.0},
+                  {"source": "b", "test_error": 3.0, "params": 1e5, "igsm_success": 60.0}],
+            info={"target": "c"})}
+    for kind, out in outs.items():
+        path = tmp_path / f"{kind}.png"
+        DRAWERS[kind](out, path, None)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000

@@ -338,43 +338,35 @@ def test_plots_write_png(tmp_path, family_data):
 
 def test_study_argument_errors(tmp_path):
     from advsmooth.cli import main
-    from advsmooth.studies.transfer import run_transfer_study
+    from advsmooth.studies.transfer import TransferStudySettings
 
     with pytest.raises(ValueError, match="preset"):
-        run_transfer_study("imagenet", tmp_path)
+        TransferStudySettings("imagenet")
     with pytest.raises(ValueError, match="n must"):
-        run_transfer_study("digits", tmp_path, n=0)
+        TransferStudySettings("digits", n=0)
+    with pytest.raises(ValueError, match="budget source"):
+        TransferStudySettings("cifar10", budget_sources=("digits-lenet",))
     assert main(["transfer", "--preset", "digits", "--out", str(tmp_path), "--n", "0"]) == 2
+    assert not (tmp_path / "results.sqlite").exists()
 
 
-def test_study_rows_flatten_every_part():
-    from advsmooth.studies.transfer import study_rows
+def test_matrix_rows_flatten_a_transfer_matrix():
+    from advsmooth.metrics.transfer import TransferMatrix
+    from advsmooth.studies.transfer import _matrix_rows
 
-    report = {
-        "tables": {"table1_fgsm": {
-            "sources": ["a", "b"], "targets": ["a", "b"], "top1": [[1.0, 0.25], [0.5, 1.0]],
-            "top5": [[1.0, 0.0], [0.125, 1.0]], "white_box": [[True, False], [False, True]],
-            "grad_evals": [1.0, 3.0]}},
-        "results": {
-            "fig1": [{"source": "a", "test_error": 2.0, "params": 10, "igsm_success": 50.0}],
-            "fig3a": {"a→b": {"ms": [1, 2], "cos": [0.1, 0.2], "baseline": 0.01}},
-            "fig3b_decision_boundary": {"fraction_true_class": {"a": 0.75}},
-            "fig4b": {"sigma_255": [0, 8], "success": {"sg-FGSM": [10.0, 20.0]}},
-            "fig5": {"transfer_top1": {"FGSM": 0.5},
-                     "jpeg": {"strengths": [90, 50], "rates": {"FGSM": [0.1, 0.3]}}}}}
-    rows = study_rows(report)
-    t = {(r["source"], r["target"]): r for r in rows if r["part"] == "table1_fgsm"}
-    assert len(t) == 4
+    tm = TransferMatrix(sources=["a", "b"], targets=["a", "b"],
+                        top1=np.array([[1.0, 0.25], [0.5, 1.0]]),
+                        top5=np.array([[1.0, 0.0], [0.125, 1.0]]),
+                        white_box=np.array([[True, False], [False, True]]), n=8,
+                        targeted=False, attack="FGSM", grad_evals=np.array([1.0, 3.0]))
+    rows = _matrix_rows("table1_fgsm", tm)
+    t = {(r["source"], r["target"]): r for r in rows}
+    assert len(t) == 4 and {r["part"] for r in rows} == {"table1_fgsm"}
     assert t[("a", "b")]["top1"] == 25.0 and t[("b", "a")]["top5"] == 12.5
     assert t[("a", "a")]["white_box"] and not t[("a", "b")]["white_box"]
     assert t[("b", "a")]["grad_evals"] == 3.0
-    assert [r for r in rows if r["part"] == "fig1"][0]["igsm_success"] == 50.0
-    assert [(r["m"], r["cos"]) for r in rows if r["part"] == "fig3a"] == [(1, 0.1), (2, 0.2)]
-    assert [r["fraction_true_class"] for r in rows if r["part"] == "fig3b"] == [0.75]
-    assert [(r["sigma_255"], r["success"]) for r in rows if r["part"] == "fig4b"] == [
-        (0.0, 10.0), (8.0, 20.0)]
-    assert [(r["transform"], r["strength"], r["rate"]) for r in rows if r["part"] == "fig5"] == [
-        ("jpeg", 90.0, 0.1), ("jpeg", 50.0, 0.3)]
+    assert list(rows[0]) == ["part", "source", "target", "top1", "top5", "white_box",
+                             "grad_evals"]
 
 
 @pytest.mark.parametrize("params, match", [
@@ -384,6 +376,7 @@ def test_study_rows_flatten_every_part():
     ({"preset": "digits", "out_dir": "x", "parts": ["fig8"]}, "parts"),
     ({"preset": "digits", "out_dir": "x", "budget_sources": ["nope-model"]}, "nope-model"),
     ({"preset": "digits", "out_dir": "x", "epochs": 3}, "epochs"),
+    ({"preset": "digits", "fig6_ms": "12"}, "fig6_ms"),
 ])
 def test_transfer_study_task_rejects_bad_params(params, match):
     from advsmooth.experiments import SpecError, parse_spec

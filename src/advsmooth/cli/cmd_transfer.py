@@ -1,13 +1,16 @@
 """``advsmooth transfer --preset digits|cifar10 --out DIR``: the transferability study of seed 001.
 
-Writes Markdown/CSV tables, PNG figures, ``results.json`` and ``summary.md`` into DIR (see
-:mod:`advsmooth.studies.transfer` for what each preset reproduces).
+Runs a one-study spec (task ``transfer_study``) through the experiment runner: DIR holds the result
+store (resumable; every trained model and intermediate result is an artefact) and the report
+(tables and figures, ``DIR/report/report.html``). See :mod:`advsmooth.studies.transfer` for what
+each preset reproduces.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from ._common import add_models_dir
@@ -27,7 +30,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "(e.g. ../shared).")
     p.add_argument("--preset", choices=("digits", "cifar10"), default="digits",
                    help="which study to run (default: digits)")
-    p.add_argument("--out", "-o", required=True, help="output directory (created)")
+    p.add_argument("--out", "-o", required=True,
+                   help="output directory: result store and report (created; re-running resumes)")
     p.add_argument("--n", type=int, default=None,
                    help="evaluation images correct for every model (digits: 200, cifar10: 500)")
     p.add_argument("--budget-n", type=int, default=64,
@@ -45,17 +49,30 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..studies.transfer import run_transfer_study
+    from ..experiments import SpecError, parse_spec, run_spec
+    from ..experiments.studies_builtin import transfer_study_spec
+    from ..report import build_report
     from ._common import check_out_dir, models_dir_env
 
     check_out_dir(args.out)
-    sources = tuple(s.strip() for s in args.budget_sources.split(",") if s.strip())
-    with models_dir_env(args.models_dir):
-        res = run_transfer_study(
-            args.preset, args.out, args.n, args.seed, progress=not args.no_progress,
-            budget_n=args.budget_n, budget_sources=sources, models_dir=args.models_dir,
-            parts=tuple(s.strip() for s in args.parts.split(",") if s.strip()))
-    print(json.dumps({"preset": res["preset"], "n": res["n"], "seconds": round(res["seconds"], 1),
-                      "summary": res["summary"], "tables": sorted(res["tables"]),
-                      "figures": sorted(res["figures"])}, indent=1))
+    params: dict[str, Any] = {
+        "preset": args.preset, "seed": args.seed,
+        "parts": [s.strip() for s in args.parts.split(",") if s.strip()],
+        **({"n": args.n} if args.n is not None else {})}
+    if args.preset == "cifar10":
+        params["budget_n"] = args.budget_n
+        params["budget_sources"] = [s.strip() for s in args.budget_sources.split(",")
+                                    if s.strip()]
+    try:
+        spec = parse_spec(transfer_study_spec(params))
+    except SpecError as exc:
+        print(f"advsmooth transfer: error: {exc}", file=sys.stderr)
+        return 2
+    with models_dir_env(args.models_dir):  # the runner loads models by name
+        result = run_spec(spec, args.out, progress=not args.no_progress)
+    paths = build_report(result.out_dir)
+    print(json.dumps({"preset": args.preset, "store": str(result.out_dir),
+                      "report": str(paths["html"]),
+                      "tables": sorted(p.stem for p in paths["tables"] if p.suffix == ".md"),
+                      "figures": sorted(p.name for p in paths["figures"])}, indent=1))
     return 0

@@ -275,10 +275,13 @@ class PlotSpec(_Strict):
       every attack cell (needs ``save_adversarial = true``);
     * ``image``: a PNG that the study labelled ``source`` wrote into its ``out_dir`` parameter
       (``file``, a relative path inside it), embedded as it is — for the studies that draw their own
-      figures (decision-boundary maps, saliency maps, example images).
+      figures (decision-boundary maps, saliency maps, example images);
+    * ``artefact``: a figure the report draws from the store artefact of a planned study's step
+      (``step``, the step kind, e.g. ``"transfer.boundary"``; ``where`` filters the step's
+      settings), one figure per matching step — decision-boundary maps, saliency grids.
     """
 
-    kind: Literal["curve", "heatmap", "perturbation_grid", "image"]
+    kind: Literal["curve", "heatmap", "perturbation_grid", "image", "artefact"]
     name: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     title: StrictStr | None = None
     source: StrictStr | None = None
@@ -296,9 +299,15 @@ class PlotSpec(_Strict):
     file: StrictStr | None = Field(default=None,
                                    pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.png$")
     where: dict[str, Scalar] = Field(default_factory=dict)
+    step: StrictStr | None = None
 
     @model_validator(mode="after")
     def _fields(self) -> PlotSpec:
+        if self.kind == "artefact" and (self.step is None or self.source is None):
+            raise ValueError("an artefact plot needs step (a step kind of the study's plan) and "
+                             "source (the study label)")
+        if self.kind != "artefact" and self.step is not None:
+            raise ValueError("step is only for kind = 'artefact'")
         if self.kind == "curve" and (self.x is None or self.y is None):
             raise ValueError("a curve needs x and y")
         if self.kind == "heatmap" and None in (self.rows, self.columns, self.value):

@@ -23,6 +23,7 @@ __all__ = [
     "plot_decision_boundary",
     "plot_model_factors",
     "plot_success_curves",
+    "plot_saliency_grid",
 ]
 
 
@@ -205,3 +206,36 @@ def plot_success_curves(xs: Sequence[float], curves: Mapping[str, Sequence[float
     ax.legend(fontsize=8)
     ax.set_title(title or ylabel, fontsize=10)
     return _finish(fig, path)
+
+
+def plot_saliency_grid(cols: Sequence[tuple[str, Any]], labels: Sequence[int], *,
+                       title: str | None = None,
+                       path: str | os.PathLike[str] | None = None) -> Any:
+    """A grid of maps: one column per ``(name, maps)`` (``maps``: ``(rows, H, W)``), one row per
+    image (``labels``: its class). The first column is shown on [0, 1] as it is (the image), every
+    other panel scaled to its maximum (saliency maps, paper Figure 6)."""
+    plt = _plt()
+    rows = len(labels)
+    fig, axes = plt.subplots(rows, len(cols), figsize=(1.45 * len(cols), 1.5 * rows + 0.5),
+                             squeeze=False)
+    for j, (name, maps) in enumerate(cols):
+        for i in range(rows):
+            ax = axes[i][j]
+            im = np.asarray(maps[i], dtype=np.float64)
+            if j > 0:  # saliency: each panel normalised to [0, 1]
+                im = im / max(float(im.max()), 1e-300)
+            ax.imshow(im, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"label {labels[i]}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+    return fig

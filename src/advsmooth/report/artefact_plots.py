@@ -1,0 +1,108 @@
+"""Figures drawn from the store artefacts of planned study steps (``kind = "artefact"`` plots).
+
+A planned study (see :mod:`advsmooth.experiments.artefacts`) keeps each step's tensors — a
+decision-boundary map, saliency maps — as a hashed artefact of the experiment directory. A plot
+``{kind = "artefact", source = LABEL, step = KIND, where = {...}}`` draws one figure per step of
+kind ``KIND`` in the plans of the study cells labelled ``LABEL`` whose settings match ``where``;
+the drawing function is chosen by the step kind (:data:`DRAWERS`). Artefacts are read with
+:class:`~advsmooth.experiments.artefacts.Artefacts` in read-only mode (hash checked, no
+unpickling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..experiments.artefacts import Artefacts, Step, StepOutput, plan_order
+from . import transfer_plots
+
+__all__ = ["DRAWERS", "study_steps", "draw_artefact_plot"]
+
+
+def _boundary(out: StepOutput, path: Path, title: str | None) -> None:
+    """Figure 3b / 9 of the transfer study: the decision-boundary maps of the step's models."""
+    t, info = out.tensors, out.info
+    dbm = SimpleNamespace(
+        labels={k: t["labels"][i].numpy() for i, k in enumerate(info["models"])},
+        u=t["u"].numpy(), v=t["v"].numpy(), y=int(info["y"]), sign=bool(info["sign"]))
+    suffix = " (sign)" if dbm.sign else ""
+    transfer_plots.plot_decision_boundary(
+        dbm, path=path, title=title or "decision boundaries in the (G, h) plane of "
+                                       f"{info.get('source', 'the source')}{suffix}")
+
+
+def _saliency(out: StepOutput, path: Path, title: str | None) -> None:
+    """Figure 6 of the transfer study: image, saliency of g and of G^(m) per m."""
+    t, info = out.tensors, out.info
+    cols = [("image", t["image"]), ("plain gradient $g$", t["plain"])] + [
+        (f"$G^{{({m})}}$", t[f"m{m}"]) for m in info["ms"]]
+    transfer_plots.plot_saliency_grid(
+        cols, info["labels"], path=path,
+        title=title or f"{info['source']}: saliency |G^(m)| of the smoothed gradient, "
+                       f"σ = {info['sigma']:g} (pixels); each panel scaled to its maximum")
+
+
+def _model_factors(out: StepOutput, path: Path, title: str | None) -> None:
+    """Figure 1 of the transfer study: source test error vs #params, coloured by transfer."""
+    rows, target = out.rows, out.info.get("target", "target")
+    transfer_plots.plot_model_factors(
+        [r["source"] for r in rows], [r["test_error"] for r in rows],
+        [r["params"] for r in rows], [r["igsm_success"] for r in rows], target=target,
+        path=path, title=title or f"IGSM (T=5) transfer to {target}")
+
+
+#: step kind -> function drawing its artefact into a PNG ``path`` (with an optional title)
+DRAWERS: dict[str, Callable[[StepOutput, Path, str | None], None]] = {
+    "transfer.boundary": _boundary,
+    "transfer.fig6": _saliency,
+    "transfer.fig1": _model_factors,
+}
+
+
+def study_steps(cell: Mapping[str, Any]) -> list[Step]:
+    """Every step (prerequisites included) of the plan of a planned study ``cell`` (a store
+    ``cells`` row); ``[]`` for a cell whose task has no plan."""
+    from ..experiments import tasks
+
+    task = tasks.get_task(cell["task"])
+    if task.plan is None:
+        return []
+    seed = tasks.batch_seed(cell["seed"], cell["cell_id"], 0)  # the runner's plan seed
+    return [s for s, _ in plan_order(task.plan(dict(cell["params"]), seed))]
+
+
+def _matches(settings: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    return all(settings.get(k) == v for k, v in where.items())
+
+
+def draw_artefact_plot(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Mapping[str, Any],
+                       fig_dir: Path) -> list[tuple[Path, Step]]:
+    """Draw the figures of one ``kind = "artefact"`` plot into ``fig_dir`` (``NAME_i.png``);
+    returns ``(png, step)`` per figure. A step without a valid artefact (not run yet, or its file
+    changed) is skipped."""
+    kind = plot["step"]
+    if kind not in DRAWERS:
+        raise ValueError(f"no drawing for artefacts of step kind {kind!r}; expected one of "
+                         f"{sorted(DRAWERS)}")
+    arts = Artefacts(out_dir, readonly=True)
+    drawn: list[tuple[Path, Step]] = []
+    try:
+        for c in cells:
+            if c["kind"] != "study" or c.get("config", {}).get("study") != plot["source"]:
+                continue
+            for step in study_steps(c):
+                if step.kind != kind or not _matches(step.settings, plot.get("where") or {}):
+                    continue
+                out = arts.load(step)
+                if out is None:
+                    continue
+                fig_dir.mkdir(parents=True, exist_ok=True)
+                path = fig_dir / f"{step.key[:12]}.png"
+                DRAWERS[kind](out, path, plot.get("title"))
+                drawn.append((path, step))
+    finally:
+        arts.close()
+    return drawn
