@@ -181,3 +181,23 @@ def test_shared_mnist_and_cifar_layout():
     assert torch.allclose(one[0], torch.from_numpy(raw["x"][i]).permute(2, 0, 1).float() / 255)
     ds = data.dataset("mnist", split="test", root=SHARED_DATA)
     assert len(ds) == 10000 and torch.equal(ds[3][0], x[3]) and int(ds[3][1]) == 0
+
+
+def test_random_subset_is_the_one_seeded_picker():
+    import torch
+
+    from advsmooth import data
+
+    a = data.random_subset(100, 10, 3)
+    assert torch.equal(a, data.random_subset(100, 11, 3)[:10])  # prefixes agree
+    rest = data.random_subset(100, None, 3, offset=10)
+    assert len(rest) == 90 and not set(a.tolist()) & set(rest.tolist())  # disjoint ranges
+    assert torch.equal(data.random_subset(100, 10, 3, sort=True), a.sort().values)
+    assert not torch.equal(a, data.random_subset(100, 10, 4))
+    # data.load(sample=k, seed=s) draws exactly this subset
+    x_all, y_all = data.load("digits", "test")
+    x, y = data.load("digits", "test", sample=12, seed=7)
+    idx = data.random_subset(len(y_all), 12, 7)
+    assert torch.equal(x, x_all[idx]) and torch.equal(y, y_all[idx])
+    with pytest.raises(ValueError, match="available"):
+        data.random_subset(5, 6, 0)

@@ -22,6 +22,7 @@ from .registry import (
     info,
     load,
     names,
+    random_subset,
     stratified_split,
     subset,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "info",
     "load",
     "names",
+    "random_subset",
     "stratified_split",
     "subset",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "REGISTRY",
     "ArrayDataset",
     "load",
+    "random_subset",
     "dataset",
     "info",
     "available",
@@ -394,6 +395,25 @@ def dataset(name: str, split: str = "test", root: str | os.PathLike[str] | None 
 # selection
 # ----------------------------------------------------------------------------------------------
 
+def random_subset(total: int, k: int | None, seed: int, *, offset: int = 0,
+                  sort: bool = False) -> Tensor:
+    """The seeded random subset every part of advsmooth draws samples with: positions
+    ``offset .. offset + k`` (``k=None``: all after ``offset``) of ``torch.randperm(total)`` under
+    a CPU generator seeded with ``seed``; in random order, or ascending with ``sort=True``.
+
+    The same ``(total, seed)`` gives the same permutation, so ``k`` and ``k + 1`` share a prefix
+    and consecutive ``offset`` ranges are disjoint (e.g. fitting and evaluation images).
+    ``ValueError`` when fewer than ``offset + k`` samples exist.
+    """
+    stop = total if k is None else offset + int(k)
+    if stop > total or offset < 0:
+        raise ValueError(f"asked for {stop - offset} samples after the first {offset} but only "
+                         f"{total} are available")
+    pick = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))
+    pick = pick[offset:stop]
+    return pick.sort().values if sort else pick
+
+
 def _selection(total: int, n: int | None, sample: int | None, seed: int,
                indices: Sequence[int] | Tensor | None, labels: Tensor | None,
                name: str) -> Tensor | None:
@@ -415,8 +435,7 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
             raise ValueError(f"sample must be an integer >= 0, got {sample!r}")
         if sample > total:
             raise ValueError(f"sample={sample} exceeds the {total} available samples of {name}")
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(total, generator=g)[:sample]
+        return random_subset(total, sample, seed)
     if indices is not None:
         idx = torch.as_tensor(indices, dtype=torch.int64).flatten()
         if idx.numel() and (idx.min() < -total or idx.max() >= total):

@@ -188,8 +188,7 @@ def select_indices(ds: DatasetSpec, spec_seed: int, root: str | None = None) -> 
         if ds.sample > total:
             raise ValueError(f"dataset {ds.key!r}: sample={ds.sample} exceeds the {total} samples")
         seed = spec_seed if ds.seed is None else ds.seed
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(total, generator=g)[:ds.sample]
+        return data.random_subset(total, ds.sample, seed)
     return torch.arange(total)
 
 

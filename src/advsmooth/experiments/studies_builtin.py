@@ -29,8 +29,6 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from .tasks import StudyContext, build_attack, register_task
 
 __all__ = ["transfer_study_spec", "smoothing_spec"]
@@ -236,11 +234,11 @@ def _uap(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     ds, split = p.get("dataset", "digits"), p.get("split", "test")
     n_fit, n_eval = int(p.get("n_fit", 100)), p.get("n_eval")
     x_all, _ = data.load(ds, split, root=ctx.data_root, **_selection(p))
-    g = torch.Generator().manual_seed(ctx.seed % 2**31)
-    perm = torch.randperm(x_all.shape[0], generator=g)
-    x_fit = x_all[perm[:n_fit]].to(ctx.device)
-    rest = perm[n_fit:] if n_eval is None else perm[n_fit:n_fit + int(n_eval)]
-    x_eval = x_all[rest].to(ctx.device)
+    total = x_all.shape[0]
+    x_fit = x_all[data.random_subset(total, min(n_fit, total), ctx.seed % 2**31)].to(ctx.device)
+    n_rest = max(total - n_fit, 0) if n_eval is None else min(int(n_eval), max(total - n_fit, 0))
+    x_eval = x_all[data.random_subset(total, n_rest, ctx.seed % 2**31,
+                                      offset=min(n_fit, total))].to(ctx.device)
     params = {"progress_bar": False, "seed": ctx.seed % 2**31, **dict(p.get("attack_params", {}))}
     uap = registry.build(p.get("attack", "smooth-uap"), **params)
     v = uap.fit(ctx.load_model(p["fit_model"]), x_fit)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .._utils import check_int_at_least, check_nonnegative, make_generator
 from ..attacks.base import Attack, check_images, check_labels, frozen_model, run_batched
 from ..attacks.gradients import AttackObjective
+from ..data import random_subset
 from .transforms import Transform, make_transform
 
 __all__ = [
@@ -266,8 +267,7 @@ def transfer_matrix(
     if n is not None:
         check_int_at_least("n", n, 1)
         if idx.numel() > n:
-            gen = make_generator(seed, "cpu")
-            pick = torch.randperm(idx.numel(), generator=gen)[:n].sort().values
+            pick = random_subset(idx.numel(), n, seed, sort=True)
             idx = idx[pick.to(idx.device)]
     xs, ys = x[idx], y[idx]
     num_classes = int(_logits(tgts[0][1], x[:1]).shape[1])

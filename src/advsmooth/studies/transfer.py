@@ -274,10 +274,9 @@ def _subset_correct(models_: Sequence[nn.Module], x: Tensor, y: Tensor, n: int |
                     seed: int, pool: int | None = None) -> tuple[Tensor, Tensor]:
     """Seeded random subset of ``n`` images correct for every model (candidates drawn from a
     seeded random pool of ``pool`` images first, to bound the cost on big test sets)."""
-    gen = make_generator(seed, "cpu")
-    perm = torch.randperm(x.shape[0], generator=gen)
-    if pool is not None:
-        perm = perm[:pool]
+    from ..data import random_subset
+
+    perm = random_subset(x.shape[0], pool, seed)
     xs, ys = x[perm], y[perm]
     ok = correct_by_all(list(models_), xs, ys)
     idx = torch.nonzero(ok).flatten()
@@ -380,8 +379,10 @@ def _matrix_step(st: dict[str, Any], ctx: Any) -> StepOutput:
     named = _models(s.preset, ctx)
     x, y = _eval_set(s, ctx)
     if "budget_n" in st:  # the equal-budget tables: a seeded subset of the evaluation set
-        pick = torch.randperm(x.shape[0], generator=make_generator(s.seed + 1, "cpu"))
-        pick = pick[:int(st["budget_n"])].sort().values
+        from ..data import random_subset
+
+        pick = random_subset(x.shape[0], min(int(st["budget_n"]), x.shape[0]), s.seed + 1,
+                             sort=True)
         x, y = x[pick], y[pick]
     tm = transfer_matrix([(k, _source(k, named)) for k in st["sources"]],
                          [(k, named[k]) for k in st["targets"]], _attack(st["attack"]), (x, y),
