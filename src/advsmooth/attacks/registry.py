@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AttackEntry", "REGISTRY", "register", "build", "names", "entry", "KINDS"]
+__all__ = ["AttackEntry", "REGISTRY", "register", "build", "names", "entry", "KINDS", "GRADIENTS",
+           "build_gradient"]
 
 #: what an entry builds
 KINDS = ("sample", "universal")
@@ -190,6 +191,28 @@ def entry(name: str) -> AttackEntry:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown attack {name!r}; choose from {', '.join(names())}") from None
+
+
+#: ``gradient = {kind = ...}`` tables of a spec's attack parameters -> gradient estimator
+#: classes (import paths, resolved when built)
+GRADIENTS: dict[str, str] = {
+    "plain": "advsmooth.attacks.gradients:PlainGradient",
+    "smoothed": "advsmooth.attacks.gradients:SmoothedGradient",
+    "expectation": "advsmooth.attacks.smoothing_gradients:ExpectationGradient",
+    "smoothadv": "advsmooth.attacks.smoothing_gradients:SmoothAdvGradient",
+}
+
+
+def build_gradient(kind: Any, **params: Any) -> Any:
+    """The gradient estimator ``kind`` (a key of :data:`GRADIENTS`) built with ``params``
+    (``ValueError`` for an unknown kind, ``TypeError`` naming the kind for bad parameters)."""
+    if kind not in GRADIENTS:
+        raise ValueError(f"gradient.kind must be one of {sorted(GRADIENTS)}, got {kind!r}")
+    cls = AttackEntry(GRADIENTS[kind]).resolve()
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise TypeError(f"gradient ({kind}): {exc}") from None
 
 
 def build(name: str, **params: Any) -> Any:

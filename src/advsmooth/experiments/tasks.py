@@ -7,8 +7,8 @@
   the rows of a table (one dict per row, JSON-serialisable values). Register one with
   :func:`register_task`; ``check(params)`` validates parameters before anything runs.
 
-Built-in studies are registered lazily from the modules that implement them
-(``advsmooth.studies.transfer``, ``advsmooth.studies.smoothing``) when those are installed.
+The built-in studies (:mod:`advsmooth.experiments.studies_builtin`) are registered when
+:mod:`advsmooth.experiments` is imported.
 
 Example::
 
@@ -34,6 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import attacks, filters
+from ..attacks import registry
+from ..attacks.base import Attack
 from .artefacts import Artefacts, Step, StepOutput, plan_order
 
 __all__ = [
@@ -61,38 +64,28 @@ def _norm_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _registry() -> Any:
-    try:
-        return importlib.import_module("advsmooth.attacks.registry")
-    except ImportError:
-        return None
+def _attack_classes() -> dict[str, type]:
+    """The concrete :class:`~advsmooth.attacks.Attack` classes exported by
+    :mod:`advsmooth.attacks`, by class name."""
+    return {n: obj for n in attacks.__all__ if inspect.isclass(obj := getattr(attacks, n, None))
+            and issubclass(obj, Attack) and not inspect.isabstract(obj)}
 
 
 def attack_names() -> list[str]:
-    """Attack names accepted in specs (the registry's, else the classes' lower-case names)."""
-    reg = _registry()
-    out = []
-    if reg is not None and callable(getattr(reg, "names", None)):
-        out = [str(n) for n in reg.names()]
-    from .. import attacks
-    from ..attacks.base import Attack
-
-    for n in getattr(attacks, "__all__", dir(attacks)):
-        obj = getattr(attacks, n, None)
-        if inspect.isclass(obj) and issubclass(obj, Attack) and not inspect.isabstract(obj):
-            if n.lower() not in out:
-                out.append(n.lower())
+    """Attack names accepted in specs: the attack registry's, and the classes' lower-case
+    names."""
+    out = list(registry.names())
+    out += [n.lower() for n in _attack_classes() if n.lower() not in out]
     return sorted(out)
 
 
 def attack_class(name: str) -> type:
     """The :class:`~advsmooth.attacks.Attack` subclass named ``name``.
 
-    ``name`` is a registry name (``"deepfool"``, ``"smoothfool"``, ...; case and ``-``/``_`` are
-    ignored) or an import path ``"package.module:ClassName"``.
+    ``name`` is a registry name (``"deepfool"``, ``"smoothfool"``, ...; see
+    :mod:`advsmooth.attacks.registry`), a class name (case and ``-``/``_`` ignored) or an import
+    path ``"package.module:ClassName"`` (a user's own attack).
     """
-    from ..attacks.base import Attack
-
     if ":" in name:
         mod, _, cls_name = name.partition(":")
         try:
@@ -102,37 +95,23 @@ def attack_class(name: str) -> type:
         if not (inspect.isclass(obj) and issubclass(obj, Attack)):
             raise ValueError(f"{name!r} is not an advsmooth.attacks.Attack subclass")
         return obj
-    reg = _registry()
-    if reg is not None and callable(getattr(reg, "entry", None)):
-        try:
-            e = reg.entry(name)
-        except ValueError:
-            e = None
-        if e is not None:
-            if getattr(e, "kind", "sample") != "sample":
-                raise ValueError(f"{name!r} builds a universal perturbation, not a per-sample "
-                                 "attack; use the 'uap' study ([[studies]] task = \"uap\")")
-            obj = e.resolve()
-            return obj if inspect.isclass(obj) else Attack
-    from .. import attacks
-
+    if name in registry.REGISTRY:
+        e = registry.entry(name)
+        if e.kind != "sample":
+            raise ValueError(f"{name!r} builds a universal perturbation, not a per-sample "
+                             "attack; use the 'uap' study ([[studies]] task = \"uap\")")
+        obj = e.resolve()
+        return obj if inspect.isclass(obj) else Attack
     want = _norm_name(name)
-    for n in dir(attacks):
-        obj = getattr(attacks, n)
-        if (inspect.isclass(obj) and issubclass(obj, Attack) and not inspect.isabstract(obj)
-                and _norm_name(n) == want):
+    for n, obj in _attack_classes().items():
+        if _norm_name(n) == want:
             return obj
     raise ValueError(f"unknown attack {name!r}; expected one of {attack_names()} or "
                      "'module:ClassName'")
 
 
 #: ``gradient = {kind = ...}`` tables in attack parameters -> gradient estimator classes
-GRADIENTS = {
-    "plain": "advsmooth.attacks.gradients:PlainGradient",
-    "smoothed": "advsmooth.attacks.gradients:SmoothedGradient",
-    "expectation": "advsmooth.attacks.smoothing_gradients:ExpectationGradient",
-    "smoothadv": "advsmooth.attacks.smoothing_gradients:SmoothAdvGradient",
-}
+GRADIENTS = registry.GRADIENTS
 
 
 def _resolve_objects(params: dict[str, Any]) -> dict[str, Any]:
@@ -142,28 +121,19 @@ def _resolve_objects(params: dict[str, Any]) -> dict[str, Any]:
     g = out.get("gradient")
     if isinstance(g, dict):
         kw = dict(g)
-        kind = kw.pop("kind", None)
-        if kind not in GRADIENTS:
-            raise ValueError(f"gradient.kind must be one of {sorted(GRADIENTS)}, got {kind!r}")
-        mod, _, attr = GRADIENTS[kind].partition(":")
-        cls = getattr(importlib.import_module(mod), attr)
-        try:
-            out["gradient"] = cls(**kw)
-        except TypeError as exc:
-            raise TypeError(f"gradient ({kind}): {exc}") from None
+        out["gradient"] = registry.build_gradient(kw.pop("kind", None), **kw)
     return out
 
 
 def build_attack(name: str, params: dict[str, Any]) -> Any:
     """Construct the attack ``name`` with keyword ``params`` (``ValueError``/``TypeError`` on bad
-    parameters, naming them). Uses the attack registry's ``build`` when it exists. A
-    ``gradient = {kind = ..., ...}`` table builds a gradient estimator (see :data:`GRADIENTS`)."""
+    parameters, naming them): through the attack registry for a registered name, else the class
+    of :func:`attack_class`. A ``gradient = {kind = ..., ...}`` table builds a gradient
+    estimator (see :data:`advsmooth.attacks.registry.GRADIENTS`)."""
     params = _resolve_objects(params)
-    reg = _registry()
-    if (":" not in name and reg is not None and callable(getattr(reg, "build", None))
-            and name in getattr(reg, "REGISTRY", {})):
+    if name in registry.REGISTRY:
         try:
-            return reg.build(name, **params)
+            return registry.build(name, **params)
         except TypeError as exc:
             raise TypeError(f"{name}: {exc}") from None
     cls = attack_class(name)
@@ -191,49 +161,13 @@ def batch_seed(seed: int, cell_id: str, batch: int) -> int:
 # the attack task: per-sample rows of one batch
 # ----------------------------------------------------------------------------------------------
 
-def _roughness_fn() -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
-    """``r -> (Ω, Ωn)`` per sample with a Gaussian h of σh = 1 (ALGORITHMS.md §2), or None."""
-    candidates = []
-    try:
-        filters = importlib.import_module("advsmooth.filters")
-        candidates.append(getattr(filters, "roughness", None))
-    except ImportError:
-        pass
-    try:
-        metrics = importlib.import_module("advsmooth.metrics")
-        candidates.append(getattr(metrics, "roughness", None))
-    except ImportError:
-        pass
-    fn = next((c for c in candidates if callable(c)), None)
-    if fn is None:
-        return None
-    params = inspect.signature(fn).parameters
-
-    def both(r: Tensor) -> tuple[Tensor, Tensor]:
-        kw: dict[str, Any] = {}
-        if "sigma_h" in params:
-            kw["sigma_h"] = 1.0
-        elif "sigma" in params:
-            kw["sigma"] = 1.0
-        om = fn(r, normalized=False, **kw)
-        omn = fn(r, normalized=True, **kw)
-        return om.reshape(-1), omn.reshape(-1)
-
-    return both
-
-
-_ROUGHNESS: list[Any] = []
-
-
-def roughness(r: Tensor) -> tuple[Tensor, Tensor] | None:
-    """Per-sample ``(Ω, Ωn)`` of perturbations ``r`` (N×C×H×W), or None when unavailable."""
-    if not _ROUGHNESS:
-        _ROUGHNESS.append(_roughness_fn())
-    fn = _ROUGHNESS[0]
-    if fn is None:
-        return None
+def roughness(r: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(Ω, Ωn)`` of perturbations ``r`` (N×C×H×W): the roughness and the normalised
+    roughness with a Gaussian filter h of σh = 1 (:func:`advsmooth.filters.roughness`)."""
     with torch.no_grad():
-        return fn(r.double())
+        r = r.double()
+        return (filters.roughness(r, sigma_h=1.0, normalized=False).reshape(-1),
+                filters.roughness(r, sigma_h=1.0, normalized=True).reshape(-1))
 
 
 def attack_rows(attack: Any, model: nn.Module, x: Tensor, y: Tensor, *,
@@ -241,8 +175,8 @@ def attack_rows(attack: Any, model: nn.Module, x: Tensor, y: Tensor, *,
     """Run ``attack`` on one batch; return the per-sample columns, ``x_adv`` and the seconds.
 
     Columns (numpy arrays of length N): label, clean_pred, adv_pred, success, l2, linf (of
-    ``r = x_adv − x``), x_l2, x_linf (of the clean input), omega, omega_n (roughness at σh = 1,
-    NaN when unavailable), iterations, forward_evals, grad_evals.
+    ``r = x_adv − x``), x_l2, x_linf (of the clean input), omega, omega_n (roughness at σh = 1),
+    iterations, forward_evals, grad_evals.
     """
     from ..attacks.summary import result_columns
 
@@ -250,9 +184,8 @@ def attack_rows(attack: Any, model: nn.Module, x: Tensor, y: Tensor, *,
     cols = result_columns(res)
     cols.pop("target", None)
     rough = roughness((res.x_adv - res.x).detach())
-    nan = np.full(len(res), np.nan)
-    cols["omega"] = nan if rough is None else rough[0].cpu().numpy().astype(np.float64)
-    cols["omega_n"] = nan if rough is None else rough[1].cpu().numpy().astype(np.float64)
+    cols["omega"] = rough[0].cpu().numpy().astype(np.float64)
+    cols["omega_n"] = rough[1].cpu().numpy().astype(np.float64)
     return cols, res.x_adv.detach(), float(res.elapsed)
 
 
@@ -349,13 +282,6 @@ def plan_rows(steps: Sequence[Step], artefacts: Artefacts) -> list[dict[str, Any
 
 
 _TASKS: dict[str, Task] = {}
-_LAZY: dict[str, str] = {
-    # study name -> module that registers it on import
-    "transfer": "advsmooth.experiments.studies_builtin",
-    "smoothing": "advsmooth.experiments.studies_builtin",
-    "uap": "advsmooth.experiments.studies_builtin",
-    "universal_attack": "advsmooth.experiments.attack_universal",
-}
 
 
 def register_task(name: str,
@@ -385,18 +311,8 @@ def register_task(name: str,
     return task
 
 
-def _load_lazy() -> None:
-    for mod in sorted(set(_LAZY.values())):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
-
-
 def get_task(name: str) -> Task:
     """The study task registered as ``name`` (``ValueError`` naming the known ones)."""
-    if name not in _TASKS:
-        _load_lazy()
     if name not in _TASKS:
         raise ValueError(f"unknown study task {name!r}; expected one of {task_names()}")
     return _TASKS[name]
@@ -404,5 +320,4 @@ def get_task(name: str) -> Task:
 
 def task_names() -> list[str]:
     """Names of the registered study tasks."""
-    _load_lazy()
     return sorted(_TASKS)
