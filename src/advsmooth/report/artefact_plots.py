@@ -19,7 +19,7 @@ from typing import Any
 from ..experiments.artefacts import Artefacts, Step, StepOutput, plan_order
 from . import transfer_plots
 
-__all__ = ["DRAWERS", "study_steps", "draw_artefact_plot"]
+__all__ = ["DRAWERS", "study_steps", "artefact_figures"]
 
 
 def _boundary(out: StepOutput, path: Path, title: str | None) -> None:
@@ -78,17 +78,20 @@ def _matches(settings: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
     return all(settings.get(k) == v for k, v in where.items())
 
 
-def draw_artefact_plot(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Mapping[str, Any],
-                       fig_dir: Path) -> list[tuple[Path, Step]]:
-    """Draw the figures of one ``kind = "artefact"`` plot into ``fig_dir`` (``NAME_i.png``);
-    returns ``(png, step)`` per figure. A step without a valid artefact (not run yet, or its file
-    changed) is skipped."""
+def artefact_figures(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Mapping[str, Any],
+                     fig_dir: Path, unique: Callable[[str], str]
+                     ) -> list[tuple[str, str, list[Path]]]:
+    """Draw the figures of one ``kind = "artefact"`` plot into ``fig_dir`` (``NAME.png``, the
+    name made unique by ``unique``); returns ``(name, caption, [png])`` per figure. A step
+    without a valid artefact (not run yet, or its file changed) is skipped."""
     kind = plot["step"]
     if kind not in DRAWERS:
         raise ValueError(f"no drawing for artefacts of step kind {kind!r}; expected one of "
                          f"{sorted(DRAWERS)}")
     arts = Artefacts(out_dir, readonly=True)
-    drawn: list[tuple[Path, Step]] = []
+    base = "".join(ch if ch.isalnum() or ch in "._-" else "_"
+                   for ch in plot.get("name") or f"{plot['source']}_{kind}")
+    drawn: list[tuple[str, str, list[Path]]] = []
     try:
         for c in cells:
             if c["kind"] != "study" or c.get("config", {}).get("study") != plot["source"]:
@@ -100,9 +103,10 @@ def draw_artefact_plot(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: 
                 if out is None:
                     continue
                 fig_dir.mkdir(parents=True, exist_ok=True)
-                path = fig_dir / f"{step.key[:12]}.png"
-                DRAWERS[kind](out, path, plot.get("title"))
-                drawn.append((path, step))
+                name = unique(base)
+                DRAWERS[kind](out, fig_dir / f"{name}.png", plot.get("title"))
+                drawn.append((name, plot.get("title") or f"{plot['source']}: {kind}",
+                               [fig_dir / f"{name}.png"]))
     finally:
         arts.close()
     return drawn

@@ -253,15 +253,10 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                     shutil.copyfile(found.with_suffix(".svg"), tmp)
             figures.append(Figure(name, p.get("title") or f"{source}: {p['file']}", files))
         elif kind == "artefact":
-            from .artefact_plots import draw_artefact_plot
+            from .artefact_plots import artefact_figures
 
-            base = p.get("name") or f"{source}_{p['step']}"
-            for png, _step in draw_artefact_plot(out_dir, all_cells, p, fig_dir / "_drawn"):
-                name = unique("".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in base))
-                dest = fig_dir / f"{name}.png"
-                png.replace(dest)
-                figures.append(Figure(name, p.get("title") or f"{source}: {p['step']}", [dest]))
-            shutil.rmtree(fig_dir / "_drawn", ignore_errors=True)
+            drawn = artefact_figures(out_dir, all_cells, p, fig_dir, unique)
+            figures += [Figure(*f) for f in drawn]
         elif kind == "perturbation_grid":
             from .figures import perturbation_grid
 
