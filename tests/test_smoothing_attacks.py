@@ -207,3 +207,26 @@ def test_cli_smooth_rejects_bad_vote(capsys):
 
     assert main(["smooth", "--model", "digits-lenet", "--data", "digits", "--vote", "foo"]) == 2
     assert "vote" in capsys.readouterr().err
+
+
+def test_cli_smooth_runs_a_one_study_spec_into_a_store_and_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from advsmooth.cli import main
+    from advsmooth.experiments import Store
+
+    out = tmp_path / "sm"
+    assert main(["smooth", "--model", "digits-lenet", "--data", "digits", "--n", "8",
+                 "--attack", "none,pgd", "--steps", "2", "--samples", "4", "--draws", "1",
+                 "--vote", "prediction", "--sweep", "--sweep-sigmas", "0,0.2",
+                 "--sweep-samples", "1,4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with Store(out, readonly=True) as st:
+        (cell,) = st.cells()
+        rows = st.study_rows(cell["cell_id"])
+    assert cell["task"] == "smoothing" and cell["status"] == "done"
+    main_rows = [r for r in rows if r["table"] == "main"]
+    assert len(main_rows) == 4  # (none, pgd) x (base, prediction)
+    for r in main_rows:  # the printed table is the store's
+        assert f"| {r['attack']} | {r['classifier']} |" in printed
+    page = (out / "report" / "report.html").read_text()
+    assert page.count("<img ") == 1 and "accuracy vs sigma" in page
