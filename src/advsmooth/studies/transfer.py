@@ -160,7 +160,7 @@ class TransferStudySettings:
         check_int_at_least("seed", self.seed, 0)
         check_int_at_least("budget_n", self.budget_n, 1)
         for part in self.parts:
-            check_choice("part", part, DIGITS_PARTS)
+            check_choice("parts entry", part, DIGITS_PARTS)
         for s in self.budget_sources:
             if self.preset == "cifar10" and s not in CIFAR_MODELS:
                 raise ValueError(f"budget source {s!r} must be one of {list(CIFAR_MODELS)}")
