@@ -385,7 +385,7 @@ def test_auto_threads_choice_and_thread_count_hygiene(batch):
 
 
 def test_fast_model_copy_channels_last_and_verification(batch):
-    from advsmooth.attacks.base import fold_batchnorm
+    from advsmooth.attacks.execution import fold_batchnorm
 
     x, y = batch
     torch.manual_seed(4)

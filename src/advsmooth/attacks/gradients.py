@@ -65,7 +65,7 @@ loss-averaging ensemble (``Ensemble(..., combine="mean_loss")``, raw = ``(M, N, 
 raises ``ValueError`` unless the subclass sets ``supports_loss_ensembles = True``.
 
 Estimators never touch the global RNG, the model's mode or its parameters' flags (the attack's
-:func:`~advsmooth.attacks.base.frozen_model` does that); they return the per-image cost of the
+:func:`~advsmooth._tensors.frozen_model` does that); they return the per-image cost of the
 call so the caller can account it (:class:`GradientEstimate`).
 """
 
@@ -79,7 +79,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative, make_generator
-from .base import LayoutHint
+from .execution import LayoutHint
 
 __all__ = [
     "AttackObjective",

@@ -44,17 +44,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
-from .base import (
-    Attack,
-    AttackContext,
-    AttackOutput,
-    LayoutHint,
-    fold_batchnorm,
-    in_threads,
-    plain_torch_modules,
-    predict,
-)
+from .base import Attack, AttackContext, AttackOutput
+from .execution import Execution, LayoutHint, in_threads
 from .gradients import (
     LOSSES,
     AttackObjective,
@@ -297,10 +290,6 @@ class _Prepared:
     grad_model: nn.Module | None = None
 
 
-#: fewest images per thread for which the engine splits a batch among Python threads
-MIN_IMAGES_PER_THREAD = 8
-
-
 class IterativeAttack(Attack):
     """Iterative gradient attack in an ε-ball (the common engine of FGSM/IGSM/PGD/MI-FGSM).
 
@@ -326,7 +315,7 @@ class IterativeAttack(Attack):
             the random start is drawn for the whole batch first. Needs a deterministic gradient
             estimator (sg noise is drawn per batch).
         fast_model: let the gradient steps differentiate a copy of the model made for speed
-            (:func:`~advsmooth.attacks.base.fold_batchnorm` with ``channels_last=True``:
+            (:func:`~advsmooth.attacks.execution.fold_batchnorm` with ``channels_last=True``:
             Conv→BatchNorm pairs folded, on a CPU convolution tensors in channels-last layout)
             when the model is an eval-mode model of hook-free ``torch.nn`` / ``advsmooth.models``
             modules; the clean prediction and the final verification always use the model
@@ -391,14 +380,11 @@ class IterativeAttack(Attack):
         self.loss = loss
         self.early_stop = bool(early_stop)
         self.stochastic = self.random_start or gradient.stochastic
-        if threads is not None:
-            check_int_at_least("threads", threads, 1)
-            if threads > 1 and gradient.stochastic:
-                raise ValueError(f"threads={threads} needs a deterministic gradient estimator; "
-                                 f"{gradient!r} draws noise per batch (use threads=None or 1)")
+        self.execution = Execution(threads=threads, fast_model=fast_model)
+        if threads is not None and threads > 1 and gradient.stochastic:
+            raise ValueError(f"threads={threads} needs a deterministic gradient estimator; "
+                             f"{gradient!r} draws noise per batch (use threads=None or 1)")
         self.threads = threads
-        if not isinstance(fast_model, bool):
-            raise ValueError(f"fast_model must be a bool, got {fast_model!r}")
         self.fast_model = fast_model
         self._set_params(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
         self._extra_params()
@@ -438,15 +424,7 @@ class IterativeAttack(Attack):
         (auto) torch's intra-op thread count on a CPU when the gradient is the plain one and
         ``model`` is built only from hook-free ``torch.nn`` / ``torch.fx`` / ``advsmooth.models``
         modules; never more than one thread per :data:`MIN_IMAGES_PER_THREAD` images."""
-        if self.threads is not None:
-            want = self.threads
-        elif (x.device.type == "cpu" and type(self.gradient) is PlainGradient
-              and torch.get_num_threads() > 1
-              and plain_torch_modules(model, ("torch.nn", "torch.fx", "advsmooth.models"))):
-            want = torch.get_num_threads()
-        else:
-            return 1
-        return max(1, min(want, x.shape[0] // MIN_IMAGES_PER_THREAD))
+        return self.execution.workers(model, x, auto=type(self.gradient) is PlainGradient)
 
     def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
         # Without a random start the first step differentiates the model at x itself: run the
@@ -455,7 +433,7 @@ class IterativeAttack(Attack):
         # The gradient steps may differentiate a fast copy; its graph is no clean prediction of
         # the model itself, so then the clean forward runs without one.
         workers = self._workers(model, x)
-        grad_model = fold_batchnorm(model, x[:4], channels_last=True) if self.fast_model else model
+        grad_model = self.execution.gradient_model(model, x[:4])
         reuse = grad_model is model and not (
             (self.random_start and self.eps > 0) or type(self.gradient) is not PlainGradient
             or _is_loss_ensemble(model))

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensors import frozen_model
 from .._utils import check_choice, check_nonnegative
-from ..attacks.base import frozen_model
 from .methods import RobustMethod, _unit
 from .training import METHODS
 

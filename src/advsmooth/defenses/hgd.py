@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensors import frozen_model
 from .._utils import check_int_at_least, check_positive, progress
-from ..attacks.base import frozen_model
 
 __all__ = ["Denoiser", "HGDDefended", "HGDResult", "train_hgd", "representation",
            "layer_names", "craft_training_set"]

@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensors import frozen_model
 from .._utils import atomic_path, check_choice, check_int_at_least, check_nonnegative, progress
-from ..attacks.base import Attack, frozen_model
+from ..attacks.base import Attack
 from . import noise as _noise
 from .training import METHODS, TrainingMethod
 

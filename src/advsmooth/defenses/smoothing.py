@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._tensors import check_images, check_model_compat
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from ..attacks.base import check_images, check_model_compat
 
 __all__ = [
     "SmoothedClassifier",

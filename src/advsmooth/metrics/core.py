@@ -1,7 +1,7 @@
 """Core evaluation metrics: fooling rate (overall and per class), robustness ρ_adv, σ^A%, ρ_FGSM.
 
 All functions work in pixel space (``[0, 1]`` images) and never change the model's state: the
-model is evaluated in eval mode under :func:`advsmooth.attacks.base.frozen_model`, which restores
+model is evaluated in eval mode under :func:`advsmooth._tensors.frozen_model`, which restores
 every training flag and ``requires_grad`` flag afterwards (ALGORITHMS.md §0, §14, §3.3).
 
 Conventions
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import check_images, check_model_compat, frozen_model, predict
+from .._tensors import check_images, check_model_compat, frozen_model, predict
 
 __all__ = [
     "FoolingRate",
