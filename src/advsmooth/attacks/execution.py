@@ -24,12 +24,16 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .._utils import check_int_at_least
+
+if TYPE_CHECKING:  # gradients imports this module
+    from .base import AttackContext
+    from .gradients import AttackObjective, GradientEstimate, GradientEstimator
 
 __all__ = [
     "Execution",
@@ -260,3 +264,175 @@ def fold_batchnorm(model: nn.Module, probe: Tensor | None = None, *,
     return fused
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# one attack call: the clean forward, threads, graph reuse
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class CleanGraph:
+    """The clean forward of (a slice ``[start, start + len)`` of) an attack call's batch, kept
+    with its graph: input leaf ``x_var`` and raw outputs ``raw``."""
+
+    x_var: Tensor
+    raw: Tensor
+    layout: LayoutHint
+    start: int = 0
+
+
+@dataclass
+class Plan:
+    """How one attack call runs: the Python threads chosen for it, the model the gradient passes
+    differentiate (the caller's or its fast copy) and, when the first gradient step can reuse
+    it, the clean forward's graph (one per thread's slice of the batch)."""
+
+    workers: int
+    grad_model: nn.Module
+    graphs: list[CleanGraph] | None = None
+
+    def shares(self, index: Tensor, n: int) -> list[tuple[Tensor | None, CleanGraph | None]]:
+        """The samples each thread runs, as ``(positions into the n active samples, graph)``:
+        the active samples of each clean-forward slice, or equal shares; ``[(None, graph)]``
+        (all samples) for one thread."""
+        if self.workers == 1:
+            return [(None, self.graphs[0] if self.graphs else None)]
+        if self.graphs is not None:
+            parts = []
+            for g in self.graphs:
+                inside = (index >= g.start) & (index < g.start + g.raw.shape[0])
+                parts.append((torch.nonzero(inside).flatten(), g))
+        else:
+            parts = [(sub, None) for sub in
+                     torch.arange(n, device=index.device).tensor_split(self.workers)]
+        return [(sub, g) for sub, g in parts if sub.numel()]
+
+
+def clean_forward(execution: Execution, model: nn.Module, x: Tensor, *, workers: int,
+                  reuse_graph: bool) -> tuple[Tensor, Plan]:
+    """The clean forward of an attack call on ``x`` (logits, detached) and the call's
+    :class:`Plan`.
+
+    ``reuse_graph``: the attack's first gradient step differentiates the model at ``x`` itself,
+    so the clean forward keeps its graph for it (one forward per image saved) — unless the
+    gradient passes differentiate a fast copy, whose graph is no clean prediction of the model
+    itself. With threads, each thread's slice of the batch gets its own forward (and graph)."""
+    grad_model = execution.gradient_model(model, x[:4])
+    reuse = reuse_graph and grad_model is model
+    if workers == 1 and not reuse:
+        with torch.no_grad():
+            return model(x), Plan(1, grad_model)
+    layout = LayoutHint()
+    cuts = [round(i * x.shape[0] / workers) for i in range(workers + 1)]
+
+    def forward(w: int) -> CleanGraph:
+        a, b = cuts[w], cuts[w + 1]
+        if not reuse:
+            with torch.no_grad():
+                return CleanGraph(x, model(x[a:b]), layout, a)
+        x_var = x[a:b].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            return CleanGraph(x_var, layout(model, x_var), layout, a)
+
+    graphs = in_threads(forward, range(workers), workers) if workers > 1 else [forward(0)]
+    raw = torch.cat([g.raw for g in graphs]).detach()
+    return raw, Plan(workers, grad_model, graphs if reuse else None)
+
+
+class Share:
+    """The samples ``sub`` of an attack call (positions into ``ctx.x``; ``None``: all of them)
+    that one thread runs, with the model its gradient passes differentiate and the clean graph
+    its first step may reuse. Counts every forward and gradient evaluation in ``ctx``."""
+
+    def __init__(self, ctx: AttackContext, sub: Tensor | None, model: nn.Module,
+                 graph: CleanGraph | None) -> None:
+        self.ctx, self.sub, self.model, self.graph = ctx, sub, model, graph
+
+    def take(self, t: Tensor) -> Tensor:
+        """The rows of ``t`` (one per active sample of the call) that belong to this share."""
+        return t if self.sub is None else t[self.sub]
+
+    def take_objective(self, objective: AttackObjective) -> AttackObjective:
+        """``objective`` restricted to this share's samples."""
+        return objective if self.sub is None else objective.subset(self.sub)
+
+    def where(self, rows: Tensor | None) -> Tensor | None:
+        """Positions into ``ctx.x`` of this share's samples ``rows`` (``None``: all)."""
+        if self.sub is None:
+            return rows
+        return self.sub if rows is None else self.sub[rows]
+
+    def forward(self, x: Tensor, rows: Tensor | None) -> Tensor:
+        """Logits of the gradient model at ``x`` (this share's samples ``rows``), no graph."""
+        with torch.no_grad():
+            z = self.model(x)
+        self.ctx.count_forward(self.where(rows), 1)
+        return z
+
+    def gradient(self, estimator: GradientEstimator, x: Tensor, objective: AttackObjective,
+                 rows: Tensor | None) -> GradientEstimate:
+        """``estimator``'s gradient of ``objective`` at ``x`` (this share's samples ``rows``,
+        ``None``: all); the first call with all samples reuses the clean forward's graph."""
+        graph, self.graph = self.graph, None
+        if graph is not None and rows is None:
+            return self._from_graph(graph, objective)
+        est = estimator.estimate(self.model, x, objective, generator=self.ctx.generator)
+        self.ctx.count_forward(self.where(rows), est.forward_evals)
+        self.ctx.count_grad(self.where(rows), est.grad_evals)
+        return est
+
+    def _from_graph(self, graph: CleanGraph, objective: AttackObjective) -> GradientEstimate:
+        """The gradient at the clean input from the clean forward's graph. Its backward runs over
+        every image of the graph's slice of the call (also those already misclassified), so each
+        is counted."""
+        from .gradients import GradientEstimate, check_logits  # gradients imports this module
+
+        ctx = self.ctx
+        rows = (ctx.index if self.sub is None else ctx.index[self.sub]) - graph.start
+        raw = check_logits(graph.raw)[rows]
+        objective.layout = graph.layout
+        val = objective.value(raw)
+        (g,) = torch.autograd.grad(val.sum(), graph.x_var)
+        n = graph.raw.shape[0]
+        ctx.cost.add_grad(None if graph.start == 0 and n == ctx.cost.grad.shape[0]
+                          else torch.arange(graph.start, graph.start + n, device=g.device), 1)
+        return GradientEstimate(g[rows].detach(), val.detach(), raw.detach(), 0, 0)
+
+
+def run_shares(ctx: AttackContext, plan: Plan, objective: AttackObjective,
+               loop: Callable[[Share], tuple[Tensor, Tensor]]
+               ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run ``loop`` (an attack's algorithm on one :class:`Share`, returning its adversarial
+    images and iterations) over the shares of ``plan``; the merged ``(x_adv, iterations,
+    logits)`` of the ``ctx.x`` samples.
+
+    One thread: ``loop`` on all samples, ``logits=None`` (the base class verifies). Threads: each
+    runs ``loop`` on its share with one intra-op thread and ends with the forward of
+    ``ctx.model`` itself at its images, which is the verification (``logits``; ``None`` for a
+    loss-averaging ensemble, in every thread alike)."""
+    parts = plan.shares(ctx.index, ctx.x.shape[0])
+    if plan.workers == 1:
+        x_adv, iterations = loop(Share(ctx, None, plan.grad_model, parts[0][1]))
+        return x_adv, iterations, None
+
+    def one(part: tuple[Tensor | None, CleanGraph | None]) -> tuple[Tensor, Tensor, Tensor | None]:
+        share = Share(ctx, part[0], plan.grad_model, part[1])
+        x_adv, iterations = loop(share)
+        if objective.loss_ensemble:
+            return x_adv, iterations, None
+        with torch.no_grad():
+            z = objective.forward(ctx.model, x_adv)
+        ctx.count_forward(share.where(None), 1)
+        return x_adv, iterations, z
+
+    outs = in_threads(one, parts, plan.workers)
+    n = ctx.x.shape[0]
+    x_new = torch.empty_like(ctx.x)
+    iterations = torch.empty(n, dtype=torch.long, device=ctx.x.device)
+    z0 = outs[0][2]
+    logits = None if z0 is None else z0.new_empty((n, *z0.shape[1:]))
+    for (sub, _), (xa, it, z) in zip(parts, outs, strict=True):
+        x_new[sub], iterations[sub] = xa, it
+        if logits is not None:
+            logits[sub] = z
+    return x_new, iterations, logits

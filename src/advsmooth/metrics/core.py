@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import check_images, check_model_compat, frozen_model, predict
+from ..attacks.gradients import AttackObjective, PlainGradient
 
 __all__ = [
     "FoolingRate",
@@ -261,11 +262,9 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
     signs = []
     with frozen_model(model):
         for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size].detach().clone().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model(xb), y[s:s + batch_size],
-                                                     reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb)
-            signs.append(g.sign())
+            objective = AttackObjective("ce", y[s:s + batch_size])
+            est = PlainGradient().estimate(model, x[s:s + batch_size], objective)
+            signs.append(est.grad.sign())
     sign = torch.cat(signs) if signs else x.new_zeros(x.shape)
 
     def rate_at(eps: float) -> float:
