@@ -322,7 +322,7 @@ def clean_forward(execution: Execution, model: nn.Module, x: Tensor, *, workers:
     if workers == 1 and not reuse:
         with torch.no_grad():
             return model(x), Plan(1, grad_model)
-    layout = LayoutHint()
+    layout = execution.layout()
     cuts = [round(i * x.shape[0] / workers) for i in range(workers + 1)]
 
     def forward(w: int) -> CleanGraph:

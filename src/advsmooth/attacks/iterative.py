@@ -424,11 +424,15 @@ class IterativeAttack(Attack):
         return self.project(x, x + _bcast(r * self.eps, n) * n)
 
     def objective(self, model: nn.Module, labels: Tensor, target: Tensor | None,
-                  clean_logits: Tensor) -> AttackObjective:
+                  clean_logits: Tensor | None) -> AttackObjective:
         """What the attack ascends for these samples (``clean_logits``: the model's logits at the
         clean inputs, the reference distribution of ``loss="kl"``)."""
-        reference = torch.softmax(clean_logits, dim=1) if self.loss == "kl" else None
+        reference = None
+        if self.loss == "kl":
+            assert clean_logits is not None, "loss='kl' needs the clean logits"
+            reference = torch.softmax(clean_logits, dim=1)
         objective = AttackObjective.for_model(model, self.loss, labels, target, reference)
+        objective.layout = self.execution.layout()
         if objective.loss_ensemble and not self.gradient.supports_loss_ensembles:
             raise ValueError(f"{self.gradient!r} does not support loss-averaging ensembles "
                              "(combine='mean_loss')")
@@ -439,11 +443,11 @@ class IterativeAttack(Attack):
         plan = ctx.prepared if isinstance(ctx.prepared, Plan) else Plan(1, ctx.model)
         ctx.prepared = None
         objective = self.objective(ctx.model, ctx.labels, ctx.target, ctx.clean_logits)
-        x_adv = self.initial_point(ctx.x, ctx.generator)  # for the whole batch, before threads
+        start = self.initial_point(ctx.x, ctx.generator)  # for the whole batch, before threads
         bounds = linf_bounds(ctx.x, self.eps) if self.norm == "inf" else None
         x_adv, iterations, logits = run_shares(
             ctx, plan, objective,
-            lambda share: self._iterate(share, objective, x_adv, bounds, self.alpha))
+            lambda share: self._iterate(share, objective, start, bounds, self.alpha))
         info = {"steps": self.steps, "alpha": self.alpha, "eps": self.eps, "norm": self.norm,
                 "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
         return AttackOutput(x_adv=x_adv, iterations=iterations, info=info, adv_logits=logits)
@@ -550,14 +554,14 @@ class IterativeAttack(Attack):
                                 index=torch.arange(n, device=x.device), generator=gen,
                                 cost=CostCounter(n, device=x.device))
             objective = self.objective(model, labels, None, clean)
-            x_adv = self.initial_point(x, gen) if start is None else start.detach().clone()
+            x0 = self.initial_point(x, gen) if start is None else start.detach().clone()
             radius = self.eps if eps is None else eps
             bounds = linf_bounds(x, radius) if self.norm == "inf" else None
             step = self.alpha if alpha is None else alpha.to(x).view(-1, *([1] * (x.ndim - 1)))
             plan = Plan(max(1, min(self.execution.threads or 1, n)), model)
             x_adv, _, _ = run_shares(
                 ctx, plan, objective,
-                lambda share: self._iterate(share, objective, x_adv, bounds, step))
+                lambda share: self._iterate(share, objective, x0, bounds, step))
         return x_adv.detach()
 
 
