@@ -11,8 +11,16 @@ ALGORITHMS.md §8 and §8.1. One loop (:class:`IterativeAttack`) made of small p
 * a **projection** onto the ε-ball around ``x`` and the box ``[0, 1]`` after every step, exact to
   the last bit in the input's dtype (see :func:`project_linf`, :func:`project_l2`).
 
-Loss: ``loss="ce"`` (cross-entropy on logits, ascended; targeted: ``−CE`` w.r.t. the target) or
-``loss="margin"`` (CW logit margin). Targeted attacks pass ``target=`` at call time.
+Loss: ``loss="ce"`` (cross-entropy on logits, ascended; targeted: ``−CE`` w.r.t. the target),
+``loss="margin"`` (CW logit margin) or ``loss="kl"`` (TRADES' KL divergence from the clean
+prediction). Targeted attacks pass ``target=`` at call time.
+
+How the loop runs — Python threads sharing a batch, the fast model copy, reusing the clean
+forward's graph for the first step — is the execution layer's business
+(:mod:`advsmooth.attacks.execution`, configured by ``execution=Execution(...)``); this module
+holds only the algorithm. Calling an attack leaves already-misclassified inputs unchanged and
+verifies its result; :meth:`IterativeAttack.perturb` runs the same iterations on every sample
+with no verification, as adversarial training needs.
 
 Cost accounting: each step costs the estimator's ``grad_evals_per_call`` gradient evaluations per
 image (1 for the plain gradient, ``m`` for sg); ``AttackResult.grad_evals`` reports what was spent.
