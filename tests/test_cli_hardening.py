@@ -50,7 +50,7 @@ def _one_line(capsys) -> str:
 def no_work(monkeypatch):
     """Make every entry into real work fail the test (attacks, runs, studies, training)."""
     import advsmooth.checks
-    import advsmooth.defenses.training
+    import advsmooth.defenses
     import advsmooth.experiments
     import advsmooth.experiments.runner
     import advsmooth.studies.smoothing
@@ -62,7 +62,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(advsmooth.experiments, "run_spec", boom)
     monkeypatch.setattr(advsmooth.checks, "evaluate_defense", boom)
     monkeypatch.setattr(advsmooth.studies.smoothing, "run_smoothing_study", boom)
-    monkeypatch.setattr(advsmooth.defenses.training, "train", boom)
+    monkeypatch.setattr(advsmooth.defenses, "train", boom)
 
 
 @pytest.fixture

@@ -404,7 +404,7 @@ def test_keyword_only():
 
 
 def test_fold_batchnorm_option():
-    from advsmooth.attacks.base import fold_batchnorm
+    from advsmooth.attacks.execution import fold_batchnorm
 
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),

@@ -10,8 +10,8 @@ from conftest import SHARED_MODELS, TinyCNN, needs_shared
 from torch import nn
 
 from advsmooth import defenses
+from advsmooth.defenses import METHODS
 from advsmooth.defenses.ensemble_at import EnsembleAdversarialTraining, sign_attack
-from advsmooth.defenses.training import METHODS
 
 
 class Recorder(nn.Module):

@@ -338,7 +338,9 @@ def test_threads_give_the_single_thread_result(make, targeted, batch):
     seen.clear()
     many = make(3)(model, x, y, target=tgt)
     handle.remove()
-    assert len(seen) == 3 and torch.get_num_threads() == before
+    # the clean forward and the attack loop each run in 3 threads (main + 2 workers started per
+    # phase), so at least 3 distinct thread objects ran the model
+    assert len(seen) >= 3 and torch.get_num_threads() == before
     att = ~one.skipped
     assert bool(att.any()) and bool((~att).any())  # non-contiguous shares of active samples
     torch.testing.assert_close(many.x_adv, one.x_adv, rtol=0, atol=1e-12)
@@ -385,7 +387,7 @@ def test_auto_threads_choice_and_thread_count_hygiene(batch):
 
 
 def test_fast_model_copy_channels_last_and_verification(batch):
-    from advsmooth.attacks.base import fold_batchnorm
+    from advsmooth.attacks.execution import fold_batchnorm
 
     x, y = batch
     torch.manual_seed(4)

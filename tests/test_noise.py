@@ -174,7 +174,7 @@ def test_input_noise_pixel_and_normalized():
 
 
 def test_attack_hygiene_keeps_noise_on():
-    from advsmooth.attacks.base import frozen_model
+    from advsmooth._tensors import frozen_model
 
     noisy = nz.inject_noise(TinyCNN(), where="both").train()
     x = _x()

@@ -1,4 +1,4 @@
-"""advsmooth.defenses.training: loss decreases, files, exact resume, methods, in-place contract."""
+"""advsmooth.models.training: loss decreases, files, exact resume, methods, in-place contract."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advsmooth import data, models
-from advsmooth.defenses import training
+from advsmooth.models import training
 
 
 @pytest.fixture(scope="module")

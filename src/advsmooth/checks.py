@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._tensors import check_images, check_labels, frozen_model, predict
 from ._utils import check_int_at_least, check_positive, make_generator
-from .attacks.base import check_images, check_labels, frozen_model, predict
 
 __all__ = ["Check", "DefenseReport", "DefenseCheckSettings", "evaluate_defense", "is_randomized",
            "STATUSES"]

@@ -159,8 +159,8 @@ def run_demo(out_dir: str | Path = "advsmooth-demo", *, n: int = DEMO_N, seed: i
     Returns the report's paths (``build_report``'s dictionary) plus ``"accuracy"``.
     """
     from . import data, models
-    from .defenses.training import evaluate
     from .experiments import parse_spec, run_spec
+    from .models.training import evaluate
     from .report import build_report
 
     if not model.startswith("digits-"):

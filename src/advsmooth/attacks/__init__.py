@@ -7,6 +7,10 @@ from .base import Attack, AttackContext, AttackOutput, AttackResult, CostCounter
 
 __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackResult", "CostCounter", "run_batched"]
 
+from .execution import Execution  # noqa: E402
+
+__all__ += ["Execution"]
+
 from .baselines import ColorShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
 
 __all__ += ["ColorShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative, check_positive
-from .base import Attack, AttackContext, AttackOutput, AttackResult, predict
+from .base import Attack, AttackContext, AttackOutput, AttackResult
 
 __all__ = ["IterativeSmooth", "ColorShift", "rgb_to_hsv", "hsv_to_rgb"]
 

@@ -34,15 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from .base import (
-    Attack,
-    AttackContext,
-    AttackOutput,
-    LayoutHint,
-    fold_batchnorm,
-    in_threads,
-    plain_torch_modules,
-)
+from .base import Attack, AttackContext, AttackOutput
+from .execution import LayoutHint, fold_batchnorm, in_threads, plain_torch_modules
 
 __all__ = ["DeepFool", "JACOBIAN_METHODS", "BOX_METHODS", "FACE_METHODS"]
 
@@ -236,11 +229,11 @@ class DeepFool(Attack):
             moderate batches are faster per image on CPU); ``None`` = the whole active set at
             once. Results do not depend on it beyond float rounding.
         channels_last: run the model on channels-last copies of the (4-D, multi-channel) inputs
-            (see :class:`~advsmooth.attacks.base.LayoutHint`). ``None`` (default): on CPU, try it
-            and fall back to the input's layout for the rest of the run if the model rejects it;
-            ``True``: require it; ``False``: never.
+            (see :class:`~advsmooth.attacks.execution.LayoutHint`). ``None`` (default): on CPU,
+            try it and fall back to the input's layout for the rest of the run if the model
+            rejects it; ``True``: require it; ``False``: never.
         fold_batchnorm: attack a copy of the model with eval-mode Conv→BatchNorm pairs folded
-            into single convolutions (:func:`~advsmooth.attacks.base.fold_batchnorm`; the same
+            into single convolutions (:func:`~advsmooth.attacks.execution.fold_batchnorm`; the same
             function up to float rounding), when the model qualifies; the success of the result
             is always verified on the original model. ``False``: attack the model as given.
         seed: unused (DeepFool is deterministic); kept for the common signature.

@@ -65,7 +65,7 @@ loss-averaging ensemble (``Ensemble(..., combine="mean_loss")``, raw = ``(M, N, 
 raises ``ValueError`` unless the subclass sets ``supports_loss_ensembles = True``.
 
 Estimators never touch the global RNG, the model's mode or its parameters' flags (the attack's
-:func:`~advsmooth.attacks.base.frozen_model` does that); they return the per-image cost of the
+:func:`~advsmooth._tensors.frozen_model` does that); they return the per-image cost of the
 call so the caller can account it (:class:`GradientEstimate`).
 """
 
@@ -79,7 +79,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative, make_generator
-from .base import LayoutHint
+from .execution import LayoutHint
 
 __all__ = [
     "AttackObjective",
@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 #: supported per-copy losses
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "kl")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,8 +123,14 @@ class AttackObjective:
         loss_ensemble: evaluate a ``combine="mean_loss"`` ensemble member by member and average
             the losses (set automatically by :meth:`for_model`).
 
+        reference: ``(N, K)`` class probabilities for ``loss="kl"``.
+
     Untargeted: ``J = CE(z, y)`` (``"margin"``: ``max_{j≠y} z_j − z_y``).
     Targeted: ``J = −CE(z, t)`` (``"margin"``: ``z_t − max_{j≠t} z_j``).
+    ``"kl"`` (the inner maximisation of TRADES, Zhang et al., "Theoretically Principled
+    Trade-off between Robustness and Accuracy", arXiv:1901.08573): ``J = KL(p ‖ softmax(z))``
+    with ``p = reference`` (the model's clean probabilities); labels are not used, untargeted
+    only.
     """
 
     loss: str
@@ -133,15 +139,24 @@ class AttackObjective:
     loss_ensemble: bool = False
     #: memory-layout hint shared by the subsets of one attack call (channels-last on CPU)
     layout: LayoutHint = field(default_factory=LayoutHint, repr=False, compare=False)
+    reference: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
+        if self.loss == "kl":
+            if self.reference is None:
+                raise ValueError("loss='kl' needs the reference class probabilities")
+            if self.target is not None or self.loss_ensemble:
+                raise ValueError("loss='kl' supports untargeted attacks on ordinary models only "
+                                 "(no target=, no combine='mean_loss' ensemble)")
 
     @classmethod
     def for_model(cls, model: nn.Module, loss: str, labels: Tensor,
-                  target: Tensor | None = None) -> AttackObjective:
+                  target: Tensor | None = None,
+                  reference: Tensor | None = None) -> AttackObjective:
         """The objective for ``model`` (detects loss-averaging ensembles)."""
-        return cls(loss=loss, labels=labels, target=target, loss_ensemble=_is_loss_ensemble(model))
+        return cls(loss=loss, labels=labels, target=target,
+                   loss_ensemble=_is_loss_ensemble(model), reference=reference)
 
     @property
     def targeted(self) -> bool:
@@ -161,7 +176,8 @@ class AttackObjective:
         """The objective restricted to samples ``index`` (indices or bool mask)."""
         return AttackObjective(self.loss, self.labels[index],
                                None if self.target is None else self.target[index],
-                               self.loss_ensemble, self.layout)
+                               self.loss_ensemble, self.layout,
+                               None if self.reference is None else self.reference[index])
 
     def forward(self, model: nn.Module, inputs: Tensor) -> Tensor:
         """Raw outputs of ``model`` on ``inputs`` ``(B, C, H, W)``: logits ``(B, K)``, or member
@@ -173,6 +189,9 @@ class AttackObjective:
     def value(self, raw: Tensor) -> Tensor:
         """Objective of raw outputs with shape ``(..., N, K)`` (or ``(..., N, E, K)`` for a loss
         ensemble: averaged over ``E``) → ``(..., N)``; ``cls`` broadcasts over leading dims."""
+        if self.loss == "kl":
+            p = self.reference
+            return (torch.xlogy(p, p) - p * torch.log_softmax(raw, dim=-1)).sum(dim=-1)
         cls = self.cls
         if self.loss_ensemble:
             cls = cls[:, None]

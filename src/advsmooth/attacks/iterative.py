@@ -11,8 +11,16 @@ ALGORITHMS.md §8 and §8.1. One loop (:class:`IterativeAttack`) made of small p
 * a **projection** onto the ε-ball around ``x`` and the box ``[0, 1]`` after every step, exact to
   the last bit in the input's dtype (see :func:`project_linf`, :func:`project_l2`).
 
-Loss: ``loss="ce"`` (cross-entropy on logits, ascended; targeted: ``−CE`` w.r.t. the target) or
-``loss="margin"`` (CW logit margin). Targeted attacks pass ``target=`` at call time.
+Loss: ``loss="ce"`` (cross-entropy on logits, ascended; targeted: ``−CE`` w.r.t. the target),
+``loss="margin"`` (CW logit margin) or ``loss="kl"`` (TRADES' KL divergence from the clean
+prediction). Targeted attacks pass ``target=`` at call time.
+
+How the loop runs — Python threads sharing a batch, the fast model copy, reusing the clean
+forward's graph for the first step — is the execution layer's business
+(:mod:`advsmooth.attacks.execution`, configured by ``execution=Execution(...)``); this module
+holds only the algorithm. Calling an attack leaves already-misclassified inputs unchanged and
+verifies its result; :meth:`IterativeAttack.perturb` runs the same iterations on every sample
+with no verification, as adversarial training needs.
 
 Cost accounting: each step costs the estimator's ``grad_evals_per_call`` gradient evaluations per
 image (1 for the plain gradient, ``m`` for sg); ``AttackResult.grad_evals`` reports what was spent.
@@ -38,31 +46,22 @@ same batch and seed, not identical between a sample attacked alone and inside a 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least, check_nonnegative
-from .base import (
-    Attack,
-    AttackContext,
-    AttackOutput,
-    LayoutHint,
-    fold_batchnorm,
-    in_threads,
-    plain_torch_modules,
-    predict,
-)
+from .._tensors import frozen_model, predict
+from .._utils import check_int_at_least, check_nonnegative, make_generator
+from .base import Attack, AttackContext, AttackOutput, CostCounter
+from .execution import Execution, Plan, Share, clean_forward, run_shares
 from .gradients import (
     LOSSES,
     AttackObjective,
-    GradientEstimate,
     GradientEstimator,
     PlainGradient,
     _is_loss_ensemble,
-    check_logits,
 )
 
 __all__ = [
@@ -126,17 +125,25 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
 # projections (exact to the last bit)
 # ----------------------------------------------------------------------------------------------
 
-def linf_bounds(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def linf_bounds(x: Tensor, eps: float | Tensor) -> tuple[Tensor, Tensor]:
     """Element-wise bounds ``(lo, hi)`` of ``{|x' − x|∞ ≤ ε} ∩ [0, 1]`` (same shape as ``x``).
 
+    ``eps``: one radius, or one per sample (a tensor of shape ``(N,)``).
     ``lo ≤ x ≤ hi``, ``0 ≤ lo``, ``hi ≤ 1`` and ``|lo − x|, |hi − x| ≤ ε`` both in ``x``'s dtype
     and exactly (float64): a bound that rounding put outside the ball is moved one ulp towards
     ``x``. Every point between the bounds is therefore feasible to the last bit, and clamping to
     them is the exact projection onto the (box-shaped) feasible set.
     """
-    e = _eps_floor(eps, x.dtype, x.device)
-    lo = _fix_linf(x, torch.clamp(x - e, min=0.0), e, eps)
-    hi = _fix_linf(x, torch.clamp(x + e, max=1.0), e, eps)
+    if isinstance(eps, Tensor):
+        exact = _bcast(eps.to(device=x.device, dtype=torch.float64), x)
+        e = exact.to(x.dtype)
+        e = torch.where(e.double() > exact, torch.nextafter(e, torch.full_like(e, -math.inf)), e)
+        limit: float | Tensor = torch.minimum(exact, e.double())
+    else:
+        e = _eps_floor(eps, x.dtype, x.device)
+        limit = min(eps, float(e))
+    lo = _fix_linf(x, torch.clamp(x - e, min=0.0), e, limit)
+    hi = _fix_linf(x, torch.clamp(x + e, max=1.0), e, limit)
     return lo, hi
 
 
@@ -152,20 +159,22 @@ def project_linf(x: Tensor, x_new: Tensor, eps: float,
     return torch.minimum(torch.maximum(x_new, lo), hi)
 
 
-def _linf_violations(x: Tensor, out: Tensor, e: Tensor, eps: float) -> Tensor:
+def _linf_violations(x: Tensor, out: Tensor, e: Tensor, limit: float | Tensor) -> Tensor:
+    """Elements of ``out`` farther than ``e`` from ``x`` in ``x``'s dtype, or farther than
+    ``limit = min(ε, e)`` in exact (float64) arithmetic."""
     bad = (out - x).abs() > e
     if x.dtype != torch.float64:
-        bad |= (out.double() - x.double()).abs() > min(eps, float(e))
+        bad |= (out.double() - x.double()).abs() > limit
     return bad
 
 
-def _fix_linf(x: Tensor, out: Tensor, e: Tensor, eps: float) -> Tensor:
+def _fix_linf(x: Tensor, out: Tensor, e: Tensor, limit: float | Tensor) -> Tensor:
     for _ in range(4):
-        bad = _linf_violations(x, out, e, eps)
+        bad = _linf_violations(x, out, e, limit)
         if not bool(bad.any()):
             return out
         out = torch.where(bad, torch.nextafter(out, x), out)
-    bad = _linf_violations(x, out, e, eps)
+    bad = _linf_violations(x, out, e, limit)
     return torch.where(bad, x, out)  # cannot happen in practice; x itself is always feasible
 
 
@@ -275,32 +284,6 @@ class MomentumUpdate(UpdateRule):
 # the engine
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class _CleanGraph:
-    """The clean forward of (a slice ``[start, start + len)`` of) an attack call's batch, kept
-    with its graph: input leaf and raw outputs."""
-
-    x_var: Tensor
-    raw: Tensor
-    layout: LayoutHint
-    start: int = 0
-
-
-@dataclass
-class _Prepared:
-    """What the engine's clean forward keeps: the thread count chosen for the call, the model the
-    gradient steps differentiate (the caller's or its fast copy) and, when the first step can
-    reuse it, the clean forward's graph (one per thread's slice of the batch)."""
-
-    workers: int
-    graphs: list[_CleanGraph] | None
-    grad_model: nn.Module | None = None
-
-
-#: fewest images per thread for which the engine splits a batch among Python threads
-MIN_IMAGES_PER_THREAD = 8
-
-
 class IterativeAttack(Attack):
     """Iterative gradient attack in an ε-ball (the common engine of FGSM/IGSM/PGD/MI-FGSM).
 
@@ -312,25 +295,21 @@ class IterativeAttack(Attack):
         random_start: start at a uniform random point of the ball (PGD) instead of ``x``.
         decay: momentum μ (MI-FGSM); ``None`` = no momentum.
         gradient: a :class:`~advsmooth.attacks.gradients.GradientEstimator` (default plain).
-        loss: ``"ce"`` or ``"margin"``.
+        loss: ``"ce"``, ``"margin"`` or ``"kl"`` (TRADES: KL divergence from the clean
+            prediction; untargeted).
         early_stop: freeze samples as soon as they are adversarial.
         budget: total gradient evaluations per image; sets ``steps = budget // m``.
         accumulate_grad: accumulate raw gradients across steps (smoothing REF PGD, §15.12).
         seed: seed of the default generator (random start, sg noise).
-        threads: Python threads that share a call's batch, each running the loop on its share
-            with one intra-op thread (``1``: never). ``None`` (auto): torch's thread count on a
-            CPU with the plain gradient and a model built only from hook-free ``torch.nn`` /
-            ``torch.fx`` / ``advsmooth.models`` modules, at most one thread per
-            :data:`MIN_IMAGES_PER_THREAD` images. Per-sample work is independent, so results
-            equal a single-threaded call up to float rounding of batch-size-dependent kernels;
-            the random start is drawn for the whole batch first. Needs a deterministic gradient
-            estimator (sg noise is drawn per batch).
-        fast_model: let the gradient steps differentiate a copy of the model made for speed
-            (:func:`~advsmooth.attacks.base.fold_batchnorm` with ``channels_last=True``:
-            Conv→BatchNorm pairs folded, on a CPU convolution tensors in channels-last layout)
-            when the model is an eval-mode model of hook-free ``torch.nn`` / ``advsmooth.models``
-            modules; the clean prediction and the final verification always use the model
-            itself. ``False``: differentiate the model itself.
+        execution: how the attack runs (:class:`~advsmooth.attacks.execution.Execution`):
+            Python threads that each run the loop on a share of the batch (auto on a CPU with
+            the plain gradient and a plain-module model; per-sample work is independent, so
+            results equal a single-threaded call up to float rounding of batch-size-dependent
+            kernels, and the random start is drawn for the whole batch first; needs a
+            deterministic gradient estimator), the fast model copy the gradient steps
+            differentiate (Conv→BatchNorm folded, channels-last on a CPU; the clean prediction
+            and the verification always use the model itself) and the input layout.
+        threads, fast_model: shortcuts for the same fields of ``execution``.
 
     The ℓ∞ random start is ``x + U[−ε, ε]`` per pixel; the ℓ2 one is ``x + ε·u·n/‖n‖₂`` with
     ``n ~ N(0, I)``, ``u ~ U[0, 1]``; both projected onto the ball and the box.
@@ -353,7 +332,11 @@ class IterativeAttack(Attack):
         seed: int = 0,
         threads: int | None = None,
         fast_model: bool = True,
+        execution: Execution | None = None,
     ) -> None:
+        # 16 parameters: the eleven hyper-parameters of the algorithms this engine covers
+        # (FGSM, I-FGSM, PGD, MI-FGSM and their smoothed-gradient versions), the seed, and the
+        # execution settings with their two shortcuts
         super().__init__(seed=seed)
         self.eps = check_nonnegative("eps", eps)
         self.norm = normalize_norm(norm)
@@ -391,15 +374,21 @@ class IterativeAttack(Attack):
         self.loss = loss
         self.early_stop = bool(early_stop)
         self.stochastic = self.random_start or gradient.stochastic
-        if threads is not None:
-            check_int_at_least("threads", threads, 1)
-            if threads > 1 and gradient.stochastic:
-                raise ValueError(f"threads={threads} needs a deterministic gradient estimator; "
-                                 f"{gradient!r} draws noise per batch (use threads=None or 1)")
-        self.threads = threads
-        if not isinstance(fast_model, bool):
-            raise ValueError(f"fast_model must be a bool, got {fast_model!r}")
-        self.fast_model = fast_model
+        execution = execution if execution is not None else Execution()
+        if not isinstance(execution, Execution):
+            raise TypeError(f"execution must be an advsmooth.attacks.Execution, "
+                            f"got {type(execution).__name__}")
+        if threads is not None or fast_model is not True:
+            execution = replace(execution, threads=execution.threads if threads is None
+                                else threads, fast_model=execution.fast_model and fast_model)
+        if execution.chunk is not None:
+            raise ValueError("the iterative engine runs a batch in one pass per thread; give "
+                             "chunk_size= to the gradient estimator instead of Execution(chunk=)")
+        if execution.threads is not None and execution.threads > 1 and gradient.stochastic:
+            raise ValueError(f"threads={execution.threads} needs a deterministic gradient "
+                             f"estimator; {gradient!r} draws noise per batch (use threads=None "
+                             "or 1)")
+        self.execution = execution
         self._set_params(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm)
         self._extra_params()
 
@@ -410,10 +399,7 @@ class IterativeAttack(Attack):
             self._set_params(budget=self.budget)
         if self.accumulate_grad:
             self._set_params(accumulate_grad=True)
-        if self.threads is not None:
-            self._set_params(threads=self.threads)
-        if not self.fast_model:
-            self._set_params(fast_model=False)
+        self._set_params(**self.execution.changed())
 
     # -- pieces ---------------------------------------------------------------------------------
     def make_update(self) -> UpdateRule:
@@ -433,67 +419,6 @@ class IterativeAttack(Attack):
             return project_linf(x, x_new, self.eps, bounds)
         return project_l2(x, x_new, self.eps)
 
-    def _workers(self, model: nn.Module, x: Tensor) -> int:
-        """Python threads that share a call on ``x`` (``N`` images): ``threads`` if given, else
-        (auto) torch's intra-op thread count on a CPU when the gradient is the plain one and
-        ``model`` is built only from hook-free ``torch.nn`` / ``torch.fx`` / ``advsmooth.models``
-        modules; never more than one thread per :data:`MIN_IMAGES_PER_THREAD` images."""
-        if self.threads is not None:
-            want = self.threads
-        elif (x.device.type == "cpu" and type(self.gradient) is PlainGradient
-              and torch.get_num_threads() > 1
-              and plain_torch_modules(model, ("torch.nn", "torch.fx", "advsmooth.models"))):
-            want = torch.get_num_threads()
-        else:
-            return 1
-        return max(1, min(want, x.shape[0] // MIN_IMAGES_PER_THREAD))
-
-    def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
-        # Without a random start the first step differentiates the model at x itself: run the
-        # clean forward with a graph and let that step reuse it (one forward per image saved).
-        # With threads, each thread's slice of the batch gets its own forward (and graph).
-        # The gradient steps may differentiate a fast copy; its graph is no clean prediction of
-        # the model itself, so then the clean forward runs without one.
-        workers = self._workers(model, x)
-        grad_model = fold_batchnorm(model, x[:4], channels_last=True) if self.fast_model else model
-        reuse = grad_model is model and not (
-            (self.random_start and self.eps > 0) or type(self.gradient) is not PlainGradient
-            or _is_loss_ensemble(model))
-        if workers == 1 and not reuse:
-            with torch.no_grad():
-                return model(x), _Prepared(1, None, grad_model)
-        layout = LayoutHint()
-        cuts = [round(i * x.shape[0] / workers) for i in range(workers + 1)]
-
-        def forward(w: int) -> _CleanGraph:
-            a, b = cuts[w], cuts[w + 1]
-            if not reuse:
-                with torch.no_grad():
-                    return _CleanGraph(x, model(x[a:b]), layout, a)
-            x_var = x[a:b].detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                return _CleanGraph(x_var, layout(model, x_var), layout, a)
-
-        graphs = (in_threads(forward, range(workers), workers) if workers > 1
-                  else [forward(0)])
-        raw = torch.cat([g.raw for g in graphs]).detach()
-        return raw, _Prepared(workers, graphs if reuse else None, grad_model)
-
-    def _first_step(self, ctx: AttackContext, objective: AttackObjective, graph: _CleanGraph,
-                    sub: Tensor | None) -> GradientEstimate:
-        """The gradient at ``x`` from the clean forward's graph (of the loop's samples ``sub``).
-        Its backward runs over every image of the graph's slice of the call (also those already
-        misclassified), so each is counted."""
-        rows = (ctx.index if sub is None else ctx.index[sub]) - graph.start
-        raw = check_logits(graph.raw)[rows]
-        objective.layout = graph.layout
-        val = objective.value(raw)
-        (g,) = torch.autograd.grad(val.sum(), graph.x_var)
-        n = graph.raw.shape[0]
-        ctx.cost.add_grad(None if graph.start == 0 and n == ctx.cost.grad.shape[0]
-                          else torch.arange(graph.start, graph.start + n, device=g.device), 1)
-        return GradientEstimate(g[rows].detach(), val.detach(), raw.detach(), 0, 0)
-
     def initial_point(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Starting iterate: ``x`` or a random point of the ball (PGD)."""
         if not self.random_start or self.eps == 0:
@@ -506,73 +431,50 @@ class IterativeAttack(Attack):
         n = n / _bcast(_flat_norm(n, 2).clamp_min(1e-12), n)
         return self.project(x, x + _bcast(r * self.eps, n) * n)
 
-    # -- the loop -------------------------------------------------------------------------------
-    def _attack(self, ctx: AttackContext) -> AttackOutput:
-        model, x, gen = ctx.model, ctx.x, ctx.generator
-        n = x.shape[0]
-        prep = ctx.prepared if isinstance(ctx.prepared, _Prepared) else _Prepared(1, None)
-        ctx.prepared = None
-        grad_model = prep.grad_model if prep.grad_model is not None else model
-        objective = AttackObjective.for_model(model, self.loss, ctx.labels, ctx.target)
+    def objective(self, model: nn.Module, labels: Tensor, target: Tensor | None,
+                  clean_logits: Tensor | None) -> AttackObjective:
+        """What the attack ascends for these samples (``clean_logits``: the model's logits at the
+        clean inputs, the reference distribution of ``loss="kl"``)."""
+        reference = None
+        if self.loss == "kl":
+            assert clean_logits is not None, "loss='kl' needs the clean logits"
+            reference = torch.softmax(clean_logits, dim=1)
+        objective = AttackObjective.for_model(model, self.loss, labels, target, reference)
+        objective.layout = self.execution.layout()
         if objective.loss_ensemble and not self.gradient.supports_loss_ensembles:
             raise ValueError(f"{self.gradient!r} does not support loss-averaging ensembles "
                              "(combine='mean_loss')")
-        # the random start is drawn for the whole batch here, so threads do not change it
-        x_adv = self.initial_point(x, gen)
-        bounds = linf_bounds(x, self.eps) if self.norm == "inf" else None
+        return objective
+
+    # -- the algorithm --------------------------------------------------------------------------
+    def _attack(self, ctx: AttackContext) -> AttackOutput:
+        plan = ctx.prepared if isinstance(ctx.prepared, Plan) else Plan(1, ctx.model)
+        ctx.prepared = None
+        objective = self.objective(ctx.model, ctx.labels, ctx.target, ctx.clean_logits)
+        start = self.initial_point(ctx.x, ctx.generator)  # for the whole batch, before threads
+        bounds = linf_bounds(ctx.x, self.eps) if self.norm == "inf" else None
+        x_adv, iterations, logits = run_shares(
+            ctx, plan, objective,
+            lambda share: self._iterate(share, objective, start, bounds, self.alpha))
         info = {"steps": self.steps, "alpha": self.alpha, "eps": self.eps, "norm": self.norm,
                 "grad_evals_per_step": self.gradient.grad_evals_per_call, "budget": self.budget}
-        if prep.workers == 1:
-            graph = prep.graphs[0] if prep.graphs else None
-            x_adv, iterations, _ = self._loop(ctx, grad_model, objective, x_adv, bounds, None,
-                                              graph)
-            return AttackOutput(x_adv=x_adv, iterations=iterations, info=info)
-        # Threads: each runs the whole loop on its share of the samples (the images of its clean
-        # forward's slice, or an equal share), with one intra-op thread, and ends with the forward
-        # at its x_adv that the base class would otherwise run as verification.
-        if prep.graphs is not None:
-            parts = []
-            for g in prep.graphs:
-                inside = (ctx.index >= g.start) & (ctx.index < g.start + g.raw.shape[0])
-                parts.append((torch.nonzero(inside).flatten(), g))
-        else:
-            parts = [(sub, None) for sub in
-                     torch.arange(n, device=x.device).tensor_split(prep.workers)]
-        parts = [(sub, g) for sub, g in parts if sub.numel()]
-        outs = in_threads(lambda p: self._loop(ctx, grad_model, objective, x_adv, bounds, p[0],
-                                               p[1], final_logits=True), parts, prep.workers)
-        # the final logits are None for a loss-averaging ensemble (in every thread alike)
-        x_new = torch.empty_like(x_adv)
-        iterations = torch.empty(n, dtype=torch.long, device=x.device)
-        z0 = outs[0][2]
-        logits = None if z0 is None else z0.new_empty((n, *z0.shape[1:]))
-        for (sub, _), (xa, it, z) in zip(parts, outs, strict=True):
-            x_new[sub], iterations[sub] = xa, it
-            if logits is not None:
-                logits[sub] = z
-        return AttackOutput(x_adv=x_new, iterations=iterations, info=info, adv_logits=logits)
+        return AttackOutput(x_adv=x_adv, iterations=iterations, info=info, adv_logits=logits)
 
-    def _loop(self, ctx: AttackContext, model: nn.Module, objective: AttackObjective,
-              x_adv: Tensor,
-              bounds: tuple[Tensor, Tensor] | None, sub: Tensor | None,
-              graph: _CleanGraph | None, *, final_logits: bool = False
-              ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The attack loop on the samples ``sub`` of ``ctx`` (``None``: all) from ``x_adv``,
-        differentiating ``model`` (``ctx.model`` or its fast copy); returns their adversarial
-        images, iterations and (``final_logits``) the logits of ``ctx.model`` itself at those
-        images (``None`` for a loss-averaging ensemble)."""
-        x, gen = ctx.x, ctx.generator
-        if sub is not None:
-            x, x_adv, objective = x[sub], x_adv[sub], objective.subset(sub)
-            if bounds is not None:
-                bounds = (bounds[0][sub], bounds[1][sub])
-
-        def where(local: Tensor | None) -> Tensor | None:
-            """Indices into ``ctx.x`` of the loop's samples ``local`` (``None``: all of them)."""
-            if sub is None:
-                return local
-            return sub if local is None else sub[local]
-
+    def _iterate(self, share: Share, objective: AttackObjective, x_adv: Tensor,
+                 bounds: tuple[Tensor, Tensor] | None,
+                 alpha: float | Tensor) -> tuple[Tensor, Tensor]:
+        """The iterations on one share of the batch: ``T`` times ``g = ∇J(x_t)`` (the gradient
+        estimator), ``x_{t+1} = Proj(x_t + α·direction(g))``; returns the share's adversarial
+        images and iterations. With ``early_stop`` a sample leaves the loop once it is fooled
+        (from the logits of the gradient pass when they come free, else one forward per step).
+        ``alpha``: the step size, or one per sample (``N×1×1×1``)."""
+        x, x_adv, objective = share.take(share.ctx.x), share.take(x_adv), share.take_objective(
+            objective)
+        if bounds is not None:
+            bounds = (share.take(bounds[0]), share.take(bounds[1]))
+        if isinstance(alpha, Tensor):
+            alpha = share.take(alpha)
+        gen = share.ctx.generator
         n = x.shape[0]
         update = self.make_update()
         update.start(x)
@@ -580,48 +482,31 @@ class IterativeAttack(Attack):
         active = torch.arange(n, device=x.device)
         free_logits = isinstance(self.gradient, PlainGradient)
         for _ in range(self.steps):
-            if active.numel() == 0:
-                break
             if self.early_stop and not free_logits:
-                with torch.no_grad():
-                    z = model(x_adv[active])
-                ctx.count_forward(where(active), 1)
-                keep = ~self._fooled(z, objective, active)
-                active = active[keep]
+                z = share.forward(x_adv[active], active)
+                active = active[~self._fooled(z, objective, active)]
                 if active.numel() == 0:
                     break
-            # while every sample is active, whole tensors stand in for the indexed copies
-            full = active.numel() == n
-            x_cur = x_adv if full else x_adv[active]
-            if graph is not None and full:
-                est = self._first_step(ctx, objective, graph, sub)
-            else:
-                obj = objective if full else objective.subset(active)
-                est = self.gradient.estimate(model, x_cur, obj, generator=gen)
-                ctx.count_forward(where(None if full else active), est.forward_evals)
-                ctx.count_grad(where(None if full else active), est.grad_evals)
-            graph = None
+            rows = None if active.numel() == n else active  # None: every sample, no copies
+            x_cur = x_adv if rows is None else x_adv[rows]
+            est = share.gradient(self.gradient, x_cur, objective if rows is None
+                                 else objective.subset(rows), rows)
             grad = est.grad
             if self.early_stop and free_logits and est.logits is not None:
                 keep = ~self._fooled(est.logits, objective, active)
                 if not bool(keep.all()):
-                    active, grad, x_cur = active[keep], grad[keep], x_cur[keep]
-                    full = False
+                    active, rows, grad, x_cur = active[keep], active[keep], grad[keep], x_cur[keep]
                     if active.numel() == 0:
                         break
-            step = self.alpha * update.direction(grad, active, gen)
-            if full:
-                x_adv = self.project(x, x_cur + step, bounds)
+            step = alpha if rows is None or not isinstance(alpha, Tensor) else alpha[rows]
+            x_next = x_cur + step * update.direction(grad, active, gen)
+            if rows is None:
+                x_adv = self.project(x, x_next, bounds)
             else:
-                part = None if bounds is None else (bounds[0][active], bounds[1][active])
-                x_adv[active] = self.project(x[active], x_cur + step, part)
+                part = None if bounds is None else (bounds[0][rows], bounds[1][rows])
+                x_adv[rows] = self.project(x[rows], x_next, part)
             iterations[active] += 1
-        logits = None
-        if final_logits and not objective.loss_ensemble:
-            with torch.no_grad():
-                logits = objective.forward(ctx.model, x_adv)
-            ctx.count_forward(where(None), 1)
-        return x_adv, iterations, logits
+        return x_adv, iterations
 
     @staticmethod
     def _fooled(logits: Tensor, objective: AttackObjective, active: Tensor) -> Tensor:
@@ -629,6 +514,63 @@ class IterativeAttack(Attack):
         if objective.target is None:
             return pred != objective.labels[active]
         return pred == objective.target[active]
+
+    # -- execution ------------------------------------------------------------------------------
+    def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
+        # Without a random start the first step differentiates the model at x itself: the clean
+        # forward keeps its graph for that step (see execution.clean_forward).
+        reuse = not ((self.random_start and self.eps > 0)
+                     or type(self.gradient) is not PlainGradient or _is_loss_ensemble(model))
+        return clean_forward(self.execution, model, x, workers=self._workers(model, x),
+                             reuse_graph=reuse)
+
+    def _workers(self, model: nn.Module, x: Tensor) -> int:
+        """Python threads that share a call on ``x``: automatic only for the plain gradient."""
+        return self.execution.workers(model, x, auto=type(self.gradient) is PlainGradient)
+
+    # -- every sample (training) ----------------------------------------------------------------
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor | None, *,
+                start: Tensor | None = None, generator: torch.Generator | None = None,
+                eps: Tensor | None = None, alpha: Tensor | None = None) -> Tensor:
+        """Adversarial examples for **every** sample of ``x``, as adversarial training needs.
+
+        Unlike calling the attack, already-misclassified inputs are attacked too, and there is no
+        verification and no cost accounting; a clean forward runs only for ``y=None`` (attack
+        the clean predictions) and for the reference distribution of ``loss="kl"``. The model
+        is differentiated as given (no fast copy: a model in training changes at every batch),
+        in eval mode with parameter gradients off (restored after). ``start`` replaces the
+        initial point (default :meth:`initial_point`); ``generator`` drives the random start and
+        the estimator's noise (default: seeded with ``seed``). Threads only when
+        ``execution.threads`` asks for them. ``eps`` / ``alpha``: one ℓ∞ radius / step size per
+        sample (shape ``(N,)``) instead of the attack's (ℓ∞, no random start).
+
+        Returns:
+            ``x_adv`` ``N×C×H×W`` (detached), in the ball around ``x`` and in ``[0, 1]``.
+        """
+        x = x.detach()
+        n = x.shape[0]
+        if (eps is not None or alpha is not None) and (self.norm != "inf" or self.random_start):
+            raise ValueError("per-sample eps/alpha need an ℓ∞ attack without random start")
+        gen = generator if generator is not None else make_generator(self.seed, x.device)
+        with frozen_model(model):
+            clean = None
+            if self.loss == "kl" or y is None:
+                with torch.no_grad():
+                    clean = model(x)
+            labels = predict(clean) if y is None else y.to(device=x.device, dtype=torch.long)
+            ctx = AttackContext(model=model, x=x, labels=labels, target=None, clean_logits=clean,
+                                index=torch.arange(n, device=x.device), generator=gen,
+                                cost=CostCounter(n, device=x.device))
+            objective = self.objective(model, labels, None, clean)
+            x0 = self.initial_point(x, gen) if start is None else start.detach().clone()
+            radius = self.eps if eps is None else eps
+            bounds = linf_bounds(x, radius) if self.norm == "inf" else None
+            step = self.alpha if alpha is None else alpha.to(x).view(-1, *([1] * (x.ndim - 1)))
+            plan = Plan(max(1, min(self.execution.threads or 1, n)), model)
+            x_adv, _, _ = run_shares(
+                ctx, plan, objective,
+                lambda share: self._iterate(share, objective, x0, bounds, step))
+        return x_adv.detach()
 
 
 class FGSM(IterativeAttack):
@@ -640,19 +582,16 @@ class FGSM(IterativeAttack):
     def __init__(self, *, eps: float, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  seed: int = 0, threads: int | None = None,
-                 fast_model: bool = True) -> None:
+                 fast_model: bool = True, execution: Execution | None = None) -> None:
         super().__init__(eps=eps, alpha=eps, steps=1, norm=norm, gradient=gradient, loss=loss,
                          seed=seed, threads=threads,
-                         fast_model=fast_model)
+                         fast_model=fast_model, execution=execution)
 
     def _extra_params(self) -> None:
         self._params.pop("alpha", None)
         self._params.pop("steps", None)
         self._set_params(gradient=self.gradient, loss=self.loss)
-        if self.threads is not None:
-            self._set_params(threads=self.threads)
-        if not self.fast_model:
-            self._set_params(fast_model=False)
+        self._set_params(**self.execution.changed())
 
 
 class IGSM(IterativeAttack):
@@ -663,21 +602,18 @@ class IGSM(IterativeAttack):
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None, seed: int = 0,
                  threads: int | None = None,
-                 fast_model: bool = True) -> None:
+                 fast_model: bool = True, execution: Execution | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm="inf", gradient=gradient,
                          loss=loss, early_stop=early_stop, budget=budget, seed=seed,
                          threads=threads,
-                         fast_model=fast_model)
+                         fast_model=fast_model, execution=execution)
 
     def _extra_params(self) -> None:
         self._params.pop("norm", None)
         self._set_params(gradient=self.gradient, loss=self.loss, early_stop=self.early_stop)
         if self.budget is not None:
             self._set_params(budget=self.budget)
-        if self.threads is not None:
-            self._set_params(threads=self.threads)
-        if not self.fast_model:
-            self._set_params(fast_model=False)
+        self._set_params(**self.execution.changed())
 
 
 BIM = IGSM
@@ -696,11 +632,11 @@ class PGD(IterativeAttack):
                  early_stop: bool = False, budget: int | None = None,
                  accumulate_grad: bool = False, seed: int = 0,
                  threads: int | None = None,
-                 fast_model: bool = True) -> None:
+                 fast_model: bool = True, execution: Execution | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
                          accumulate_grad=accumulate_grad, seed=seed, threads=threads,
-                         fast_model=fast_model)
+                         fast_model=fast_model, execution=execution)
 
     def _extra_params(self) -> None:
         super()._extra_params()
@@ -717,11 +653,11 @@ class MIFGSM(IterativeAttack):
                  gradient: GradientEstimator | None = None, loss: str = "ce",
                  early_stop: bool = False, budget: int | None = None, seed: int = 0,
                  threads: int | None = None,
-                 fast_model: bool = True) -> None:
+                 fast_model: bool = True, execution: Execution | None = None) -> None:
         super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, decay=decay,
                          gradient=gradient, loss=loss, early_stop=early_stop, budget=budget,
                          seed=seed, threads=threads,
-                         fast_model=fast_model)
+                         fast_model=fast_model, execution=execution)
 
     def _extra_params(self) -> None:
         super()._extra_params()

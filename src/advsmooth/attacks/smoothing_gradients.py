@@ -38,16 +38,15 @@ from torch import Tensor, nn
 
 from .._utils import check_choice
 from .gradients import AttackObjective, GradientEstimate, SmoothedGradient
+from .noise_space import SmoothedModel, pixel_sigma, resolve_std
 
 __all__ = ["ExpectationGradient", "SmoothAdvGradient", "VARIANTS"]
 
 VARIANTS = ("prob_average", "logit_average", "expected_loss")
 
 
-def _unwrap(model: nn.Module) -> tuple[nn.Module, object | None]:
-    from ..defenses.smoothing import SmoothedClassifier
-
-    if isinstance(model, SmoothedClassifier):
+def _unwrap(model: nn.Module) -> tuple[nn.Module, SmoothedModel | None]:
+    if isinstance(model, SmoothedModel):
         return model.base, model
     return model, None
 
@@ -77,16 +76,9 @@ class ExpectationGradient(SmoothedGradient):
                          chunk_size=chunk_size, clip_noisy=clip_noisy)
         self.sigma_from_model = sigma is None
         self.variant = check_choice("variant", variant, VARIANTS)
-        self.noise_space = check_choice("noise_space", noise_space, ("pixel", "normalized"))
-        if std is not None:
-            if noise_space != "normalized":
-                raise ValueError("std= is only used with noise_space='normalized'")
-            s = torch.as_tensor(std, dtype=torch.float64).flatten()
-            if s.numel() == 0 or bool((s <= 0).any()):
-                raise ValueError(f"std must be positive, got {s.tolist()}")
-            self.std: Tensor | None = s
-        else:
-            self.std = None
+        # the std of normalised noise; None: pixel noise, or taken from the attacked model
+        self.std = resolve_std(noise_space, std, required=False)
+        self.noise_space = noise_space
         # M = 1: every variant equals the per-copy loss -> the linear (decomposable) path
         self.decomposable = self.variant == "expected_loss" or self.samples == 1
         self.supports_loss_ensembles = self.decomposable
@@ -103,27 +95,18 @@ class ExpectationGradient(SmoothedGradient):
     def stochastic(self) -> bool:
         return self.sigma_from_model or self.sigma > 0
 
-    def _noise_scale(self, model: nn.Module, smoothed: object | None, x: Tensor) -> Tensor | float:
+    def _noise_scale(self, model: nn.Module, smoothed: SmoothedModel | None,
+                     x: Tensor) -> Tensor | float:
         """Pixel-space noise std for ``x``: a float or a ``1×C×1×1`` tensor."""
         if self.sigma_from_model:
             if smoothed is None:
                 raise ValueError("ExpectationGradient(sigma=None) takes σ from the attacked "
                                  "SmoothedClassifier; give sigma= to attack a plain model")
-            return smoothed.pixel_sigma(x)  # type: ignore[attr-defined]
-        if self.noise_space == "pixel":
-            return self.sigma
+            return smoothed.pixel_sigma(x)
         std = self.std
-        if std is None:
-            from ..defenses.smoothing import _find_std
-
-            std = _find_std(model)
-            if std is None:
-                raise ValueError("noise_space='normalized' needs std= or an "
-                                 "advsmooth.models.Normalize layer inside the model")
-        std = std.to(device=x.device, dtype=x.dtype).flatten()
-        if std.numel() not in (1, x.shape[1]):
-            raise ValueError(f"std has {std.numel()} entries but x has {x.shape[1]} channels")
-        return self.sigma * std.view(1, -1, 1, 1)
+        if self.noise_space == "normalized" and std is None:
+            std = resolve_std(self.noise_space, None, model)
+        return pixel_sigma(self.sigma, std, x)
 
     def draw_noise(self, x: Tensor, generator: torch.Generator) -> Tensor | None:
         scale = self._scale

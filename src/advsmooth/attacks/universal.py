@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tensors import check_images, check_model_compat, frozen_model, predict
 from .._utils import (
     check_choice,
     check_int_at_least,
@@ -37,7 +38,7 @@ from .._utils import (
     make_generator,
     progress,
 )
-from .base import Attack, check_images, check_model_compat, frozen_model, predict
+from .base import Attack
 
 __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "project_l2"]
 

@@ -65,14 +65,14 @@ def _main(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data, models
-    from ..defenses.training import METHODS, evaluate, train
+    from ..defenses import METHODS, evaluate, train
 
     if args.method not in METHODS:
         raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}")
     if args.weight_decay < 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     method_kwargs = _method_params(args.method_param)
-    from ..defenses.training import get_method
+    from ..defenses import get_method
 
     get_method(args.method, **method_kwargs)  # validate before loading data
     device = resolve_device(args.device)

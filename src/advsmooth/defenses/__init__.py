@@ -19,7 +19,7 @@ from .noise import (  # noqa: E402
 __all__ += ["InputNoise", "add_input_noise", "inject_noise", "noise_disabled",
             "noise_parameters", "seed_noise", "set_noise"]
 
-from .training import (  # noqa: E402
+from ..models.training import (  # noqa: E402
     METHODS,
     StandardTraining,
     TrainingMethod,

@@ -32,13 +32,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_nonnegative
-from ..attacks.base import frozen_model
+from ..attacks import FGSM
+from ..models.training import METHODS
 from .methods import RobustMethod, _unit
-from .training import METHODS
 
 __all__ = ["EnsembleAdversarialTraining", "sign_attack"]
 
@@ -52,21 +51,17 @@ def sign_attack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, attack: s
 
     ``"fgsm"``: ``x + ε·sign(∇ CE)``; ``"rfgsm"`` (Tramèr R+FGSM): ``x' = x + α·sign(N(0, I))``,
     then ``x' + (ε − α)·sign(∇ CE(x'))``. Clamped to ``[0, 1]``; every sample is perturbed.
-    Returns a detached tensor shaped like ``x``.
+    Returns a detached tensor shaped like ``x`` (:meth:`advsmooth.attacks.FGSM.perturb` from
+    the start point).
     """
-    x0 = x.detach()
-    start = x0
+    start = x.detach()
     step = eps
     if attack == "rfgsm":
         gen = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
-        noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-        start = (x0 + alpha * noise.sign()).clamp(0.0, 1.0)
+        noise = torch.randn(start.shape, generator=gen, device=start.device, dtype=start.dtype)
+        start = (start + alpha * noise.sign()).clamp(0.0, 1.0)
         step = eps - alpha
-    with frozen_model(model):
-        xa = start.clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xa), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, xa)
-    return (start + step * g.sign()).clamp(0.0, 1.0).detach()
+    return FGSM(eps=step).perturb(model, start, y)
 
 
 def _holdout_name(h: Any, i: int) -> str:

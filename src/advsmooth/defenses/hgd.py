@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._tensors import frozen_model
 from .._utils import check_int_at_least, check_positive, progress
-from ..attacks.base import frozen_model
+from ..attacks import IGSM
 
 __all__ = ["Denoiser", "HGDDefended", "HGDResult", "train_hgd", "representation",
            "layer_names", "craft_training_set"]
@@ -162,27 +163,20 @@ def craft_training_set(model: nn.Module, x: Tensor, y: Tensor, *, attack: str = 
                        eps: float | Sequence[float] = (0.0, 0.3), steps: int = 10,
                        batch_size: int = 256, seed: int = 0) -> Tensor:
     """Adversarial images for HGD training: FGSM or IGSM (α = 2.5·ε/steps) on ``model`` with a
-    per-image ε ~ U[low, high] (seeded); every image is perturbed, clamped to ``[0, 1]``."""
+    per-image ε ~ U[low, high] (seeded); every image is perturbed, clamped to ``[0, 1]``
+    (:meth:`advsmooth.attacks.IGSM.perturb` with per-sample radii)."""
     if attack not in ("fgsm", "igsm"):
         raise ValueError(f"attack must be 'fgsm' or 'igsm', got {attack!r}")
     lo, hi = _eps_range(eps)
     check_int_at_least("steps", steps, 1)
     g = torch.Generator().manual_seed(seed)
     eps_i = (lo + (hi - lo) * torch.rand(x.shape[0], generator=g, dtype=torch.float64)).to(x)
-    n_steps = 1 if attack == "fgsm" else steps
+    engine = IGSM(eps=hi, steps=1 if attack == "fgsm" else steps)
     out = []
-    with frozen_model(model):
-        for s in range(0, x.shape[0], batch_size):
-            x0, yb = x[s:s + batch_size].detach(), y[s:s + batch_size]
-            e = eps_i[s:s + batch_size].view(-1, *([1] * (x.ndim - 1)))
-            a = e if attack == "fgsm" else 2.5 * e / steps
-            xa = x0.clone()
-            for _ in range(n_steps):
-                xa.requires_grad_(True)
-                (gr,) = torch.autograd.grad(F.cross_entropy(model(xa), yb, reduction="sum"), xa)
-                xa = torch.minimum(torch.maximum(xa.detach() + a * gr.sign(), x0 - e), x0 + e)
-                xa = xa.clamp(0.0, 1.0)
-            out.append(xa.detach())
+    for s in range(0, x.shape[0], batch_size):
+        e = eps_i[s:s + batch_size]
+        out.append(engine.perturb(model, x[s:s + batch_size], y[s:s + batch_size], eps=e,
+                                  alpha=e if attack == "fgsm" else 2.5 * e / steps))
     return torch.cat(out) if out else x.clone()
 
 

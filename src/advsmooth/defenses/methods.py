@@ -1,7 +1,7 @@
 """Robust training methods for :func:`advsmooth.defenses.train` (ALGORITHMS §3.4, §11, §12).
 
-Every class here is a :class:`~advsmooth.defenses.training.TrainingMethod` registered in
-:data:`~advsmooth.defenses.training.METHODS` under its ``name``, so
+Every class here is a :class:`~advsmooth.models.training.TrainingMethod` registered in
+:data:`~advsmooth.models.training.METHODS` under its ``name``, so
 ``train(model, data, method="pgd", eps=0.3, alpha=0.01, steps=7)`` works (extra keyword
 arguments of :func:`train` go to the method) as does ``advsmooth train --method pgd
 --method-param eps=0.3``.
@@ -45,7 +45,6 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import atomic_path, check_choice, check_int_at_least, check_nonnegative, progress
-from ..attacks.base import Attack, frozen_model
+from ..attacks import IGSM, PGD, ExpectationGradient
+from ..attacks.base import Attack
+from ..attacks.iterative import project_linf
+from ..attacks.smoothing_gradients import VARIANTS
+from ..models.training import METHODS, TrainingMethod, train
 from . import noise as _noise
-from .training import METHODS, TrainingMethod
 
 __all__ = [
     "RobustMethod",
@@ -78,7 +80,7 @@ __all__ = [
     "finetune",
 ]
 
-EPGD_VARIANTS = ("prob_average", "logit_average", "expected_loss")
+EPGD_VARIANTS = VARIANTS
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,81 +105,39 @@ def _attack_arg(attack: Any) -> Attack | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# crafting loops (eval mode, parameter gradients off, every sample perturbed)
+# crafting (the iterative engine on every sample: eval mode, parameter gradients off)
 # ----------------------------------------------------------------------------------------------
-
-def _project(x0: Tensor, xa: Tensor, eps: float) -> Tensor:
-    return torch.minimum(torch.maximum(xa, x0 - eps), x0 + eps).clamp_(0.0, 1.0)
-
-
-def _uniform_start(x0: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-    u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return (x0 + (2.0 * u - 1.0) * eps).clamp_(0.0, 1.0)
-
-
-def _noisy_logits(model: nn.Module, xa: Tensor, sigma: float, samples: int,
-                  generator: torch.Generator) -> Tensor:
-    """Logits ``(M, N, K)`` of ``M`` Gaussian copies of ``xa`` (noise drawn ``(M,N,C,H,W)``)."""
-    nu = torch.randn((samples, *xa.shape), generator=generator, device=xa.device, dtype=xa.dtype)
-    xx = (xa.unsqueeze(0) + sigma * nu).reshape(samples * xa.shape[0], *xa.shape[1:])
-    return model(xx).reshape(samples, xa.shape[0], -1)
-
-
-def _smoothed_loss(model: nn.Module, xa: Tensor, y: Tensor, *, sigma: float, samples: int,
-                   variant: str, generator: torch.Generator) -> Tensor:
-    """Surrogate loss (summed over the batch) of §10 for one PGD step."""
-    z = _noisy_logits(model, xa, sigma, samples, generator)
-    if variant == "expected_loss":
-        ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), y.repeat(samples), reduction="none")
-        return ce.reshape(samples, -1).mean(0).sum()
-    if variant == "logit_average":
-        return F.cross_entropy(z.mean(0), y, reduction="sum")
-    logp = F.log_softmax(z, dim=-1).gather(2, y.view(1, -1, 1).expand(samples, -1, 1))[..., 0]
-    return -(torch.logsumexp(logp, dim=0) - math.log(samples)).sum()
-
 
 def pgd_linf(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float, steps: int,
              random_start: bool = True, generator: torch.Generator | None = None,
              smoothing: dict[str, Any] | None = None) -> Tensor:
-    """ℓ∞ PGD for training (§8): maximise CE, project onto the ε-ball then ``[0, 1]`` each step.
+    """ℓ∞ PGD for training: maximise CE, project onto the ε-ball and ``[0, 1]`` each step.
 
-    Every sample is perturbed (no early stop, already-misclassified inputs included). The model
-    is in eval mode with parameter gradients off during the attack; both are restored after.
-    ``smoothing={"sigma":, "samples":, "variant":}`` replaces CE by the EPGD/SmoothAdv surrogate
-    of §10. Returns ``x_adv`` (detached, same shape as ``x``).
+    :meth:`advsmooth.attacks.PGD.perturb`: every sample is perturbed (no early stop,
+    already-misclassified inputs included); the model is in eval mode with parameter gradients
+    off during the attack, both restored after. ``smoothing={"sigma":, "samples":,
+    "variant":}`` ascends the EPGD/SmoothAdv surrogate over Gaussian copies instead of CE
+    (:class:`advsmooth.attacks.ExpectationGradient`). Returns ``x_adv`` (detached, shaped
+    like ``x``).
     """
     gen = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
-    x0 = x.detach()
     if eps == 0 or steps == 0:
-        return x0.clone()
-    with frozen_model(model):
-        xa = _uniform_start(x0, eps, gen) if random_start else x0.clone()
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            if smoothing is None:
-                loss = F.cross_entropy(model(xa), y, reduction="sum")
-            else:
-                loss = _smoothed_loss(model, xa, y, generator=gen, **smoothing)
-            (g,) = torch.autograd.grad(loss, xa)
-            xa = _project(x0, xa.detach() + alpha * g.sign(), eps)
-    return xa.detach()
+        return x.detach().clone()
+    gradient = None if smoothing is None else ExpectationGradient(
+        smoothing["sigma"], smoothing["samples"], variant=smoothing["variant"])
+    attack = PGD(eps=eps, alpha=alpha, steps=steps, random_start=random_start, gradient=gradient)
+    return attack.perturb(model, x, y, generator=gen)
 
 
 def trades_perturb(model: nn.Module, x: Tensor, *, eps: float, alpha: float, steps: int,
                    generator: torch.Generator) -> Tensor:
-    """TRADES inner maximisation: sign ascent on ``KL(p(x) ‖ p(x̂))`` from ``x + 0.001·N(0, I)``."""
+    """TRADES inner maximisation: sign ascent on ``KL(p(x) ‖ p(x̂))`` from ``x + 0.001·N(0, I)``
+    (projected), every sample perturbed (:meth:`advsmooth.attacks.IGSM.perturb`, ``loss="kl"``)."""
     x0 = x.detach()
-    with frozen_model(model):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x0), dim=1)
-        start = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        xa = _project(x0, x0 + 0.001 * start, eps)
-        for _ in range(steps):
-            xa.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(xa), dim=1), p_clean, reduction="sum")
-            (g,) = torch.autograd.grad(kl, xa)
-            xa = _project(x0, xa.detach() + alpha * g.sign(), eps)
-    return xa.detach()
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    start = project_linf(x0, x0 + 0.001 * noise, eps)
+    attack = IGSM(eps=eps, alpha=alpha, steps=steps, loss="kl")
+    return attack.perturb(model, x0, None, start=start, generator=generator)
 
 
 def _fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
@@ -612,7 +572,6 @@ def finetune(model: nn.Module, data: Any, *, method: str = "deepfool_ft", base_l
     """Fine-tune ``model`` in place with ``lr = lr_factor × base_lr`` (DeepFool paper: 0.5, 5
     extra epochs). ``method`` may be any registered method (``"standard"`` gives the clean
     fine-tuning baseline); other keyword arguments go to :func:`advsmooth.defenses.train`."""
-    from .training import train
 
     check_nonnegative("base_lr", base_lr)
     check_nonnegative("lr_factor", lr_factor)

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_int_at_least, check_nonnegative
+from ..attacks.noise_space import check_std
 
 __all__ = [
     "NoiseModule",
@@ -310,9 +311,7 @@ class InputNoise(NoiseModule):
         if space == "normalized":
             if std is None:
                 raise ValueError("space='normalized' needs std= (per-channel normalisation std)")
-            scale = torch.as_tensor(std, dtype=torch.float32).flatten()
-            if bool((scale <= 0).any()):
-                raise ValueError("std must be positive")
+            scale = check_std(std).float()
         else:
             scale = torch.ones(1)
         self.space = space

@@ -41,8 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._tensors import check_images, check_model_compat
 from .._utils import check_choice, check_int_at_least, check_nonnegative
-from ..attacks.base import check_images, check_model_compat
+from ..attacks.noise_space import SmoothedModel, resolve_std
 
 __all__ = [
     "SmoothedClassifier",
@@ -57,7 +58,6 @@ __all__ = [
 
 #: the voting functions of :class:`SmoothedClassifier`
 VOTES = ("prediction", "weighted", "weighted_c", "soft", "logit_mean")
-NOISE_SPACES = ("pixel", "normalized")
 #: numbers per noise block (see the module docstring); a constant so that results never depend on
 #: the chunk size
 NOISE_BLOCK_ELEMS = 2**20
@@ -314,15 +314,7 @@ class Certificate:
     counts: Tensor
 
 
-def _find_std(model: nn.Module) -> Tensor | None:
-    for m in model.modules():
-        std = getattr(m, "std", None)
-        if type(m).__name__ in ("Normalize", "NormalizedModel") and isinstance(std, Tensor):
-            return std.detach()
-    return None
-
-
-class SmoothedClassifier(nn.Module):
+class SmoothedClassifier(SmoothedModel):
     """Randomised smoothing of a base classifier: votes of ``M`` Gaussian-noised copies.
 
     ``smoothed(x)`` returns ``N×K`` scores: vote shares (rows sum to 1) for ``"prediction"``,
@@ -385,19 +377,11 @@ class SmoothedClassifier(nn.Module):
             if C is not None and vote != "weighted_c":
                 raise ValueError(f"C is only used by vote='weighted_c' (got vote={vote!r})")
             self.C = 0.0
-        self.noise_space = check_choice("noise_space", noise_space, NOISE_SPACES)
-        if noise_space == "normalized":
-            s = torch.as_tensor(std, dtype=torch.float64) if std is not None else _find_std(model)
-            if s is None:
-                raise ValueError("noise_space='normalized' needs std= or an "
-                                 "advsmooth.models.Normalize layer inside the model")
-            s = s.detach().double().flatten()
-            if s.numel() == 0 or bool((s <= 0).any()) or not bool(torch.isfinite(s).all()):
-                raise ValueError(f"std must be positive and finite, got {s.tolist()}")
+        s = resolve_std(noise_space, std, model)  # validates noise_space and std
+        self.noise_space = noise_space
+        if s is not None:
             self.register_buffer("std", s.float(), persistent=False)
         else:
-            if std is not None:
-                raise ValueError("std= is only used with noise_space='normalized'")
             self.std = None
         self.batch_size = (None if batch_size is None
                            else check_int_at_least("batch_size", batch_size, 1))
@@ -432,15 +416,6 @@ class SmoothedClassifier(nn.Module):
     def outputs_probabilities(self) -> bool:
         """True when the scores are probabilities (vote shares), False for mean logits."""
         return self.vote != "logit_mean"
-
-    def pixel_sigma(self, x: Tensor) -> Tensor | float:
-        """The noise std in pixel units: a float, or a ``1×C×1×1`` tensor for normalised noise."""
-        if self.std is None:
-            return self.sigma
-        s = self.std.to(device=x.device, dtype=x.dtype)
-        if s.numel() not in (1, x.shape[1]):
-            raise ValueError(f"std has {s.numel()} entries but x has {x.shape[1]} channels")
-        return (self.sigma * s).view(1, -1, 1, 1)
 
     def rows_per_call(self, device: torch.device) -> int:
         """Noisy images per base-model call on ``device`` (``batch_size`` or its default)."""

@@ -1,7 +1,7 @@
 """Core evaluation metrics: fooling rate (overall and per class), robustness ρ_adv, σ^A%, ρ_FGSM.
 
 All functions work in pixel space (``[0, 1]`` images) and never change the model's state: the
-model is evaluated in eval mode under :func:`advsmooth.attacks.base.frozen_model`, which restores
+model is evaluated in eval mode under :func:`advsmooth._tensors.frozen_model`, which restores
 every training flag and ``requires_grad`` flag afterwards (ALGORITHMS.md §0, §14, §3.3).
 
 Conventions
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..attacks.base import check_images, check_model_compat, frozen_model, predict
+from .._tensors import check_images, check_model_compat, frozen_model, predict
+from ..attacks.gradients import AttackObjective, PlainGradient
 
 __all__ = [
     "FoolingRate",
@@ -261,11 +262,9 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
     signs = []
     with frozen_model(model):
         for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size].detach().clone().requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(model(xb), y[s:s + batch_size],
-                                                     reduction="sum")
-            (g,) = torch.autograd.grad(loss, xb)
-            signs.append(g.sign())
+            objective = AttackObjective("ce", y[s:s + batch_size])
+            est = PlainGradient().estimate(model, x[s:s + batch_size], objective)
+            signs.append(est.grad.sign())
     sign = torch.cat(signs) if signs else x.new_zeros(x.shape)
 
     def rate_at(eps: float) -> float:

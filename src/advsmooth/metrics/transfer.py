@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._tensors import check_images, check_labels, frozen_model
 from .._utils import check_int_at_least, check_nonnegative, make_generator
-from ..attacks.base import Attack, check_images, check_labels, frozen_model, run_batched
+from ..attacks.base import Attack, run_batched
 from ..attacks.gradients import AttackObjective
 from ..data import random_subset
 from .transforms import Transform, make_transform

@@ -3,7 +3,7 @@
 ``Ensemble([m1, m2, ...], combine=...)`` is an ``nn.Module`` mapping pixels ``N×C×H×W`` in
 ``[0, 1]`` to ``N×K`` scores. Each member keeps its own preprocessing (``Normalize`` inside the
 member), so members trained with different mean/std can be mixed. Attacks put the whole ensemble
-(and hence every member) in eval mode through :func:`~advsmooth.attacks.base.frozen_model`.
+(and hence every member) in eval mode through :func:`~advsmooth._tensors.frozen_model`.
 
 ``combine``:
 

@@ -166,7 +166,7 @@ def _read_meta(pt: Path, recipe: dict[str, Any] | None = None) -> dict[str, Any]
 
 def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
     from .. import data as data_mod
-    from ..defenses.training import evaluate, train
+    from .training import evaluate, train
 
     recipe = dict(s.recipe)
     seed = recipe["seed"]

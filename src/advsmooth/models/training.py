@@ -55,7 +55,7 @@ from .._utils import (
     make_generator,
     progress,
 )
-from ..models.checkpoints import safe_load
+from .checkpoints import safe_load
 
 __all__ = [
     "TrainingMethod",
