@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advsmooth`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with a run's provenance
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

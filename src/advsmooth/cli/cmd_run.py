@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 
@@ -40,6 +41,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def _main(args: argparse.Namespace) -> int:
     from ..experiments import SpecError, expand_cells, load_spec, run_spec
 
+    t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -63,7 +65,11 @@ def _main(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, save_adversarial=args.save_adversarial,
                       spec_text=spec_text)
     if result.rank == 0:
+        from ..report.results import record_invocation
+
         print(result)
+        record_invocation(result.out_dir, getattr(args, "argv", None) or sys.argv[1:],
+                          started=started, wall_seconds=time.perf_counter() - t0)
         if args.report:
             from ..report import build_report
 
