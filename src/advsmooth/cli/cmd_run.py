@@ -40,8 +40,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     from ..experiments import SpecError, expand_cells, load_spec, run_spec
+    from ..report.results import git_info, record_invocation
 
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    code = git_info()  # the code this process imported, before anything can change it
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -65,11 +67,9 @@ def _main(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, save_adversarial=args.save_adversarial,
                       spec_text=spec_text)
     if result.rank == 0:
-        from ..report.results import record_invocation
-
         print(result)
         record_invocation(result.out_dir, getattr(args, "argv", None) or sys.argv[1:],
-                          started=started, wall_seconds=time.perf_counter() - t0)
+                          started=started, wall_seconds=time.perf_counter() - t0, code=code)
         if args.report:
             from ..report import build_report
 

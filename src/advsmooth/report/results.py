@@ -85,7 +85,8 @@ def _now() -> str:
 
 
 def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
-                      started: str, wall_seconds: float) -> dict[str, Any]:
+                      started: str, wall_seconds: float,
+                      code: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Append one finished ``advsmooth`` command to ``run_dir/invocations.jsonl``.
 
     Args:
@@ -93,13 +94,16 @@ def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
         argv: the command's arguments after the program name, e.g. ``["run", "spec.toml"]``.
         started: UTC start time, ``YYYY-MM-DDTHH:MM:SSZ``.
         wall_seconds: wall-clock seconds from process start to the end of the run.
+        code: :func:`git_info` taken when the command started (the code it imported); default:
+            taken now.
 
     Returns:
         The record written: command, started, wall_seconds, commit, dirty, machine.
     """
+    info = dict(code) if code is not None else git_info()
     rec = {"command": "advsmooth " + shlex.join(str(a) for a in argv), "started": started,
-           "wall_seconds": round(float(wall_seconds), 3), **git_info(),
-           "machine": machine_info()}
+           "wall_seconds": round(float(wall_seconds), 3), "commit": info.get("commit"),
+           "dirty": info.get("dirty"), "machine": machine_info()}
     path = Path(run_dir) / INVOCATIONS
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
