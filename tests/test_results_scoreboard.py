@@ -51,7 +51,17 @@ def test_report_results_writes_tables_and_provenance(tmp_path):
     prov = json.loads((res / "provenance.json").read_text())
     assert prov["spec"] == "squares" and prov["commands"][0]["command"] == inv["command"]
     assert prov["wall_seconds"] == inv["wall_seconds"] > 0
-    assert prov["code"]["commit"] == git_info()["commit"]
+    here = git_info()
+    assert prov["code"]["commit"] == here["commit"]
+    assert prov["code"]["source_tree"] == here["source_tree"]
+    if here["commit"] is not None:  # the tree id names the package folder itself
+        import subprocess
+
+        pkg = Path(__import__("advsmooth").__file__).parent
+        names = subprocess.run(["git", "-C", str(pkg), "ls-tree", "--name-only",
+                                here["source_tree"]], capture_output=True, text=True,
+                               check=True).stdout.split()
+        assert {"__init__.py", "report", "attacks", "experiments"} <= set(names)
     assert prov["code"]["recorded"] == "at run time"
     assert prov["machine"]["cores"] == os.cpu_count() and prov["machine"]["cpu_model"]
     assert prov["runs"] and prov["runs"][0]["finished"]
@@ -131,10 +141,19 @@ results = "other/t.csv"
 column = "rho"
 
 [[claims]]
+claim = "empty results"
+paper = "P, Fig. 4"
+paper_value = 1.0
+paper_text = "1.0"
+results = "spec/empty.csv"
+column = "rho"
+
+[[claims]]
 claim = "no results named"
 paper = "P, Fig. 3"
 paper_text = "7.8"
 """
+    (tmp_path / "spec" / "empty.csv").write_text("model,rho\n")  # a study that did not finish
     scores = sb.score(sb.load_claims(_claims(tmp_path, body)), tmp_path)
     got = {s.claim.claim: s for s in scores}
     assert got["close"].verdict == "reproduced" and got["close"].values == (0.18,)
@@ -144,6 +163,7 @@ paper_text = "7.8"
     assert got["ratio"].values == pytest.approx((0.30 / 0.18,)) and got["ratio"].verdict == \
         "reproduced"
     assert got["missing results"].verdict == got["no results named"].verdict == "not run"
+    assert got["empty results"].verdict == "not run"
     table = sb.render(scores)
     lines = table.splitlines()
     assert lines[0].startswith("| claim |") and len(lines) == 2 + len(scores)

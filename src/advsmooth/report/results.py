@@ -7,8 +7,9 @@
 * ``cells.csv`` — per cell: status, seed, spec hash, versions, device, data / checkpoint hashes,
   seconds (the report's provenance table);
 * ``spec.toml`` — the spec exactly as the store recorded it;
-* ``provenance.json`` — spec name and hash, the git commit of the code that ran (and whether its
-  source tree had uncommitted changes), the date, the machine (CPU model, cores), the exact
+* ``provenance.json`` — spec name and hash, the git commit of the code that ran, the git tree id
+  of the package source at that commit (stable across rebases) and whether the source had
+  uncommitted changes, the date, the machine (CPU model, cores), the exact
   commands that filled the store with their wall times, the store's runs, and ``n`` per cell.
 
 The commands come from ``DIR/invocations.jsonl``, one JSON line per ``advsmooth run`` that
@@ -59,9 +60,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout holding ``path``
-    (default: the installed ``advsmooth`` package). ``dirty`` says whether files under ``path``
-    differ from the commit (untracked files are ignored); both are None outside a checkout."""
+    """``{"commit", "source_tree", "dirty"}`` of the git checkout holding ``path`` (default: the
+    installed ``advsmooth`` package): the commit sha, the git tree id of the folder ``path`` at
+    that commit (it names the code itself, so it survives a rebase that rewrites the commit:
+    ``git rev-parse COMMIT:src/advsmooth`` gives it for any commit) and whether files under
+    ``path`` differ from the commit (untracked files are ignored); all None outside a
+    checkout."""
     where = Path(path) if path is not None else Path(__file__).resolve().parents[1]
     where = where if where.is_dir() else where.parent
 
@@ -75,9 +79,11 @@ def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     if sha is None:
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "source_tree": None, "dirty": None}
+    tree = git("rev-parse", "HEAD:./")
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    return {"commit": sha.strip(), "dirty": None if status is None else bool(status.strip())}
+    return {"commit": sha.strip(), "source_tree": None if tree is None else tree.strip(),
+            "dirty": None if status is None else bool(status.strip())}
 
 
 def _now() -> str:
@@ -103,7 +109,8 @@ def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
     info = dict(code) if code is not None else git_info()
     rec = {"command": "advsmooth " + shlex.join(str(a) for a in argv), "started": started,
            "wall_seconds": round(float(wall_seconds), 3), "commit": info.get("commit"),
-           "dirty": info.get("dirty"), "machine": machine_info()}
+           "source_tree": info.get("source_tree"), "dirty": info.get("dirty"),
+           "machine": machine_info()}
     path = Path(run_dir) / INVOCATIONS
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -156,7 +163,8 @@ def write_results(run_dir: str | os.PathLike[str], results_dir: str | os.PathLik
             files[f"{t.name}.md"] = t.to_markdown()
     files["spec.toml"] = spec_text if spec_text.endswith("\n") else spec_text + "\n"
     last = invocations[-1] if invocations else {}
-    code = {"commit": last["commit"], "dirty": last["dirty"], "recorded": "at run time"} \
+    code = {"commit": last.get("commit"), "source_tree": last.get("source_tree"),
+            "dirty": last.get("dirty"), "recorded": "at run time"} \
         if invocations else {**git_info(), "recorded": "at report time (no invocations.jsonl)"}
     versions = sorted({(c.get("advsmooth_version"), c.get("torch_version")) for c in cells
                        if c.get("advsmooth_version")})
@@ -164,8 +172,8 @@ def write_results(run_dir: str | os.PathLike[str], results_dir: str | os.PathLik
         "spec": spec["name"], "paper": spec.get("paper"), "spec_hash": shash,
         "generated": _now(), "code": code,
         "machine": last.get("machine") or machine_info(),
-        "commands": [{k: inv.get(k) for k in ("command", "started", "wall_seconds", "commit")}
-                     for inv in invocations],
+        "commands": [{k: inv.get(k) for k in ("command", "started", "wall_seconds", "commit",
+                                              "source_tree", "dirty")} for inv in invocations],
         "wall_seconds": round(sum(float(inv.get("wall_seconds") or 0) for inv in invocations),
                               3) if invocations else None,
         "runs": runs,

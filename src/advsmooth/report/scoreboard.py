@@ -23,7 +23,7 @@ default):
 * ``min`` — *reproduced* if ``measured ≥ min``, *partly* if ``measured ≥ partly``, else *not*
   (claims of a trend, e.g. a ratio above one).
 
-A claim without ``results``, or whose results file is not there, is *not run*.
+A claim without ``results``, or whose results file is not there or has no rows, is *not run*.
 :func:`render` makes the Markdown table; :func:`sync_readme` writes it between the markers
 ``<!-- scoreboard:begin -->`` and ``<!-- scoreboard:end -->`` of a README, or checks that it is
 there unchanged (``advsmooth scoreboard --write`` / ``--check``).
@@ -132,8 +132,10 @@ def _rows(root: Path, ref: Mapping[str, Any]) -> list[dict[str, str]] | None:
     if not path.is_file():
         return None
     with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f)
-                if all(r.get(k) == str(v) for k, v in ref["row"].items())]
+        every = list(csv.DictReader(f))
+    if not every:  # a table without rows: e.g. a study cell that has not finished
+        return None
+    rows = [r for r in every if all(r.get(k) == str(v) for k, v in ref["row"].items())]
     if not rows:
         raise ValueError(f"{path}: no row with {ref['row']}")
     if ref["column"] not in rows[0]:
