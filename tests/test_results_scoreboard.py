@@ -58,7 +58,7 @@ def test_report_results_writes_tables_and_provenance(tmp_path):
         import subprocess
 
         pkg = Path(__import__("advsmooth").__file__).parent
-        names = subprocess.run(["git", "-C", str(pkg), "ls-tree", "--name-only",
+        names = subprocess.run(["git", "-C", str(pkg), "ls-tree", "--full-tree", "--name-only",
                                 here["source_tree"]], capture_output=True, text=True,
                                check=True).stdout.split()
         assert {"__init__.py", "report", "attacks", "experiments"} <= set(names)
