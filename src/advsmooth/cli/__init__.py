@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"advsmooth {args.command}" if getattr(args, "command", None) else "advsmooth"
         parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} "
                        f"(see `{prog} --help`)\n")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with a run's provenance
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

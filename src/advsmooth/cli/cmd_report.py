@@ -14,11 +14,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "report", help="write tables, figures and report.html from an experiment's result store",
         description="Read DIR/results.sqlite (written by `advsmooth run`) and write DIR/report/: "
                     "tables (md, csv, json), figures (png, svg), report.md and a self-contained "
-                    "report.html that opens offline.")
+                    "report.html that opens offline; with --results also the files to "
+                    "commit as a spec's results.")
     p.add_argument("dir", help="experiment output directory (holding results.sqlite)")
     p.add_argument("--out", "-o", default=None, help="report folder (default: DIR/report)")
     p.add_argument("--no-figures", action="store_true",
                    help="tables only (also what happens, with a note, without matplotlib)")
+    p.add_argument("--results", default=None, metavar="RESULTS_DIR",
+                   help="also write the small tables (csv, md), the spec and provenance.json "
+                        "(commit, date, machine, commands, wall time, n) into RESULTS_DIR, e.g. "
+                        "experiments/results/<spec> for committing")
     p.set_defaults(func=_main)
     return p
 
@@ -39,4 +44,9 @@ def _main(args: argparse.Namespace) -> int:
     print(f"open {paths['html']}")
     if paths.get("note"):
         print(f"advsmooth report: note: {paths['note']}", file=sys.stderr)
+    if args.results is not None:
+        from ..report.results import write_results
+
+        prov = write_results(args.dir, args.results)
+        print(f"{len(prov['files'])} result file(s) -> {args.results}")
     return 0

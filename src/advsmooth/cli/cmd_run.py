@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     from ..experiments import SpecError, expand_cells, load_spec, run_spec
+    from ..report.results import git_info, record_invocation
 
+    t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    code = git_info()  # the code this process imported, before anything can change it
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -77,6 +81,8 @@ def _main(args: argparse.Namespace) -> int:
                           save_adversarial=args.save_adversarial, spec_text=spec_text)
     if result.rank == 0:
         print(result)
+        record_invocation(result.out_dir, getattr(args, "argv", None) or sys.argv[1:],
+                          started=started, wall_seconds=time.perf_counter() - t0, code=code)
         if args.report:
             from ..report import build_report
 

@@ -21,6 +21,9 @@
 * ``transfer_study`` — the sg transfer paper's tables and figures, planned as store steps
   (:func:`advsmooth.studies.transfer.plan`); rows with a ``part`` field naming the table or
   figure.
+* ``fgsm_rho`` — the 90 %-rule FGSM of the DeepFool paper (Tables 1/2) per model, by bisection
+  (:func:`advsmooth.metrics.fgsm_rho`) on the correctly classified images of a seeded sample.
+  Rows: ``model, eps, rho_adv, rho_inf, rate, n, n_correct``.
 """
 
 from __future__ import annotations
@@ -379,3 +382,55 @@ def transfer_study_spec(params: dict[str, Any]) -> dict[str, Any]:
             "studies": [{"task": "transfer_study", "label": "sg", "params": params}],
             "report": {"title": f"Smoothed-gradient transferability study ({s.preset})",
                        "tables": tables, "plots": plots}}
+
+
+# ---------------------------------------------------------------------------------------------
+# rho of the 90 %-rule FGSM (DeepFool paper, Tables 1 and 2)
+# ---------------------------------------------------------------------------------------------
+
+_FGSM_RHO_KEYS = ("dataset", "split", "n", "sample", "data_seed", "models", "target_rate",
+                  "eps_max", "grid", "batch_size")
+
+
+def _check_fgsm_rho(p: dict[str, Any]) -> None:
+    _require(p, _FGSM_RHO_KEYS, ("models",))
+    _check_models(_model_names(p["models"], "models"))
+    _check_ints(p, (("n", 1), ("sample", 1), ("data_seed", 0), ("grid", 1), ("batch_size", 1)))
+    rate, eps_max = p.get("target_rate", 0.9), p.get("eps_max", 0.5)
+    for key, v in (("target_rate", rate), ("eps_max", eps_max)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ValueError(f"{key} must be a number > 0, got {v!r}")
+    if rate > 1:
+        raise ValueError(f"target_rate must be in (0, 1], got {rate!r}")
+    if p.get("n") is not None and p.get("sample") is not None:
+        raise ValueError("give at most one of n (first n images) and sample (seeded random subset)")
+
+
+def _fgsm_rho(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    """Per model: the smallest ε (bisection on a grid in ``(0, eps_max]``) at which FGSM
+    misclassifies ``target_rate`` of the correctly classified images, and ρ_adv (ℓ2) / ρ∞_adv of
+    that FGSM perturbation (:func:`advsmooth.metrics.fgsm_rho`). The images are those of an
+    attack cell with the same dataset selection (``sample`` + ``data_seed`` = the spec seed)."""
+    from ..metrics import fgsm_rho, predict_batched
+
+    sel = _selection(p)
+    if p.get("n") is not None:
+        sel = {"n": p["n"]}
+    x_all, y_all = ctx.load_data(p.get("dataset", "digits"), p.get("split", "test"), **sel)
+    kw = {"target_rate": float(p.get("target_rate", 0.9)), "eps_max": float(p.get("eps_max", 0.5)),
+          "grid": int(p.get("grid", 200)), "batch_size": int(p.get("batch_size", 256))}
+    rows = []
+    for name in _model_names(p["models"], "models"):
+        model = ctx.load_model(name)
+        ok = predict_batched(model, x_all, batch_size=kw["batch_size"]) == y_all
+        x, y = x_all[ok], y_all[ok]
+        r2 = fgsm_rho(model, x, y, p=2, **kw)
+        rinf = fgsm_rho(model, x, y, p="inf", **kw)
+        rows.append({"model": name, "eps": r2["eps"], "rho_adv": r2["rho"], "rho_inf": rinf["rho"],
+                     "rate": r2["rate"], "n": int(x_all.shape[0]), "n_correct": int(x.shape[0])})
+    return rows
+
+
+register_task("fgsm_rho", _fgsm_rho, check=_check_fgsm_rho,
+              description="rho_adv / rho_inf of FGSM at the 90 %-rule eps (bisection), per model "
+                          "(DeepFool Tables 1/2)")
