@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, SHARED_MODELS, TinyCNN, needs_shared
 
 from advsmooth.defenses.magnet import Autoencoder
 from advsmooth.experiments import tasks
-from advsmooth.studies.defenses import GreyShift
+from advsmooth.attacks import GreyShift
 
 
 def test_grey_shift_is_seeded_in_the_box_and_successes_are_real():

@@ -7,9 +7,9 @@ from .base import Attack, AttackContext, AttackOutput, AttackResult, CostCounter
 
 __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackResult", "CostCounter", "run_batched"]
 
-from .baselines import ColorShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
+from .baselines import ColorShift, GreyShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
 
-__all__ += ["ColorShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]
+__all__ += ["ColorShift", "GreyShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]
 
 from .gradients import (  # noqa: E402
     AttackObjective,

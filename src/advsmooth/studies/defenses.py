@@ -63,52 +63,11 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import atomic_path, check_int_at_least, check_nonnegative
-from ..attacks.base import Attack, AttackContext, AttackOutput
+from ..attacks import GreyShift
+from ..attacks.base import Attack
 from .training import _accuracy, _plt, write_table
 
 __all__ = ["DATASETS", "GreyShift", "smoothfool_table3", "table3_settings"]
-
-
-class GreyShift(Attack):
-    """Greyscale analogue of the colour-shift attack: random global contrast/brightness shifts.
-
-    Trial ``t = 1..trials``: ``x' = clamp(a·x + b, 0, 1)``, ``a ~ U[1 − s_t, 1 + s_t]``,
-    ``b ~ U[−s_t, s_t]``, ``s_t = max_shift·t/trials``; a sample stops at its first
-    misclassified trial (unchanged and ``success=False`` if none). All draws are made up front,
-    sample-major ``(n, trials, 2)``, from the call's generator. Works for any channel count.
-    """
-
-    stochastic = True
-
-    def __init__(self, *, trials: int = 100, max_shift: float = 0.5, seed: int = 0) -> None:
-        super().__init__(seed=seed)
-        self.trials = check_int_at_least("trials", trials, 1)
-        self.max_shift = check_nonnegative("max_shift", max_shift)
-        self._set_params(trials=self.trials, max_shift=self.max_shift, seed=self.seed)
-
-    def _attack(self, ctx: AttackContext) -> AttackOutput:
-        x, n, T = ctx.x, ctx.x.shape[0], self.trials
-        u = torch.rand((n, T, 2), generator=ctx.generator, dtype=x.dtype, device=x.device)
-        s = self.max_shift * torch.arange(1, T + 1, dtype=x.dtype, device=x.device) / T
-        a = 1.0 + (2.0 * u[..., 0] - 1.0) * s
-        b = (2.0 * u[..., 1] - 1.0) * s
-        goal = ctx.labels if ctx.target is None else ctx.target
-        x_adv = x.clone()
-        iters = torch.zeros(n, dtype=torch.long, device=x.device)
-        active = torch.arange(n, device=x.device)
-        view = (-1,) + (1,) * (x.ndim - 1)
-        with torch.no_grad():
-            for t in range(T):
-                if active.numel() == 0:
-                    break
-                cand = (a[active, t].view(view) * x[active] + b[active, t].view(view)).clamp(0, 1)
-                pred = ctx.model(cand).argmax(1)
-                ctx.count_forward(active)
-                iters[active] = t + 1
-                hit = pred != goal[active] if ctx.target is None else pred == goal[active]
-                x_adv[active[hit]] = cand[hit]
-                active = active[~hit]
-        return AttackOutput(x_adv=x_adv, iterations=iters)
 
 
 def _state_path(out: Path, name: str) -> Path:
