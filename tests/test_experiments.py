@@ -344,3 +344,32 @@ def test_deepfool_finetuning_runs_on_the_embedded_digits(tmp_path):
     assert len(figs) == 2 and any("deepfool_ft_example" in f for f in figs), figs
     with pytest.raises(ValueError, match="dataset"):
         get_task("deepfool_finetuning").plan({"dataset": "cifar10"}, 0)
+
+
+@needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt")
+def test_pni_smoothing_task_rows_and_trained_weights(tmp_path):
+    from advsmooth.experiments import run_spec
+    from advsmooth.experiments.artefacts import Artefacts, plan_order
+    from advsmooth.experiments.tasks import get_task
+
+    params = {"n_train": 20, "n_test": 6, "steps": 1, "sigmas": [0.0, 0.1], "samples": 2,
+              "epgd_samples": 1}
+    spec = parse_spec({"name": "pni", "seed": 0, "studies": [{
+        "task": "pni_smoothing", "label": "pni", "params": params}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        rows = store.study_rows(store.cells()[0]["cell_id"])
+    assert [(r["model"][:3], r["sigma"]) for r in rows] == [("PNI", 0.0), ("PNI", 0.1),
+                                                            ("LeN", 0.0), ("LeN", 0.1)]
+    for r in rows:
+        assert r["M"] == 2 and all(0.0 <= r[k] <= 1.0 for k in ("clean", "PGD", "EPGD"))
+        if r["sigma"] == 0.0:
+            assert r["EPGD"] == r["PGD"]  # σ = 0: EPGD is PGD
+    # the trained PNI weights are an artefact: its noise scales moved from their 0.25 start
+    train = next(s for s, _ in plan_order(get_task("pni_smoothing").plan(params, 0))
+                 if s.kind == "pni.train")
+    arts = Artefacts(tmp_path / "run", readonly=True)
+    out = arts.load(train)
+    arts.close()
+    assert out is not None and len(out.info["mean_abs_alpha"]) > 0
+    assert any(abs(a - 0.25) > 1e-6 for a in out.info["mean_abs_alpha"])

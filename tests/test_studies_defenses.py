@@ -216,3 +216,30 @@ def test_table3_mnist_failed_run_resumes_without_retraining(tmp_path, monkeypatc
                                            "MagNet", "MagNet (reformer only)"]
     for r in rows:
         assert 0.0 <= r["clean_acc"] <= 1.0
+
+
+def test_report_draws_table3_bars_from_the_rows(tmp_path):
+    # the report's bars plot: one bar per selected row (hue), one group per value field
+    from advsmooth.report import build_report
+
+    rows = [{"defence": d, "setting": s, "clean_acc": 0.9, "IGSM": 0.5 + k / 10, "DF": 0.25}
+            for k, (d, s) in enumerate([("none", "white-box"), ("SAT", "transfer"),
+                                        ("SAT", "white-box"), ("HGD", "transfer")])]
+    tasks.register_task("test-table3-rows", lambda p, ctx: [dict(r) for r in rows],
+                        replace=True)
+    spec = parse_spec({"name": "bars", "studies": [{"task": "test-table3-rows", "label": "t3"}],
+                       "report": {"plots": [
+                           {"kind": "bars", "source": "t3", "values": ["IGSM", "DF"],
+                            "hue": ["defence"], "where": {"setting": "transfer"},
+                            "percent": True, "name": "tr"},
+                           {"kind": "bars", "source": "t3", "values": ["IGSM"],
+                            "where": {"setting": "none-such"}}]}})
+    run_spec(spec, tmp_path, progress=False)
+    build_report(tmp_path)
+    figs = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert figs == ["tr.png", "tr.svg"]  # a plot with no matching row draws nothing
+    svg = (tmp_path / "report" / "figures" / "tr.svg").read_text()
+    assert "SAT" in svg and "HGD" in svg
+    with pytest.raises(Exception, match="values"):
+        parse_spec({"name": "bars", "studies": [{"task": "test-table3-rows", "label": "t3"}],
+                    "report": {"plots": [{"kind": "bars", "source": "t3"}]}})

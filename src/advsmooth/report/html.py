@@ -188,7 +188,7 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                 series = {}
                 for col in [y] if isinstance(y, str) else y:  # several columns: one line each
                     for k, v in _series_rows(rows, x, col, hue).items():
-                        series[k if isinstance(y, str) else f"{k}: {col}"] = v
+                        series[k if isinstance(y, str) or not hue else f"{k}: {col}"] = v
                 ylim = None
                 y = y if isinstance(y, str) else "_".join(y)
             if not series:

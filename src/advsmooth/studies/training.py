@@ -51,15 +51,12 @@ __all__ = ["FinetuneSettings", "PNISettings", "finetune_plan", "pni_plan", "magn
 # shared helpers
 # ----------------------------------------------------------------------------------------------
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in ``[0, 1]`` (eval mode, batches of ``batch``;
-    the model's mode is restored)."""
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
-        model.train(was)
-    return float((pred == y).double().mean())
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in ``[0, 1]`` (:func:`advsmooth.defenses.evaluate`:
+    eval mode, the model's mode restored)."""
+    from ..defenses import evaluate
+
+    return evaluate(model, (x, y))
 
 
 def sample_split(dataset: str, split: str, n: int | None, seed: int, root: Any
