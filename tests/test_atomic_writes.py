@@ -2,7 +2,7 @@
 
 * a failure in the middle of a write (a full disk inside the serializer, a failing rename)
   leaves the previous file byte-identical and no temporary file behind: report writer,
-  ``studies.training.write_table``, ``models.save_model`` (weights + ``.json`` description)
+  ``models.save_model`` (weights + ``.json`` description)
   and the trainer's checkpoints;
 * an output folder that refuses writes (simulated: the suite runs as root, where chmod does
   not stop writes) is reported as an ``OSError`` subclass naming the target path by the
@@ -138,26 +138,6 @@ def test_report_failure_mid_write_keeps_previous_report(store_dir, monkeypatch, 
     for k in changed:
         assert not after[k].startswith(b"previous")
     assert _temps(store_dir) == []
-
-
-@pytest.mark.parametrize("writes_ok", [0, 1])  # the .csv, the .md
-def test_write_table_failure_mid_write(tmp_path, monkeypatch, writes_ok):
-    from advsmooth.studies.training import write_table
-
-    rows = [{"run": "a", "x": 1.5}, {"run": "b", "x": 2.25}]
-    write_table(rows, tmp_path, "t", "title", ["note"])
-    before = _snapshot(tmp_path)
-    assert set(before) == {"t.csv", "t.md"}
-    _disk_full_after(monkeypatch, writes_ok)
-    with pytest.raises(OSError, match="No space left"):
-        write_table([{"run": "c", "x": 9.0}] * 50, tmp_path, "t", "other title")
-    after = _snapshot(tmp_path)
-    assert after["t.md"] == before["t.md"]  # always written after the csv
-    if writes_ok == 0:
-        assert after["t.csv"] == before["t.csv"]
-    else:
-        assert after["t.csv"].decode().splitlines() == ["run,x"] + ["c,9.0"] * 50
-    assert _temps(tmp_path) == []
 
 
 def _linear(seed: int) -> torch.nn.Module:
@@ -332,31 +312,6 @@ def test_two_threads_writing_one_target_never_corrupt_it(tmp_path):
     watcher.join()
     assert not errors, errors[:3]
     assert target.read_text() in valid and reads[0] > 0
-    assert _temps(tmp_path) == []
-
-
-def test_two_threads_write_table_same_target(tmp_path):
-    from advsmooth.studies.training import write_table
-
-    tables = {k: [{"writer": k, "i": i} for i in range(300)] for k in "ab"}
-    errors: list[BaseException] = []
-
-    def writer(k: str) -> None:
-        try:
-            for _ in range(20):
-                write_table(tables[k], tmp_path, "t", f"table {k}")
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
-    lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert lines[0] == "writer,i" and len(lines) == 301
-    assert len({line.split(",")[0] for line in lines[1:]}) == 1  # one writer's whole table
     assert _temps(tmp_path) == []
 
 

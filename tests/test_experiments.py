@@ -201,50 +201,54 @@ def test_cli_sample_override(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("task, params, match", [
-    ("deepfool_finetuning", {"n_train": 10}, "out_dir"),
-    ("deepfool_finetuning", {"out_dir": "x", "n_trian": 10}, "n_trian"),
-    ("pni_smoothing", {"out_dir": "x", "root": "elsewhere"}, "root"),
-    ("smoothfool_table3", {"out_dir": "x", "sigma_g": [1.0]}, "sigma_g"),
+    ("deepfool_finetuning", {"n_trian": 10}, "n_trian"),
+    ("deepfool_finetuning", {"include": ["dpefool"]}, "include"),
+    ("deepfool_finetuning", {"n_train": "10"}, "n_train"),
+    ("pni_smoothing", {"root": "elsewhere"}, "root"),
+    ("smoothfool_table3", {"sigma_g": [1.0]}, "sigma_g"),
 ])
-def test_out_dir_study_tasks_take_their_functions_keywords(task, params, match):
+def test_planned_study_tasks_take_their_settings_fields(task, params, match):
     with pytest.raises(SpecError, match=match):
         parse_spec({"name": "t", "studies": [{"task": task, "params": params}]})
-    ok = {"out_dir": "x", **{k: v for k, v in params.items() if k in ("n_train",)}}
-    parse_spec({"name": "t", "studies": [{"task": task, "params": ok}]})  # accepted
+    parse_spec({"name": "t", "studies": [{"task": task, "params": {"n_test": 20}}]})  # accepted
+    with pytest.warns(FutureWarning, match="out_dir"):  # the old out_dir is ignored, with a note
+        parse_spec({"name": "t", "studies": [{"task": task, "params": {"out_dir": "x"}}]})
+    # a step_images plot must name a step of the study's plan
+    with pytest.raises(SpecError, match="step"):
+        parse_spec({"name": "t", "studies": [{"task": task, "label": "s", "params": {}}],
+                    "report": {"plots": [{"kind": "step_images", "source": "s",
+                                          "step": "no.such"}]}})
+
+
+def _finetune_rows(tmp_path, params):
+    from advsmooth.experiments import run_spec
+
+    spec = parse_spec({"name": "ft", "seed": 0, "studies": [{
+        "task": "deepfool_finetuning", "label": "ft", "params": params}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        return store.study_rows(store.cells()[0]["cell_id"])
 
 
 @needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt")
 def test_deepfool_finetuning_task_runs_into_the_store(tmp_path):
     # a tiny version of experiments/mnist_deepfool_finetuning.toml (clean fine-tuning only)
-    from advsmooth.experiments import run_spec
-
-    spec = parse_spec({"name": "ft", "seed": 0, "studies": [{
-        "task": "deepfool_finetuning", "label": "ft",
-        "params": {"out_dir": str(tmp_path / "files"), "n_train": 20, "n_rho": 4, "n_test": 30,
-                   "epochs": 1, "max_iter": 10, "include": ["clean"]}}]})
-    run_spec(spec, tmp_path / "run", progress=False)
-    with Store(tmp_path / "run", readonly=True) as store:
-        rows = store.study_rows(store.cells()[0]["cell_id"])
+    rows = _finetune_rows(tmp_path, {"n_train": 20, "n_rho": 4, "n_test": 30, "epochs": 1,
+                                     "max_iter": 10, "include": ["clean"], "example_alphas": []})
     assert [r["epoch"] for r in rows] == [0, 1] and {r["run"] for r in rows} == {"clean"}
     assert rows[0]["rho_rel"] == pytest.approx(1.0) and rows[1]["rho_adv"] > 0
     assert 0.0 <= rows[1]["test_error"] <= 1.0
-    assert (tmp_path / "files" / "deepfool_finetuning.md").exists()
+    assert not any(p.suffix in (".md", ".csv", ".png") for p in tmp_path.rglob("*"))
 
 
 @needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt")
 def test_deepfool_finetuning_fig9_measures_fgsm_robustness(tmp_path):
     # DeepFool Fig. 9 analogue: FGSM fine-tuning, robustness measured by DeepFool and by FGSM
     from advsmooth import data, metrics, models
-    from advsmooth.experiments import run_spec
 
-    spec = parse_spec({"name": "f9", "seed": 0, "studies": [{
-        "task": "deepfool_finetuning", "label": "f9",
-        "params": {"out_dir": str(tmp_path / "files"), "n_train": 40, "n_rho": 20, "n_test": 30,
-                   "epochs": 1, "max_iter": 10, "include": ["fgsm"], "lr_factor": 0.1,
-                   "measure_fgsm": True, "example_alphas": [1, 3]}}]})
-    run_spec(spec, tmp_path / "run", progress=False)
-    with Store(tmp_path / "run", readonly=True) as store:
-        rows = store.study_rows(store.cells()[0]["cell_id"])
+    rows = _finetune_rows(tmp_path, {"n_train": 40, "n_rho": 20, "n_test": 30, "epochs": 1,
+                                     "max_iter": 10, "include": ["fgsm"], "lr_factor": 0.1,
+                                     "measure_fgsm": True, "example_alphas": []})
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["run"].startswith("FGSM")
     # epoch 0 is the starting model: its rho_FGSM is metrics.fgsm_rho on the same images
     x, y = data.load("mnist", "test", None, sample=20, seed=1)
@@ -252,8 +256,6 @@ def test_deepfool_finetuning_fig9_measures_fgsm_robustness(tmp_path):
     assert rows[0]["rho_fgsm"] == pytest.approx(ref, rel=1e-6)
     assert rows[0]["rho_fgsm_rel"] == pytest.approx(1.0)
     assert rows[1]["rho_fgsm_rel"] == pytest.approx(rows[1]["rho_fgsm"] / ref, rel=1e-6)
-    for f in ("fig8_magnified_example.png", "fig9_rho_deepfool_vs_fgsm.png"):
-        assert (tmp_path / "files" / f).stat().st_size > 0
 
 
 def test_transfer_task_ensemble_source_is_the_mean_logit_ensemble(tmp_path):
@@ -296,31 +298,78 @@ def test_transfer_task_ensemble_source_is_the_mean_logit_ensemble(tmp_path):
 
 def test_deepfool_finetuning_runs_on_the_embedded_digits(tmp_path):
     # the digits version of DeepFool Figs 6-9 needs no ../shared: digits-lenet on digits
-    from advsmooth import data, metrics, models
-    from advsmooth.experiments import run_spec
+    import torch
 
-    spec = parse_spec({"name": "dft", "seed": 0, "studies": [{
-        "task": "deepfool_finetuning", "label": "ft",
-        "params": {"out_dir": str(tmp_path / "files"), "model": "digits-lenet",
-                   "dataset": "digits", "n_train": 60, "n_rho": 12, "n_test": 40, "epochs": 1,
-                   "max_iter": 10, "alphas": [2], "include": ["deepfool", "clean"],
-                   "measure_fgsm": True, "example_alphas": [1, 2]}}]})
-    run_spec(spec, tmp_path / "run", progress=False)
-    with Store(tmp_path / "run", readonly=True) as store:
-        rows = store.study_rows(store.cells()[0]["cell_id"])
+    from advsmooth import data, metrics, models
+    from advsmooth.attacks import DeepFool
+    from advsmooth.experiments.artefacts import Artefacts, plan_order
+    from advsmooth.experiments.tasks import get_task
+    from advsmooth.report import build_report
+
+    params = {"model": "digits-lenet", "dataset": "digits", "n_train": 60, "n_rho": 12,
+              "n_test": 40, "epochs": 1, "max_iter": 10, "alphas": [2],
+              "include": ["deepfool", "clean"], "measure_fgsm": True, "example_alphas": [1, 2]}
+    rows = _finetune_rows(tmp_path, params)
     assert [(r["run"], r["epoch"]) for r in rows] == [("DeepFool α=2", 0), ("DeepFool α=2", 1),
                                                       ("clean", 0), ("clean", 1)]
     x, y = data.load("digits", "test", None, sample=12, seed=1)
-    ref = metrics.fgsm_rho(models.load("digits-lenet", verbose=False), x, y)["rho"]
+    model = models.load("digits-lenet", verbose=False)
+    ref = metrics.fgsm_rho(model, x, y)["rho"]
     assert rows[0]["rho_fgsm"] == pytest.approx(ref, rel=1e-6) == rows[2]["rho_fgsm"]
-    # the α = 2 run trained on the DeepFool set of the starting model (its cache is the method's)
-    import torch
+    # the α = 2 run trained on the DeepFool set of the starting model (iterates in [0, 1]),
+    # crafted once as a store artefact; the fine-tuned weights and Fig. 8 are artefacts too
+    steps = {s.kind: s for s, _ in plan_order(get_task("deepfool_finetuning").plan(params, 0))}
+    arts = Artefacts(tmp_path / "run", readonly=True)
+    r = arts.load(steps["deepfool_ft.set"]).tensors["r"]
+    x_tr, y_tr = data.load("digits", "train", None, sample=60, seed=0)
+    df = DeepFool(norm=2, overshoot=0.02, max_iter=10, clip=True)
+    assert torch.allclose(r, df(model, x_tr, y_tr).perturbation, atol=1e-6)
+    tuned = arts.load(steps["deepfool_ft.run"]).tensors
+    assert set(tuned) == set(model.state_dict())
+    assert any(not torch.equal(tuned[k], v) for k, v in model.state_dict().items())
+    fig8 = arts.load(steps["deepfool_ft.example"])
+    assert fig8.tensors["images"].shape == (3, 1, 28, 28) and len(fig8.info["titles"]) == 3
+    arts.close()
+    # the report draws Fig. 8 from the artefact and Fig. 9 as a curve of two row fields
+    spec = parse_spec({"name": "ft", "seed": 0, "studies": [{
+        "task": "deepfool_finetuning", "label": "ft", "params": params}], "report": {"plots": [
+            {"kind": "step_images", "source": "ft", "step": "deepfool_ft.example"},
+            {"kind": "curve", "source": "ft", "x": "epoch", "y": ["rho_rel", "rho_fgsm_rel"],
+             "hue": ["run"]}]}})
+    from advsmooth.experiments import run_spec
 
-    prepared = torch.load(tmp_path / "files" / "runs" / "deepfool_ft" / "α2"
-                          / "prepared_deepfool_ft.pt", weights_only=True)
-    assert prepared["config"]["clip"] is True and prepared["x"].shape[0] == 60
-    assert (tmp_path / "files" / "fig8_magnified_example.png").stat().st_size > 0
+    run_spec(spec, tmp_path / "run", progress=False)  # nothing left to compute
+    build_report(tmp_path / "run")
+    figs = sorted(p.name for p in (tmp_path / "run" / "report" / "figures").glob("*.png"))
+    assert len(figs) == 2 and any("deepfool_ft_example" in f for f in figs), figs
     with pytest.raises(ValueError, match="dataset"):
-        from advsmooth.studies.training import deepfool_finetuning
+        get_task("deepfool_finetuning").plan({"dataset": "cifar10"}, 0)
 
-        deepfool_finetuning(tmp_path / "bad", dataset="cifar10")
+
+@needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt")
+def test_pni_smoothing_task_rows_and_trained_weights(tmp_path):
+    from advsmooth.experiments import run_spec
+    from advsmooth.experiments.artefacts import Artefacts, plan_order
+    from advsmooth.experiments.tasks import get_task
+
+    params = {"n_train": 20, "n_test": 6, "steps": 1, "sigmas": [0.0, 0.1], "samples": 2,
+              "epgd_samples": 1}
+    spec = parse_spec({"name": "pni", "seed": 0, "studies": [{
+        "task": "pni_smoothing", "label": "pni", "params": params}]})
+    run_spec(spec, tmp_path / "run", progress=False)
+    with Store(tmp_path / "run", readonly=True) as store:
+        rows = store.study_rows(store.cells()[0]["cell_id"])
+    assert [(r["model"][:3], r["sigma"]) for r in rows] == [("PNI", 0.0), ("PNI", 0.1),
+                                                            ("LeN", 0.0), ("LeN", 0.1)]
+    for r in rows:
+        assert r["M"] == 2 and all(0.0 <= r[k] <= 1.0 for k in ("clean", "PGD", "EPGD"))
+        if r["sigma"] == 0.0:
+            assert r["EPGD"] == r["PGD"]  # σ = 0: EPGD is PGD
+    # the trained PNI weights are an artefact: its noise scales moved from their 0.25 start
+    train = next(s for s, _ in plan_order(get_task("pni_smoothing").plan(params, 0))
+                 if s.kind == "pni.train")
+    arts = Artefacts(tmp_path / "run", readonly=True)
+    out = arts.load(train)
+    arts.close()
+    assert out is not None and len(out.info["mean_abs_alpha"]) > 0
+    assert any(abs(a - 0.25) > 1e-6 for a in out.info["mean_abs_alpha"])

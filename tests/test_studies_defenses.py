@@ -1,18 +1,21 @@
-"""The Table 3 study: GreyShift, the study task and dataset settings (no ../shared needed), and
-tiny real CIFAR-10 / MNIST runs (skipped without ../shared)."""
+"""The Table 3 study: GreyShift, the planned study task and its settings (no ../shared needed),
+and tiny real CIFAR-10 / MNIST runs through the runner, including a failed run that resumes
+without retraining a finished defence (skipped without ../shared)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from conftest import SHARED_DATA, SHARED_MODELS, TinyCNN, needs_shared
 
+from advsmooth.attacks import GreyShift
 from advsmooth.defenses.magnet import Autoencoder
-from advsmooth.experiments import tasks
-from advsmooth.studies.defenses import GreyShift
+from advsmooth.experiments import artefacts, parse_spec, run_spec, tasks
+from advsmooth.experiments.artefacts import plan_order
+from advsmooth.experiments.store import Store
+from advsmooth.studies.defenses import Table3Settings, table3_plan, table3_split
 
 
 def test_grey_shift_is_seeded_in_the_box_and_successes_are_real():
@@ -38,21 +41,23 @@ def test_autoencoder_activation_is_validated():
 
 def test_table3_task_is_registered_and_checks_params():
     task = tasks.get_task("smoothfool_table3")
-    task.check({"out_dir": "x", "n_test": 5})
-    with pytest.raises(ValueError, match="unknown"):
-        task.check({"out_dir": "x", "n_tset": 5})
-    with pytest.raises(ValueError, match="missing"):
-        task.check({"n_test": 5})
+    assert task.plan is not None
+    task.check({"n_test": 5})
+    with pytest.raises(ValueError, match="n_tset"):
+        task.check({"n_tset": 5})
+    with pytest.raises(ValueError, match="sigmas_g"):
+        task.check({"sigmas_g": "1"})
+    with pytest.warns(FutureWarning, match="out_dir"):   # the old spec parameter is ignored
+        task.check({"out_dir": "x", "n_test": 5})
 
 
 # ---------------------------------------------------------------------------------------------
-# dataset settings (no ../shared needed) and tiny real runs (skipped without ../shared)
+# dataset settings and the plan (no ../shared needed)
 # ---------------------------------------------------------------------------------------------
 
 def test_table3_settings_keep_the_mnist_defaults_and_add_cifar10():
     from advsmooth.studies.defenses import table3_settings
 
-    # the original MNIST study's defaults (its cached defences stay valid)
     assert table3_settings("mnist") == {
         "n_clean": 10000, "n_train": 2000, "n_train_sat": 200, "n_train_hgd": 2000, "n_ae": 5000,
         "n_val": 1000, "eps": 0.3, "clip_step": 1.0, "ae_epochs": 5}
@@ -66,33 +71,76 @@ def test_table3_settings_keep_the_mnist_defaults_and_add_cifar10():
         table3_settings("svhn")
     with pytest.raises(ValueError, match="unknown"):
         table3_settings("mnist", n_tset=3)
+    # the settings dataclass resolves the dataset's defaults
+    s = Table3Settings(dataset="cifar10", n_train=300)
+    assert s.n_train == 300 and s.n_train_sat == 200 and s.n_clean == 2000
+    assert s.eps == pytest.approx(8 / 255)
 
 
-def test_table3_rejects_bad_arguments_before_any_work(tmp_path):
-    from advsmooth.studies.defenses import smoothfool_table3
-
+def test_table3_rejects_bad_arguments_before_any_work():
     with pytest.raises(ValueError, match="dataset"):
-        smoothfool_table3(tmp_path, dataset="svhn")
+        table3_plan({"dataset": "svhn"})
     with pytest.raises(ValueError, match="white_box_attacks"):   # GS is MNIST's column
-        smoothfool_table3(tmp_path, dataset="cifar10", white_box_attacks=["GS"])
+        table3_plan({"dataset": "cifar10", "white_box_attacks": ["GS"]})
     with pytest.raises(ValueError, match="n_test"):
-        smoothfool_table3(tmp_path, dataset="cifar10", n_test=50, n_clean=10)
-    assert not (tmp_path / "runs").exists()
+        table3_plan({"dataset": "cifar10", "n_test": 50, "n_clean": 10})
+    with pytest.raises(ValueError, match="n_train_sat"):
+        table3_plan({"n_train": 10, "n_train_sat": 20})
+    with pytest.raises(ValueError, match="exceeds the 10000"):
+        table3_plan({"dataset": "cifar10", "n_ae": 9000})
 
+
+def _kinds(steps):
+    return [s.kind for s, _ in plan_order(steps)]
+
+
+def test_table3_plan_trains_each_defence_once_and_keys_ignore_the_attacks():
+    p = {"n_test": 5, "sigmas_g": [1.0, 3.0], "white_box_attacks": ["IGSM"]}
+    steps = table3_plan(p)
+    assert [s.settings["defence"] for s in steps] == ["none", "FGSM-AT", "PGD-AT", "Ens-AT", "SAT",
+                                                      "HGD", "MagNet"]
+    kinds = _kinds(steps)
+    # MNIST: PGD-AT is the shared mnist-lenet-pgd, Ens-AT's LeNet-5 holdout is trained here
+    for k in ("table3.fgsm_at", "table3.holdout", "table3.ens_at", "table3.sat", "table3.hgd",
+              "table3.magnet"):
+        assert kinds.count(k) == 1, k
+    assert "table3.pgd_at" not in kinds
+    crafts = [s for s, _ in plan_order(steps) if s.kind == "table3.craft"]
+    # 5 attacks transferred from the undefended model, IGSM white-box on each of 6 defences
+    assert len(crafts) == 5 + 6
+    assert {c.settings["attack"] for c in crafts if c.settings["on"] != "none"} == {"IGSM"}
+    # the trained defences do not depend on the attacks: other attacks re-use them
+    train = {s.key for s, _ in plan_order(steps) if s.kind != "table3.craft" and not s.rows}
+    other = table3_plan({**p, "n_test": 7, "sigmas_g": [5.0], "sf_max_iter": 3})
+    assert train <= {s.key for s, _ in plan_order(other)}
+    cifar = _kinds(table3_plan({"dataset": "cifar10", "white_box": False}))
+    assert "table3.pgd_at" in cifar and "table3.holdout" not in cifar
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny real runs through the runner (skipped without ../shared)
+# ---------------------------------------------------------------------------------------------
 
 def _fractions_ok(row, names):
     return all(0.0 <= row[n] <= 1.0 for n in names)
 
 
+def _run(tmp_path, params, name="t3"):
+    spec = parse_spec({"name": name, "seed": 0, "studies": [{
+        "task": "smoothfool_table3", "label": "t3",
+        "params": {**params, "models_dir": str(SHARED_MODELS)}}]})
+    run_spec(spec, tmp_path / "run", progress=False, data_root=str(SHARED_DATA))
+    with Store(tmp_path / "run", readonly=True) as st:
+        return st.study_rows(st.cells()[0]["cell_id"])
+
+
 @needs_shared("data/cifar10_test.npz", "models/cifar10_resnet20.pt", "models/cifar10_resnet32.pt",
               "models/cifar10_resnet44.pt")
 def test_table3_cifar10_tiny_run(tmp_path):
-    from advsmooth.studies.defenses import smoothfool_table3
-
-    rows = smoothfool_table3(
-        tmp_path, dataset="cifar10", n_test=6, n_clean=20, n_train=20, n_train_sat=4,
-        n_train_hgd=10, n_ae=32, n_val=100, hgd_epochs=1, ae_epochs=60, sigmas_g=(1.0,),
-        sf_max_iter=10, white_box_attacks=["IGSM"], root=SHARED_DATA, models_dir=SHARED_MODELS)
+    params = {"dataset": "cifar10", "n_test": 6, "n_clean": 20, "n_train": 20, "n_train_sat": 4,
+              "n_train_hgd": 10, "n_ae": 32, "n_val": 100, "hgd_epochs": 1, "ae_epochs": 60,
+              "sigmas_g": [1.0], "sf_max_iter": 10, "white_box_attacks": ["IGSM"]}
+    rows = _run(tmp_path, params)
     # (the autoencoder needs ~60 tiny epochs to leave the mean-image plateau, else MagNet
     # classifies nothing correctly and its fooling rates are NaN)
     attacks_ = ["IGSM", "DF", "CS", "SF σg=1"]
@@ -109,48 +157,89 @@ def test_table3_cifar10_tiny_run(tmp_path):
         assert 0.0 <= wb["IGSM"] <= 1.0 and all(math.isnan(wb[a]) for a in attacks_[1:])
     assert _fractions_ok(by[("none", "white-box")], attacks_)
     # the evaluation images (attacked ⊂ clean) are disjoint from every training slice
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    split = summary["split"]
-    assert summary["settings"]["dataset"] == "cifar10"
-    assert summary["settings"]["eps"] == pytest.approx(8 / 255)
-    assert summary["settings"]["clip_step"] == 0.5
-    assert set(split["test"]) <= set(split["clean"]) and len(split["test"]) == 6
-    parts = [set(split[k]) for k in ("clean", "train", "hgd", "ae", "val")]
+    s = Table3Settings(**{**params, "sigmas_g": (1.0,), "white_box_attacks": ("IGSM",)})
+    split = table3_split({"dataset": "cifar10", "seed": 0, **{
+        k: getattr(s, k) for k in ("n_test", "n_clean", "n_train", "n_train_hgd", "n_ae",
+                                   "n_val")}}, SHARED_DATA)
+    assert set(split["idx_te"].tolist()) <= set(split["idx_clean"].tolist())
+    parts = [set(split[f"idx_{k}"].tolist()) for k in ("clean", "train", "hgd", "ae", "val")]
     assert [len(p) for p in parts] == [20, 20, 10, 32, 100]
     assert len(set().union(*parts)) == sum(len(p) for p in parts)   # pairwise disjoint
-    # CIFAR-10 titles, CS note, and PGD-AT trained here (cached with the slice's position)
-    md = (tmp_path / "smoothfool_table3.md").read_text()
-    assert "CIFAR-10 ResNet-20s" in md and "MNIST" not in md and "ColorShift" in md
-    assert "CIFAR-10" in (tmp_path / "defences.md").read_text()
-    cfg = torch.load(tmp_path / "runs" / "pgd_at.pt", weights_only=False)["config"]
-    assert cfg["dataset"] == "cifar10" and cfg["offset"] == 20 and cfg["steps"] == 7
-    assert cfg["eps"] == pytest.approx(8 / 255) and cfg["alpha"] == pytest.approx(2 / 255)
-    assert (tmp_path / "smoothfool_table3_transfer.png").exists()
+    # PGD-AT was trained here (Madry recipe), stored as an artefact of the run
+    arts = artefacts.Artefacts(tmp_path / "run", readonly=True)
+    pgd = [s for s, _ in plan_order(table3_plan({**params, "models_dir": str(SHARED_MODELS)}))
+           if s.kind == "table3.pgd_at"]
+    assert len(pgd) == 1 and arts.load(pgd[0]) is not None
+    assert pgd[0].settings["eps"] == pytest.approx(8 / 255)
+    arts.close()
 
 
 @needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt",
               "models/mnist_lenet_pgdadv.pt", "models/mnist_mlp300_100.pt")
-def test_table3_mnist_tiny_run_keeps_the_original_cache_configs(tmp_path):
-    from advsmooth.studies.defenses import smoothfool_table3
+def test_table3_mnist_failed_run_resumes_without_retraining(tmp_path, monkeypatch):
+    params = {"n_test": 5, "n_clean": 50, "n_train": 20, "n_train_sat": 4, "n_train_hgd": 10,
+              "n_ae": 20, "n_val": 100, "hgd_epochs": 1, "ae_epochs": 1, "sigmas_g": [1.0],
+              "sf_max_iter": 10, "white_box": False}
+    calls: list[str] = []
 
-    rows = smoothfool_table3(
-        tmp_path, n_test=5, n_clean=50, n_train=20, n_train_sat=4, n_train_hgd=10, n_ae=20,
-        n_val=100, hgd_epochs=1, ae_epochs=1, sigmas_g=(1.0,), sf_max_iter=10, white_box=False,
-        root=SHARED_DATA, models_dir=SHARED_MODELS)
+    def counting(kind):
+        fn = artefacts._STEPS[kind]
+        monkeypatch.setitem(artefacts._STEPS, kind,
+                            lambda s, ctx: (calls.append(kind), fn(s, ctx))[1])
+
+    for kind in ("table3.fgsm_at", "table3.holdout", "table3.ens_at", "table3.sat", "table3.hgd",
+                 "table3.magnet", "table3.craft", "table3.evaluate"):
+        counting(kind)
+    evaluate = artefacts._STEPS["table3.evaluate"]
+
+    def fail_on_ens_at(s, ctx):  # the last step of the plan (it waits for the holdout LeNet-5)
+        if s["defence"] == "Ens-AT":
+            raise RuntimeError("killed")
+        return evaluate(s, ctx)
+
+    monkeypatch.setitem(artefacts._STEPS, "table3.evaluate", fail_on_ens_at)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path, params)
+    trained = [k for k in calls if k not in ("table3.craft", "table3.evaluate")]
+    assert sorted(trained) == sorted(["table3.fgsm_at", "table3.holdout", "table3.ens_at",
+                                      "table3.sat", "table3.hgd", "table3.magnet"])
+    crafted = calls.count("table3.craft")
+    assert crafted == 4                      # IGSM, DF, GS, SF σg=1 on the undefended model
+    # the resumed run trains nothing and crafts nothing again: only Ens-AT's row was missing
+    calls.clear()
+    monkeypatch.setitem(artefacts._STEPS, "table3.evaluate", evaluate)
+    rows = _run(tmp_path, params)
+    assert calls == ["table3.evaluate"]
     assert all("GS" in r and "CS" not in r for r in rows)
     assert {r["setting"] for r in rows if r["defence"] != "none"} == {"transfer"}
-    # the configs of the original MNIST study (eps 0.3, clip_step 1 by default): caches stay valid
-    runs = tmp_path / "runs"
+    assert [r["defence"] for r in rows] == ["none", "FGSM-AT", "PGD-AT", "Ens-AT", "SAT", "HGD",
+                                           "MagNet", "MagNet (reformer only)"]
+    for r in rows:
+        assert 0.0 <= r["clean_acc"] <= 1.0
 
-    def cfg(name):
-        return torch.load(runs / f"{name}.pt", weights_only=False)["config"]
 
-    base = {"n_train": 20, "epochs": 1, "lr": 1e-4, "seed": 0}
-    assert cfg("fgsm_at") == {**base, "eps": 0.3}
-    assert cfg("ensemble_at") == {**base, "eps": 0.3}
-    assert cfg("sat") == {**base, "n_train": 4, "clip_step": 1.0}
-    assert cfg("hgd") == {"n": 10, "epochs": 1, "eps": 0.3, "seed": 0}
-    assert cfg("magnet_ae") == {"n": 20, "epochs": 1, "seed": 0, "arch": "leaky-w8/w3-lr1e-3"}
-    assert not (runs / "pgd_at.pt").exists()          # PGD-AT is the shared mnist-lenet-pgd
-    md = (tmp_path / "smoothfool_table3.md").read_text()
-    assert md.startswith("# Fooling rates against defended MNIST LeNets")
+def test_report_draws_table3_bars_from_the_rows(tmp_path):
+    # the report's bars plot: one bar per selected row (hue), one group per value field
+    from advsmooth.report import build_report
+
+    rows = [{"defence": d, "setting": s, "clean_acc": 0.9, "IGSM": 0.5 + k / 10, "DF": 0.25}
+            for k, (d, s) in enumerate([("none", "white-box"), ("SAT", "transfer"),
+                                        ("SAT", "white-box"), ("HGD", "transfer")])]
+    tasks.register_task("test-table3-rows", lambda p, ctx: [dict(r) for r in rows],
+                        replace=True)
+    spec = parse_spec({"name": "bars", "studies": [{"task": "test-table3-rows", "label": "t3"}],
+                       "report": {"plots": [
+                           {"kind": "bars", "source": "t3", "values": ["IGSM", "DF"],
+                            "hue": ["defence"], "where": {"setting": "transfer"},
+                            "percent": True, "name": "tr"},
+                           {"kind": "bars", "source": "t3", "values": ["IGSM"],
+                            "where": {"setting": "none-such"}}]}})
+    run_spec(spec, tmp_path, progress=False)
+    build_report(tmp_path)
+    figs = sorted(p.name for p in (tmp_path / "report" / "figures").iterdir())
+    assert figs == ["tr.png", "tr.svg"]  # a plot with no matching row draws nothing
+    svg = (tmp_path / "report" / "figures" / "tr.svg").read_text()
+    assert "SAT" in svg and "HGD" in svg
+    with pytest.raises(Exception, match="values"):
+        parse_spec({"name": "bars", "studies": [{"task": "test-table3-rows", "label": "t3"}],
+                    "report": {"plots": [{"kind": "bars", "source": "t3"}]}})

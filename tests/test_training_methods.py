@@ -183,27 +183,29 @@ def test_registered_and_repr():
     assert "q=0.25" in repr(m) and m.config()["q"] == 0.25
 
 
-def test_magnified_example_picks_a_one_and_alpha_one_is_the_deepfool_point(tmp_path):
+def test_magnified_example_picks_a_one_and_alpha_one_is_the_deepfool_point():
     # DeepFool paper Fig. 8: x + α·r̂ for α = 1 is DeepFool's adversarial image
-    pytest.importorskip("matplotlib")
     from advsmooth import data, models
     from advsmooth.attacks import DeepFool
-    from advsmooth.studies.training import _magnified_example
+    from advsmooth.studies.training import magnified_example
 
     x, y = data.load("digits", split="test")
     x, y = x[:60], y[:60]
     model = models.load("digits-lenet", verbose=False)
     df = DeepFool(norm=2, overshoot=0.02, max_iter=50, clip=True)
-    out = _magnified_example(model, df, x, y, (1.0, 2.0), tmp_path / "f8.png")
+    out = magnified_example(model, df, x, y, (1.0, 2.0))
     i = out["index"]
     assert out["label"] == int(y[i]) == 1
     res = df(model, x[i:i + 1], y[i:i + 1])
+    assert torch.equal(out["images"][0], x[i])
+    assert torch.allclose(out["images"][1], res.x_adv[0].clamp(0, 1), atol=1e-6)
+    assert torch.allclose(out["images"][2], (x[i] + 2 * res.perturbation[0]).clamp(0, 1),
+                          atol=1e-6)
     assert out["preds"][0] == int(model(x[i:i + 1]).argmax(1))
     assert out["preds"][1] == int(res.adv_pred[0]) != 1
     ones = (y == 1).nonzero().flatten().tolist()
     to_seven = [k for k in ones if int(df(model, x[k:k + 1], y[k:k + 1]).adv_pred[0]) == 7]
     assert i == (to_seven[0] if to_seven else ones[0])
-    assert (tmp_path / "f8.png").stat().st_size > 0
 
 
 def test_deepfool_ft_alpha_one_set_fools_the_start_model():

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "advsmooth"
 
@@ -35,18 +34,33 @@ def test_no_unsafe_load_in_source():
     assert hits == []
 
 
-def test_defence_study_cache_never_unpickles(tmp_path):
-    from advsmooth.studies.defenses import _cached, _state_path
+def test_defence_study_artefacts_never_unpickle(tmp_path):
+    # a trained defence of the Table 3 study is a step artefact: a payload planted at its file
+    # (or at the old runs/<name>.pt cache) is never deserialised, and the defence is retrained
+    from advsmooth.experiments import artefacts
+    from advsmooth.experiments.artefacts import Artefacts, StepOutput
+    from advsmooth.experiments.tasks import StudyContext
+    from advsmooth.studies.defenses import table3_plan
 
-    marker = tmp_path / "pwned"
-    _plant(_state_path(tmp_path, "fgsm_at"), marker)
-    net = nn.Linear(3, 2)
+    step = next(s for s in table3_plan({"n_test": 5}) for s in [s, *s.after]
+                if s.kind == "table3.sat")
     built = []
-    m, _, _ = _cached(tmp_path, "fgsm_at", {"a": 1}, net, lambda: built.append(1) or {})
+    ctx = StudyContext(seed=0, device=torch.device("cpu"))
+    real = artefacts._STEPS["table3.sat"]
+    artefacts._STEPS["table3.sat"] = lambda s, c: (built.append(1), StepOutput(
+        tensors={"w": torch.ones(2)}))[1]
+    try:
+        arts = Artefacts(tmp_path)
+        arts.run(step, ctx)
+        path = tmp_path / arts.record(step.key)["file"]
+        arts.close()
+        marker = tmp_path / "pwned"
+        _plant(path, marker)
+        _plant(tmp_path / "runs" / "sat.pt", marker)
+        fresh = Artefacts(tmp_path)
+        out = fresh.run(step, ctx)
+        fresh.close()
+    finally:
+        artefacts._STEPS["table3.sat"] = real
     assert not marker.exists()
-    assert built == [1]  # the planted file was refused and the step recomputed
-    # the rewritten cache is then reused, and it loads safely
-    m2, _, _ = _cached(tmp_path, "fgsm_at", {"a": 1}, nn.Linear(3, 2),
-                       lambda: built.append(2) or {})
-    assert built == [1]
-    assert torch.equal(m2.weight, m.weight)
+    assert built == [1, 1] and torch.equal(out.tensors["w"], torch.ones(2))

@@ -11,9 +11,9 @@ from .execution import Execution  # noqa: E402
 
 __all__ += ["Execution"]
 
-from .baselines import ColorShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
+from .baselines import ColorShift, GreyShift, IterativeSmooth, hsv_to_rgb, rgb_to_hsv  # noqa: E402
 
-__all__ += ["ColorShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]
+__all__ += ["ColorShift", "GreyShift", "IterativeSmooth", "hsv_to_rgb", "rgb_to_hsv"]
 
 from .gradients import (  # noqa: E402
     AttackObjective,

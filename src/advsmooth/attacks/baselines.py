@@ -1,4 +1,5 @@
-"""Baselines of SmoothFool's Table 1: the iterative smooth attack (IS) and the colour shift (CS).
+"""Baselines of SmoothFool's Tables 1 and 3: the iterative smooth attack (IS), the colour shift (CS)
+and its greyscale analogue (GS).
 
 * :class:`IterativeSmooth` — ALGORITHMS.md §7.1 (SmoothFool Eq. 12): gradient descent on
   ``−CE(model(clamp(x + r)), y) + λ_s·Ω(r)`` with a per-sample stop at the first misclassified
@@ -6,6 +7,8 @@
 * :class:`ColorShift` — §7.2 (Hosseini & Poovendran's semantic attack): random hue and saturation
   shifts in HSV space, ``trials`` attempts with a progressively wider saturation range, stop at
   the first misclassified trial. RGB inputs only (see the class docstring for greyscale).
+* :class:`GreyShift` — a greyscale analogue of the colour shift (a grey image has no hue or
+  saturation): random global contrast/brightness changes with a progressively wider range.
 
 Also the vectorised colour conversions :func:`rgb_to_hsv` and :func:`hsv_to_rgb` (``N×3×H×W``,
 all channels in ``[0, 1]``; hue as a fraction of a turn).
@@ -23,7 +26,7 @@ from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative, check_positive
 from .base import Attack, AttackContext, AttackOutput, AttackResult
 
-__all__ = ["IterativeSmooth", "ColorShift", "rgb_to_hsv", "hsv_to_rgb"]
+__all__ = ["IterativeSmooth", "ColorShift", "GreyShift", "rgb_to_hsv", "hsv_to_rgb"]
 
 _TINY = 1e-12
 
@@ -231,3 +234,52 @@ class ColorShift(Attack):
         return AttackOutput(x_adv=x_adv, iterations=iters,
                             extras={"hsv_magnitude": magnitude, "hue_shift": hue_shift,
                                     "saturation_shift": sat_shift})
+
+
+# ----------------------------------------------------------------------------------------------
+# GS: grey shift (the colour shift's greyscale analogue)
+# ----------------------------------------------------------------------------------------------
+
+class GreyShift(Attack):
+    """Greyscale analogue of the colour-shift attack: random global contrast/brightness shifts.
+
+    The colour shift changes hue and saturation, which a grey image does not have
+    (:class:`ColorShift` refuses 1-channel input); this is the same progressive random search
+    over a global intensity change. Trial ``t = 1..trials``: ``x' = clamp(a·x + b, 0, 1)``,
+    ``a ~ U[1 − s_t, 1 + s_t]``, ``b ~ U[−s_t, s_t]``, ``s_t = max_shift·t/trials``; a sample
+    stops at its first misclassified trial (unchanged and ``success=False`` if none). All draws
+    are made up front, sample-major ``(n, trials, 2)``, from the call's generator. Works for any
+    channel count; ``trials`` forward evaluations per image at most.
+    """
+
+    stochastic = True
+
+    def __init__(self, *, trials: int = 100, max_shift: float = 0.5, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.trials = check_int_at_least("trials", trials, 1)
+        self.max_shift = check_nonnegative("max_shift", max_shift)
+        self._set_params(trials=self.trials, max_shift=self.max_shift, seed=self.seed)
+
+    def _attack(self, ctx: AttackContext) -> AttackOutput:
+        x, n, T = ctx.x, ctx.x.shape[0], self.trials
+        u = torch.rand((n, T, 2), generator=ctx.generator, dtype=x.dtype, device=x.device)
+        s = self.max_shift * torch.arange(1, T + 1, dtype=x.dtype, device=x.device) / T
+        a = 1.0 + (2.0 * u[..., 0] - 1.0) * s
+        b = (2.0 * u[..., 1] - 1.0) * s
+        goal = ctx.labels if ctx.target is None else ctx.target
+        x_adv = x.clone()
+        iters = torch.zeros(n, dtype=torch.long, device=x.device)
+        active = torch.arange(n, device=x.device)
+        view = (-1,) + (1,) * (x.ndim - 1)
+        with torch.no_grad():
+            for t in range(T):
+                if active.numel() == 0:
+                    break
+                cand = (a[active, t].view(view) * x[active] + b[active, t].view(view)).clamp(0, 1)
+                pred = ctx.model(cand).argmax(1)
+                ctx.count_forward(active)
+                iters[active] = t + 1
+                hit = pred != goal[active] if ctx.target is None else pred == goal[active]
+                x_adv[active[hit]] = cand[hit]
+                active = active[~hit]
+        return AttackOutput(x_adv=x_adv, iterations=iters)

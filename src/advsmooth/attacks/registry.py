@@ -144,6 +144,8 @@ REGISTRY: dict[str, AttackEntry] = {
                                          "descent"),
     "color-shift": AttackEntry("advsmooth.attacks.baselines:ColorShift", (),
                                help="CS baseline: random HSV hue/saturation shifts (RGB only)"),
+    "grey-shift": AttackEntry("advsmooth.attacks.baselines:GreyShift", (),
+                              help="GS: random global contrast/brightness shifts (greyscale CS)"),
     "fgsm": AttackEntry("advsmooth.attacks.iterative:FGSM", ("eps", "norm"),
                         defaults={"eps": 8 / 255},
                         help="FGSM: one step of size eps (Linf sign or L2)"),

@@ -210,6 +210,19 @@ class AttackSpec(_Strict):
         return _grid_points(self.params, self.grid)
 
 
+def _plan_kinds(tasks: Any, study: StudySpec) -> set[str]:
+    """The step kinds of the planned study ``study`` (empty when it is not planned or its
+    parameters are invalid: that is reported on its own)."""
+    from .artefacts import plan_order
+
+    try:
+        task = tasks.get_task(study.task)
+        steps = [] if task.plan is None else task.plan(study.points()[0], 0)
+    except (ValueError, TypeError):
+        return set()
+    return {s.kind for s, _ in plan_order(steps)}
+
+
 class StudySpec(_Strict):
     """A registered study task (``advsmooth.experiments.tasks``) with ``params`` and an optional
     ``grid``; each grid point is one cell whose result is a table of rows."""
@@ -273,6 +286,10 @@ class PlotSpec(_Strict):
     * ``heatmap``: a matrix ``rows`` × ``columns`` of ``value`` (transfer matrices);
     * ``perturbation_grid``: clean image, perturbation and adversarial image for a few samples of
       every attack cell (needs ``save_adversarial = true``);
+    * ``bars``: grouped bars of the study rows' numeric fields ``values``, one bar per row (those
+      matching ``where``) labelled by its ``hue`` fields (``percent``: fractions drawn as %);
+    * ``step_images``: the images stored by the step ``step`` (a step kind) of the planned study
+      labelled ``source`` (e.g. ``deepfool_ft.example``, DeepFool Fig. 8), drawn by the report;
     * ``image``: a PNG that the study labelled ``source`` wrote into its ``out_dir`` parameter
       (``file``, a relative path inside it), embedded as it is — for the studies that draw their own
       figures (decision-boundary maps, saliency maps, example images);
@@ -281,13 +298,17 @@ class PlotSpec(_Strict):
       settings), one figure per matching step — decision-boundary maps, saliency grids.
     """
 
-    kind: Literal["curve", "heatmap", "perturbation_grid", "image", "artefact"]
+    kind: Literal["curve", "heatmap", "perturbation_grid", "image", "artefact", "bars",
+                  "step_images"]
     name: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     title: StrictStr | None = None
     source: StrictStr | None = None
     x: StrictStr | None = None
-    y: StrictStr | None = None
+    y: StrictStr | list[StrictStr] | None = None  # a list (study rows): one line per column
     hue: list[StrictStr] | None = None
+    values: list[StrictStr] | None = None
+    percent: StrictBool = False
+    step: StrictStr | None = None
     rows: StrictStr | None = None
     columns: StrictStr | None = None
     value: StrictStr | None = None
@@ -310,6 +331,12 @@ class PlotSpec(_Strict):
             raise ValueError("step is only for kind = 'artefact'")
         if self.kind == "curve" and (self.x is None or self.y is None):
             raise ValueError("a curve needs x and y")
+        if isinstance(self.y, list) and (self.source is None or not self.y):
+            raise ValueError("a list of y columns needs a study source (and one column at least)")
+        if self.kind == "bars" and (self.source is None or not self.values):
+            raise ValueError("bars need source (the study label) and values (row fields)")
+        if self.kind == "step_images" and (self.source is None or self.step is None):
+            raise ValueError("step_images need source (the study label) and step (a step kind)")
         if self.kind == "heatmap" and None in (self.rows, self.columns, self.value):
             raise ValueError("a heatmap needs rows, columns and value")
         if self.kind == "image":
@@ -592,6 +619,11 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
                 if "out_dir" not in study.params and "out_dir" not in study.grid:
                     errors.append((f"{where}.source", f"an image needs a study with an out_dir "
                                    f"parameter; study {p.source!r} has none"))
+            elif p.kind == "step_images":
+                study = spec.studies[study_keys.index(p.source)]
+                if p.step not in _plan_kinds(tasks, study):
+                    errors.append((f"{where}.step", f"expected a step of study {p.source!r}: "
+                                   f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})"))
             elif p.kind == "perturbation_grid":
                 errors.append((f"{where}.kind", "a perturbation_grid shows attack cells; "
                                "remove source"))

@@ -10,14 +10,15 @@
   (:func:`advsmooth.studies.smoothing.plan`).
 * ``uap`` — a (smooth) universal perturbation fitted on one model and evaluated on several
   (SmoothFool Table 5). Rows: ``fit_model, model, sigma, fooling_rate, linf, l2``.
-* ``smoothfool_table3`` — SmoothFool Table 3 on MNIST: trains the defences and writes the tables
-  of :func:`advsmooth.studies.defenses.smoothfool_table3` into ``params.out_dir``; rows
+* ``smoothfool_table3`` — SmoothFool Table 3 on MNIST or CIFAR-10, a planned study
+  (:func:`advsmooth.studies.defenses.table3_plan`: train each defence → craft the attacks on the
+  undefended and on each defended model → evaluate); rows
   ``defence, setting, clean_acc, <attack>...`` (fooling rates in [0, 1]).
-* ``deepfool_finetuning`` — DeepFool Figs 6/7 and Table 3 on MNIST
-  (:func:`advsmooth.studies.training.deepfool_finetuning`); rows
-  ``run, epoch, rho_adv, test_error, rho_rel``.
-* ``pni_smoothing`` — a PNI-trained MNIST LeNet under smoothed inference
-  (:func:`advsmooth.studies.training.pni_smoothing`).
+* ``deepfool_finetuning`` — DeepFool Figs 6-9 and Table 3, a planned study
+  (:func:`advsmooth.studies.training.finetune_plan`); rows
+  ``run, epoch, rho_adv, test_error[, rho_fgsm], rho_rel[, rho_fgsm_rel]``.
+* ``pni_smoothing`` — a PNI-trained MNIST LeNet under smoothed inference, a planned study
+  (:func:`advsmooth.studies.training.pni_plan`).
 * ``transfer_study`` — the sg transfer paper's tables and figures, planned as store steps
   (:func:`advsmooth.studies.transfer.plan`); rows with a ``part`` field naming the table or
   figure.
@@ -263,45 +264,35 @@ register_task("uap", _uap, check=_check_uap,
 # SmoothFool Table 3 on MNIST (defences)
 # ---------------------------------------------------------------------------------------------
 
-def _register_out_dir_study(name: str, module: str, fn_name: str, tuple_keys: Sequence[str],
-                            description: str) -> None:
-    """Register a study function ``fn(out_dir, *, ..., seed, root, ...) -> rows`` of
-    ``advsmooth.studies.<module>`` as task ``name``: its keyword arguments (but ``root``, which is
-    the runner's ``--data-root``) are the task's parameters, ``out_dir`` is required, list
-    parameters named in ``tuple_keys`` are passed as tuples and ``seed`` defaults to 0."""
-    import importlib
+def _planned(module: str, plan_name: str) -> Any:
+    """``plan(params, seed)`` of ``advsmooth.studies.<module>`` (imported when first used)."""
 
-    def fn() -> Any:
-        return getattr(importlib.import_module(f"..studies.{module}", __package__), fn_name)
+    def plan(params: dict[str, Any], seed: int) -> Any:
+        import importlib
 
-    def check(p: dict[str, Any]) -> None:
-        allowed = [k for k in inspect.signature(fn()).parameters if k != "root"]
-        _require(p, allowed, ("out_dir",))
+        return getattr(importlib.import_module(f"..studies.{module}", __package__),
+                       plan_name)(params, seed)
 
-    def run(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
-        kw = dict(p)
-        kw.setdefault("seed", 0)
-        for key in tuple_keys:
-            if key in kw and kw[key] is not None:
-                kw[key] = tuple(kw[key])
-        rows = fn()(kw.pop("out_dir"), root=ctx.data_root, **kw)
-        return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()}
-                for r in rows]
-
-    register_task(name, run, check=check, description=description)
+    return plan
 
 
-_register_out_dir_study("smoothfool_table3", "defenses", "smoothfool_table3",
-                        ("sigmas_g", "white_box_attacks"),
-                        "SmoothFool Table 3 on MNIST or CIFAR-10 (dataset=): FR of "
-                        "IGSM/DF/GS or CS/SF vs seven defences")
-_register_out_dir_study("deepfool_finetuning", "training", "deepfool_finetuning",
-                        ("alphas", "include"),
-                        "DeepFool Figs 6/7, Table 3 on MNIST: rho_adv and test error over "
-                        "fine-tuning epochs on DeepFool / FGSM / clean examples")
-_register_out_dir_study("pni_smoothing", "training", "pni_smoothing", ("sigmas",),
-                        "smoothed inference on MNIST: a PNI-trained LeNet, base vs smoothed "
-                        "accuracy under PGD / EPGD for several sigma")
+def _check_plan(plan: Any) -> Any:
+    """A parameter check that builds the plan (the settings dataclass validates every value)."""
+    return lambda params: plan(dict(params), 0) and None
+
+
+for _name, _module, _plan, _description in (
+        ("smoothfool_table3", "defenses", "table3_plan",
+         "SmoothFool Table 3 on MNIST or CIFAR-10 (dataset=): FR of IGSM/DF/GS or CS/SF vs "
+         "seven defences; trained defences and crafted batches are store artefacts"),
+        ("deepfool_finetuning", "training", "finetune_plan",
+         "DeepFool Figs 6-9, Table 3: rho_adv and test error over fine-tuning epochs on "
+         "DeepFool / FGSM / clean examples"),
+        ("pni_smoothing", "training", "pni_plan",
+         "smoothed inference on MNIST: a PNI-trained LeNet, base vs smoothed accuracy under "
+         "PGD / EPGD for several sigma")):
+    _p = _planned(_module, _plan)
+    register_task(_name, plan=_p, check=_check_plan(_p), description=_description)
 
 
 # ---------------------------------------------------------------------------------------------

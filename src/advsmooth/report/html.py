@@ -184,8 +184,13 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
                 ylim = (-2.0, 102.0) if y in ("fooling_rate", "accuracy", "adv_accuracy") else None
             else:
                 hue = p.get("hue") or []
-                series = _series_rows(study_rows_for(store, cells, source, where), x, y, hue)
+                rows = study_rows_for(store, cells, source, where)
+                series = {}
+                for col in [y] if isinstance(y, str) else y:  # several columns: one line each
+                    for k, v in _series_rows(rows, x, col, hue).items():
+                        series[k if isinstance(y, str) or not hue else f"{k}: {col}"] = v
                 ylim = None
+                y = y if isinstance(y, str) else "_".join(y)
             if not series:
                 continue
             name = unique(p.get("name") or f"{source or 'cells'}_{y}_vs_{x}")
@@ -257,6 +262,11 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
 
             drawn = artefact_figures(out_dir, all_cells, p, fig_dir, unique)
             figures += [Figure(*f) for f in drawn]
+        elif kind in ("bars", "step_images"):  # planned studies: rows and step artefacts
+            from .study_figures import study_figure
+
+            figures += [Figure(*f) for f in study_figure(p, store, out_dir, fig_dir, all_cells,
+                                                         unique)]
         elif kind == "perturbation_grid":
             from .figures import perturbation_grid
 

@@ -1,9 +1,10 @@
-"""SmoothFool Table 3 analogue on real MNIST (issue 9) and CIFAR-10 against seven defences.
+"""SmoothFool Table 3 against seven defences on MNIST and CIFAR-10, as a planned study task.
 
-:func:`smoothfool_table3` (``dataset="mnist"`` or ``"cifar10"``) trains (or loads) every
-defence, measures its training time and clean accuracy, and reports fooling rates of IGSM,
-DeepFool (``clip=True``: the minimal perturbation stays valid in ``[0, 1]``), the colour shift
-CS (CIFAR-10; on MNIST its greyscale analogue GS, below) and SmoothFool σg ∈ ``sigmas_g``:
+SmoothFool: An Efficient Framework for Computing Smooth Adversarial Perturbations (Dabouei et
+al., arXiv:1910.03624), Table 3: fooling rates of IGSM, DeepFool (``clip=True``: the minimal
+perturbation stays valid in ``[0, 1]``), the colour shift CS (CIFAR-10; on MNIST its greyscale
+analogue GS, :class:`advsmooth.attacks.GreyShift`) and SmoothFool σg ∈ ``sigmas_g`` against
+defended models:
 
 * **transfer** (zero-knowledge, the paper's setting): every attack is crafted once on the
   undefended base model (``mnist-lenet`` / ``cifar10-resnet20``) and the same images are
@@ -21,140 +22,60 @@ logits-guided loss in front of ``mnist-lenet``); MagNet (reformer = autoencoder 
 L2 reconstruction error of autoencoder I and L1 reconstruction error of autoencoder II, union
 threshold at ``fpr`` on held-out clean training images).
 
-CIFAR-10 defences (the paper's dataset; ε = 8/255, SmoothClip step 0.5): the same recipes
-around the shared ``cifar10-resnet20``, except PGD-AT (no PGD-trained CIFAR model is shared:
-ResNet-20 fine-tuned here with method ``"pgd"``, ε = 8/255, α = 2/255, 7 steps), Ens-AT
-(holdouts ``cifar10-resnet32`` and ``cifar10-resnet44``) and MagNet (MagNet's CIFAR design: one
-autoencoder without pooling as reformer, detectors L1 reconstruction error + Jensen–Shannon
+CIFAR-10 defences (ε = 8/255, SmoothClip step 0.5): the same recipes around the shared
+``cifar10-resnet20``, except PGD-AT (ResNet-20 fine-tuned here with method ``"pgd"``: ε = 8/255,
+α = 2/255, 7 steps), Ens-AT (holdouts ``cifar10-resnet32`` and ``cifar10-resnet44``) and MagNet
+(one autoencoder without pooling as reformer, detectors L1 reconstruction error + Jensen–Shannon
 divergence at T = 10 and 40; denoising noise 0.025). **Data split**: only the 10,000 CIFAR-10
-*test* images are available (``../shared/data/cifar10_test.npz``), so one seeded permutation of
-them is cut into an evaluation part (clean accuracy, attacked images) and disjoint training
-slices for the defences — the defences are fine-tuned on one part of the test split and
-evaluated on another (indices in ``summary.json["split"]``).
+*test* images are available, so one seeded permutation of them is cut into an evaluation part
+(its first ``n_clean`` images; the first ``n_test`` of them are attacked) and disjoint training
+slices for the defences (:func:`table3_split`).
 
 Fooling rate: over the test images the defended model classifies correctly, the fraction whose
 adversarial version it misclassifies; against MagNet an adversarial image counts only when it is
 misclassified **and** not flagged by the detectors (the "MagNet (reformer only)" rows ignore the
 detectors).
 
-Colour shift on greyscale (MNIST): the paper's CS shifts hue and saturation in HSV space; a
-grey image has neither (``attacks.ColorShift`` refuses 1-channel input), so CS is **not
-applicable** to MNIST. The MNIST table reports instead **GS**, a greyscale analogue of the same
-semantic random search: :class:`GreyShift` — for trial ``t = 1..T`` a global intensity change
-``x' = clamp(a·x + b, 0, 1)`` with contrast ``a ~ U[1 − s_t, 1 + s_t]`` and brightness
-``b ~ U[−s_t, s_t]``, ``s_t = max_shift·t/T``, the first misclassified trial kept. CIFAR-10 uses
-the real ``attacks.ColorShift`` (row label CS).
-
-Run: ``python -m advsmooth.studies.defenses OUT_DIR [--set key=JSON ...]`` or the experiment
-specs ``experiments/mnist_smoothfool_table3.toml`` and
-``experiments/cifar10_smoothfool_table3.toml`` (task ``smoothfool_table3``). Trained defences
-are cached in ``OUT_DIR/runs/`` (re-used by a re-run with the same settings).
+The study is a plan of steps (:func:`table3_plan`), each a store artefact: one training step per
+defence (``table3.fgsm_at``, ``table3.pgd_at``, ``table3.holdout``, ``table3.ens_at``,
+``table3.sat``, ``table3.hgd``, ``table3.magnet``: the trained weights), one ``table3.craft``
+step per attack and source model (the adversarial batch) and one ``table3.evaluate`` step per
+defence (its rows). A killed run resumes without retraining a finished defence. Specs:
+``experiments/mnist_smoothfool_table3.toml`` and ``experiments/cifar10_smoothfool_table3.toml``.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import atomic_path, check_int_at_least, check_nonnegative
-from ..attacks.base import Attack, AttackContext, AttackOutput
-from .training import _accuracy, _plt, write_table
+from .._utils import check_int_at_least, check_positive
+from ..experiments.artefacts import Step, StepOutput, register_step
+from ._settings import from_params, load_module_tensors, module_tensors, step_settings
+from .training import accuracy
 
-__all__ = ["DATASETS", "GreyShift", "smoothfool_table3", "table3_settings"]
+__all__ = ["DATASETS", "DEFENCES", "Table3Settings", "table3_settings", "table3_plan",
+           "table3_split", "attack_names"]
 
-
-class GreyShift(Attack):
-    """Greyscale analogue of the colour-shift attack: random global contrast/brightness shifts.
-
-    Trial ``t = 1..trials``: ``x' = clamp(a·x + b, 0, 1)``, ``a ~ U[1 − s_t, 1 + s_t]``,
-    ``b ~ U[−s_t, s_t]``, ``s_t = max_shift·t/trials``; a sample stops at its first
-    misclassified trial (unchanged and ``success=False`` if none). All draws are made up front,
-    sample-major ``(n, trials, 2)``, from the call's generator. Works for any channel count.
-    """
-
-    stochastic = True
-
-    def __init__(self, *, trials: int = 100, max_shift: float = 0.5, seed: int = 0) -> None:
-        super().__init__(seed=seed)
-        self.trials = check_int_at_least("trials", trials, 1)
-        self.max_shift = check_nonnegative("max_shift", max_shift)
-        self._set_params(trials=self.trials, max_shift=self.max_shift, seed=self.seed)
-
-    def _attack(self, ctx: AttackContext) -> AttackOutput:
-        x, n, T = ctx.x, ctx.x.shape[0], self.trials
-        u = torch.rand((n, T, 2), generator=ctx.generator, dtype=x.dtype, device=x.device)
-        s = self.max_shift * torch.arange(1, T + 1, dtype=x.dtype, device=x.device) / T
-        a = 1.0 + (2.0 * u[..., 0] - 1.0) * s
-        b = (2.0 * u[..., 1] - 1.0) * s
-        goal = ctx.labels if ctx.target is None else ctx.target
-        x_adv = x.clone()
-        iters = torch.zeros(n, dtype=torch.long, device=x.device)
-        active = torch.arange(n, device=x.device)
-        view = (-1,) + (1,) * (x.ndim - 1)
-        with torch.no_grad():
-            for t in range(T):
-                if active.numel() == 0:
-                    break
-                cand = (a[active, t].view(view) * x[active] + b[active, t].view(view)).clamp(0, 1)
-                pred = ctx.model(cand).argmax(1)
-                ctx.count_forward(active)
-                iters[active] = t + 1
-                hit = pred != goal[active] if ctx.target is None else pred == goal[active]
-                x_adv[active[hit]] = cand[hit]
-                active = active[~hit]
-        return AttackOutput(x_adv=x_adv, iterations=iters)
-
-
-def _state_path(out: Path, name: str) -> Path:
-    return out / "runs" / f"{name}.pt"
-
-
-def _cached(out: Path, name: str, cfg: dict[str, Any], module: nn.Module,
-            build: Any) -> tuple[nn.Module, float, dict[str, Any]]:
-    """Load ``module``'s weights from ``runs/name.pt`` when its config matches, else ``build()``
-    (which trains ``module`` in place and returns extra info) and save. Returns (module, seconds,
-    info); seconds = the training time recorded when it was built."""
-    path = _state_path(out, name)
-    if path.exists():
-        # Never unpickle from disk: a crafted file in the results folder must not run code.
-        # ``weights_only=True`` refuses anything but tensors and plain containers; a file it
-        # refuses (or an unreadable one) is rebuilt, not trusted.
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - any unreadable or unsafe cache is recomputed
-            st = None
-        if isinstance(st, dict) and st.get("config") == cfg:
-            module.load_state_dict(st["model"])
-            return module.eval(), float(st["seconds"]), dict(st.get("info", {}))
-    t0 = time.perf_counter()
-    info = build() or {}
-    secs = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": cfg, "model": module.state_dict(), "seconds": secs, "info": info}, path)
-    return module.eval(), secs, info
-
-
-#: Per-dataset settings of :func:`smoothfool_table3`: the label used in titles, the undefended
-#: base model and the defaults of the parameters left at ``None`` (sizes, ``eps``, ``clip_step``,
-#: ``ae_epochs``).
-#: The MNIST defaults are those of the original MNIST study (its caches stay valid).
+#: Per-dataset settings: the label, the undefended base model, the number of images the defences'
+#: training slices are cut from, and the defaults of the parameters left at ``None``.
 DATASETS: dict[str, dict[str, Any]] = {
-    "mnist": {"label": "MNIST", "base": "mnist-lenet", "arch": "LeNets",
+    "mnist": {"label": "MNIST", "base": "mnist-lenet", "arch": "LeNets", "pool": 60000,
               "defaults": {"n_clean": 10000, "n_train": 2000, "n_train_sat": 200,
                            "n_train_hgd": 2000, "n_ae": 5000, "n_val": 1000, "eps": 0.3,
                            "clip_step": 1.0, "ae_epochs": 5}},
     "cifar10": {"label": "CIFAR-10", "base": "cifar10-resnet20", "arch": "ResNet-20s",
+                "pool": 10000,
                 "defaults": {"n_clean": 2000, "n_train": 2000, "n_train_sat": 200,
                              "n_train_hgd": 1000, "n_ae": 3000, "n_val": 1000, "eps": 8 / 255,
                              "clip_step": 0.5, "ae_epochs": 20}},
 }
 
+#: the defences, in table order ("none" is the undefended base model)
+DEFENCES = ("none", "FGSM-AT", "PGD-AT", "Ens-AT", "SAT", "HGD", "MagNet")
 #: CIFAR-10 Ens-AT holdouts (static pre-trained models, never trained here).
 CIFAR_HOLDOUTS = ("cifar10-resnet32", "cifar10-resnet44")
 #: CIFAR-10 PGD-AT recipe (Madry et al.): steps, step size as a fraction of ε, mixing weight w.
@@ -162,9 +83,9 @@ CIFAR_PGD = {"steps": 7, "alpha_frac": 0.25, "w": 1.0}
 
 
 def table3_settings(dataset: str = "mnist", **given: Any) -> dict[str, Any]:
-    """The resolved sizes, ``eps``, ``clip_step`` and ``ae_epochs`` of :func:`smoothfool_table3`
-    for ``dataset``: each keyword of ``DATASETS[dataset]["defaults"]`` given as ``None`` (or not
-    given) takes the dataset's default. ``ValueError`` for an unknown dataset or keyword."""
+    """The resolved sizes, ``eps``, ``clip_step`` and ``ae_epochs`` for ``dataset``: each keyword
+    of ``DATASETS[dataset]["defaults"]`` given as ``None`` (or not given) takes the dataset's
+    default. ``ValueError`` for an unknown dataset or keyword."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     defaults = DATASETS[dataset]["defaults"]
@@ -174,456 +95,421 @@ def table3_settings(dataset: str = "mnist", **given: Any) -> dict[str, Any]:
     return {k: (v if given.get(k) is None else given[k]) for k, v in defaults.items()}
 
 
-def smoothfool_table3(out_dir: str | Path, *, dataset: str = "mnist", n_test: int = 100,
-                      n_clean: int | None = None, n_train: int | None = None,
-                      n_train_sat: int | None = None, n_train_hgd: int | None = None,
-                      n_ae: int | None = None, n_val: int | None = None, epochs: int = 1,
-                      lr: float = 1e-4, eps: float | None = None, hgd_epochs: int = 3,
-                      ae_epochs: int | None = None, fpr: float = 0.01, igsm_steps: int = 10,
-                      sf_max_iter: int = 50, sigmas_g: Sequence[float] = (1.0, 3.0, 5.0),
-                      clip_step: float | None = None, white_box: bool = True,
-                      white_box_attacks: Sequence[str] | None = None, seed: int = 0,
-                      root: Any = None, models_dir: Any = None) -> list[dict[str, Any]]:
-    """Train/load every defence and write the Table 3 analogue of ``dataset`` into ``out_dir``.
+def attack_names(dataset: str, sigmas_g: tuple[float, ...]) -> list[str]:
+    """The table's attack columns: IGSM, DF, CS (CIFAR-10) or GS (MNIST), SF σg=… ."""
+    return ["IGSM", "DF", "CS" if dataset == "cifar10" else "GS",
+            *(f"SF σg={sg:g}" for sg in sigmas_g)]
 
-    ``dataset``: ``"mnist"`` (base ``mnist-lenet``) or ``"cifar10"`` (base ``cifar10-resnet20``,
-    the paper's setting). Parameters left at ``None`` take the dataset's default
-    (:data:`DATASETS`, :func:`table3_settings`): MNIST ``eps`` 0.3, ``clip_step`` 1,
-    ``ae_epochs`` 5; CIFAR-10 ``eps`` 8/255, ``clip_step`` 0.5 (the paper's values),
-    ``ae_epochs`` 20 and smaller sizes (they must fit in its 10,000 images; the whole CIFAR-10
-    study runs in minutes on a 2-core CPU).
 
-    Images, MNIST: ``n_test`` test images attacked (seeded sample); clean accuracy and MagNet's
-    test FPR on the first ``n_clean`` test images (all 10,000 by default); training subsets are
-    disjoint slices of one seeded permutation of the 60,000 training images. CIFAR-10: only
-    the 10,000 test images are available, so **one seeded permutation of the test split** is cut
-    into an evaluation part (its first ``n_clean`` images: clean accuracy and test FPR; its first
-    ``n_test`` of them are attacked) followed by the training slices — defences are fine-tuned on
-    one part of the test split and evaluated on another, disjoint one (indices in
-    ``summary.json["split"]``). Training slices (both datasets, in this order): ``n_train``
-    (FGSM-AT, Ens-AT, CIFAR PGD-AT, the MNIST Ens-AT holdout LeNet-5), ``n_train_sat`` (SAT,
-    the first images of ``n_train``), ``n_train_hgd`` (HGD), ``n_ae`` (MagNet autoencoders) and
-    ``n_val`` (MagNet thresholds). Fine-tuning: ``epochs`` epochs, Adam ``lr``, batch 50,
-    ``eps`` (ℓ∞) for FGSM-AT/Ens-AT/CIFAR PGD-AT and the attacks' ε. ``white_box_attacks``
-    restricts the white-box rows to some attack names (default all; ``ValueError`` for an
-    unknown name). Files: ``smoothfool_table3.{csv,md}``, ``smoothfool_table3_{transfer,
-    white-box}.png``, ``defences.{csv,md}``, ``summary.json``. Returns the table rows.
+@dataclass(frozen=True)
+class Table3Settings:
+    """Settings of the Table 3 study: one field per spec parameter (hence more than twelve).
+
+    ``dataset``: ``"mnist"`` or ``"cifar10"``; fields left at ``None`` take the dataset's default
+    (:data:`DATASETS`). Images: ``n_test`` attacked test images; clean accuracy on ``n_clean``;
+    training slices (disjoint, in this order) ``n_train`` (FGSM-AT, Ens-AT, CIFAR PGD-AT, the MNIST
+    holdout LeNet-5; SAT uses its first ``n_train_sat``), ``n_train_hgd`` (HGD), ``n_ae`` (MagNet
+    autoencoders), ``n_val`` (MagNet thresholds at false-positive rate ``fpr``). Fine-tuning:
+    ``epochs`` epochs, Adam ``lr``, batch 50, ℓ∞ ``eps`` (also the attacks' ε); HGD
+    ``hgd_epochs``, autoencoders ``ae_epochs``. Attacks: IGSM with ``igsm_steps`` steps,
+    SmoothFool σg ∈ ``sigmas_g`` with SmoothClip step ``clip_step`` and ``sf_max_iter``
+    iterations. ``white_box`` adds the white-box rows (``white_box_attacks``: only these
+    attacks, the others NaN). ``seed`` seeds every split, initialisation and training.
+    ``models_dir``: where the zoo weights are (default: the zoo's search).
     """
-    from .. import attacks, data, defenses, metrics, models
-    from ..defenses import hgd as hgd_mod
-    from ..defenses import magnet as mag_mod
 
-    st = table3_settings(dataset, n_clean=n_clean, n_train=n_train, n_train_sat=n_train_sat,
-                         n_train_hgd=n_train_hgd, n_ae=n_ae, n_val=n_val, eps=eps,
-                         clip_step=clip_step, ae_epochs=ae_epochs)
-    n_clean, n_train, n_train_sat = st["n_clean"], st["n_train"], st["n_train_sat"]
-    n_train_hgd, n_ae, n_val = st["n_train_hgd"], st["n_ae"], st["n_val"]
-    eps, clip_step, ae_epochs = float(st["eps"]), float(st["clip_step"]), st["ae_epochs"]
-    cifar = dataset == "cifar10"
-    label, base_name = DATASETS[dataset]["label"], DATASETS[dataset]["base"]
-    cs_name = "CS" if cifar else "GS"
-    sf_names = [f"SF σg={sg:g}" for sg in sigmas_g]
-    atk_names = ["IGSM", "DF", cs_name, *sf_names]
-    if white_box_attacks is not None:
-        bad = [a for a in white_box_attacks if a not in atk_names]
+    dataset: str = "mnist"
+    n_test: int = 100
+    n_clean: int | None = None
+    n_train: int | None = None
+    n_train_sat: int | None = None
+    n_train_hgd: int | None = None
+    n_ae: int | None = None
+    n_val: int | None = None
+    epochs: int = 1
+    lr: float = 1e-4
+    eps: float | None = None
+    hgd_epochs: int = 3
+    ae_epochs: int | None = None
+    fpr: float = 0.01
+    igsm_steps: int = 10
+    sf_max_iter: int = 50
+    sigmas_g: tuple[float, ...] = (1.0, 3.0, 5.0)
+    clip_step: float | None = None
+    white_box: bool = True
+    white_box_attacks: tuple[str, ...] | None = None
+    seed: int = 0
+    models_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        given = {k: getattr(self, k) for k in DATASETS.get(self.dataset, {"defaults": {}})
+                 ["defaults"]}
+        for k, v in table3_settings(self.dataset, **given).items():
+            object.__setattr__(self, k, v)
+        for k in ("n_test", "n_clean", "n_train", "n_train_sat", "n_train_hgd", "n_ae", "n_val",
+                  "epochs", "hgd_epochs", "ae_epochs", "igsm_steps", "sf_max_iter"):
+            check_int_at_least(k, getattr(self, k), 1)
+        check_int_at_least("seed", self.seed, 0)
+        for k in ("lr", "eps", "clip_step", "fpr"):
+            check_positive(k, getattr(self, k))
+        names = attack_names(self.dataset, self.sigmas_g)
+        bad = [a for a in self.white_box_attacks or () if a not in names]
         if bad:
-            raise ValueError(f"unknown white_box_attacks {bad}; the attacks of {label} are "
-                             f"{atk_names}")
-    if n_train_sat > n_train:
-        raise ValueError(f"n_train_sat ({n_train_sat}) must not exceed n_train ({n_train}): "
-                         "SAT trains on the first images of the n_train slice")
-    if cifar and n_test > n_clean:
-        raise ValueError(f"CIFAR-10: n_test ({n_test}) must not exceed n_clean ({n_clean}): the "
-                         "attacked images are the first n_test of the n_clean held-out images")
+            raise ValueError(f"unknown white_box_attacks {bad}; the attacks of "
+                             f"{DATASETS[self.dataset]['label']} are {names}")
+        if self.n_train_sat > self.n_train:
+            raise ValueError(f"n_train_sat ({self.n_train_sat}) must not exceed n_train "
+                             f"({self.n_train}): SAT trains on the first images of n_train")
+        cifar = self.dataset == "cifar10"
+        if cifar and self.n_test > self.n_clean:
+            raise ValueError(f"CIFAR-10: n_test ({self.n_test}) must not exceed n_clean "
+                             f"({self.n_clean}): the attacked images are the first n_test of "
+                             "the n_clean held-out images")
+        used = (self.n_clean if cifar else 0) + self.n_train + self.n_train_hgd + self.n_ae \
+            + self.n_val
+        if used > DATASETS[self.dataset]["pool"]:
+            raise ValueError(f"{'n_clean + ' if cifar else ''}n_train + n_train_hgd + n_ae + "
+                             f"n_val = {used} exceeds the {DATASETS[self.dataset]['pool']} "
+                             f"{DATASETS[self.dataset]['label']} "
+                             f"{'test' if cifar else 'training'} images")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    torch.manual_seed(seed)
 
-    def load(name: str) -> nn.Module:
-        return models.load(name, models_dir=models_dir, verbose=False).eval()
+#: the fields that decide the data and every trained defence (not the attacks)
+_MODEL_FIELDS = ("dataset", "seed", "n_clean", "n_train", "n_train_sat", "n_train_hgd", "n_ae",
+                 "n_val", "epochs", "lr", "eps", "hgd_epochs", "ae_epochs", "igsm_steps",
+                 "clip_step", "fpr", "models_dir")
+#: the attacks' fields (besides the attack's name)
+_ATTACK_FIELDS = ("n_test", "sf_max_iter")
+#: defence -> training step kind (MNIST PGD-AT is the shared mnist-lenet-pgd: no step)
+_TRAIN_KIND = {"FGSM-AT": "table3.fgsm_at", "PGD-AT": "table3.pgd_at", "Ens-AT": "table3.ens_at",
+               "SAT": "table3.sat", "HGD": "table3.hgd", "MagNet": "table3.magnet"}
 
-    # data: MNIST trains on its training split; CIFAR-10 on a held-out part of its test split
-    x_all, y_all = data.load(dataset, "test" if cifar else "train", root)
-    perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed))
-    cuts: dict[str, Tensor] = {}
-    offsets: dict[str, int] = {}
-    pos = n_clean if cifar else 0
-    for key, n in (("train", n_train), ("hgd", n_train_hgd), ("ae", n_ae), ("val", n_val)):
-        cuts[key], offsets[key] = perm[pos:pos + n], pos
+
+def _train_step(m: dict[str, Any], defence: str) -> Step | None:
+    """The training step of ``defence`` for model settings ``m`` (None: nothing to train)."""
+    if defence == "none" or (defence == "PGD-AT" and m["dataset"] != "cifar10"):
+        return None
+    after: tuple[Step, ...] = ()
+    if defence == "Ens-AT" and m["dataset"] != "cifar10":
+        after = (Step("table3.holdout", m, rows=False),)
+    return Step(_TRAIN_KIND[defence], m, rows=False, after=after)
+
+
+def _craft_step(m: dict[str, Any], a: dict[str, Any], attack: str, on: str) -> Step:
+    """The adversarial batch of ``attack`` crafted on the model of defence ``on``."""
+    train = _train_step(m, on)
+    return Step("table3.craft", {**m, **a, "attack": attack, "on": on}, rows=False,
+                after=() if train is None else (train,))
+
+
+def table3_plan(params: dict[str, Any], seed: int = 0) -> list[Step]:
+    """The steps of the Table 3 study for spec ``params`` (:class:`Table3Settings` fields;
+    ``seed`` is the spec cell's, unused: the study's own ``seed`` parameter decides). Rows:
+    ``defence, setting, clean_acc, <attack>...`` (fooling rates in [0, 1]) per defence in
+    :data:`DEFENCES` order: transfer (the undefended model: white-box), then white-box, each
+    followed by MagNet's reformer-only row."""
+    s = from_params(Table3Settings, params)
+    m, a = step_settings(s, _MODEL_FIELDS), step_settings(s, _ATTACK_FIELDS)
+    names = attack_names(s.dataset, s.sigmas_g)
+    wb = [n for n in names if s.white_box_attacks is None or n in s.white_box_attacks] \
+        if s.white_box else []
+    steps = []
+    for d in DEFENCES:
+        crafts = [_craft_step(m, a, n, "none") for n in names]
+        crafts += [_craft_step(m, a, n, d) for n in wb if d != "none"]
+        train = _train_step(m, d)
+        steps.append(Step("table3.evaluate", {**m, **a, "defence": d, "attacks": names,
+                                              "white_box": wb},
+                          after=tuple(crafts) + (() if train is None else (train,))))
+    return steps
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+def table3_split(s: dict[str, Any], root: Any = None) -> dict[str, Tensor]:
+    """The images of the study with model settings ``s``: ``x_te, y_te`` (attacked), ``x_clean,
+    y_clean`` (clean accuracy) and the training slices ``x_train, y_train, x_hgd, y_hgd, x_ae,
+    x_val`` (plus ``idx_<part>``: their indices into the pool).
+
+    MNIST: the slices are disjoint cuts of one permutation (seed ``seed``) of the 60,000
+    training images; ``n_test`` seeded test images (seed ``seed + 3``) are attacked and clean
+    accuracy is measured on the first ``n_clean`` test images. CIFAR-10: one permutation of the
+    10,000 test images is cut into the evaluation part (first ``n_clean``; the first ``n_test``
+    of them are attacked) followed by the training slices."""
+    from .. import data
+
+    cifar = s["dataset"] == "cifar10"
+    x_all, y_all = data.load(s["dataset"], "test" if cifar else "train", root)
+    perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(s["seed"]))
+    out: dict[str, Tensor] = {}
+    pos = s["n_clean"] if cifar else 0
+    for key, n in (("train", s["n_train"]), ("hgd", s["n_train_hgd"]), ("ae", s["n_ae"]),
+                   ("val", s["n_val"])):
+        idx = perm[pos:pos + n]
+        out[f"idx_{key}"], out[f"x_{key}"], out[f"y_{key}"] = idx, x_all[idx], y_all[idx]
         pos += n
-    if pos > len(y_all):
-        what = (f"n_clean + n_train + n_train_hgd + n_ae + n_val = {pos}" if cifar else
-                f"n_train + n_train_hgd + n_ae + n_val = {pos}")
-        raise ValueError(f"{what} exceeds the {len(y_all)} {label} "
-                         f"{'test' if cifar else 'training'} images")
-    xtr, ytr = x_all[cuts["train"]], y_all[cuts["train"]]
-    split: dict[str, Any]
     if cifar:
-        x_clean, y_clean = x_all[perm[:n_clean]], y_all[perm[:n_clean]]
-        x_te, y_te = x_all[perm[:n_test]], y_all[perm[:n_test]]
-        split = {"pool": "cifar10 test split (10,000 images)", "perm_seed": seed,
-                 "test": perm[:n_test].tolist(), "clean": perm[:n_clean].tolist(),
-                 **{k: v.tolist() for k, v in cuts.items()}}
+        for key, n in (("clean", s["n_clean"]), ("te", s.get("n_test", s["n_clean"]))):
+            idx = perm[:n]
+            out[f"idx_{key}"], out[f"x_{key}"], out[f"y_{key}"] = idx, x_all[idx], y_all[idx]
     else:
-        x_te_all, y_te_all = data.load("mnist", "test", root)
-        x_clean, y_clean = x_te_all[:n_clean], y_te_all[:n_clean]
-        x_te, y_te = data.load("mnist", "test", root, sample=n_test, seed=seed + 3)
-        split = {"pool": "mnist train split (60,000 images) for training, test split for "
-                         "evaluation", "perm_seed": seed,
-                 **{k: [offsets[k], offsets[k] + len(v)] for k, v in cuts.items()}}
+        x_test, y_test = data.load("mnist", "test", root)
+        out["x_clean"], out["y_clean"] = x_test[:s["n_clean"]], y_test[:s["n_clean"]]
+        if "n_test" in s:
+            out["x_te"], out["y_te"] = data.load("mnist", "test", root, sample=s["n_test"],
+                                                 seed=s["seed"] + 3)
+    return out
 
-    def extra(key: str) -> dict[str, Any]:
-        """Cache-config entries identifying a CIFAR-10 training slice (none for MNIST, whose
-        cache configs are those of the original study)."""
-        return {"dataset": dataset, "offset": offsets[key]} if cifar else {}
 
-    base_cfg = {"n_train": n_train, "epochs": epochs, "lr": lr, "seed": seed, **extra("train")}
-    train_kw = dict(epochs=epochs, lr=lr, batch_size=50, seed=seed, show_progress=False)
+def _load(name: str, s: dict[str, Any]) -> nn.Module:
+    from .. import models
 
-    defended: dict[str, nn.Module] = {"none": load(base_name)}
-    info: dict[str, dict[str, Any]] = {"none": {
-        "recipe": (f"shared {base_name} (akamaster, CIFAR-10 training split)" if cifar else
-                   "shared mnist-lenet (advertorch)"), "train_s": 0.0}}
+    return models.load(name, models_dir=s["models_dir"], verbose=False).eval()
 
-    # FGSM-AT
-    m = load(base_name)
-    m, s, _ = _cached(out, "fgsm_at", {**base_cfg, "eps": eps}, m, lambda: defenses.train(
-        m, (xtr, ytr), method="fgsm_at", eps=eps, w=0.5, **train_kw) and None)
-    defended["FGSM-AT"] = m
-    info["FGSM-AT"] = {"recipe": f"{base_name} + {epochs} epoch fgsm_at (ε={eps:.4g}, w=0.5) on "
-                                 f"{n_train} images", "train_s": s}
-    print(f"[t3] FGSM-AT {s:.0f} s", flush=True)
 
-    # PGD-AT: shared on MNIST, fine-tuned here on CIFAR-10
+def _base(s: dict[str, Any]) -> nn.Module:
+    return _load(DATASETS[s["dataset"]]["base"], s)
+
+
+def _model_settings(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s[k] for k in _MODEL_FIELDS}
+
+
+# ----------------------------------------------------------------------------------------------
+# training steps: one per defence (weights as artefacts)
+# ----------------------------------------------------------------------------------------------
+
+def _finetuned(s: dict[str, Any], ctx: Any, method: Any, n: int | None = None,
+               **kw: Any) -> StepOutput:
+    """The base model fine-tuned ``epochs`` epochs (Adam ``lr``, batch 50, seed ``seed``) on
+    the first ``n`` (default all) images of the ``n_train`` slice with training ``method``."""
+    from .. import defenses
+
+    d = table3_split(s, ctx.data_root)
+    x, y = d["x_train"][:n], d["y_train"][:n]
+    m = defenses.train(_base(s), (x, y), method=method, epochs=s["epochs"], lr=s["lr"],
+                       batch_size=50, seed=s["seed"], show_progress=False, **kw)
+    return StepOutput(tensors=module_tensors(m))
+
+
+@register_step("table3.fgsm_at")
+def _fgsm_at(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """FGSM adversarial training (ε = ``eps``, w = 0.5)."""
+    return _finetuned(s, ctx, "fgsm_at", eps=s["eps"], w=0.5)
+
+
+@register_step("table3.pgd_at")
+def _pgd_at(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """CIFAR-10 PGD adversarial training (Madry et al.: ε, α = ε/4, 7 steps, random start)."""
+    return _finetuned(s, ctx, "pgd", eps=s["eps"], alpha=s["eps"] * CIFAR_PGD["alpha_frac"],
+                      steps=CIFAR_PGD["steps"], w=CIFAR_PGD["w"])
+
+
+@register_step("table3.sat")
+def _sat(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """Smooth adversarial training (SmoothFool σg = 1 examples, w = 0.5) on ``n_train_sat``."""
+    return _finetuned(s, ctx, "sat", n=s["n_train_sat"], sigma_g=1.0, w=0.5,
+                      clip_step=s["clip_step"], max_iter=50)
+
+
+@register_step("table3.holdout")
+def _holdout(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """MNIST Ens-AT's static holdout: a LeNet-5 (initialised with seed ``seed``) trained 2
+    epochs, Adam 1e-3, on the ``n_train`` slice."""
+    from .. import defenses, models
+
+    d = table3_split(s, ctx.data_root)
+    torch.manual_seed(s["seed"])
+    hold = models.create("lenet5", (1, 28, 28), 10)
+    defenses.train(hold, (d["x_train"], d["y_train"]), epochs=2, lr=1e-3, batch_size=50,
+                   seed=s["seed"] + 1, show_progress=False)
+    return StepOutput(tensors=module_tensors(hold))
+
+
+def _holdouts(s: dict[str, Any], ctx: Any) -> list[Any]:
+    """Ens-AT's holdout models: CIFAR-10 ResNet-32/44; MNIST the shared MLP and the LeNet-5."""
+    from .. import models
+
+    if s["dataset"] == "cifar10":
+        return list(CIFAR_HOLDOUTS)
+    hold = models.create("lenet5", (1, 28, 28), 10)
+    return ["mnist-mlp", load_module_tensors(hold, ctx.step(Step("table3.holdout", s)).tensors)]
+
+
+@register_step("table3.ens_at")
+def _ens_at(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """Ensemble adversarial training (FGSM ε = ``eps``, w = 0.5, sources: the model itself and
+    the static holdouts)."""
+    from .. import defenses
+
+    meth = defenses.EnsembleAdversarialTraining(holdout=_holdouts(s, ctx), eps=s["eps"], w=0.5,
+                                                models_dir=s["models_dir"])
+    out = _finetuned(s, ctx, meth)
+    out.info["sources"] = {k: meth.sources.count(k) for k in meth.source_names}
+    return out
+
+
+@register_step("table3.hgd")
+def _hgd(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """HGD: a U-Net denoiser (width 16, depth 2; initialised with seed ``seed``) in front of the
+    base model, logits-guided L1 loss, ``hgd_epochs`` epochs Adam 1e-3 on the ``n_train_hgd``
+    slice, half FGSM and half IGSM examples (ε ~ U[0, eps] per image) crafted on the base."""
+    from ..defenses import hgd
+
+    d, base = table3_split(s, ctx.data_root), _base(s)
+    xh, yh = d["x_hgd"], d["y_hgd"]
+    half, eps = len(yh) // 2, s["eps"]
+    xa = torch.cat([hgd.craft_training_set(base, xh[:half], yh[:half], attack="fgsm",
+                                           eps=(0.0, eps), seed=s["seed"]),
+                    hgd.craft_training_set(base, xh[half:], yh[half:], attack="igsm",
+                                           eps=(0.0, eps), steps=s["igsm_steps"],
+                                           seed=s["seed"] + 1)])
+    torch.manual_seed(s["seed"])
+    den = hgd.Denoiser(3 if s["dataset"] == "cifar10" else 1, width=16, depth=2)
+    r = hgd.train_hgd(den, base, (xh, yh), layer="logits", x_adv=xa, epochs=s["hgd_epochs"],
+                      lr=1e-3, batch_size=50, seed=s["seed"])
+    return StepOutput(tensors=module_tensors(den),
+                      info={"losses": r.losses, "initial_loss": r.initial_loss})
+
+
+def _autoencoders(dataset: str) -> dict[str, Any]:
+    """MagNet's autoencoders and their training: MNIST AE-I (width 8, pooling) and AE-II (width
+    3), noise 0.1; CIFAR-10 one autoencoder (width 16, no pooling), noise 0.025. ``plateau``:
+    the loss below which an autoencoder has left the blank/mean-image plateau."""
+    from ..defenses import magnet
+
+    if dataset == "cifar10":
+        return {"aes": {"ae1": magnet.Autoencoder(3, width=16, pool=False, activation="relu")},
+                "noise": 0.025, "plateau": 0.02}
+    return {"aes": {"ae1": magnet.Autoencoder(1, width=8, pool=True, activation="relu"),
+                    "ae2": magnet.Autoencoder(1, width=3, pool=False, activation="relu")},
+            "noise": 0.1, "plateau": 0.05}
+
+
+@register_step("table3.magnet")
+def _magnet(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """MagNet's autoencoders, ``ae_epochs`` epochs Adam 1e-3 on the ``n_ae`` slice; one stuck on
+    the plateau is re-initialised and retrained with the next seed (at most 3 attempts)."""
+    from ..defenses import magnet
+
+    x = table3_split(s, ctx.data_root)["x_ae"]
+    spec = _autoencoders(s["dataset"])
+    tensors: dict[str, Tensor] = {}
+    info: dict[str, Any] = {}
+    for k, (key, ae) in enumerate(spec["aes"].items()):
+        for attempt in range(3):
+            seed = s["seed"] + k + 100 * attempt
+            torch.manual_seed(seed)
+            for mod in ae.modules():
+                if isinstance(mod, nn.Conv2d):
+                    mod.reset_parameters()
+            losses = magnet.train_autoencoder(ae, x, noise=spec["noise"], epochs=s["ae_epochs"],
+                                              lr=1e-3, batch_size=32, seed=seed)
+            if losses[-1] < spec["plateau"]:
+                break
+        info[f"{key}_loss"], info[f"{key}_attempts"] = losses, attempt + 1
+        tensors.update({f"{key}.{n}": v for n, v in module_tensors(ae).items()})
+    return StepOutput(tensors=tensors, info=info)
+
+
+# ----------------------------------------------------------------------------------------------
+# defended models, crafting and evaluation
+# ----------------------------------------------------------------------------------------------
+
+def _defended(defence: str, s: dict[str, Any], ctx: Any) -> nn.Module:
+    """The model of ``defence`` rebuilt from its training step's artefact (MagNet fitted to
+    ``fpr`` on the ``n_val`` slice)."""
+    from ..defenses import hgd, magnet
+
+    cifar = s["dataset"] == "cifar10"
+    if defence == "none":
+        return _base(s)
+    if defence == "PGD-AT" and not cifar:
+        return _load("mnist-lenet-pgd", s)
+    weights = ctx.step(Step(_TRAIN_KIND[defence], _model_settings(s))).tensors
+    if defence == "HGD":
+        den = hgd.Denoiser(3 if cifar else 1, width=16, depth=2)
+        return hgd.HGDDefended(load_module_tensors(den, weights), _base(s)).eval()
+    if defence != "MagNet":
+        return load_module_tensors(_base(s), weights)
+    aes = {k: load_module_tensors(ae, {n[len(k) + 1:]: v for n, v in weights.items()
+                                       if n.startswith(k + ".")})
+           for k, ae in _autoencoders(s["dataset"])["aes"].items()}
+    base = _base(s)
     if cifar:
-        pgd_alpha, pgd_steps, pgd_w = eps * CIFAR_PGD["alpha_frac"], CIFAR_PGD["steps"], \
-            CIFAR_PGD["w"]
-        m = load(base_name)
-        m, s, _ = _cached(out, "pgd_at", {**base_cfg, "eps": eps, "alpha": pgd_alpha,
-                                          "steps": pgd_steps, "w": pgd_w}, m,
-                          lambda: defenses.train(m, (xtr, ytr), method="pgd", eps=eps,
-                                                 alpha=pgd_alpha, steps=pgd_steps, w=pgd_w,
-                                                 **train_kw) and None)
-        defended["PGD-AT"] = m
-        info["PGD-AT"] = {"recipe": f"{base_name} + {epochs} epoch pgd (Madry, ε={eps:.4g}, "
-                                    f"α={pgd_alpha:.4g}, {pgd_steps} steps, random start, "
-                                    f"w={pgd_w:g}) on {n_train} images", "train_s": s}
-        print(f"[t3] PGD-AT {s:.0f} s", flush=True)
+        dets: list[nn.Module] = [magnet.ReconstructionDetector(aes["ae1"], p=1),
+                                 magnet.DivergenceDetector(aes["ae1"], base, temperature=10.0),
+                                 magnet.DivergenceDetector(aes["ae1"], base, temperature=40.0)]
     else:
-        defended["PGD-AT"] = load("mnist-lenet-pgd")
-        info["PGD-AT"] = {"recipe": "shared mnist-lenet-pgd (advertorch, PGD ε=0.3, 40 steps)",
-                          "train_s": float("nan")}
+        dets = [magnet.ReconstructionDetector(aes["ae1"], p=2),
+                magnet.ReconstructionDetector(aes["ae2"], p=1)]
+    mag = magnet.MagNet(base, aes["ae1"], dets).eval()
+    return mag.fit(table3_split(s, ctx.data_root)["x_val"], fpr=s["fpr"])
 
-    # Ens-AT: MNIST — a static LeNet-5 holdout trained here + the shared MLP; CIFAR-10 — the
-    # shared ResNet-32 and ResNet-44
-    holdout: list[Any]
-    if cifar:
-        holdout, s_h = list(CIFAR_HOLDOUTS), 0.0
-        ens_cfg = {**base_cfg, "eps": eps, "holdout": list(CIFAR_HOLDOUTS)}
-    else:
-        hold = models.create("lenet5", (1, 28, 28), 10)
-        hold, s_h, _ = _cached(out, "holdout_lenet5", {**base_cfg, "lr": 1e-3, "epochs": 2},
-                               hold, lambda: defenses.train(hold, (xtr, ytr), epochs=2, lr=1e-3,
-                                                            batch_size=50, seed=seed + 1,
-                                                            show_progress=False) and None)
-        holdout = ["mnist-mlp", hold]
-        ens_cfg = {**base_cfg, "eps": eps}
-    m = load(base_name)
 
-    def build_ens() -> dict[str, Any]:
-        meth = defenses.EnsembleAdversarialTraining(holdout=holdout, eps=eps, w=0.5,
-                                                    models_dir=models_dir)
-        defenses.train(m, (xtr, ytr), method=meth, **train_kw)
-        return {"sources": {k: meth.sources.count(k) for k in meth.source_names}}
+def _attack(name: str, s: dict[str, Any]) -> Any:
+    """The attack of column ``name``: IGSM (ε, α = 2.5ε/steps), DeepFool-L2 (η = 0.02, 50
+    iterations, ``clip=True``), CS / GS (100 trials) or SmoothFool σg (SmoothClip step)."""
+    from .. import attacks
 
-    m, s, ens_info = _cached(out, "ensemble_at", ens_cfg, m, build_ens)
-    defended["Ens-AT"] = m
-    hold_txt = (f"holdouts {' and '.join(CIFAR_HOLDOUTS)} (shared, static)" if cifar else
-                f"holdouts mnist-mlp and a LeNet-5 trained 2 epochs on the same {n_train} images "
-                f"({s_h:.0f} s, not counted)")
-    info["Ens-AT"] = {"recipe": f"{base_name} + {epochs} epoch ensemble_at (FGSM ε={eps:.4g}, "
-                                f"w=0.5; sources per batch: {ens_info.get('sources')}; "
-                                f"{hold_txt}) on {n_train} images", "train_s": s}
-    print(f"[t3] Ens-AT {s:.0f} s {ens_info}", flush=True)
+    eps, steps = s["eps"], s["igsm_steps"]
+    if name == "IGSM":
+        return attacks.IGSM(eps=eps, alpha=2.5 * eps / steps, steps=steps)
+    if name == "DF":
+        return attacks.DeepFool(norm=2, overshoot=0.02, max_iter=50, clip=True)
+    if name == "CS":
+        return attacks.ColorShift(trials=100, seed=s["seed"])
+    if name == "GS":
+        return attacks.GreyShift(trials=100, max_shift=0.5, seed=s["seed"])
+    sigma = float(name.removeprefix("SF σg="))
+    return attacks.SmoothFool(sigma=sigma, clip_step=s["clip_step"], max_iter=s["sf_max_iter"])
 
-    # SAT
-    m = load(base_name)
-    xs, ys = xtr[:n_train_sat], ytr[:n_train_sat]
-    m, s, _ = _cached(out, "sat", {**base_cfg, "n_train": n_train_sat, "clip_step": clip_step},
-                      m, lambda: defenses.train(m, (xs, ys), method="sat", sigma_g=1.0, w=0.5,
-                                                clip_step=clip_step, max_iter=50,
-                                                **train_kw) and None)
-    defended["SAT"] = m
-    info["SAT"] = {"recipe": f"{base_name} + {epochs} epoch sat (SmoothFool σg=1, "
-                             f"clip_step={clip_step}, max_iter=50, w=0.5) on {n_train_sat} images",
-                   "train_s": s}
-    print(f"[t3] SAT {s:.0f} s", flush=True)
 
-    # HGD
-    base = load(base_name)
-    den = hgd_mod.Denoiser(3 if cifar else 1, width=16, depth=2)
-    xh, yh = x_all[cuts["hgd"]], y_all[cuts["hgd"]]
-    half = len(yh) // 2
+@register_step("table3.craft")
+def _craft(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """Attack ``attack`` crafted on the model of defence ``on`` over the ``n_test`` attacked
+    images (adversarial images clamped to [0, 1])."""
+    d = table3_split(s, ctx.data_root)
+    res = _attack(s["attack"], s)(_defended(s["on"], s, ctx), d["x_te"], d["y_te"])
+    return StepOutput(tensors={"x_adv": res.x_adv.detach().clamp(0.0, 1.0)})
 
-    def build_hgd() -> dict[str, Any]:
-        xa = torch.cat([hgd_mod.craft_training_set(base, xh[:half], yh[:half], attack="fgsm",
-                                                   eps=(0.0, eps), seed=seed),
-                        hgd_mod.craft_training_set(base, xh[half:], yh[half:], attack="igsm",
-                                                   eps=(0.0, eps), steps=igsm_steps,
-                                                   seed=seed + 1)])
-        r = hgd_mod.train_hgd(den, base, (xh, yh), layer="logits", x_adv=xa,
-                              epochs=hgd_epochs, lr=1e-3, batch_size=50, seed=seed)
-        return {"losses": r.losses, "initial_loss": r.initial_loss}
 
-    den, s, hinfo = _cached(out, "hgd", {"n": n_train_hgd, "epochs": hgd_epochs, "eps": eps,
-                                         "seed": seed, **extra("hgd")}, den, build_hgd)
-    defended["HGD"] = hgd_mod.HGDDefended(den, base).eval()
-    info["HGD"] = {"recipe": f"U-Net denoiser (width 16, depth 2) + {base_name}, logits-guided "
-                             f"L1 loss, {hgd_epochs} epochs Adam 1e-3 on {n_train_hgd} images "
-                             f"(half FGSM, half IGSM-{igsm_steps}, ε~U[0,{eps:.4g}] per image, "
-                             f"crafted on {base_name}); loss "
-                             f"{hinfo.get('initial_loss', float('nan')):.3f}"
-                             f" → {(hinfo.get('losses') or [float('nan')])[-1]:.3f}",
-                   "train_s": s}
-    print(f"[t3] HGD {s:.0f} s", flush=True)
+@register_step("table3.evaluate")
+def _evaluate(s: dict[str, Any], ctx: Any) -> StepOutput:
+    """The rows of one defence: fooling rates of the transferred attacks (the undefended model:
+    its own white-box row) and of the white-box attacks (NaN for attacks not run)."""
+    from .. import metrics
+    from ..defenses import magnet
 
-    # MagNet. MNIST: reformer AE-I (pooling), detectors L2(AE-I) + L1(AE-II). CIFAR-10 (MagNet's
-    # CIFAR design): one autoencoder without pooling as reformer, detectors L1 reconstruction
-    # error + Jensen-Shannon divergence at T = 10 and T = 40.
-    xae, xval = x_all[cuts["ae"]], x_all[cuts["val"]]
-    if cifar:
-        ae1 = mag_mod.Autoencoder(3, width=16, pool=False, activation="relu")
-        aes = nn.ModuleList([ae1])
-        ae_plan = [("ae1", ae1, seed)]
-        plateau, arch, noise = 0.02, "leaky-w16-nopool-lr1e-3-noise0.025", 0.025
-    else:
-        ae1 = mag_mod.Autoencoder(1, width=8, pool=True, activation="relu")
-        ae2 = mag_mod.Autoencoder(1, width=3, pool=False, activation="relu")
-        aes = nn.ModuleList([ae1, ae2])
-        ae_plan = [("ae1", ae1, seed), ("ae2", ae2, seed + 1)]
-        plateau, arch, noise = 0.05, "leaky-w8/w3-lr1e-3", 0.1
-
-    def build_ae() -> dict[str, Any]:
-        # an autoencoder stuck on the "blank image" plateau (MSE ≈ E[x²] ≈ 0.11 on MNIST; the
-        # mean-image plateau ≈ 0.06 on CIFAR-10) is re-initialised and retrained with the next
-        # seed (at most 3 attempts, recorded)
-        res: dict[str, Any] = {}
-        for key, ae, s0 in ae_plan:
-            for attempt in range(3):
-                torch.manual_seed(s0 + 100 * attempt)
-                for mod in ae.modules():
-                    if isinstance(mod, nn.Conv2d):
-                        mod.reset_parameters()
-                losses = mag_mod.train_autoencoder(ae, xae, noise=noise, epochs=ae_epochs,
-                                                   lr=1e-3, batch_size=32,
-                                                   seed=s0 + 100 * attempt)
-                if losses[-1] < plateau:
-                    break
-            res[f"{key}_loss"], res[f"{key}_attempts"] = losses, attempt + 1
-        return res
-
-    aes, s, ainfo = _cached(out, "magnet_ae", {"n": n_ae, "epochs": ae_epochs, "seed": seed,
-                                               "arch": arch, **extra("ae")},
-                            aes, build_ae)
-    mag_base = load(base_name)
-    dets: list[nn.Module]
-    if cifar:
-        dets = [mag_mod.ReconstructionDetector(ae1, p=1),
-                mag_mod.DivergenceDetector(ae1, mag_base, temperature=10.0),
-                mag_mod.DivergenceDetector(ae1, mag_base, temperature=40.0)]
-    else:
-        dets = [mag_mod.ReconstructionDetector(ae1, p=2),
-                mag_mod.ReconstructionDetector(ae2, p=1)]
-    mag = mag_mod.MagNet(mag_base, ae1, dets).eval()
-    mag.fit(xval, fpr=fpr)
-    fpr_val = float(mag.detect(xval).double().mean())
-    fpr_test = float(mag.detect(x_clean).double().mean())
-    defended["MagNet"] = mag
-    mse1 = (ainfo.get("ae1_loss") or [float("nan")])[-1]
-    if cifar:
-        mag_txt = (f"{base_name} behind reformer AE (width 16, LeakyReLU hidden, sigmoid out, no "
-                   f"pooling; MSE {mse1:.4f}); detectors L1(AE) + JSD(T=10) + JSD(T=40); AE "
-                   f"{ae_epochs} epochs Adam 1e-3 on {n_ae} images (noise {noise}; attempts "
-                   f"{ainfo.get('ae1_attempts')}); union threshold at FPR {fpr} on {n_val} "
-                   f"held-out images")
-    else:
-        mag_txt = (f"mnist-lenet behind reformer AE-I (width 8, LeakyReLU hidden, sigmoid out, "
-                   f"avgpool; MSE {mse1:.4f}); detectors L2(AE-I) + L1(AE-II: width 3, no "
-                   f"pooling, MSE {(ainfo.get('ae2_loss') or [float('nan')])[-1]:.4f}); AEs "
-                   f"{ae_epochs} epochs Adam 1e-3 on {n_ae} images (noise 0.1; attempts "
-                   f"{ainfo.get('ae1_attempts')}/{ainfo.get('ae2_attempts')}); union "
-                   f"threshold at FPR {fpr} on {n_val} held-out training images")
-    info["MagNet"] = {"recipe": mag_txt, "train_s": s, "fpr_configured": fpr,
-                      "fpr_val": fpr_val, "fpr_test": fpr_test}
-    print(f"[t3] MagNet {s:.0f} s; FPR val {fpr_val:.4f} test {fpr_test:.4f}", flush=True)
-
-    # clean accuracy
-    clean_where = (f"{n_clean} held-out {label} test images (disjoint from every training slice)"
-                   if cifar else f"the first {n_clean} {label} test images")
-    def_rows = []
-    acc0 = _accuracy(defended["none"], x_clean, y_clean)
-    for name, mod in defended.items():
-        acc = _accuracy(mod, x_clean, y_clean)
-        row = {"defence": name, "clean_acc": acc, "delta_vs_undefended": acc - acc0,
-               "train_s": info[name]["train_s"], "recipe": info[name]["recipe"]}
-        if name == "MagNet":
-            row["note"] = (f"accuracy of the reformed classifier (detector ignored); FPR "
-                           f"configured {fpr}, on the {n_val} validation images "
-                           f"{fpr_val:.4f}, on the {n_clean} clean test images {fpr_test:.4f}")
-        def_rows.append(row)
-        print(f"[t3] clean {name}: {acc:.4f}", flush=True)
-    def_notes = [f"clean accuracy on {clean_where}",
-                 "train_s: wall time of training on this loaded 2-core CPU (niced)"]
-    if cifar:
-        def_notes.insert(1, "CIFAR-10: only the test split is available; the defences are "
-                            "fine-tuned on one seeded part of it and evaluated on another, "
-                            "disjoint part (summary.json 'split')")
-    write_table(def_rows, out, "defences",
-                f"Defences: training time and clean accuracy ({label})", def_notes)
-
-    # attacks
-    igsm_alpha = 2.5 * eps / igsm_steps
-    atk: dict[str, Attack] = {
-        "IGSM": attacks.IGSM(eps=eps, alpha=igsm_alpha, steps=igsm_steps),
-        "DF": attacks.DeepFool(norm=2, overshoot=0.02, max_iter=50, clip=True),
-        cs_name: (attacks.ColorShift(trials=100, seed=seed) if cifar else
-                  GreyShift(trials=100, max_shift=0.5, seed=seed)),
-    }
-    for sg, sn in zip(sigmas_g, sf_names):
-        atk[sn] = attacks.SmoothFool(sigma=float(sg), clip_step=clip_step, max_iter=sf_max_iter)
-    wb_names = list(atk) if white_box_attacks is None else list(white_box_attacks)
-
-    def craft(a: Attack, model: nn.Module) -> Tensor:
-        return a(model, x_te, y_te).x_adv.detach().clamp(0.0, 1.0)
-
-    def fool(name: str, model: nn.Module, xa: Tensor) -> tuple[float, float | None]:
-        if name == "MagNet":
-            r = mag_mod.magnet_fooling_rate(mag, x_te, xa, y_te)
-            return r.rate, r.misclassified
-        return metrics.fooling_rate(model, x_te, xa, y_te).rate, None
-
-    timings: dict[str, float] = {}
-    transfer: dict[str, Tensor] = {}
-    for an, a in atk.items():
-        t0 = time.perf_counter()
-        transfer[an] = craft(a, defended["none"])
-        timings[f"craft {an} on {base_name}"] = time.perf_counter() - t0
-        print(f"[t3] crafted {an} ({timings[f'craft {an} on {base_name}']:.0f} s)", flush=True)
-    rows: list[dict[str, Any]] = []
-    for name, mod in defended.items():
-        acc = _accuracy(mod, x_te, y_te)
-
-        def add_rows(setting: str, adv: Any, name: str = name, mod: nn.Module = mod,
-                     acc: float = acc) -> None:
-            """The defence's row for ``setting`` (+ MagNet's reformer-only row); ``adv(an)``
-            gives the adversarial images of attack ``an`` or None (not run: NaN)."""
-            row: dict[str, Any] = {"defence": name, "setting": setting, "clean_acc": acc}
-            ref: dict[str, Any] = {"defence": "MagNet (reformer only)", "setting": setting,
-                                   "clean_acc": acc}
-            for an in atk:
-                xa = adv(an)
-                if xa is None:
-                    row[an] = ref[an] = float("nan")
-                    continue
-                row[an], mis = fool(name, mod, xa)
-                if mis is not None:
-                    ref[an] = mis
-            rows.append(row)
+    name, m = s["defence"], _model_settings(s)
+    a = {k: s[k] for k in _ATTACK_FIELDS}
+    d = table3_split(s, ctx.data_root)
+    x, y = d["x_te"], d["y_te"]
+    model = _defended(name, s, ctx)
+    acc = accuracy(model, x, y)
+    settings = [("white-box" if name == "none" else "transfer", "none")]
+    if s["white_box"] and name != "none":
+        settings.append(("white-box", name))
+    rows = []
+    for setting, on in settings:
+        row: dict[str, Any] = {"defence": name, "setting": setting, "clean_acc": acc}
+        ref: dict[str, Any] = {"defence": "MagNet (reformer only)", "setting": setting,
+                               "clean_acc": acc}
+        for atk in s["attacks"]:
+            if on != "none" and atk not in s["white_box"]:
+                row[atk] = ref[atk] = float("nan")
+                continue
+            xa = ctx.step(_craft_step(m, a, atk, on)).tensors["x_adv"]
             if name == "MagNet":
-                rows.append(ref)
-            print(f"[t3] {row}", flush=True)
-
-        def white_box_adv(an: str, mod: nn.Module = mod, name: str = name) -> Tensor | None:
-            if an not in wb_names:
-                return None
-            t0 = time.perf_counter()
-            xa = craft(atk[an], mod)
-            timings[f"craft {an} on {name}"] = time.perf_counter() - t0
-            return xa
-
-        add_rows("transfer" if name != "none" else "white-box", transfer.__getitem__)
-        if white_box and name != "none":
-            add_rows("white-box", white_box_adv)
-        _write_json(out / "summary.json", {"rows": rows, "timings": timings})
-
-    if cifar:
-        sample_txt = (f"{n_test} CIFAR-10 test images (the first {n_test} of a permutation of "
-                      f"the test split with seed {seed}; the defences are trained on other, "
-                      "disjoint images of the test split)")
-        cs_txt = ("CS: colour shift (attacks.ColorShift: random hue shift and progressive "
-                  "saturation shift in HSV, 100 trials)")
-    else:
-        sample_txt = (f"{n_test} seeded MNIST test images (data.load sample={n_test}, "
-                      f"seed={seed + 3})")
-        cs_txt = ("GS replaces CS: colour shift (hue/saturation) does not apply to greyscale; GS "
-                  "= random global contrast/brightness shift, a ~ U[1−s,1+s], b ~ U[−s,s], s up "
-                  "to 0.5, 100 trials")
-    notes = [
-        f"{sample_txt}; fooling rate over the images each model classifies correctly; "
-        "adversarial images in [0,1]",
-        f"transfer = crafted on the undefended {base_name} (zero-knowledge, as the paper); "
-        "white-box = crafted on the defended model itself (HGD: through the denoiser; MagNet: "
-        "through the reformer, detectors not attacked)",
-        "MagNet rows: success = misclassified AND not flagged by the detectors (union FPR "
-        f"{fpr}); 'MagNet (reformer only)' = misclassified, detectors ignored",
-        f"IGSM: ε={eps:.4g}, α={igsm_alpha:.3g}, {igsm_steps} steps; DF: DeepFool-L2 η=0.02, "
-        "max_iter=50, clip=True (stays in [0,1]); SF: SmoothFool (Gaussian σg, "
-        f"clip_step={clip_step}, max_iter={sf_max_iter})",
-        cs_txt,
-        f"white-box attacks run: {', '.join(wb_names) if white_box else 'none'} (nan = not run)",
-        f"runtime {time.perf_counter() - t_start:.0f} s",
-    ]
-    write_table(rows, out, "smoothfool_table3",
-                f"Fooling rates against defended {label} {DATASETS[dataset]['arch']} "
-                "(SmoothFool Table 3 analogue)", notes)
-    _write_json(out / "summary.json", {
-        "rows": rows, "defences": def_rows, "timings": timings,
-        "settings": {"dataset": dataset, "n_test": n_test, "n_clean": n_clean,
-                     "n_train": n_train, "n_train_sat": n_train_sat,
-                     "n_train_hgd": n_train_hgd, "n_ae": n_ae, "n_val": n_val, "epochs": epochs,
-                     "eps": eps, "clip_step": clip_step, "ae_epochs": ae_epochs, "fpr": fpr,
-                     "seed": seed,
-                     "sf_max_iter": sf_max_iter, "sigmas_g": list(sigmas_g),
-                     "white_box_attacks": wb_names if white_box else []},
-        "split": split,
-        "runtime_s": time.perf_counter() - t_start})
-    plt = _plt()
-    names = list(atk)
-    for setting in ("transfer", "white-box"):
-        sel = [r for r in rows if r["setting"] == setting or r["defence"] == "none"]
-        if setting == "white-box" and len(sel) <= 1:
-            continue
-        fig, ax = plt.subplots(figsize=(10, 4))
-        width = 0.8 / max(len(sel), 1)
-        for i, r in enumerate(sel):
-            ax.bar([j + i * width for j in range(len(names))],
-                   [100 * float(r.get(n, float("nan"))) for n in names], width,
-                   label=r["defence"])
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
-        ax.set(ylabel="fooling rate (%)", title=f"{label}, {setting} ({n_test} test images)")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        with atomic_path(out / f"smoothfool_table3_{setting}.png") as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-    return rows
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically (temp file + rename)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
-
-
-if __name__ == "__main__":  # pragma: no cover - CLI convenience
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="argument of smoothfool_table3 (JSON value), repeatable")
-    a = ap.parse_args()
-    smoothfool_table3(a.out_dir, **{k: json.loads(v) for k, v in
-                                    (s.split("=", 1) for s in a.set)})
+                r = magnet.magnet_fooling_rate(model, x, xa, y)
+                row[atk], ref[atk] = r.rate, r.misclassified
+            else:
+                row[atk] = metrics.fooling_rate(model, x, xa, y).rate
+        rows += [row, ref] if name == "MagNet" else [row]
+    info = {"clean_acc_n_clean": accuracy(model, d["x_clean"], d["y_clean"])}
+    if name == "MagNet":
+        info["fpr_val"] = float(model.detect(d["x_val"]).double().mean())
+        info["fpr_test"] = float(model.detect(d["x_clean"]).double().mean())
+    return StepOutput(rows=rows, info=info)
