@@ -57,7 +57,9 @@ def apgd_checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p[1:] if q <= 1.0 and math.ceil(q * steps) >= 1})
+    # (rounded first: 0.57·100 is 57.000000000000007 in floating point)
+    w = {math.ceil(round(q * steps, 9)) for q in p[1:] if q <= 1.0}
+    return sorted(v for v in w if v >= 1)
 
 
 class APGD(Attack):
