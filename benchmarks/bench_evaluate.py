@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +141,86 @@ def main(argv: list[str] | None = None) -> int:
 
 def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.nn.Module,
                     x: torch.Tensor, y: torch.Tensor, aa_path: Path, ref_eps: float) -> int:
-    raise NotImplementedError  # filled in with the evaluate API
+    import advsmooth as asm
+
+    info = H.machine_info(args.threads)
+    t_before, acc_ref = pgd40(model, x, y, ref_eps, cfg["norm"])
+    log(f"  PGD-40 reference: {t_before:.1f} s, robust {acc_ref:.1%}")
+    clean = H.predict(model, x) == y
+    runs: dict[str, Any] = {}
+    for label, radii in (("single", [ref_eps]), ("grid", cfg["eps"])):
+        if label == "grid" and radii == [ref_eps]:
+            continue
+        t, rep = H.timed(lambda radii=radii: asm.evaluate(
+            model, x, y, norm=cfg["norm"], eps=radii, keep_images=True, seed=0))
+        judged = {}
+        for i, e in enumerate(rep.eps):
+            assert rep.images is not None
+            r = rep.images[i] - x
+            size = (r.flatten(1).abs().amax(1) if cfg["norm"] == "inf"
+                    else r.flatten(1).double().norm(dim=1))
+            assert bool((size <= e + 1e-6).all()), "an image left the eps-ball"
+            ok = H.evaluate(model, x, y, rep.images[i])["_ok"]
+            robust = (~ok) & clean
+            if not torch.equal(robust, rep.robust[i]):
+                log(f"  WARNING: the shared judge disagrees with the report at eps={e:.4g}")
+            judged[f"{e:.6g}"] = {"robust_accuracy": float(robust.double().mean()),
+                                  "robust_mask": robust.int().tolist()}
+        runs[label] = {"seconds": t, "eps": judged, "report": rep.to_dict()}
+        log(f"  advsmooth.evaluate {label} ({', '.join(f'{e:.4g}' for e in rep.eps)}): "
+            f"{t:.1f} s; robust "
+            + ", ".join(f"{v['robust_accuracy']:.1%}" for v in judged.values()))
+        log("    stages at the largest eps: " + "; ".join(
+            f"{s['stage']} fooled {s['fooled']} in {s['seconds']:.1f} s"
+            for s in rep.stages if s["eps"] == rep.eps[-1]))
+        log("    flags raised: " + (", ".join(f.name for f in rep.flags if f.raised) or "none"))
+    t_after, _ = pgd40(model, x, y, ref_eps, cfg["norm"])
+    log(f"  PGD-40 reference again: {t_after:.1f} s")
+    payload: dict[str, Any] = {"config": args.config, "settings": cfg, "machine": info,
+                               "loadavg_end": H.loadavg(), "pgd40_seconds": [t_before, t_after],
+                               "pgd40_robust_accuracy": acc_ref, "advsmooth": runs}
+    rows = []
+    if aa_path.exists():
+        aa = json.loads(aa_path.read_text())
+        payload["autoattack"] = {k: v for k, v in aa.items() if k != "eps"}
+        payload["autoattack"]["eps"] = {e: {k: v for k, v in d.items() if k != "robust_mask"}
+                                        for e, d in aa["eps"].items()}
+        pgd_aa = aa.get("pgd40_seconds")
+        pgd_us = sum(payload["pgd40_seconds"]) / 2
+        for e, d in aa["eps"].items():
+            ours_single = runs["single"]["eps"].get(e)
+            ours_grid = runs.get("grid", runs["single"])["eps"].get(e)
+            row: dict[str, Any] = {"eps": e, "autoattack": d["robust_accuracy"],
+                                   "aa_seconds": d["seconds"]}
+            for lab, ours in (("single", ours_single), ("grid", ours_grid)):
+                if ours is None:
+                    continue
+                mine = torch.tensor(ours["robust_mask"], dtype=torch.bool)
+                theirs = torch.tensor(d["robust_mask"], dtype=torch.bool)
+                row[f"{lab}_acc"] = ours["robust_accuracy"]
+                row[f"{lab}_missed"] = int((mine & ~theirs).sum())   # AA fooled, we did not
+                row[f"{lab}_extra"] = int((~mine & theirs).sum())    # we fooled, AA did not
+            row["single_seconds"] = runs["single"]["seconds"]
+            row["grid_seconds"] = runs.get("grid", runs["single"])["seconds"]
+            row["time_ratio"] = row["single_seconds"] / d["seconds"]
+            if pgd_aa:
+                row["time_ratio_pgd_normalised"] = ((row["single_seconds"] / pgd_us)
+                                                    / (d["seconds"] / pgd_aa))
+            rows.append(row)
+        payload["comparison"] = rows
+    out = Path(args.out)
+    (out / f"evaluate_{args.config}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    md = [f"## evaluate vs AutoAttack: {args.config}", "",
+          H.md_table(rows, [("eps", "ε"), ("autoattack", "AutoAttack robust acc."),
+                            ("single_acc", "evaluate (ε alone)"), ("grid_acc", "evaluate (grid)"),
+                            ("single_missed", "AA fooled, evaluate not"),
+                            ("aa_seconds", "AA s"), ("single_seconds", "evaluate s"),
+                            ("grid_seconds", "grid s"), ("time_ratio", "time ratio"),
+                            ("time_ratio_pgd_normalised", "ratio (PGD-normalised)")]), "",
+          H.machine_md({**info, "loadavg_end": H.loadavg()})]
+    (out / f"evaluate_{args.config}.md").write_text("\n".join(md) + "\n")
+    log("\n".join(md))
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from fractions import Fraction
 from typing import Any
 
 from ._common import add_common
@@ -18,7 +17,9 @@ def parse_number(text: str) -> float:
     try:
         if "/" in t:
             num, den = t.split("/", 1)
-            v = float(Fraction(num.strip())) / float(Fraction(den.strip()))
+            if "/" in den:
+                raise ValueError(t)
+            v = float(num.strip()) / float(den.strip())
         else:
             v = float(t)
     except (ValueError, ZeroDivisionError):
@@ -28,19 +29,21 @@ def parse_number(text: str) -> float:
     return v
 
 
-def eps_list(text: str) -> list[float]:
-    """argparse type: comma- (or space-) separated radii ≥ 0, fractions allowed
-    (``"2/255,4/255,8/255"``)."""
+def eps_list(text: str | None, flag: str = "--eps") -> list[float] | None:
+    """Comma- (or space-) separated values ≥ 0, fractions allowed (``"2/255,4/255,8/255"``);
+    ``None`` stays ``None``. ``ValueError`` naming ``flag`` (one line, exit 2 in the CLI)."""
+    if text is None:
+        return None
     parts = [p for p in text.replace(",", " ").split() if p]
     if not parts:
-        raise argparse.ArgumentTypeError("expected at least one radius, e.g. 8/255 or 0.1,0.3")
+        raise ValueError(f"{flag}: expected at least one value, e.g. 8/255 or 0.1,0.3")
     try:
         vals = [parse_number(p) for p in parts]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise ValueError(f"{flag}: {exc}") from None
     bad = [p for p, v in zip(parts, vals, strict=True) if v < 0]
     if bad:
-        raise argparse.ArgumentTypeError(f"radii must be >= 0, got {bad[0]}")
+        raise ValueError(f"{flag}: values must be >= 0, got {bad[0]}")
     return vals
 
 

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--N", dest="n_samples", type=positive_int, default=1000,
                    help="estimation samples (default 1000; Cohen et al. use 100000)")
     p.add_argument("--alpha", type=positive_float, default=0.001, help="failure probability")
-    p.add_argument("--radii", type=eps_list, default=None,
+    p.add_argument("--radii", default=None,
                    help="L2 radii of the table (default: 0 .. the largest certified radius)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default=None, metavar="DIR",
@@ -36,6 +36,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    radii = eps_list(args.radii, "--radii")
     import advsmooth as asm
 
     from ..metrics.certification import certified_accuracy
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     model, x, y, _ = load_model_data(args)
     smoothed = asm.defenses.SmoothedClassifier(model, sigma=args.sigma, seed=args.seed)
     report = certified_accuracy(smoothed, x, y, n0=args.n0, n=args.n_samples, alpha=args.alpha,
-                                radii=args.radii, batch_size=args.batch_size,
+                                radii=radii, batch_size=args.batch_size,
                                 noise_seed=args.seed)
     print(report.summary())
     if args.out:

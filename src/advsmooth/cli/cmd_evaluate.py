@@ -20,7 +20,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "across the eps grid (ascending) only survivors go on. Prints robust "
                     "accuracy per eps, the DeepFool bound and gradient-masking flags.")
     add_model_data(p, default_n=500)
-    p.add_argument("--eps", type=eps_list, required=True,
+    p.add_argument("--eps", required=True,
                    help="radii, comma separated, fractions allowed: 2/255,4/255,8/255")
     p.add_argument("--norm", choices=("inf", "2"), default="inf", help="threat model")
     p.add_argument("--stages", default="standard",
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--apgd-restarts", type=positive_int, default=1)
     p.add_argument("--apgd-targets", type=positive_int, default=3)
     p.add_argument("--square-queries", type=positive_int, default=1000)
-    p.add_argument("--smoothness", type=eps_list, default=None, metavar="SIGMAS",
+    p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
     p.add_argument("--no-deepfool", action="store_true", help="skip the DeepFool distribution")
     p.add_argument("--smooth-sigma", type=float, default=None,
@@ -50,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     stages: Any = args.stages
     if stages not in ("standard", "fast"):
         stages = [s.strip() for s in stages.split(",") if s.strip()]
-    stage_names(args.norm, stages)  # a bad stage list fails before any loading
+    stage_names(args.norm, stages)  # bad arguments fail before any loading
+    eps = eps_list(args.eps)
+    smoothness = eps_list(args.smoothness, "--smoothness")
+    if args.n < 0:
+        raise ValueError(f"--n must be >= 0, got {args.n}")
     model, x, y, _ = load_model_data(args)
     if args.smooth_sigma is not None:
         import advsmooth as asm
@@ -58,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
         model = asm.defenses.SmoothedClassifier(model, sigma=args.smooth_sigma,
                                                 samples=args.smooth_samples, seed=args.seed)
     report = evaluate(
-        model, x, y, norm=args.norm, eps=args.eps, stages=stages, pgd_steps=args.pgd_steps,
+        model, x, y, norm=args.norm, eps=eps, stages=stages, pgd_steps=args.pgd_steps,
         apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
         apgd_targets=args.apgd_targets, square_queries=args.square_queries,
-        deepfool=not args.no_deepfool, smoothness=args.smoothness,
+        deepfool=not args.no_deepfool, smoothness=smoothness,
         batch_size=args.batch_size, seed=args.seed, progress=args.progress)
     print(report.summary())
     if args.out:

@@ -152,6 +152,9 @@ class RobustnessReport:
     randomized: bool = False
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    #: ``(len(eps), N, C, H, W)`` the image that fooled each sample first (``x`` itself where
+    #: robust), with ``keep_images=True``; not serialised
+    images: Tensor | None = field(default=None, repr=False)
 
     @property
     def masking_suspected(self) -> bool:
@@ -284,6 +287,7 @@ def evaluate(
     batch_size: int = 500,
     seed: int = 0,
     progress: bool = False,
+    keep_images: bool = False,
 ) -> RobustnessReport:
     """Evaluate the robustness of ``model`` on ``(x, y)`` over the radii ``eps``.
 
@@ -305,6 +309,8 @@ def evaluate(
         gap_points: percentage points of the ``pgd_gap`` / ``blackbox_beats_whitebox`` flags.
         batch_size: images per attack call. seed: seeds every random choice (per ε and stage).
         progress: print a line per (ε, stage).
+        keep_images: keep, per ε, the image that fooled each sample (``report.images``) so that
+            the verdicts can be checked independently.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -374,6 +380,8 @@ def evaluate(
     fooled_by = torch.full((n,), -2, dtype=torch.long, device=x.device)
     fooled_by[correct] = -1
     pgd_acc: dict[float, float] = {}
+    adv = x.clone() if keep_images else x
+    snapshots: list[Tensor] = []
     square_only = 0
     for ie, e in enumerate(radii):
         for si, name in enumerate(names):
@@ -383,12 +391,15 @@ def evaluate(
             t0 = time.perf_counter()
             ge = fe = 0.0
             new = torch.zeros(n, dtype=torch.bool, device=x.device)
+            found = x.clone() if keep_images else None
             if rows.numel():
                 if name == "deepfool":
                     if df_adv is not None:
                         cand = _project(nrm, x[rows], df_adv[rows], e)
                         hit = judge.wrong(cand, labels[rows])
                         new[rows[hit]] = True
+                        if keep_images:
+                            found[rows[hit]] = cand[hit]
                         fe = float(rows.numel())
                 else:
                     atk = _make(name, nrm, e, pgd_steps, apgd_steps, apgd_restarts, apgd_targets,
@@ -402,6 +413,8 @@ def evaluate(
                     if rnd and bool(hit.any()):
                         hit[hit.clone()] = judge.wrong(res.x_adv[hit], labels[rows][hit])
                     new[rows[hit]] = True
+                    if keep_images:
+                        found[rows[hit]] = res.x_adv[hit]
                     ge, fe = float(res.grad_evals.sum()), float(res.forward_evals.sum())
             if name == "pgd-ce":
                 pgd_fooled |= new
@@ -409,6 +422,8 @@ def evaluate(
             elif name != "square":
                 gradient_fooled |= new
             newly = new & ~fooled
+            if found is not None:
+                adv[newly] = found[newly]
             if name == "square" and ie == len(radii) - 1:
                 square_only = int((newly & ~gradient_fooled).sum())
             fooled_by[newly] = si
@@ -426,6 +441,8 @@ def evaluate(
             pgd_acc[e] = math.nan
         robust_rows.append(~fooled)
         by_rows.append(fooled_by.clone())
+        if keep_images:
+            snapshots.append(adv.clone())
     robust = torch.stack(robust_rows)
     acc = {e: float(robust[i].double().mean()) for i, e in enumerate(radii)}
 
@@ -458,6 +475,7 @@ def evaluate(
         norm=nrm, eps=radii, n=n, clean_accuracy=float(correct.double().mean()),
         robust_accuracy=acc, pgd_robust_accuracy=pgd_acc, stage_list=names, stages=stage_rows,
         robust=robust, fooled_by=torch.stack(by_rows), deepfool=df_info,
+        images=torch.stack(snapshots) if keep_images else None,
         smoothness=smooth_rows, flags=flags, randomized=rnd,
         seconds=time.perf_counter() - t_start, config=config)
 
