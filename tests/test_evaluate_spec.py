@@ -21,10 +21,17 @@ name = "evaluate-shards"
 seed = 3
 [[studies]]
 task = "evaluate"
-params = { model = "digits-lenet", dataset = "digits", sample = 12, norm = "inf",
-           eps = [0.05, 0.1], shards = 3, stages = ["pgd-ce", "deepfool", "apgd-ce"],
-           pgd_steps = 3, apgd_steps = 4 }
 grid = { shard = [0, 1, 2] }
+[studies.params]
+model = "digits-lenet"
+dataset = "digits"
+sample = 12
+norm = "inf"
+eps = [0.05, 0.1]
+shards = 3
+stages = ["pgd-ce", "deepfool", "apgd-ce"]
+pgd_steps = 3
+apgd_steps = 4
 """
 
 

@@ -10,9 +10,14 @@ two processes and a resumed run give the same rows. Example::
     seed = 0
     [[studies]]
     task = "evaluate"
-    params = { model = "mnist-lenet-pgd", dataset = "mnist", n = 500, norm = "inf",
-               eps = [0.1, 0.2, 0.3, 0.4], shards = 4 }
     grid = { shard = [0, 1, 2, 3] }
+    [studies.params]
+    model = "mnist-lenet-pgd"
+    dataset = "mnist"
+    n = 500
+    norm = "inf"
+    eps = [0.1, 0.2, 0.3, 0.4]
+    shards = 4
 
 Rows: one per ε of each shard: ``shard, eps, n, correct, robust, pgd_robust``,
 ``fooled_<stage>`` (samples each stage fooled first), ``deepfool_within`` (correctly classified
