@@ -19,6 +19,9 @@ two processes and a resumed run give the same rows. Example::
     eps = [0.1, 0.2, 0.3, 0.4]
     shards = 4
 
+``model`` is a zoo name, a saved model or ``package.module:factory``; ``checkpoint`` (a state
+dict, loaded with ``weights_only=True``) replaces its weights.
+
 Rows: one per ε of each shard: ``shard, eps, n, correct, robust, pgd_robust``,
 ``fooled_<stage>`` (samples each stage fooled first), ``deepfool_within`` (correctly classified
 samples with DeepFool ‖r‖ ≤ ε); the store keeps each cell's time. Counts add up over shards;
@@ -36,8 +39,8 @@ from .tasks import StudyContext, register_task
 
 __all__ = ["combine_rows"]
 
-_KEYS = ("model", "dataset", "split", "n", "sample", "data_seed", "norm", "eps", "shards",
-         "shard", "stages", "pgd_steps", "apgd_steps", "apgd_restarts", "apgd_targets",
+_KEYS = ("model", "checkpoint", "dataset", "split", "n", "sample", "data_seed", "norm", "eps",
+         "shards", "shard", "stages", "pgd_steps", "apgd_steps", "apgd_restarts", "apgd_targets",
          "square_queries", "batch_size", "deepfool")
 _INTS = (("n", 1), ("sample", 1), ("data_seed", 0), ("shards", 1), ("shard", 0),
          ("pgd_steps", 1), ("apgd_steps", 1), ("apgd_restarts", 1), ("apgd_targets", 1),
@@ -63,7 +66,12 @@ def _check(p: dict[str, Any]) -> None:
     if p.get("shard", 0) >= shards:
         raise ValueError(f"shard must be in [0, {shards - 1}], got {p.get('shard')}")
     stage_names(p.get("norm", "inf"), p.get("stages", "standard"))
-    if ":" not in p["model"]:
+    from ..models.byo import is_factory_spec
+
+    if p.get("checkpoint") is not None and not isinstance(p["checkpoint"], str):
+        raise ValueError(f"checkpoint must be a path, got {p['checkpoint']!r}")
+    if not is_factory_spec(p["model"]) and ":" not in p["model"] and \
+            not p["model"].endswith((".pt", ".pth")):
         from .. import models
 
         models.spec(p["model"])
@@ -84,7 +92,17 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     if x.shape[0] == 0:
         return [{"shard": shard, "eps": float(e), "n": 0, "correct": 0, "robust": 0,
                  "pgd_robust": 0} for e in sorted(set(eps))]
-    model = ctx.load_model(p["model"])
+    from ..models.byo import check_input_shape, is_factory_spec, load_factory
+
+    if is_factory_spec(p["model"]):
+        model = load_factory(p["model"], checkpoint=p.get("checkpoint"), device=ctx.device)
+    elif p.get("checkpoint") is not None:
+        from .. import models
+
+        model = models.load(p["model"], checkpoint=p["checkpoint"], device=ctx.device)
+    else:
+        model = ctx.load_model(p["model"])
+    check_input_shape(model, x, name=f"model {p['model']}")
     rep = evaluate(model, x, y, norm=p.get("norm", "inf"), eps=eps,
                    stages=p.get("stages", "standard"), pgd_steps=p.get("pgd_steps", 20),
                    apgd_steps=p.get("apgd_steps", 100), apgd_restarts=p.get("apgd_restarts", 1),
