@@ -196,6 +196,13 @@ def test_evaluate_detects_a_randomised_model_and_uses_eot() -> None:
     assert {f.name: f for f in rep.flags}["randomized"].raised
     assert not evaluate(base, x, y, eps=[0.1], stages=["pgd-ce"], pgd_steps=2,
                         deepfool=False).randomized
+    # a SmoothedClassifier (hard votes, no gradient of its own): EPGD through the base model,
+    # DeepFool left out
+    smoothed = asm.defenses.SmoothedClassifier(base, sigma=0.1, samples=8)
+    rep = evaluate(smoothed, x, y, eps=[0.1], pgd_steps=2, apgd_steps=3, apgd_targets=1,
+                   square_queries=5, eot_samples=2, draws=3)
+    assert rep.randomized and "deepfool" not in rep.stage_list and not rep.deepfool
+    assert rep.robust_accuracy[0.1] <= rep.clean_accuracy
 
 
 def test_evaluate_rejects_bad_arguments() -> None:

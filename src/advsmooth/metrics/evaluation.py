@@ -44,8 +44,9 @@ perturbations", arXiv:1910.03624) and gradient-masking flags:
 ``randomized``
     two forward passes of the same input differ (noise injection, ``SmoothedClassifier``): the
     gradient stages then use an expectation over the randomness (EOT / EPGD,
-    :class:`~advsmooth.attacks.ExpectationGradient`), and a sample counts as fooled only if
-    the majority of ``draws`` forward passes misclassify its image.
+    :class:`~advsmooth.attacks.ExpectationGradient`), a sample counts as fooled only if
+    the majority of ``draws`` forward passes misclassify its image, and DeepFool (whose
+    linearisation of a random or vote-based classifier means nothing) is left out.
 """
 
 from __future__ import annotations
@@ -344,7 +345,10 @@ def evaluate(
     df_info: dict[str, Any] = {}
     df_adv: Tensor | None = None
     df_norm = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
-    if deepfool or "deepfool" in names:
+    if rnd and "deepfool" in names:
+        # DeepFool's linearisation of a randomised (or vote-based) classifier means nothing
+        names = [s for s in names if s != "deepfool"]
+    if (deepfool or "deepfool" in names) and not rnd:
         idx = torch.nonzero(correct).flatten()
         if idx.numel():
             t0 = time.perf_counter()
