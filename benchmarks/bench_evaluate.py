@@ -186,6 +186,10 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
             f"{s['stage']} fooled {s['fooled']} in {s['seconds']:.1f} s"
             for s in rep.stages if s["eps"] == rep.eps[-1]))
         log("    flags raised: " + (", ".join(f.name for f in rep.flags if f.raised) or "none"))
+        # partial results survive a run cut short (the grid takes longest)
+        partial = Path(args.out) / f"evaluate_{args.config}.partial.json"
+        partial.write_text(json.dumps({"config": args.config, "pgd40_seconds": [t_before],
+                                       "advsmooth": runs}, indent=1) + "\n")
     t_after, _ = pgd40(model, x, y, ref_eps, cfg["norm"])
     log(f"  PGD-40 reference again: {t_after:.1f} s")
     payload: dict[str, Any] = {"config": args.config, "settings": cfg, "machine": info,
@@ -226,6 +230,7 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
         payload["comparison"] = rows
     out = Path(args.out)
     (out / f"evaluate_{args.config}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"evaluate_{args.config}.partial.json").unlink(missing_ok=True)
     md = [f"## evaluate vs AutoAttack: {args.config}", "",
           H.md_table(rows, [("eps", "ε"), ("autoattack", "AutoAttack robust acc."),
                             ("single_acc", "evaluate (ε alone)"), ("grid_acc", "evaluate (grid)"),
