@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from advsmooth.cli import main
-from advsmooth.cli._model_data import eps_list, parse_number
+from advsmooth.cli._common import parse_number
+from advsmooth.cli._model_data import eps_list
 
 FAST = ["--pgd-steps", "2", "--apgd-steps", "3", "--apgd-targets", "2",
         "--square-queries", "10", "--stages", "pgd-ce,apgd-ce,square"]
@@ -63,7 +64,7 @@ def test_input_shape_is_checked_before_any_work(tmp_path, capsys) -> None:
     npz = tmp_path / "rgb.npz"
     np.savez(npz, x=np.zeros((4, 3, 8, 8), dtype=np.float32), y=np.zeros(4, dtype=np.int64))
     _one_line_error(["evaluate", "--model", "digits-fc", "--data", f"npz:{npz}", "--eps", "0.1"],
-                    capsys, "expects inputs of shape (1, 28, 28)")
+                    capsys, "takes 1x28x28 images")
 
 
 def test_bring_your_own_model_factory_and_checkpoint(tmp_path, monkeypatch, capsys) -> None:

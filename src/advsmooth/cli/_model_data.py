@@ -5,28 +5,9 @@ model's input shape checked against the data before any work."""
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
-from ._common import add_common
-
-
-def parse_number(text: str) -> float:
-    """``"0.3"`` → 0.3, ``"8/255"`` → 8/255; ``ValueError`` naming the text otherwise."""
-    t = text.strip()
-    try:
-        if "/" in t:
-            num, den = t.split("/", 1)
-            if "/" in den:
-                raise ValueError(t)
-            v = float(num.strip()) / float(den.strip())
-        else:
-            v = float(t)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"expected a finite number, got {text!r}")
-    return v
+from ._common import add_common, parse_number
 
 
 def eps_list(text: str | None, flag: str = "--eps") -> list[float] | None:
@@ -66,23 +47,25 @@ def add_model_data(p: argparse.ArgumentParser, *, default_n: int) -> None:
 
 
 def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    """``(model, x, y, device)`` from the parsed arguments; the model is checked on the data."""
+    """``(model, x, y, device)`` from the parsed arguments. The device, the output folder and
+    the model's declared input shape against the data's are checked before anything is loaded;
+    the model is then run on two images of the data."""
     import advsmooth as asm
 
-    from ..models.byo import check_input_shape, is_factory_spec, load_factory
-    from ._common import resolve_device
+    from ..models.byo import is_factory_spec, load_factory
+    from ._common import check_model_input, check_out_dir, data_shape, resolve_device
 
     device = resolve_device(args.device)
     if args.n < 0:
         raise ValueError(f"--n must be >= 0, got {args.n}")
-    expected = None
+    check_out_dir(getattr(args, "out", None))
+    shape = data_shape(args.data, args.split, args.data_root)
+    check_model_input(args.model, args.data, shape)
     if is_factory_spec(args.model):
         model = load_factory(args.model, checkpoint=args.checkpoint, device=device)
     else:
         model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
                                 checkpoint=args.checkpoint, verbose=False)
-        if args.model in asm.models.ZOO:
-            expected = asm.models.ZOO[args.model].in_shape
     kw: dict[str, Any] = {}
     if args.n:
         kw = {"sample": args.n, "seed": args.seed} if args.random_subset else {"n": args.n}
@@ -90,5 +73,6 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     if x.shape[0] == 0:
         raise ValueError(f"no samples in {args.data} ({args.split})")
     x, y = x.to(device), y.to(device)
-    check_input_shape(model, x, expected=expected, name=f"model {args.model}")
+    model.eval()
+    check_model_input(args.model, args.data, shape, model, x[:2])
     return model, x, y, device

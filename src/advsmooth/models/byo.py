@@ -38,9 +38,8 @@ def load_factory(spec: str, *, checkpoint: str | os.PathLike[str] | None = None,
     """Build the model ``package.module:factory`` and load ``checkpoint`` into it.
 
     The current working directory is importable (as with ``python -m``). Raises ``ValueError``
-    for a malformed spec or a factory that does not return an ``nn.Module``, ``ImportError`` for
-    a module that cannot be imported, ``FileNotFoundError`` / ``CheckpointError`` for the
-    checkpoint.
+    for a malformed spec, a module that cannot be found or a factory that does not return an
+    ``nn.Module``; ``FileNotFoundError`` / ``CheckpointError`` for the checkpoint.
     """
     if not is_factory_spec(spec):
         raise ValueError(f"model factory must look like 'package.module:factory', got {spec!r}")
@@ -50,7 +49,7 @@ def load_factory(spec: str, *, checkpoint: str | os.PathLike[str] | None = None,
     try:
         module = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
-        raise ImportError(f"cannot import {mod_name!r} for model {spec!r}: {exc}") from None
+        raise ValueError(f"cannot import {mod_name!r} for model {spec!r}: {exc}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
