@@ -29,6 +29,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "sg-fgsm": {"eps": 0.1, "samples": 2},
     "sg-igsm": {"eps": 0.1, "steps": 2, "samples": 2},
     "sg-mifgsm": {"eps": 0.1, "steps": 2, "samples": 2},
+    "apgd": {"eps": 0.1, "steps": 3},
+    "square": {"eps": 0.1, "queries": 5},
 }
 
 EXTRA = {

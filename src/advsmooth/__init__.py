@@ -18,6 +18,11 @@ _SUBMODULES = ("attacks", "data", "defenses", "filters", "metrics", "models", "r
 
 
 def __getattr__(name: str) -> Any:  # lazy submodule import keeps `import advsmooth` fast
+    if name == "evaluate":  # advsmooth.evaluate(model, x, y, eps=...): the robustness report
+        from .metrics.evaluation import evaluate
+
+        globals()[name] = evaluate
+        return evaluate
     if name in _SUBMODULES:
         module = importlib.import_module(f"advsmooth.{name}")
         globals()[name] = module
@@ -26,4 +31,4 @@ def __getattr__(name: str) -> Any:  # lazy submodule import keeps `import advsmo
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES])
+    return sorted([*globals(), *_SUBMODULES, "evaluate"])

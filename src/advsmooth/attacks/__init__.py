@@ -53,3 +53,15 @@ __all__ += ["UniversalPerturbation", "universal_fooling_rate"]
 from .smoothfool import SmoothFool, smooth_clip  # noqa: E402
 
 __all__ += ["SmoothFool", "smooth_clip"]
+
+from .grid import EpsGrid, attack_grid  # noqa: E402
+
+__all__ += ["EpsGrid", "attack_grid"]
+
+from .apgd import APGD  # noqa: E402
+
+__all__ += ["APGD"]
+
+from .square import Square  # noqa: E402
+
+__all__ += ["Square"]

@@ -92,7 +92,7 @@ __all__ = [
 ]
 
 #: supported per-copy losses
-LOSSES = ("ce", "margin", "kl")
+LOSSES = ("ce", "margin", "kl", "dlr")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +117,10 @@ class AttackObjective:
     """The per-sample quantity an attack *ascends*.
 
     Attributes:
-        loss: ``"ce"`` (cross-entropy on logits) or ``"margin"`` (CW logit margin).
+        loss: ``"ce"`` (cross-entropy on logits), ``"margin"`` (CW logit margin) or ``"dlr"``
+            (the scale-invariant difference-of-logits ratio of Croce & Hein 2020, "Reliable
+            evaluation of adversarial robustness with an ensemble of diverse parameter-free
+            attacks", arXiv:2003.01690, Eq. 6 untargeted, Eq. 7 targeted).
         labels: ``(N,)`` int64 true labels.
         target: ``(N,)`` int64 target labels for a targeted attack, else ``None``.
         loss_ensemble: evaluate a ``combine="mean_loss"`` ensemble member by member and average
@@ -131,6 +134,10 @@ class AttackObjective:
     Trade-off between Robustness and Accuracy", arXiv:1901.08573): ``J = KL(p ‖ softmax(z))``
     with ``p = reference`` (the model's clean probabilities); labels are not used, untargeted
     only.
+    ``"dlr"`` with ``z`` sorted descending as ``z_π1 ≥ z_π2 ≥ ...``: untargeted
+    ``J = (max_{j≠y} z_j − z_y) / (z_π1 − z_π3 + 1e-12)``; targeted
+    ``J = (z_t − z_y) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)`` (both are minus the paper's DLR,
+    ascended; fewer than 4 classes reuse the smallest logit for the missing ranks).
     """
 
     loss: str
@@ -206,6 +213,10 @@ class AttackObjective:
             zc = z.gather(-1, idx)
             ce = torch.logsumexp((z - zc).scatter(-1, idx, 0.0), dim=-1)
             val = self.sign * ce
+        elif self.loss == "dlr":
+            val = _dlr(z, self.labels if not self.loss_ensemble else self.labels[:, None],
+                       None if self.target is None else
+                       (self.target if not self.loss_ensemble else self.target[:, None]))
         else:
             zc = z.gather(-1, idx)[..., 0]
             other = z.scatter(-1, idx, float("-inf")).amax(dim=-1)
@@ -213,6 +224,20 @@ class AttackObjective:
         if self.loss_ensemble:
             val = val.mean(dim=-1)
         return val
+
+
+def _dlr(z: Tensor, labels: Tensor, target: Tensor | None) -> Tensor:
+    """Minus the DLR loss of logits ``z`` ``(..., N, K)`` (see :class:`AttackObjective`)."""
+    srt = z.sort(dim=-1, descending=True).values
+    k = z.shape[-1]
+    third, fourth = srt[..., min(2, k - 1)], srt[..., min(3, k - 1)]
+    iy = labels.expand(z.shape[:-1])[..., None]
+    zy = z.gather(-1, iy)[..., 0]
+    if target is None:
+        other = z.scatter(-1, iy, float("-inf")).amax(dim=-1)
+        return (other - zy) / (srt[..., 0] - third + 1e-12)
+    zt = z.gather(-1, target.expand(z.shape[:-1])[..., None])[..., 0]
+    return (zt - zy) / (srt[..., 0] - 0.5 * (third + fourth) + 1e-12)
 
 
 # ----------------------------------------------------------------------------------------------

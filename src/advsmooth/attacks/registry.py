@@ -166,6 +166,13 @@ REGISTRY: dict[str, AttackEntry] = {
     "sg-mifgsm": AttackEntry("advsmooth.attacks.iterative:sg_mifgsm",
                              ("eps", "sigma", "max_iter"), aliases={"max_iter": "steps"},
                              help="sg-mIGSM: momentum on the smoothed gradient"),
+    "apgd": AttackEntry("advsmooth.attacks.apgd:APGD", ("eps", "norm", "max_iter"),
+                        aliases={"max_iter": "steps"}, defaults={"eps": 8 / 255},
+                        help="APGD (Croce & Hein): step-size-free PGD, CE or DLR loss "
+                             "(--param loss=dlr --param targets=3 for APGD-T)"),
+    "square": AttackEntry("advsmooth.attacks.square:Square", ("eps",),
+                          defaults={"eps": 8 / 255},
+                          help="Square attack (Linf): score-based random search, no gradients"),
 }
 
 

@@ -11,7 +11,7 @@ shards over ``torch.distributed`` ranks, and pluggable study tasks.
 See docs/experiments.md.
 """
 
-from . import attack_universal, studies_builtin, tasks  # noqa: F401  (register the built-in studies)
+from . import attack_universal, evaluate_task, studies_builtin, tasks  # noqa: F401  (register the built-in studies)
 from .runner import Cell, RunResult, expand_cells, model_hash, run_spec, select_indices, tensor_hash
 from .spec import (
     ATTACK_METRICS,

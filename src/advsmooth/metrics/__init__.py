@@ -48,3 +48,7 @@ __all__ += ["TransferMatrix", "transfer_matrix", "correct_by_all", "random_wrong
             "topk_success", "destruction_rate", "destruction_curve", "GradientSimilarity",
             "gradient_similarity", "DecisionBoundaryMap", "decision_boundary_map", "JPEG",
             "GaussianBlur", "GaussianNoise", "Rotation", "make_transform"]
+
+from .evaluation import Flag, RobustnessReport, evaluate  # noqa: E402
+
+__all__ += ["evaluate", "RobustnessReport", "Flag"]

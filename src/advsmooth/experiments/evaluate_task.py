@@ -1,0 +1,145 @@
+"""The ``evaluate`` study task: :func:`advsmooth.metrics.evaluation.evaluate` as a spec cell.
+
+Samples are independent, so an evaluation is split into ``shards`` equal slices of the selected
+samples, one cell per slice (``grid = { shard = [0, 1, ..., shards - 1] }``). Cells are what the
+runner distributes over ``torchrun`` processes and what it resumes after a kill; each cell's
+randomness comes from its own seed (the spec seed and the cell's parameters), so one process,
+two processes and a resumed run give the same rows. Example::
+
+    name = "evaluate-mnist"
+    seed = 0
+    [[studies]]
+    task = "evaluate"
+    grid = { shard = [0, 1, 2, 3] }
+    [studies.params]
+    model = "mnist-lenet-pgd"
+    dataset = "mnist"
+    n = 500
+    norm = "inf"
+    eps = [0.1, 0.2, 0.3, 0.4]
+    shards = 4
+
+``model`` is a zoo name, a saved model or ``package.module:factory``; ``checkpoint`` (a state
+dict, loaded with ``weights_only=True``) replaces its weights.
+
+Rows: one per ε of each shard: ``shard, eps, n, correct, robust, pgd_robust``,
+``fooled_<stage>`` (samples each stage fooled first), ``deepfool_within`` (correctly classified
+samples with DeepFool ‖r‖ ≤ ε); the store keeps each cell's time. Counts add up over shards;
+:func:`combine_rows` gives robust accuracy per ε.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..metrics.evaluation import STAGES, evaluate, stage_names
+from .tasks import StudyContext, register_task
+
+__all__ = ["combine_rows"]
+
+_KEYS = ("model", "checkpoint", "dataset", "split", "n", "sample", "data_seed", "norm", "eps",
+         "shards", "shard", "stages", "pgd_steps", "apgd_steps", "apgd_restarts", "apgd_targets",
+         "square_queries", "batch_size", "deepfool")
+_INTS = (("n", 1), ("sample", 1), ("data_seed", 0), ("shards", 1), ("shard", 0),
+         ("pgd_steps", 1), ("apgd_steps", 1), ("apgd_restarts", 1), ("apgd_targets", 1),
+         ("square_queries", 1), ("batch_size", 1))
+
+
+def _check(p: dict[str, Any]) -> None:
+    unknown = sorted(set(p) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(_KEYS)}")
+    for key in ("model", "dataset", "eps"):
+        if key not in p:
+            raise ValueError(f"missing parameter {key!r}")
+    for key, low in _INTS:
+        v = p.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    eps = p["eps"] if isinstance(p["eps"], list) else [p["eps"]]
+    if not eps or any(isinstance(e, bool) or not isinstance(e, int | float) or e < 0
+                      or not math.isfinite(e) for e in eps):
+        raise ValueError(f"eps must be a number >= 0 or a list of them, got {p['eps']!r}")
+    shards = p.get("shards", 1)
+    if p.get("shard", 0) >= shards:
+        raise ValueError(f"shard must be in [0, {shards - 1}], got {p.get('shard')}")
+    stage_names(p.get("norm", "inf"), p.get("stages", "standard"))
+    from ..models.byo import is_factory_spec
+
+    if p.get("checkpoint") is not None and not isinstance(p["checkpoint"], str):
+        raise ValueError(f"checkpoint must be a path, got {p['checkpoint']!r}")
+    if not is_factory_spec(p["model"]) and ":" not in p["model"] and \
+            not p["model"].endswith((".pt", ".pth")):
+        from .. import models
+
+        models.spec(p["model"])
+
+
+def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
+    kw: dict[str, Any] = {}
+    if p.get("sample") is not None:
+        kw = {"sample": p["sample"], "seed": p.get("data_seed", 0)}
+    elif p.get("n") is not None:
+        kw = {"n": p["n"]}
+    x, y = ctx.load_data(p["dataset"], p.get("split", "test"), **kw)
+    shards, shard = p.get("shards", 1), p.get("shard", 0)
+    total = x.shape[0]
+    lo, hi = shard * total // shards, (shard + 1) * total // shards
+    x, y = x[lo:hi], y[lo:hi]
+    eps = p["eps"] if isinstance(p["eps"], list) else [p["eps"]]
+    if x.shape[0] == 0:
+        return [{"shard": shard, "eps": float(e), "n": 0, "correct": 0, "robust": 0,
+                 "pgd_robust": 0} for e in sorted(set(eps))]
+    from ..models.byo import check_input_shape, is_factory_spec, load_factory
+
+    if is_factory_spec(p["model"]):
+        model = load_factory(p["model"], checkpoint=p.get("checkpoint"), device=ctx.device)
+    elif p.get("checkpoint") is not None:
+        from .. import models
+
+        model = models.load(p["model"], checkpoint=p["checkpoint"], device=ctx.device)
+    else:
+        model = ctx.load_model(p["model"])
+    check_input_shape(model, x, name=f"model {p['model']}")
+    rep = evaluate(model, x, y, norm=p.get("norm", "inf"), eps=eps,
+                   stages=p.get("stages", "standard"), pgd_steps=p.get("pgd_steps", 20),
+                   apgd_steps=p.get("apgd_steps", 100), apgd_restarts=p.get("apgd_restarts", 1),
+                   apgd_targets=p.get("apgd_targets", 3),
+                   square_queries=p.get("square_queries", 1000),
+                   deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 500),
+                   seed=ctx.seed % (2**31))
+    n = rep.n
+    correct = round(rep.clean_accuracy * n)
+    within = rep.deepfool.get("fraction_within", {})
+    rows = []
+    for i, e in enumerate(rep.eps):
+        row: dict[str, Any] = {"shard": shard, "eps": e, "n": n, "correct": correct,
+                               "robust": int(rep.robust[i].sum()),
+                               "pgd_robust": round(rep.pgd_robust_accuracy[e] * n)}
+        for si, name in enumerate(rep.stage_list):
+            row[f"fooled_{name}"] = int((rep.fooled_by[i] == si).sum())
+        if within:
+            row["deepfool_within"] = round(within[e] * n)
+        rows.append(row)
+    return rows
+
+
+def combine_rows(rows: Sequence[dict[str, Any]]) -> dict[float, dict[str, float]]:
+    """Robust accuracy (and PGD-CE's) per ε from the rows of every shard:
+    ``{eps: {"n", "clean_accuracy", "robust_accuracy", "pgd_robust_accuracy"}}``."""
+    acc: dict[float, dict[str, float]] = {}
+    for r in rows:
+        a = acc.setdefault(float(r["eps"]), {"n": 0, "correct": 0, "robust": 0, "pgd_robust": 0})
+        for k in ("n", "correct", "robust", "pgd_robust"):
+            a[k] += r[k]
+    return {e: {"n": a["n"], "clean_accuracy": a["correct"] / a["n"] if a["n"] else math.nan,
+                "robust_accuracy": a["robust"] / a["n"] if a["n"] else math.nan,
+                "pgd_robust_accuracy": a["pgd_robust"] / a["n"] if a["n"] else math.nan}
+            for e, a in sorted(acc.items())}
+
+
+register_task("evaluate", _evaluate, check=_check,
+              description="robust accuracy over an eps grid (cascade of attacks), sharded: "
+                          f"stages {', '.join(STAGES)}")
