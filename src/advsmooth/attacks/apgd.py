@@ -42,8 +42,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, fold_batchnorm, predict
+from .base import Attack, AttackContext, AttackOutput
+from .execution import fold_batchnorm
 from .gradients import AttackObjective, GradientEstimator, PlainGradient, check_logits
 from .grid import attack_grid, check_eps_list
 from .iterative import L2Update, SignUpdate, linf_bounds, normalize_norm, project_l2, project_linf

@@ -27,8 +27,9 @@ import math
 import torch
 from torch import Tensor
 
+from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
-from .base import Attack, AttackContext, AttackOutput, predict
+from .base import Attack, AttackContext, AttackOutput
 from .gradients import check_logits
 from .iterative import linf_bounds, normalize_norm
 

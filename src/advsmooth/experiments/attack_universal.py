@@ -60,7 +60,7 @@ def _check(p: dict[str, Any]) -> None:
 
 
 def _predict_batched(model: Any, x: Tensor, batch_size: int) -> Tensor:
-    from ..attacks.base import predict
+    from .._tensors import predict
 
     with torch.no_grad():
         return torch.cat([predict(model(x[s:s + batch_size]))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..attacks.base import check_images, check_labels
+from .._tensors import check_images, check_labels
 from ..defenses.smoothing import SmoothedClassifier
 
 __all__ = ["CertificationReport", "certified_accuracy"]

@@ -60,8 +60,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tensors import check_images, check_labels, frozen_model, predict
 from ..attacks.apgd import APGD
-from ..attacks.base import Attack, check_images, check_labels, frozen_model, predict, run_batched
+from ..attacks.base import Attack, run_batched
 from ..attacks.deepfool import DeepFool
 from ..attacks.grid import check_eps_list
 from ..attacks.iterative import PGD, normalize_norm, project_l2, project_linf

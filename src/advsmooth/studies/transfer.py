@@ -66,9 +66,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._tensors import frozen_model
 from .._utils import check_choice, check_int_at_least, make_generator
 from ..attacks import FGSM, IGSM, MIFGSM, AttackObjective, PlainGradient, SmoothedGradient
-from ..attacks.base import Attack, frozen_model
+from ..attacks.base import Attack
 from ..experiments.artefacts import Step, StepOutput, register_step
 from ..metrics.transfer import (
     TransferMatrix,
