@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import make_generator, progress
+from .._utils import NonFiniteModelOutput, check_model_output, make_generator, progress
 
 __all__ = [
     "Attack",
@@ -69,6 +69,10 @@ def check_images(x: Any, name: str = "x") -> Tensor:
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.shape[1] > 4 and x.shape[3] in (1, 3) and x.shape[2] > 4:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, which looks channels-last (N×H×W×C); images "
+            f"are N×C×H×W: pass {name}.permute(0, 3, 1, 2)")
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
@@ -312,12 +316,15 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def predict(logits: Tensor) -> Tensor:
+def predict(logits: Tensor, n: int | None = None) -> Tensor:
     """Predicted labels from model outputs.
 
     ``N×K`` logits → argmax (ties → lowest index). A single score per sample (``(N,)`` or
-    ``N×1``, binary classifier) → ``1`` where the score is > 0, else ``0``.
+    ``N×1``, binary classifier) → ``1`` where the score is > 0, else ``0``. The output is checked
+    first (:func:`advsmooth._utils.check_model_output`: one floating tensor, ``n`` rows when
+    given, finite values), so a prediction is never read from NaN/Inf logits.
     """
+    check_model_output(logits, n)
     if logits.ndim == 1:
         return (logits > 0).long()
     if logits.ndim == 2 and logits.shape[1] == 1:
@@ -625,6 +632,7 @@ class Attack(abc.ABC):
                     clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
                 )
             z0, prepared = self._clean_forward(model, x)
+            check_model_output(z0, n)
             cost.add_forward(None, 1)
             num_classes = _num_classes(z0)
             clean_pred = predict(z0)
@@ -650,6 +658,12 @@ class Attack(abc.ABC):
                     index=active, generator=gen, cost=cost, prepared=prepared,
                 )
                 out = self._attack(ctx)
+                bad = ~torch.isfinite(out.x_adv.detach()).flatten(1).all(1)
+                if bool(bad.any()):  # safety net: every gradient read is checked already
+                    raise NonFiniteModelOutput(
+                        f"{type(self).__name__} produced NaN/Inf adversarial images for "
+                        f"{int(bad.sum())} input(s): the model output or its gradient is not "
+                        "finite there")
                 if out.adv_logits is not None and out.x_adv.dtype == x.dtype:
                     adv_logits = out.adv_logits.detach()
                 x_adv[active] = out.x_adv.detach().to(x.dtype)
@@ -661,12 +675,12 @@ class Attack(abc.ABC):
                     extras[key] = full
             if adv_logits is not None:  # verified by the attack on this model at these bits
                 adv_pred = clean_pred.clone()
-                adv_pred[active] = predict(adv_logits)
+                adv_pred[active] = predict(adv_logits, active.numel())
             else:  # only the attacked images: the others are returned unchanged
                 adv_pred = clean_pred.clone()
                 if active.numel():
                     with torch.no_grad():
-                        adv_pred[active] = predict(model(x_adv[active]))
+                        adv_pred[active] = predict(model(x_adv[active]), active.numel())
                     cost.add_forward(active, 1)
             success = adv_pred != labels if tgt is None else adv_pred == tgt
         return AttackResult(

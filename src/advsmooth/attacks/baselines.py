@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least, check_nonnegative, check_positive
+from .._utils import check_finite_gradient, check_int_at_least, check_nonnegative, check_positive
 from .base import Attack, AttackContext, AttackOutput, AttackResult, predict
 
 __all__ = ["IterativeSmooth", "ColorShift", "rgb_to_hsv", "hsv_to_rgb"]
@@ -121,7 +121,7 @@ class IterativeSmooth(Attack):
             ra = r[active].clone().requires_grad_(True)
             logits = model((x[active] + ra).clamp(0.0, 1.0))
             ctx.count_forward(active)
-            pred = predict(logits)
+            pred = predict(logits, active.numel())
             done = pred != goal[active] if ctx.target is None else pred == goal[active]
             keep = ~done
             if not bool(keep.any()):
@@ -130,6 +130,7 @@ class IterativeSmooth(Attack):
             ce = F.cross_entropy(logits[keep], goal[active][keep], reduction="sum")
             omega = roughness(ra[keep], sigma_h=self.sigma_h, normalized=False).sum()
             (grad,) = torch.autograd.grad(sign * ce + self.lambda_s * omega, ra)
+            check_finite_gradient(grad)
             idx = active[keep]
             ctx.count_grad(idx)
             lr_t = self.lr * 0.5 ** (it // self.halve_every)
@@ -213,7 +214,7 @@ class ColorShift(Attack):
                 h2 = torch.remainder(h + dh, 1.0)
                 s2 = (s + d_sat[active, t].view(-1, 1, 1)).clamp(0.0, 1.0)
                 cand = hsv_to_rgb(torch.stack([h2, s2, v], dim=1)).clamp(0.0, 1.0)
-                pred = predict(model(cand))
+                pred = predict(model(cand), cand.shape[0])
                 ctx.count_forward(active)
                 iters[active] = t + 1
                 hit = pred != goal[active] if ctx.target is None else pred == goal[active]

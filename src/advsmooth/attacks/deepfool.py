@@ -33,7 +33,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import (
+    check_choice,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+)
 from .base import (
     Attack,
     AttackContext,
@@ -383,7 +388,8 @@ class DeepFool(Attack):
                     adv_logits=torch.zeros_like(z0))
         hint, check_hint = LayoutHint(self.channels_last), LayoutHint(self.channels_last)
         checker = model if check_model is None else check_model
-        ex = _Exec(forward=lambda xs: hint(model, xs), check=lambda xs: check_hint(checker, xs),
+        ex = _Exec(forward=lambda xs: check_model_output(hint(model, xs), xs.shape[0]),
+                   check=lambda xs: check_model_output(check_hint(checker, xs), xs.shape[0]),
                    count_forward=count_forward, count_grad=count_grad)
         # "threads": the chunks of an iteration are independent (disjoint rows of the state), so
         # torch's threads each take whole chunks with one intra-op thread

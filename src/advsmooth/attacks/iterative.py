@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least, check_nonnegative
+from .._utils import check_finite_gradient, check_int_at_least, check_nonnegative
 from .base import (
     Attack,
     AttackContext,
@@ -489,6 +489,7 @@ class IterativeAttack(Attack):
         objective.layout = graph.layout
         val = objective.value(raw)
         (g,) = torch.autograd.grad(val.sum(), graph.x_var)
+        check_finite_gradient(g)
         n = graph.raw.shape[0]
         ctx.cost.add_grad(None if graph.start == 0 and n == ctx.cost.grad.shape[0]
                           else torch.arange(graph.start, graph.start + n, device=g.device), 1)

@@ -50,7 +50,7 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     out = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            out.append(predict(model(x[s:s + batch_size])))
+            out.append(predict(model(x[s:s + batch_size]), x[s:s + batch_size].shape[0]))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -96,7 +96,7 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
     adv = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            adv.append(predict(model(z[s:s + batch_size])))
+            adv.append(predict(model(z[s:s + batch_size]), z[s:s + batch_size].shape[0]))
     return float((torch.cat(adv) != clean_pred.to(x.device)).double().mean())
 
 
@@ -357,7 +357,7 @@ class UniversalPerturbation:
                     if self.eval_clamp:
                         z = z.clamp(0.0, 1.0)
                     with frozen_model(model), torch.no_grad():
-                        still = predict(model(z)) == ki
+                        still = predict(model(z), z.shape[0]) == ki
                     forward += idx.numel()
                     if not bool(still.any()):
                         continue

@@ -32,7 +32,7 @@ for CIFAR's std ≈ 0.25; MNIST models here take raw pixels, std = 1, so both co
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +40,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import (
+    check_choice,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+    eval_mode,
+)
 from ..attacks.base import check_images, check_model_compat
 
 __all__ = [
@@ -246,11 +252,27 @@ class SmoothedClassifier(nn.Module):
         fixed_noise: reuse the same noise at every call (default: fresh noise per call from the
             seeded stream; :meth:`reseed` restarts the stream).
         clip: clamp noisy inputs to ``[0, 1]`` (default False, like the reference code).
+        base_mode: ``"eval"`` (default): every call (``forward``, ``scores``, ``vote_counts``,
+            ``copy_logits``, ``predict``, ``certify``) evaluates the base model in eval mode and
+            restores each submodule's mode afterwards, so a prediction never updates BatchNorm
+            statistics or draws dropout masks. ``"as_is"``: the base runs in whatever mode it is
+            in (e.g. to train with BatchNorm statistics of the noisy inputs).
 
     Gradients flow through ``forward`` only for the differentiable votes (``"soft"``,
     ``"logit_mean"``) when grad mode is on; hard votes are computed under ``no_grad``. To attack a
     smoothed classifier with gradients use :class:`advsmooth.attacks.ExpectationGradient`, which
     differentiates the base model under the same noise.
+
+    Training through the smoothed model: with ``vote="soft"`` or ``"logit_mean"`` and grad mode
+    on, ``loss(smoothed(x), y).backward()`` reaches the base model's parameters in either
+    ``base_mode`` (eval mode changes only BatchNorm/dropout behaviour, not the parameters'
+    ``requires_grad``); pass ``base_mode="as_is"`` and put the base in train mode to train with
+    batch statistics.
+
+    Every base-model output is checked (:func:`advsmooth._utils.check_model_output`): a model
+    returning NaN/Inf logits, integer logits, a tuple or the wrong number of rows raises a
+    ``ValueError``/``TypeError`` naming the model output, so no vote, prediction or certificate
+    is ever computed from non-finite outputs.
     """
 
     def __init__(
@@ -267,6 +289,7 @@ class SmoothedClassifier(nn.Module):
         seed: int = 0,
         fixed_noise: bool = False,
         clip: bool = False,
+        base_mode: str = "eval",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -304,6 +327,7 @@ class SmoothedClassifier(nn.Module):
         self.seed = seed
         self.fixed_noise = bool(fixed_noise)
         self.clip = bool(clip)
+        self.base_mode = check_choice("base_mode", base_mode, ("eval", "as_is"))
         self._stream = torch.Generator()
         self.reseed(seed)
 
@@ -318,6 +342,8 @@ class SmoothedClassifier(nn.Module):
             parts.append("fixed_noise=True")
         if self.clip:
             parts.append("clip=True")
+        if self.base_mode != "eval":
+            parts.append(f"base_mode={self.base_mode!r}")
         return ", ".join(parts)
 
     def reseed(self, seed: int | None = None) -> None:
@@ -377,7 +403,9 @@ class SmoothedClassifier(nn.Module):
                     noisy = noisy.clamp(0.0, 1.0)
                 rows = noisy.reshape(nb * n, *x.shape[1:])
                 bs = self.rows_per_call(x.device)
-                outs = [self.base(rows[r:r + bs]) for r in range(0, rows.shape[0], bs)]
+                outs = [check_model_output(self.base(rows[r:r + bs]), rows[r:r + bs].shape[0],
+                                           name="base model output")
+                        for r in range(0, rows.shape[0], bs)]
                 z = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
                 if z.ndim != 2:
                     raise ValueError("the base model must return N×K logits, "
@@ -388,11 +416,18 @@ class SmoothedClassifier(nn.Module):
                     keep_grad: bool) -> Tensor:
         call_seed = self._call_seed(noise_seed)
         total: Tensor | None = None
-        for _, z in self._iter_logits(x, m, call_seed, keep_grad):
-            v = _copy_votes(z, vote, self.C).sum(dim=0)
-            total = v if total is None else total + v
+        with self._base_mode():
+            for _, z in self._iter_logits(x, m, call_seed, keep_grad):
+                v = _copy_votes(z, vote, self.C).sum(dim=0)
+                total = v if total is None else total + v
         assert total is not None
+        check_model_output(total, x.shape[0], name=f"sum of the {vote!r} votes (finite logits that "
+                           "overflow when added)")
         return total
+
+    def _base_mode(self) -> AbstractContextManager[object]:
+        """Eval mode for the base during a call (``base_mode="eval"``), else nothing."""
+        return eval_mode(self.base) if self.base_mode == "eval" else nullcontext()
 
     def _check_x(self, x: Tensor) -> None:
         """Pixel-space input checks (shape, dtype, NaN/Inf, [0, 1], model dtype/device)."""
@@ -433,7 +468,9 @@ class SmoothedClassifier(nn.Module):
         self._check_x(x)
         m = self.samples if samples is None else check_int_at_least("samples", samples, 1)
         call_seed = self._call_seed(noise_seed)
-        return torch.cat([z for _, z in self._iter_logits(x, m, call_seed, keep_grad=False)], dim=0)
+        with self._base_mode():
+            return torch.cat([z for _, z in self._iter_logits(x, m, call_seed, keep_grad=False)],
+                             dim=0)
 
     # -- Cohen et al. -------------------------------------------------------------------------
     def predict(self, x: Tensor, *, alpha: float | None = None, n: int | None = None,
