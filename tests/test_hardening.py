@@ -122,13 +122,25 @@ def test_malformed_model_outputs_one_clear_error(kind, err, match):
         fooling_rate(Hostile(kind), X, X, torch.zeros(4, dtype=torch.long))
 
 
-def test_channels_last_input_is_named():
-    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
+def test_channels_last_and_mismatched_inputs_are_named():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(72, 2))
     x = torch.rand(2, 8, 8, 3)
     with pytest.raises(ValueError, match="channels-last.*permute"):
         asm.attacks.FGSM(eps=0.1)(model, x)
     with pytest.raises(ValueError, match="channels-last"):
         SmoothedClassifier(model, sigma=0.1)(x)
+    # a layout the heuristic cannot tell: the model's own shape error, as one ValueError
+    x = torch.rand(2, 1, 8, 8)
+    for call in (lambda: asm.attacks.FGSM(eps=0.1)(model, x),
+                 lambda: SmoothedClassifier(model, sigma=0.1)(x),
+                 lambda: fooling_rate(model, x, x, torch.zeros(2, dtype=torch.long))):
+        with pytest.raises(ValueError, match=r"cannot take x of shape \(2, 1, 8, 8\)"):
+            call()
+    with pytest.raises(ValueError, match="C, H, W >= 1"):
+        asm.attacks.FGSM(eps=0.1)(model, torch.zeros(2, 3, 0, 8))
+    # a binary score is no N×K logits for the smoothed classifier (votes would all go to 0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        SmoothedClassifier(Hostile(k=1), sigma=0.1)(X)
 
 
 def test_robustness_and_roughness_input_errors():
@@ -144,6 +156,11 @@ def test_robustness_and_roughness_input_errors():
     with pytest.raises(ValueError, match="C, H, W >= 1"):
         roughness(torch.zeros(2, 0, 4, 4))
     assert roughness(torch.zeros(0, 1, 4, 4)).shape == (0,)
+    for method in ("fft", "direct"):  # an empty batch used to reach MKL's FFT and fail there
+        assert LowPassFilter("gaussian", 40.0, method=method)(torch.zeros(0, 1, 4, 4)).shape \
+            == (0, 1, 4, 4)
+    with pytest.raises(ValueError, match="NaN"):
+        roughness(torch.full((1, 1, 4, 4), math.nan))
     # half precision works (direct convolutions; no half-precision FFT on the CPU), also for a
     # kernel long enough to take the FFT path in float32
     rb = torch.rand(2, 3, 80, 80)

@@ -40,6 +40,7 @@ __all__ = [
     "check_model_output",
     "check_finite_gradient",
     "eval_mode",
+    "input_mismatch",
 ]
 
 #: optional module -> extra that installs it
@@ -363,6 +364,23 @@ def check_model_output(out: Any, n: int | None = None, *, name: str = "model out
             f"the {name} contains NaN or Inf for {bad} of {out.shape[0]} input(s); "
             "no result is computed from non-finite logits")
     return out
+
+
+@contextmanager
+def input_mismatch(x: Tensor, name: str = "x") -> Iterator[None]:
+    """Turn the ``RuntimeError`` a model raises on an input of the wrong shape (channel count,
+    image size: torch's "channels", "size", "shape" and "mat1 and mat2" messages) into one
+    ``ValueError`` naming the input's shape; the model's own error stays chained for debugging.
+    Any other error passes through unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not any(w in msg for w in ("channels", "size", "shape", "mat1 and mat2")):
+            raise
+        raise ValueError(
+            f"the model cannot take {name} of shape {tuple(x.shape)} ({msg}); pass N×C×H×W "
+            "images with the channel count and size the model expects") from exc
 
 
 def check_finite_gradient(grad: Tensor, name: str = "model output") -> Tensor:

@@ -297,7 +297,7 @@ class LowPassFilter:
         if min(x.shape[1:]) == 0:
             raise ValueError(f"LowPassFilter expects images with C, H, W >= 1, got shape "
                              f"{tuple(x.shape)}")
-        if self.is_identity:
+        if self.is_identity or x.numel() == 0:
             return x.clone()
         n, c, h, w = x.shape
         if self._separable:
@@ -371,6 +371,8 @@ def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
                             else type(r).__name__))
     if min(r.shape[1:]) == 0:
         raise ValueError(f"r must have C, H, W >= 1, got shape {tuple(r.shape)}")
+    if r.numel() and not bool(torch.isfinite(r).all()):
+        raise ValueError("r contains NaN or Inf values")
     h = filter if filter is not None else _roughness_filter(float(sigma_h), padding)
     diff = (r - h(r)).flatten(1)
     omega = (diff * diff).sum(dim=1)

@@ -31,7 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import NonFiniteModelOutput, check_model_output, make_generator, progress
+from .._utils import (
+    NonFiniteModelOutput,
+    check_model_output,
+    input_mismatch,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "Attack",
@@ -73,6 +79,8 @@ def check_images(x: Any, name: str = "x") -> Tensor:
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}, which looks channels-last (N×H×W×C); images "
             f"are N×C×H×W: pass {name}.permute(0, 3, 1, 2)")
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"{name} must have C, H, W >= 1, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
@@ -631,7 +639,8 @@ class Attack(abc.ABC):
                     labels=empty.clone(), target=None if target is None else empty.clone(),
                     clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
                 )
-            z0, prepared = self._clean_forward(model, x)
+            with input_mismatch(x):
+                z0, prepared = self._clean_forward(model, x)
             check_model_output(z0, n)
             cost.add_forward(None, 1)
             num_classes = _num_classes(z0)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .._utils import check_finite_gradient, check_int_at_least, check_nonnegative, check_positive
 from .base import Attack, AttackContext, AttackOutput, AttackResult, predict
+from .gradients import check_logits
 
 __all__ = ["IterativeSmooth", "ColorShift", "rgb_to_hsv", "hsv_to_rgb"]
 
@@ -119,7 +120,7 @@ class IterativeSmooth(Attack):
             if active.numel() == 0:
                 break
             ra = r[active].clone().requires_grad_(True)
-            logits = model((x[active] + ra).clamp(0.0, 1.0))
+            logits = check_logits(model((x[active] + ra).clamp(0.0, 1.0)), active.numel())
             ctx.count_forward(active)
             pred = predict(logits, active.numel())
             done = pred != goal[active] if ctx.target is None else pred == goal[active]

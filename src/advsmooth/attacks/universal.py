@@ -34,6 +34,7 @@ from .._utils import (
     check_int_at_least,
     check_nonnegative,
     check_positive,
+    input_mismatch,
     make_generator,
     progress,
 )
@@ -50,7 +51,10 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     out = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            out.append(predict(model(x[s:s + batch_size]), x[s:s + batch_size].shape[0]))
+            xb = x[s:s + batch_size]
+            with input_mismatch(x):
+                z = model(xb)
+            out.append(predict(z, xb.shape[0]))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 

@@ -46,6 +46,7 @@ from .._utils import (
     check_model_output,
     check_nonnegative,
     eval_mode,
+    input_mismatch,
 )
 from ..attacks.base import check_images, check_model_compat
 
@@ -403,13 +404,15 @@ class SmoothedClassifier(nn.Module):
                     noisy = noisy.clamp(0.0, 1.0)
                 rows = noisy.reshape(nb * n, *x.shape[1:])
                 bs = self.rows_per_call(x.device)
-                outs = [check_model_output(self.base(rows[r:r + bs]), rows[r:r + bs].shape[0],
-                                           name="base model output")
-                        for r in range(0, rows.shape[0], bs)]
+                with input_mismatch(x):
+                    outs = [check_model_output(self.base(rows[r:r + bs]),
+                                               rows[r:r + bs].shape[0], name="base model output")
+                            for r in range(0, rows.shape[0], bs)]
                 z = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
-                if z.ndim != 2:
-                    raise ValueError("the base model must return N×K logits, "
-                                     f"got shape {tuple(z.shape)}")
+                if z.ndim != 2 or z.shape[1] < 2:
+                    raise ValueError("the base model must return N×K logits with K >= 2 (a "
+                                     "binary classifier: return two logits [0, s]), got shape "
+                                     f"{tuple(z.shape)}")
                 yield start, z.reshape(nb, n, z.shape[-1])
 
     def _accumulate(self, x: Tensor, m: int, noise_seed: int | None, vote: str,

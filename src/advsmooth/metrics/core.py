@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite_gradient
+from .._utils import check_finite_gradient, input_mismatch
 from ..attacks.base import check_images, check_model_compat, frozen_model, predict
 from ..attacks.gradients import check_logits
 
@@ -93,7 +93,8 @@ def _predict_classes(model: nn.Module, x: Tensor, batch_size: int,
     k = None
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            z = model(x[s:s + batch_size])
+            with input_mismatch(x):
+                z = model(x[s:s + batch_size])
             out.append(predict(z, x[s:s + batch_size].shape[0]))
             k = 2 if z.ndim == 1 or z.shape[1] == 1 else int(z.shape[1])
     if not out:
