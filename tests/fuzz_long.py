@@ -50,32 +50,21 @@ import torch
 from torch import nn
 
 import advsmooth as asm
-from advsmooth.attacks import DeepFool, ExpectationGradient, NAttack, SmoothFool
+from advsmooth.attacks import DeepFool, SmoothFool
 from advsmooth.attacks.registry import REGISTRY, build
 from advsmooth.defenses import SmoothedClassifier
 from advsmooth.filters import LowPassFilter, roughness
 from advsmooth.metrics import fooling_rate, per_class_fooling_rate, robustness
 
-#: tiny budgets per registered attack (each call well under a second on the tiny models)
-SMALL: dict[str, dict[str, Any]] = {
-    "deepfool": {"max_iter": 5},
-    "smoothfool": {"sigma": 1.0, "max_iter": 5},
-    "uap": {"max_iter": 3, "max_passes": 1, "progress_bar": False},
-    "smooth-uap": {"sigma": 1.0, "max_iter": 3, "max_passes": 1, "progress_bar": False},
-    "iterative-smooth": {"max_iter": 3},
-    "color-shift": {"trials": 3},
-    "fgsm": {"eps": 0.1},
-    "igsm": {"eps": 0.1, "steps": 2},
-    "pgd": {"eps": 0.1, "steps": 2},
-    "mifgsm": {"eps": 0.1, "steps": 2},
-    "sg-fgsm": {"eps": 0.1, "samples": 2},
-    "sg-igsm": {"eps": 0.1, "steps": 2, "samples": 2},
-    "sg-mifgsm": {"eps": 0.1, "steps": 2, "samples": 2},
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_fuzz import AnySize  # noqa: E402 - the tests folder is no package
+from test_invariance import EXTRA as INVARIANCE_EXTRA  # noqa: E402
+from test_invariance import SMALL  # noqa: E402
+
+#: tiny budgets per registered attack, and the attacks outside the registry (shared with the
+#: invariance tests), plus DeepFool with clipping and SmoothFool with a small gradient budget
 EXTRA: dict[str, Callable[[], Any]] = {
-    "nattack": lambda: NAttack(eps=0.1, population=4, max_iter=2),
-    "epgd": lambda: asm.attacks.PGD(eps=0.1, steps=2,
-                                    gradient=ExpectationGradient(sigma=0.1, samples=2)),
+    **INVARIANCE_EXTRA,
     "deepfool-clip": lambda: DeepFool(max_iter=5, clip=True),
     "smoothfool-budget": lambda: SmoothFool(sigma=1.0, max_iter=50, grad_budget=20,
                                             progress_bar=False),
@@ -87,23 +76,16 @@ HOSTILE = ["nan", "inf", "nan_away", "nan_grad", "short", "int", "tuple", "huge"
 CLEAN_ERRORS = (ValueError, TypeError)
 
 
-class Tiny(nn.Module):
-    """Any-size classifier (1×1 conv, pooling, linear) with ``k`` outputs, made hostile by
-    ``kind`` (``"ok"`` is benign; ``k = 1`` is a binary classifier with one score)."""
+class Tiny(AnySize):
+    """The fuzz tests' any-size classifier with ``k`` outputs, made hostile by ``kind``
+    (``"ok"`` is benign; ``k = 1`` is a binary classifier with one score)."""
 
     def __init__(self, c: int, k: int, kind: str = "ok") -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(c * 10 + k)
-        self.conv = nn.Conv2d(c, 4, 1)
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(16, k)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g))
+        super().__init__(c, k)
         self.kind = kind
 
     def forward(self, x: torch.Tensor) -> Any:
-        z = self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+        z = super().forward(x)
         kind = self.kind
         if kind == "nan":
             return z * math.nan
