@@ -239,7 +239,7 @@ def _labels(y: np.ndarray, n: int, source: str, num_classes: int | None = None) 
 def _read_npz_cached(path: str, mtime: float, size: int
                      ) -> tuple[np.ndarray, np.ndarray, int | None]:
     # Every failure is one line naming the file; nothing is ever unpickled (numpy's own
-    # messages advise allow_pickle=True, which would run code from the file: never shown).
+    # messages advise turning pickling on, which would run code from the file: never shown).
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz archive (a zip of .npy arrays written by "
                          "numpy.savez); is it truncated, or a text/.npy file?")
