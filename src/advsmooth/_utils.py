@@ -366,17 +366,23 @@ def check_model_output(out: Any, n: int | None = None, *, name: str = "model out
     return out
 
 
+#: torch's messages for an input the model's layers cannot take (channel count, image size)
+_MISMATCH_MESSAGES = ("channels", "mat1 and mat2", "shapes cannot be multiplied",
+                      "Kernel size can't be greater", "Output size is too small",
+                      "must match the size of tensor")
+
+
 @contextmanager
 def input_mismatch(x: Tensor, name: str = "x") -> Iterator[None]:
     """Turn the ``RuntimeError`` a model raises on an input of the wrong shape (channel count,
-    image size: torch's "channels", "size", "shape" and "mat1 and mat2" messages) into one
+    image size: torch's messages in ``_MISMATCH_MESSAGES``) into one
     ``ValueError`` naming the input's shape; the model's own error stays chained for debugging.
     Any other error passes through unchanged."""
     try:
         yield
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if not any(w in msg for w in ("channels", "size", "shape", "mat1 and mat2")):
+        if not any(w in msg for w in _MISMATCH_MESSAGES):
             raise
         raise ValueError(
             f"the model cannot take {name} of shape {tuple(x.shape)} ({msg}); pass N×C×H×W "
