@@ -368,3 +368,39 @@ def test_empty_batch_with_mismatched_labels_is_refused():
         asm.attacks.FGSM(eps=0.1)(_TINY, torch.rand(0, 1, 2, 2), torch.tensor([0]))
     with pytest.raises(ValueError, match="entries"):
         asm.attacks.FGSM(eps=0.1)(_TINY, torch.rand(0, 1, 2, 2), target=torch.tensor([1]))
+
+
+# -- hostile models, layouts and extreme parameters (the engine of tests/fuzz_long.py) ----------
+
+TARGETS = ["attack", "smoothed", "metric", "filter", "data"]
+
+
+@pytest.fixture(scope="module")
+def npz_pool():
+    import random
+
+    from fuzz_long import NpzPool
+
+    return NpzPool(random.Random(0))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@settings(max_examples=16, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck), database=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_hostile_fuzz(target, seed, npz_pool):
+    """One seeded call of ``tests/fuzz_long.py`` (NaN/Inf/short/integer/tuple/binary model
+    outputs, non-contiguous / channels-last / empty / wrong-dtype inputs, extreme parameters,
+    broken .npz files): it must work and pass every check, or raise a one-line
+    ``ValueError``/``TypeError`` where that is the documented answer."""
+    import random
+
+    import fuzz_long as fz
+
+    CASES[f"hostile:{target}"] += 1
+    rng = random.Random(seed)
+    make = {"attack": fz.t_attack, "smoothed": fz.t_smoothed, "metric": fz.t_metric,
+            "filter": fz.t_filter}.get(target)
+    name, call, expect_ok, check = make(rng) if make else fz.t_data(rng, npz_pool)
+    outcome, detail = fz.classify(call, expect_ok, check)
+    assert outcome in ("ok", "clean error"), f"{name} (seed {seed}): {outcome}: {detail}"

@@ -13,8 +13,6 @@ from torch import nn
 from advsmooth.defenses import SmoothedClassifier
 from advsmooth.defenses.smoothing import (
     VOTES,
-    beta_ppf,
-    betainc,
     binom_test_half,
     clopper_pearson_lower,
     votes_from_logits,
@@ -291,32 +289,33 @@ def test_certify_abstains_at_zero_sigma_tie_and_zero_radius_when_sigma_zero(cnn,
     assert bool((cert.radius == 0).all())
 
 
-def test_betainc_and_quantile_without_scipy():
-    # closed forms: I_x(a, 1) = x^a ; I_x(1, b) = 1 - (1-x)^b
-    x = np.array([0.1, 0.5, 0.9])
-    np.testing.assert_allclose(betainc(3.0, 1.0, x), x**3, rtol=1e-12)
-    np.testing.assert_allclose(betainc(1.0, 4.0, x), 1 - (1 - x) ** 4, rtol=1e-12)
-    q = beta_ppf(0.05, 5.0, 1.0)
-    assert float(q) == pytest.approx(0.05 ** (1 / 5), rel=1e-12)
-    # Clopper-Pearson with k = n: alpha^(1/n); k = 0: 0
-    lo = clopper_pearson_lower(np.array([10, 0]), np.array([10, 10]), 0.01, use_scipy=False)
+def test_statistics_known_values():
+    """Clopper-Pearson and the binomial test against closed forms and exact sums."""
+    # Clopper-Pearson with k = n: alpha^(1/n); k = 1: 1 - (1 - alpha)^(1/n); k = 0: 0
+    n = np.array([10, 10, 10, 1000])
+    lo = clopper_pearson_lower(np.array([10, 0, 1, 1000]), n, 0.01)
     assert lo[0] == pytest.approx(0.01 ** 0.1, rel=1e-10) and lo[1] == 0.0
-    # binomial test p = 1/2: exact sums
+    assert lo[2] == pytest.approx(1 - 0.99 ** 0.1, rel=1e-10)
+    assert lo[3] == pytest.approx(0.01 ** 1e-3, rel=1e-12)
+    # values given by the built-in continued-fraction implementation this replaced
+    ref = {(990, 1000, 0.001): 0.9760361872, (5000, 10000, 0.05): 0.4917265044}
+    for (k, nn_, alpha), v in ref.items():
+        assert float(clopper_pearson_lower(k, nn_, alpha)) == pytest.approx(v, rel=1e-9)
+    # binomial test p = 1/2: exact sums, vectorised
     k, n = 8, 10
     tail = sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
-    assert float(binom_test_half(k, n, use_scipy=False)) == pytest.approx(2 * tail, rel=1e-12)
-    assert float(binom_test_half(5, 10, use_scipy=False)) == 1.0
-    assert float(binom_test_half(0, 0, use_scipy=False)) == 1.0
+    assert float(binom_test_half(k, n)) == pytest.approx(2 * tail, rel=1e-12)
+    out = binom_test_half(np.array([8, 2, 5, 0]), np.array([10, 10, 10, 0]))
+    np.testing.assert_allclose(out, [2 * tail, 2 * tail, 1.0, 1.0], rtol=1e-12)
+    with pytest.raises(ValueError, match="alpha"):
+        clopper_pearson_lower(1, 10, 1.5)
+    with pytest.raises(ValueError, match="k <= n"):
+        clopper_pearson_lower(11, 10, 0.01)
 
 
-def test_statistics_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    k = np.array([1, 3, 50, 97, 990, 5000, 99000, 100000])
-    n = np.array([10, 10, 100, 100, 1000, 10000, 100000, 100000])
-    for alpha in (0.001, 0.05):
-        ours = clopper_pearson_lower(k, n, alpha, use_scipy=False)
-        ref = stats.beta.ppf(alpha, k, n - k + 1)
-        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
-    for kk, nn_ in [(6, 10), (9, 10), (60, 100), (5200, 10000), (3, 7)]:
-        assert float(binom_test_half(kk, nn_, use_scipy=False)) == pytest.approx(
+def test_binom_test_half_matches_scipy_binomtest():
+    from scipy import stats
+
+    for kk, nn_ in [(6, 10), (9, 10), (60, 100), (5200, 10000), (3, 7), (0, 5)]:
+        assert float(binom_test_half(kk, nn_)) == pytest.approx(
             stats.binomtest(kk, nn_, 0.5).pvalue, rel=1e-9)

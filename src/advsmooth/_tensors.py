@@ -19,14 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._utils import check_model_output
+
 __all__ = ["check_images", "check_labels", "check_model_compat", "frozen_model", "predict"]
 
 
 def check_images(x: Any, name: str = "x") -> Tensor:
     """Validate an image batch: a floating tensor ``N×C×H×W`` with finite values in ``[0, 1]``.
 
-    Raises ``TypeError`` for a non-tensor and ``ValueError`` for a wrong rank/dtype, NaN/Inf, or
-    values outside ``[0, 1]``. Returns ``x`` unchanged.
+    Raises ``TypeError`` for a non-tensor and ``ValueError`` for a wrong rank/dtype, a
+    channels-last looking shape, an empty channel/height/width, NaN/Inf, or values outside
+    ``[0, 1]``. Returns ``x`` unchanged.
     """
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -37,6 +40,12 @@ def check_images(x: Any, name: str = "x") -> Tensor:
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.shape[1] > 4 and x.shape[3] in (1, 3) and x.shape[2] > 4:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, which looks channels-last (N×H×W×C); images "
+            f"are N×C×H×W: pass {name}.permute(0, 3, 1, 2)")
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"{name} must have C, H, W >= 1, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         return x
     if not bool(torch.isfinite(x).all()):
@@ -131,12 +140,15 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def predict(logits: Tensor) -> Tensor:
+def predict(logits: Tensor, n: int | None = None) -> Tensor:
     """Predicted labels from model outputs.
 
     ``N×K`` logits → argmax (ties → lowest index). A single score per sample (``(N,)`` or
-    ``N×1``, binary classifier) → ``1`` where the score is > 0, else ``0``.
+    ``N×1``, binary classifier) → ``1`` where the score is > 0, else ``0``. The output is checked
+    first (:func:`advsmooth._utils.check_model_output`: one floating tensor, ``n`` rows when
+    given, finite values), so a prediction is never read from NaN/Inf logits.
     """
+    check_model_output(logits, n)
     if logits.ndim == 1:
         return (logits > 0).long()
     if logits.ndim == 2 and logits.shape[1] == 1:

@@ -1,4 +1,5 @@
-"""Small shared helpers: lazy optional imports, cache directory, seeding, progress bars.
+"""Small shared helpers: lazy optional imports, cache directory, seeding, progress bars, argument
+and model-output checks.
 
 Nothing here imports a heavy optional dependency at module import time.
 """
@@ -20,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch import Tensor
 
 __all__ = [
     "MissingDependency",
@@ -34,6 +36,11 @@ __all__ = [
     "check_nonnegative",
     "check_int_at_least",
     "check_choice",
+    "NonFiniteModelOutput",
+    "check_model_output",
+    "check_finite_gradient",
+    "eval_mode",
+    "input_mismatch",
 ]
 
 #: optional module -> extra that installs it
@@ -305,3 +312,89 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in eval mode inside the block; every submodule's ``training`` flag is
+    restored on exit (also when the body raises). Parameter flags are untouched, so gradients
+    still reach the parameters."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+# --- model outputs (what every attack and the smoothed classifier read) ----------------------
+
+class NonFiniteModelOutput(ValueError):
+    """The model returned NaN/Inf logits, or the gradient of its output is NaN/Inf."""
+
+
+def check_model_output(out: Any, n: int | None = None, *, name: str = "model output") -> Tensor:
+    """``out`` if it is a usable classifier output, else a one-line ``TypeError``/``ValueError``.
+
+    Usable: one floating-point tensor (not a tuple/list/dict) whose first dimension has ``n`` rows
+    (one per input image, when ``n`` is given), with rank 1 (one score per sample), 2 (``N×K``
+    logits) or 3 (``N×E×K`` member logits of an ensemble), and only finite values. Non-finite
+    values raise :class:`NonFiniteModelOutput` (a ``ValueError``) naming how many rows are
+    affected: no attack, vote or certificate is ever computed from NaN/Inf logits.
+    """
+    if isinstance(out, (tuple, list, dict)):
+        raise TypeError(f"the {name} is a {type(out).__name__}; the model must return one tensor "
+                        "of N×K logits (wrap it so that forward returns only the logits)")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the {name} must be a torch.Tensor of N×K logits, "
+                        f"got {type(out).__name__}")
+    if out.ndim not in (1, 2, 3):
+        raise ValueError(f"the {name} must have shape N×K (or N for a binary score), "
+                         f"got shape {tuple(out.shape)}")
+    if n is not None and out.shape[0] != n:
+        raise ValueError(f"the {name} has {out.shape[0]} rows for a batch of {n} input(s) "
+                         f"(shape {tuple(out.shape)}); the model must return one row per input")
+    if not out.is_floating_point():
+        raise TypeError(f"the {name} has dtype {out.dtype}; logits must be floating-point "
+                        "(return float scores, not class indices or rounded values)")
+    if out.numel() and not bool(torch.isfinite(out.detach()).all()):
+        bad = int((~torch.isfinite(out.detach())).reshape(out.shape[0], -1).any(1).sum())
+        raise NonFiniteModelOutput(
+            f"the {name} contains NaN or Inf for {bad} of {out.shape[0]} input(s); "
+            "no result is computed from non-finite logits")
+    return out
+
+
+#: torch's messages for an input the model's layers cannot take (channel count, image size)
+_MISMATCH_MESSAGES = ("channels", "mat1 and mat2", "shapes cannot be multiplied",
+                      "Kernel size can't be greater", "Output size is too small",
+                      "must match the size of tensor")
+
+
+@contextmanager
+def input_mismatch(x: Tensor, name: str = "x") -> Iterator[None]:
+    """Turn the ``RuntimeError`` a model raises on an input of the wrong shape (channel count,
+    image size: torch's messages in ``_MISMATCH_MESSAGES``) into one
+    ``ValueError`` naming the input's shape; the model's own error stays chained for debugging.
+    Any other error passes through unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if not any(w in msg for w in _MISMATCH_MESSAGES):
+            raise
+        raise ValueError(
+            f"the model cannot take {name} of shape {tuple(x.shape)} ({msg}); pass N×C×H×W "
+            "images with the channel count and size the model expects") from exc
+
+
+def check_finite_gradient(grad: Tensor, name: str = "model output") -> Tensor:
+    """``grad`` if all finite, else :class:`NonFiniteModelOutput` naming the ``name`` whose
+    input gradient it is (e.g. a model with ``sqrt`` at 0 or an overflowing layer)."""
+    if grad.numel() and not bool(torch.isfinite(grad).all()):
+        bad = int((~torch.isfinite(grad)).reshape(grad.shape[0], -1).any(1).sum())
+        raise NonFiniteModelOutput(
+            f"the input gradient of the {name} contains NaN or Inf for {bad} of "
+            f"{grad.shape[0]} input(s); the model is not differentiable there")
+    return grad

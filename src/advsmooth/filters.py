@@ -6,6 +6,18 @@ depthwise: every channel is filtered on its own with the same kernel, channels a
 Separable kernels run as two depthwise ``conv2d`` calls (``C×1×K×1`` then ``C×1×1×K``), so the
 cost is O(K) per pixel.
 
+Kernel size and the image size
+------------------------------
+A kernel never needs more than ``2·max(H, W) − 1`` taps on an ``H×W`` image: a tap farther than
+``max(H, W) − 1`` pixels from the centre reads only padding. On each call the taps beyond that
+half-width are therefore dropped (``padding="zeros"``: they multiply zeros) or added to the
+outermost kept tap (``"replicate"``, and ``"reflect"`` where it falls back to replicate: every
+padded pixel beyond the edge equals the edge pixel), which leaves every output value unchanged
+(to float rounding) and bounds the cost by the image, whatever σ. (``"circular"`` keeps the whole
+kernel.) Absurd parameters are refused: σ above :data:`MAX_SIGMA` pixels and sizes above
+:data:`MAX_SIZE` taps (such a Gaussian is flat over any image; a wider one would only cost
+memory — σ = 10⁸ would need 4 GB of taps).
+
 >>> import torch
 >>> g = LowPassFilter("gaussian", 2.0)
 >>> g.size
@@ -36,6 +48,9 @@ SIZE_RULES = ("odd", "ref")
 #: how separable kernels are applied: "auto" = FFT for kernels longer than FFT_MIN_SIZE taps
 METHODS = ("auto", "direct", "fft")
 FFT_MIN_SIZE = 65
+#: largest accepted Gaussian σ (pixels) and kernel size (taps) of the named kernels
+MAX_SIGMA = 1e4
+MAX_SIZE = 2 * int(2.5 * MAX_SIGMA) + 1
 
 
 def _gaussian_size(sigma: float, size_rule: str) -> int:
@@ -62,17 +77,26 @@ def gaussian_kernel1d(sigma: float, size: int | None = None, *, dtype: torch.dty
     Returns:
         A 1-D tensor of ``size`` taps summing to 1.
     """
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 \
-            or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    _check_sigma("sigma", sigma)
     k = _gaussian_size(float(sigma), "odd") if size is None else size
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > MAX_SIZE:
+        raise ValueError(f"size must be an integer in [1, {MAX_SIZE}], got {size!r}")
     c = (k - 1) / 2.0
     i = torch.arange(k, dtype=torch.float64)
     taps = torch.exp(-((i - c) ** 2) / (2.0 * float(sigma) ** 2))
     taps = taps / taps.sum()
     return taps.to(dtype=dtype, device=device)
+
+
+def _check_sigma(name: str, sigma: Any) -> float:
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 \
+            or not math.isfinite(sigma):
+        raise ValueError(f"{name} must be a finite number > 0, got {sigma!r}")
+    if sigma > MAX_SIGMA:
+        raise ValueError(f"{name} = {sigma:g} pixels is absurdly wide: it must be <= {MAX_SIGMA:g} "
+                         "(a Gaussian that wide is flat over any image; kernels are truncated to "
+                         "the image size anyway)")
+    return float(sigma)
 
 
 def _linear_kernel1d(k: int) -> Tensor:
@@ -109,7 +133,9 @@ class LowPassFilter:
         param: σ for the Gaussian, the size k for linear/uniform; ignored for a user kernel.
         method: ``"direct"`` (depthwise convolutions), ``"fft"`` (1-D FFT convolutions along H
             and W, for separable kernels) or ``"auto"`` (default: FFT when K > 64). Both agree to
-            float rounding (≤ 1e-5 in float32).
+            float rounding (≤ 1e-5 in float32). Half-precision inputs always use the direct
+            convolutions (no CPU FFT in half precision). K here is the kernel after bounding it
+            by the image size (module docstring).
         padding: ``"zeros"`` (default; the attack filter g), ``"replicate"`` (keeps constants
             everywhere; the roughness filter h), ``"reflect"`` (falls back to ``"replicate"`` with a
             warning when the kernel half-width is >= H or W), ``"circular"``.
@@ -153,18 +179,16 @@ class LowPassFilter:
         elif kind == "gaussian":
             if param is None:
                 raise ValueError("param (sigma) is required for kind='gaussian'")
-            if isinstance(param, bool) or not isinstance(param, (int, float)) or not param > 0 \
-                    or not math.isfinite(param):
-                raise ValueError(f"param (sigma) must be a finite number > 0, got {param!r}")
+            _check_sigma("param (sigma)", param)
             self.kind, self.param = "gaussian", float(param)
             size = _gaussian_size(self.param, size_rule)
             self._k1d = (gaussian_kernel1d(self.param, size) if size >= 1
                          else torch.ones(1, dtype=torch.float64))
             self._k2d = None
         elif kind in ("linear", "uniform"):
-            if isinstance(param, bool) or not isinstance(param, int) or param < 1:
-                raise ValueError(f"param (kernel size k) must be an integer >= 1 for "
-                                 f"kind={kind!r}, got {param!r}")
+            if isinstance(param, bool) or not isinstance(param, int) or not 1 <= param <= MAX_SIZE:
+                raise ValueError(f"param (kernel size k) must be an integer in [1, {MAX_SIZE}] "
+                                 f"for kind={kind!r}, got {param!r}")
             if kind == "linear" and param == 2:
                 raise ValueError("param (kernel size k) = 2 gives an all-zero triangular kernel; "
                                  "use k = 1 or k >= 3")
@@ -208,12 +232,29 @@ class LowPassFilter:
         return f"LowPassFilter({what}, padding={self.padding!r}{extra}, size={self.size})"
 
     # -- filtering -------------------------------------------------------------------------------
-    def _weights(self, c: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
-        key = (c, dtype, device)
+    def _taps(self, h: int, w: int, mode: str) -> tuple[Tensor, int, int]:
+        """The 1-D taps used on an ``h×w`` image and their padding ``(before, after)``: the
+        kernel bounded by the image size (module docstring), exact for ``mode``."""
+        assert self._k1d is not None
+        k = self._k1d
+        lo, hi = _pad_amounts(k.numel())
+        reach = max(h, w) - 1
+        if mode == "circular" or (lo <= reach and hi <= reach):
+            return k, lo, hi
+        a, b = min(lo, reach), min(hi, reach)
+        t = k[lo - a:lo + b + 1].clone()
+        if mode != "zeros":  # replicate: every tap beyond the edge reads the edge pixel
+            t[0] += k[:lo - a].sum()
+            t[-1] += k[lo + b + 1:].sum()
+        return t, a, b
+
+    def _weights(self, c: int, dtype: torch.dtype, device: torch.device,
+                 taps: Tensor | None = None) -> tuple[Tensor, ...]:
+        key = (c, dtype, device, None if taps is None else taps.numel())
         w = self._cache.get(key)
         if w is None:
             if self._k1d is not None:
-                k = self._k1d.to(dtype=dtype, device=device)
+                k = (self._k1d if taps is None else taps).to(dtype=dtype, device=device)
                 kk = k.numel()
                 w = (k.view(1, 1, kk, 1).expand(c, 1, kk, 1).contiguous(),
                      k.view(1, 1, 1, kk).expand(c, 1, 1, kk).contiguous())
@@ -253,26 +294,32 @@ class LowPassFilter:
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"LowPassFilter expects a floating-point tensor, got {x.dtype}")
-        if self.is_identity:
+        if min(x.shape[1:]) == 0:
+            raise ValueError(f"LowPassFilter expects images with C, H, W >= 1, got shape "
+                             f"{tuple(x.shape)}")
+        if self.is_identity or x.numel() == 0:
             return x.clone()
         n, c, h, w = x.shape
-        weights = self._weights(c, x.dtype, x.device)
         if self._separable:
             k = self.size
             assert isinstance(k, int)
             mode = self._mode(k, k, h, w)
-            lo, hi = _pad_amounts(k)
-            wh, ww = weights
-            if self.method == "fft" or (self.method == "auto" and k >= FFT_MIN_SIZE):
-                assert self._k1d is not None
-                k1 = self._k1d.to(dtype=x.dtype, device=x.device)
+            taps, lo, hi = self._taps(h, w, mode)
+            k = taps.numel()
+            # half precision has no CPU FFT: always the direct convolutions
+            half = x.dtype in (torch.float16, torch.bfloat16)
+            if not half and (self.method == "fft"
+                             or (self.method == "auto" and k >= FFT_MIN_SIZE)):
+                k1 = taps.to(dtype=x.dtype, device=x.device)
                 y = _fft_correlate(self._pad_axis(x, 2, lo, hi, mode), k1, 2)
                 return _fft_correlate(self._pad_axis(y, 3, lo, hi, mode), k1, 3)
+            wh, ww = self._weights(c, x.dtype, x.device, None if k == self.size else taps)
             if mode == "zeros" and lo == hi:
                 y = F.conv2d(x, wh, padding=(lo, 0), groups=c)
                 return F.conv2d(y, ww, padding=(0, lo), groups=c)
             y = F.conv2d(self._pad_axis(x, 2, lo, hi, mode), wh, groups=c)
             return F.conv2d(self._pad_axis(y, 3, lo, hi, mode), ww, groups=c)
+        weights = self._weights(c, x.dtype, x.device)
         kh, kw = self.size  # type: ignore[misc]
         mode = self._mode(kh, kw, h, w)
         (lo_h, hi_h), (lo_w, hi_w) = _pad_amounts(kh), _pad_amounts(kw)
@@ -319,7 +366,13 @@ def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
     The paper reports Ω×10³ and Ωn×10³.
     """
     if not isinstance(r, Tensor) or r.ndim != 4 or not r.is_floating_point():
-        raise ValueError("r must be a floating-point N×C×H×W tensor")
+        raise ValueError("r must be a floating-point N×C×H×W tensor, got "
+                         + (f"dtype {r.dtype}, shape {tuple(r.shape)}" if isinstance(r, Tensor)
+                            else type(r).__name__))
+    if min(r.shape[1:]) == 0:
+        raise ValueError(f"r must have C, H, W >= 1, got shape {tuple(r.shape)}")
+    if r.numel() and not bool(torch.isfinite(r).all()):
+        raise ValueError("r contains NaN or Inf values")
     h = filter if filter is not None else _roughness_filter(float(sigma_h), padding)
     diff = (r - h(r)).flatten(1)
     omega = (diff * diff).sum(dim=1)

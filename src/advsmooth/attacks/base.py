@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import check_images, check_labels, check_model_compat, frozen_model, predict
-from .._utils import make_generator, progress
+from .._utils import (
+    NonFiniteModelOutput,
+    check_model_output,
+    input_mismatch,
+    make_generator,
+    progress,
+)
 
 __all__ = [
     "Attack",
@@ -337,7 +343,9 @@ class Attack(abc.ABC):
                     labels=empty.clone(), target=None if target is None else empty.clone(),
                     clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
                 )
-            z0, prepared = self._clean_forward(model, x)
+            with input_mismatch(x):
+                z0, prepared = self._clean_forward(model, x)
+            check_model_output(z0, n)
             cost.add_forward(None, 1)
             num_classes = _num_classes(z0)
             clean_pred = predict(z0)
@@ -363,6 +371,12 @@ class Attack(abc.ABC):
                     index=active, generator=gen, cost=cost, prepared=prepared,
                 )
                 out = self._attack(ctx)
+                bad = ~torch.isfinite(out.x_adv.detach()).flatten(1).all(1)
+                if bool(bad.any()):  # safety net: every gradient read is checked already
+                    raise NonFiniteModelOutput(
+                        f"{type(self).__name__} produced NaN/Inf adversarial images for "
+                        f"{int(bad.sum())} input(s): the model output or its gradient is not "
+                        "finite there")
                 if out.adv_logits is not None and out.x_adv.dtype == x.dtype:
                     adv_logits = out.adv_logits.detach()
                 x_adv[active] = out.x_adv.detach().to(x.dtype)
@@ -374,12 +388,12 @@ class Attack(abc.ABC):
                     extras[key] = full
             if adv_logits is not None:  # verified by the attack on this model at these bits
                 adv_pred = clean_pred.clone()
-                adv_pred[active] = predict(adv_logits)
+                adv_pred[active] = predict(adv_logits, active.numel())
             else:  # only the attacked images: the others are returned unchanged
                 adv_pred = clean_pred.clone()
                 if active.numel():
                     with torch.no_grad():
-                        adv_pred[active] = predict(model(x_adv[active]))
+                        adv_pred[active] = predict(model(x_adv[active]), active.numel())
                     cost.add_forward(active, 1)
             success = adv_pred != labels if tgt is None else adv_pred == tgt
         return AttackResult(

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._tensors import predict
-from .._utils import check_int_at_least, check_nonnegative, check_positive
+from .._utils import check_finite_gradient, check_int_at_least, check_nonnegative, check_positive
 from .base import Attack, AttackContext, AttackOutput, AttackResult
+from .gradients import check_logits
 
 __all__ = ["IterativeSmooth", "ColorShift", "GreyShift", "rgb_to_hsv", "hsv_to_rgb"]
 
@@ -123,9 +124,9 @@ class IterativeSmooth(Attack):
             if active.numel() == 0:
                 break
             ra = r[active].clone().requires_grad_(True)
-            logits = model((x[active] + ra).clamp(0.0, 1.0))
+            logits = check_logits(model((x[active] + ra).clamp(0.0, 1.0)), active.numel())
             ctx.count_forward(active)
-            pred = predict(logits)
+            pred = predict(logits, active.numel())
             done = pred != goal[active] if ctx.target is None else pred == goal[active]
             keep = ~done
             if not bool(keep.any()):
@@ -134,6 +135,7 @@ class IterativeSmooth(Attack):
             ce = F.cross_entropy(logits[keep], goal[active][keep], reduction="sum")
             omega = roughness(ra[keep], sigma_h=self.sigma_h, normalized=False).sum()
             (grad,) = torch.autograd.grad(sign * ce + self.lambda_s * omega, ra)
+            check_finite_gradient(grad)
             idx = active[keep]
             ctx.count_grad(idx)
             lr_t = self.lr * 0.5 ** (it // self.halve_every)
@@ -217,7 +219,7 @@ class ColorShift(Attack):
                 h2 = torch.remainder(h + dh, 1.0)
                 s2 = (s + d_sat[active, t].view(-1, 1, 1)).clamp(0.0, 1.0)
                 cand = hsv_to_rgb(torch.stack([h2, s2, v], dim=1)).clamp(0.0, 1.0)
-                pred = predict(model(cand))
+                pred = predict(model(cand), cand.shape[0])
                 ctx.count_forward(active)
                 iters[active] = t + 1
                 hit = pred != goal[active] if ctx.target is None else pred == goal[active]

@@ -33,7 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import (
+    check_choice,
+    check_finite_gradient,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+)
 from .base import Attack, AttackContext, AttackOutput
 from .execution import LayoutHint, fold_batchnorm, in_threads, plain_torch_modules
 
@@ -376,7 +382,8 @@ class DeepFool(Attack):
                     adv_logits=torch.zeros_like(z0))
         hint, check_hint = LayoutHint(self.channels_last), LayoutHint(self.channels_last)
         checker = model if check_model is None else check_model
-        ex = _Exec(forward=lambda xs: hint(model, xs), check=lambda xs: check_hint(checker, xs),
+        ex = _Exec(forward=lambda xs: check_model_output(hint(model, xs), xs.shape[0]),
+                   check=lambda xs: check_model_output(check_hint(checker, xs), xs.shape[0]),
                    count_forward=count_forward, count_grad=count_grad)
         # "threads": the chunks of an iteration are independent (disjoint rows of the state), so
         # torch's threads each take whole chunks with one intra-op thread
@@ -640,11 +647,13 @@ def _forward_faces(forward: Callable[[Tensor], Tensor], xl: Tensor, cand: Tensor
 def _backward_faces(xg: Tensor, diffs: Tensor, sel: Tensor) -> Tensor:
     """Normals ``w'`` (n, a, C, H, W) of the faces ``sel`` (n, a) of ``diffs`` (n, m), one
     backward pass per face through the graph of :func:`_forward_faces` (a sample's gradient
-    depends only on its own row: the model is in eval mode)."""
+    depends only on its own row: the model is in eval mode). A NaN/Inf normal raises
+    :class:`~advsmooth._utils.NonFiniteModelOutput` (no step is taken from it)."""
     d = diffs.gather(1, sel)
     a = d.shape[1]
-    return torch.stack([torch.autograd.grad(d[:, j].sum(), xg, retain_graph=j < a - 1)[0]
-                        for j in range(a)], dim=1)
+    return torch.stack([
+        check_finite_gradient(torch.autograd.grad(d[:, j].sum(), xg, retain_graph=j < a - 1)[0])
+        for j in range(a)], dim=1)
 
 
 def _complement(sel: Tensor, m: int) -> Tensor:

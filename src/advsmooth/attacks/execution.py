@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least
+from .._utils import check_finite_gradient, check_int_at_least
 
 if TYPE_CHECKING:  # gradients imports this module
     from .base import AttackContext
@@ -393,6 +393,7 @@ class Share:
         objective.layout = graph.layout
         val = objective.value(raw)
         (g,) = torch.autograd.grad(val.sum(), graph.x_var)
+        check_finite_gradient(g)
         n = graph.raw.shape[0]
         ctx.cost.add_grad(None if graph.start == 0 and n == ctx.cost.grad.shape[0]
                           else torch.arange(graph.start, graph.start + n, device=g.device), 1)

@@ -78,7 +78,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative, make_generator
+from .._utils import (
+    check_choice,
+    check_finite_gradient,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+    make_generator,
+)
 from .execution import LayoutHint
 
 __all__ = [
@@ -103,9 +110,11 @@ def _is_loss_ensemble(model: nn.Module) -> bool:
     return getattr(model, "combine", None) == "mean_loss" and hasattr(model, "member_logits")
 
 
-def check_logits(out: Tensor) -> Tensor:
-    """``out`` if it is ``N×K`` logits with ``K ≥ 2`` (what gradient attacks need), else
-    ``ValueError``."""
+def check_logits(out: Tensor, n: int | None = None) -> Tensor:
+    """``out`` if it is finite floating ``N×K`` logits with ``K ≥ 2`` and ``n`` rows (what gradient
+    attacks need), else ``TypeError``/``ValueError`` (:func:`~advsmooth._utils.check_model_output`;
+    NaN/Inf raise :class:`~advsmooth._utils.NonFiniteModelOutput`)."""
+    check_model_output(out, n)
     if out.ndim != 2 or out.shape[1] < 2:
         raise ValueError("gradient attacks need N×K logits with K >= 2, got model output of "
                          f"shape {tuple(out.shape)}")
@@ -190,8 +199,10 @@ class AttackObjective:
         """Raw outputs of ``model`` on ``inputs`` ``(B, C, H, W)``: logits ``(B, K)``, or member
         logits ``(B, E, K)`` for a loss-averaging ensemble."""
         if self.loss_ensemble:
-            return self.layout(model.member_logits, inputs)  # type: ignore[attr-defined]
-        return check_logits(self.layout(model, inputs))
+            return check_model_output(
+                self.layout(model.member_logits, inputs),  # type: ignore[attr-defined]
+                inputs.shape[0], name="ensemble member logits")
+        return check_logits(self.layout(model, inputs), inputs.shape[0])
 
     def value(self, raw: Tensor) -> Tensor:
         """Objective of raw outputs with shape ``(..., N, K)`` (or ``(..., N, E, K)`` for a loss
@@ -357,6 +368,7 @@ class GradientEstimator:
             raw = self._forward(model, objective, xin)
             val = self.combine(objective, raw)
             (g,) = torch.autograd.grad(val.sum(), xin)
+            check_finite_gradient(g.flatten(0, 1))
             return GradientEstimate(g.sum(dim=0).detach(), val.detach(), None, m, m)
         # decomposable: per-copy gradients into a fixed (M, N, C, H, W) buffer, reduced at the
         # end, so the result does not depend on the chunk size
@@ -369,7 +381,7 @@ class GradientEstimator:
             raw = self._forward(model, objective, xin)
             vals = objective.value(raw)                      # (e-s, N)
             (g,) = torch.autograd.grad(vals.sum(), xin)
-            buf[s:e] = g
+            buf[s:e] = check_finite_gradient(g.flatten(0, 1)).view_as(g)
             total = total + vals.detach().sum(dim=0)
             if s == 0 and noise is None and not objective.loss_ensemble:
                 logits = raw[0].detach()
@@ -393,7 +405,7 @@ class GradientEstimator:
             xin = self.copies(x, noise, s, e).detach().requires_grad_(True)
             out = self._forward(model, objective, xin)
             (g,) = torch.autograd.grad(out, xin, grad_outputs=graw[s:e])
-            grad = grad + g.sum(dim=0)
+            grad = grad + check_finite_gradient(g.flatten(0, 1)).view_as(g).sum(dim=0)
         return GradientEstimate(grad.detach(), val.detach(), None, 2 * m, m)
 
 
@@ -410,6 +422,7 @@ class PlainGradient(GradientEstimator):
             raw = objective.forward(model, x_var)
             val = objective.value(raw)
             (g,) = torch.autograd.grad(val.sum(), x_var)
+        check_finite_gradient(g)
         logits = None if objective.loss_ensemble else raw.detach()
         return GradientEstimate(g.detach(), val.detach(), logits, 1, 1)
 

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import frozen_model, predict
-from .._utils import check_int_at_least, check_nonnegative, make_generator
+from .._utils import check_int_at_least, check_model_output, check_nonnegative, make_generator
 from .base import Attack, AttackContext, AttackOutput, CostCounter
 from .execution import Execution, Plan, Share, clean_forward, run_shares
 from .gradients import (
@@ -556,7 +556,7 @@ class IterativeAttack(Attack):
             clean = None
             if self.loss == "kl" or y is None:
                 with torch.no_grad():
-                    clean = model(x)
+                    clean = check_model_output(model(x), n)
             labels = predict(clean) if y is None else y.to(device=x.device, dtype=torch.long)
             ctx = AttackContext(model=model, x=x, labels=labels, target=None, clean_logits=clean,
                                 index=torch.arange(n, device=x.device), generator=gen,

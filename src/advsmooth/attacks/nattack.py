@@ -39,7 +39,13 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative, check_positive
+from .._utils import (
+    check_choice,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+    check_positive,
+)
 from .base import Attack, AttackContext, AttackOutput
 
 __all__ = ["NAttack"]
@@ -97,6 +103,8 @@ class NAttack(Attack):
     def _log_probs(self, model: torch.nn.Module, rows: Tensor) -> Tensor:
         bs = self.batch_size
         outs = [model(rows[s:s + bs]) for s in range(0, rows.shape[0], bs)]
+        for s, o in zip(range(0, rows.shape[0], bs), outs):
+            check_model_output(o, min(bs, rows.shape[0] - s))
         z = torch.cat(outs) if len(outs) > 1 else outs[0]
         if z.ndim != 2 or z.shape[1] < 2:
             raise ValueError(f"NAttack needs N×K scores with K >= 2, got shape {tuple(z.shape)}")

@@ -21,10 +21,20 @@ torch.Size([2, 1, 8, 8])
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative, check_positive
+from .._utils import (
+    check_choice,
+    check_finite_gradient,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+    check_positive,
+    progress,
+)
 from ..filters import LowPassFilter
 from .base import Attack, AttackContext, AttackOutput
 from .deepfool import DeepFool, as_logits
@@ -136,12 +146,22 @@ class SmoothFool(Attack):
         step_scale: α_f, multiplies the projection step (the authors' code: 1.1).
         deepfool: the inner :class:`DeepFool` (default: ``DeepFool()``: ℓ2, 10 candidates,
             η = 0.02, 50 iterations).
+        grad_budget: gradient evaluations per image (inner DeepFool included) after which an
+            image stops: it leaves after the first outer iteration that reaches the budget, with
+            ``success`` from its last iterate (normally False), ``budget_exhausted=True`` and a
+            ``RuntimeWarning`` naming how many images ran out. ``None``: only ``max_iter``
+            bounds the cost. Default 10,000 (the paper's settings need a few hundred to a few
+            thousand on MNIST/CIFAR-10; a model SmoothFool cannot fool would otherwise run up to
+            ``max_iter`` outer iterations of up to 500 gradients each).
+        progress_bar: a tqdm bar over outer iterations (images still running, gradients spent),
+            shown only once a call has run for 2 s (and not when ``ADVSMOOTH_NO_PROGRESS`` is set).
         seed: unused (deterministic); common signature.
 
     Result extras: ``clip_iters_total`` (SmoothClip iterations summed over outer iterations),
     ``fallback_used`` (SmoothClip had to clamp pixel-wise at least once), ``failed`` (⟨w, g∗w⟩
     ≤ 1e-12·||w||²: the smoothed normal is orthogonal to the boundary normal),
-    ``deepfool_iters_total``, ``label_orig``. Costs include the inner DeepFool evaluations, plus per
+    ``deepfool_iters_total``, ``label_orig``, ``budget_exhausted`` (stopped by ``grad_budget``).
+    ``info["grad_budget"]`` holds the budget. Costs include the inner DeepFool evaluations, plus per
     outer iteration one forward + one gradient for the normal and one forward for the check.
     """
 
@@ -152,7 +172,8 @@ class SmoothFool(Attack):
                  clip_step: float = 0.5, max_iter: int = 500, use_smoothclip: bool = True,
                  clip_max_iter: int = 200, clip_min_step: float = 0.01,
                  normalize_mask: bool = True, xp_scale: float = 1.0, step_scale: float = 1.0,
-                 deepfool: DeepFool | None = None, seed: int = 0) -> None:
+                 deepfool: DeepFool | None = None, grad_budget: int | None = 10_000,
+                 progress_bar: bool = True, seed: int = 0) -> None:
         super().__init__(seed=seed)
         if filter is not None:
             if not isinstance(filter, LowPassFilter):
@@ -186,10 +207,16 @@ class SmoothFool(Attack):
         if not isinstance(deepfool, DeepFool):
             raise ValueError(f"deepfool must be a DeepFool instance, got {type(deepfool).__name__}")
         self.deepfool = deepfool
+        self.grad_budget = (None if grad_budget is None
+                            else check_int_at_least("grad_budget", grad_budget, 1))
+        if not isinstance(progress_bar, bool):
+            raise ValueError(f"progress_bar must be a bool, got {progress_bar!r}")
+        self.progress_bar = progress_bar
         self._set_params(filter=g, clip_step=self.clip_step, max_iter=self.max_iter,
                          use_smoothclip=use_smoothclip, clip_max_iter=self.clip_max_iter,
                          clip_min_step=self.clip_min_step, normalize_mask=normalize_mask,
-                         xp_scale=self.xp_scale, step_scale=self.step_scale, deepfool=deepfool)
+                         xp_scale=self.xp_scale, step_scale=self.step_scale, deepfool=deepfool,
+                         grad_budget=self.grad_budget)
 
     def _clip(self, x: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.use_smoothclip:
@@ -209,8 +236,11 @@ class SmoothFool(Attack):
         df_iters = torch.zeros(n, dtype=torch.long, device=dev)
         fallback = torch.zeros(n, dtype=torch.bool, device=dev)
         failed = torch.zeros(n, dtype=torch.bool, device=dev)
+        exhausted = torch.zeros(n, dtype=torch.bool, device=dev)
         g = self.filter
         act = torch.arange(n, device=dev)
+        bar = progress(total=self.max_iter, desc="SmoothFool", enabled=self.progress_bar,
+                       delay=2.0)
         for _ in range(self.max_iter):
             if act.numel() == 0:
                 break
@@ -230,9 +260,10 @@ class SmoothFool(Attack):
             k_p = torch.where(run.label_adv != k0a, run.label_adv, run.face)
             # 2. boundary normal at x_p
             xg = x_p.detach().requires_grad_(True)
-            z = as_logits(model(xg))
+            z = as_logits(check_model_output(model(xg), xg.shape[0]))
             obj = z.gather(1, k_p[:, None]) - z.gather(1, k0a[:, None])
             (w,) = torch.autograd.grad(obj.sum(), xg)
+            check_finite_gradient(w)
             ctx.count_forward(act, 1)
             ctx.count_grad(act, 1)
             # 3.-4. smoothed normal and projection step
@@ -252,12 +283,28 @@ class SmoothFool(Attack):
             fallback[act] |= fb
             # 6. check
             with torch.no_grad():
-                zn = as_logits(model(xa_new))
+                zn = as_logits(check_model_output(model(xa_new), xa_new.shape[0]))
             ctx.count_forward(act, 1)
             z_cur[act] = zn
             fooled = zn.argmax(dim=1) != k0a
             failed[act] = bad & ~fooled
-            act = act[~(fooled | bad)]
+            over = torch.zeros_like(fooled)
+            if self.grad_budget is not None:
+                over = ~(fooled | bad) & (ctx.cost.grad[ctx.index[act]] >= self.grad_budget)
+                exhausted[act] = over
+            act = act[~(fooled | bad | over)]
+            bar.update(1)
+            bar.set_postfix(running=act.numel(),
+                            grads=int(ctx.cost.grad[ctx.index].max()), refresh=False)
+        bar.close()
+        if bool(exhausted.any()):
+            warnings.warn(
+                f"SmoothFool: {int(exhausted.sum())} of {n} image(s) reached grad_budget="
+                f"{self.grad_budget} gradient evaluations without being fooled and were stopped "
+                "(success=False; extras['budget_exhausted']); raise grad_budget to go on",
+                RuntimeWarning, stacklevel=3)
         extras = {"clip_iters_total": clip_iters, "fallback_used": fallback, "failed": failed,
-                  "deepfool_iters_total": df_iters, "label_orig": k0}
-        return AttackOutput(x_adv=xi, iterations=iters, extras=extras)
+                  "deepfool_iters_total": df_iters, "label_orig": k0,
+                  "budget_exhausted": exhausted}
+        return AttackOutput(x_adv=xi, iterations=iters, extras=extras,
+                            info={"grad_budget": self.grad_budget})

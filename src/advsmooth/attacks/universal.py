@@ -35,6 +35,7 @@ from .._utils import (
     check_int_at_least,
     check_nonnegative,
     check_positive,
+    input_mismatch,
     make_generator,
     progress,
 )
@@ -51,7 +52,10 @@ def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     out = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            out.append(predict(model(x[s:s + batch_size])))
+            xb = x[s:s + batch_size]
+            with input_mismatch(x):
+                z = model(xb)
+            out.append(predict(z, xb.shape[0]))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -97,7 +101,7 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
     adv = []
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            adv.append(predict(model(z[s:s + batch_size])))
+            adv.append(predict(model(z[s:s + batch_size]), z[s:s + batch_size].shape[0]))
     return float((torch.cat(adv) != clean_pred.to(x.device)).double().mean())
 
 
@@ -358,7 +362,7 @@ class UniversalPerturbation:
                     if self.eval_clamp:
                         z = z.clamp(0.0, 1.0)
                     with frozen_model(model), torch.no_grad():
-                        still = predict(model(z)) == ki
+                        still = predict(model(z), z.shape[0]) == ki
                     forward += idx.numel()
                     if not bool(still.any()):
                         continue

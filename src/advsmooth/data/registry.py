@@ -19,6 +19,7 @@ import gzip
 import os
 import struct
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +154,36 @@ def _check_split(meta: DataInfo, split: str) -> None:
 # array conversion
 # ----------------------------------------------------------------------------------------------
 
+#: the image layouts :func:`load` accepts (quoted by its layout errors)
+LAYOUTS = ("uint8 N×H×W (grey, 0..255)", "uint8 N×H×W×C with C in {1, 3, 4} (0..255)",
+           "uint8 N×C×H×W with C in {1, 3} and H, W >= 8", "float N×H×W in [0, 1]",
+           "float N×C×H×W in [0, 1] (channels first)")
+
+
+def _layout_error(source: str, x: np.ndarray, why: str) -> ValueError:
+    return ValueError(f"{source}: {why} (array x has dtype {x.dtype}, shape {x.shape}); accepted "
+                      f"layouts: {'; '.join(LAYOUTS)}")
+
+
+def _uint8_layout(shape: tuple[int, ...]) -> str | None:
+    """``"nhwc"`` or ``"nchw"`` for a 4-D uint8 array, ``None`` when neither reading is safe.
+
+    The two readings never overlap (N×C×H×W needs ``W >= 8``, N×H×W×C needs ``C <= 4``)."""
+    if shape[3] in (1, 3, 4):
+        return "nhwc"
+    if shape[1] in (1, 3) and shape[2] >= 8 and shape[3] >= 8:
+        return "nchw"
+    return None
+
+
 def _to_nchw_float(x: np.ndarray, source: str) -> Tensor:
-    """uint8 N×H×W / N×H×W×C (0..255) or float N×C×H×W / N×H×W in [0,1] → float32 N×C×H×W."""
+    """uint8 N×H×W / N×H×W×C (0..255) or float N×C×H×W / N×H×W in [0,1] → float32 N×C×H×W.
+
+    A uint8 array is N×H×W×C (the documented layout) when its last axis has 1, 3 or 4 entries,
+    N×C×H×W when its second axis has 1 or 3 entries and the other two at least 8; anything else
+    (e.g. N×4×4×5: 4 channels of 4×5, or 4×4 pixels of 5 channels?) is refused with the list of
+    :data:`LAYOUTS`. A float array is N×C×H×W; one that looks channels-last is refused.
+    """
     if not x.flags.writeable:
         x = np.array(x)  # a private, writable copy (torch refuses read-only buffers)
     if x.dtype == np.uint8:
@@ -162,54 +191,102 @@ def _to_nchw_float(x: np.ndarray, source: str) -> Tensor:
         if t.ndim == 3:
             t = t.unsqueeze(1)
         elif t.ndim == 4:
-            if t.shape[-1] in (1, 3, 4):
-                t = t.permute(0, 3, 1, 2)  # N×H×W×C (the documented layout)
-            elif t.shape[1] not in (1, 3, 4):
-                raise ValueError(f"{source}: uint8 images must be N×H×W×C with C in (1, 3, 4), "
-                                 f"got shape {x.shape}")
-            # else: N×C×H×W already
+            layout = _uint8_layout(tuple(t.shape))
+            if layout is None:
+                raise _layout_error(source, x, "uint8 images in an ambiguous layout")
+            if layout == "nhwc":
+                t = t.permute(0, 3, 1, 2)
         else:
-            raise ValueError(f"{source}: uint8 images must be N×H×W or N×H×W×C, got {x.shape}")
+            raise _layout_error(source, x, "uint8 images must have 3 or 4 dimensions")
         return t.contiguous().float().div_(255.0)
     if np.issubdtype(x.dtype, np.floating):
         t = torch.from_numpy(np.ascontiguousarray(x)).float()
         if t.ndim == 3:
             t = t.unsqueeze(1)
         if t.ndim != 4:
-            raise ValueError(f"{source}: float images must be N×C×H×W, got shape {x.shape}")
+            raise _layout_error(source, x, "float images must have 3 or 4 dimensions")
+        if t.shape[1] > 4 and t.shape[3] in (1, 3, 4):
+            raise _layout_error(source, x, "float images look channels-last (N×H×W×C); "
+                                "float images are N×C×H×W")
         if t.numel() and (not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1):
             raise ValueError(f"{source}: float images must be finite and lie in [0, 1]")
         return t.contiguous()
     raise ValueError(f"{source}: images must be uint8 (0..255) or float in [0,1], got {x.dtype}")
 
 
-def _labels(y: np.ndarray, n: int, source: str) -> Tensor:
+#: labels of a data set without a declared class count must lie below this
+MAX_CLASSES = 1_000_000
+
+
+def _labels(y: np.ndarray, n: int, source: str, num_classes: int | None = None) -> Tensor:
+    """Integer labels ``(n,)`` in ``[0, num_classes)`` (``[0, MAX_CLASSES)`` when unknown)."""
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{source}: y must be a vector of {n} labels, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"{source}: y must hold integer class labels, got dtype {y.dtype}")
+    k = MAX_CLASSES if num_classes is None else num_classes
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= k):
+        bound = (f"{num_classes} classes" if num_classes is not None
+                 else f"at most {MAX_CLASSES:,} classes; store the class count as array "
+                      "'num_classes' in the .npz")
+        raise ValueError(f"{source}: labels must be class indices in [0, {k - 1}] ({bound}), "
+                         f"got values in [{int(y.min())}, {int(y.max())}]")
     return torch.from_numpy(y.astype(np.int64))
 
 
 @functools.lru_cache(maxsize=4)
-def _read_npz_cached(path: str, mtime: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in ("x", "y") if k not in f.files]
-        if missing:
-            raise ValueError(f"{path}: .npz must hold arrays 'x' and 'y', missing {missing} "
-                             f"(found {f.files})")
-        x, y = f["x"], f["y"]
+def _read_npz_cached(path: str, mtime: float, size: int
+                     ) -> tuple[np.ndarray, np.ndarray, int | None]:
+    # Every failure is one line naming the file; nothing is ever unpickled (numpy's own
+    # messages advise turning pickling on, which would run code from the file: never shown).
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz archive (a zip of .npy arrays written by "
+                         "numpy.savez); is it truncated, or a text/.npy file?")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise ValueError(f"{path}: .npz must hold arrays 'x' and 'y', missing {missing} "
+                                 f"(found {f.files})")
+            arrays = {}
+            for key in ("x", "y", "num_classes"):
+                if key not in f.files:
+                    continue
+                try:
+                    arrays[key] = f[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    raise ValueError(
+                        f"{path}: array {key!r} holds Python objects (dtype=object); advsmooth "
+                        "never unpickles data files: store numeric arrays") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith(path):
+            raise
+        raise ValueError(f"{path}: unreadable .npz archive ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+    x, y = arrays["x"], arrays["y"]
+    k = arrays.get("num_classes")
+    num_classes = None
+    if k is not None:
+        if k.size != 1 or not np.issubdtype(k.dtype, np.integer) or int(k.reshape(())) < 1:
+            raise ValueError(f"{path}: 'num_classes' must be one integer >= 1, got {k!r}")
+        num_classes = int(k.reshape(()))
     x.setflags(write=False)
     y.setflags(write=False)
-    return x, y
+    return x, y, num_classes
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"expected an .npz file with arrays x and y at {path}")
     st = path.stat()
-    return _read_npz_cached(str(path.resolve()), st.st_mtime, st.st_size)
+    x, y, num_classes = _read_npz_cached(str(path.resolve()), st.st_mtime, st.st_size)
+    if x.ndim not in (3, 4):
+        raise _layout_error(str(path), x, "images must have 3 or 4 dimensions")
+    _labels(y, len(x), str(path), num_classes)
+    return x, y
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -496,7 +573,8 @@ def load(name: str, split: str = "test", root: str | os.PathLike[str] | None = N
     if isinstance(x_raw, Tensor):  # digits: already converted
         sel = _selection(len(y_raw), n, sample, seed, indices, y_raw, name)
         return (x_raw, y_raw) if sel is None else (x_raw[sel].contiguous(), y_raw[sel].clone())
-    y_all = _labels(y_raw, len(x_raw), name)
+    y_all = _labels(y_raw, len(x_raw), name,
+                    REGISTRY[name].num_classes if name in REGISTRY else None)
     sel = _selection(len(y_all), n, sample, seed, indices, y_all, name)
     if sel is not None:
         x_raw = x_raw[sel.numpy()]

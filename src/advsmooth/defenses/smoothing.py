@@ -1,6 +1,6 @@
 """Smoothed inference: :class:`SmoothedClassifier` (prediction / weighted / soft votes),
 Cohen et al.'s ``predict`` with abstention and ``certify`` (certified L2 radius), and the
-statistics they need (Clopper–Pearson bound, two-sided binomial test) with no SciPy dependency.
+statistics they need (Clopper–Pearson bound, two-sided binomial test, from ``scipy.stats``).
 
 Specification: ALGORITHMS.md §9 (votes), §16 (reference-code differences).
 
@@ -31,9 +31,8 @@ for CIFAR's std ≈ 0.25; MNIST models here take raw pixels, std = 1, so both co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +41,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._tensors import check_images, check_model_compat
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import (
+    check_choice,
+    check_int_at_least,
+    check_model_output,
+    check_nonnegative,
+    eval_mode,
+    input_mismatch,
+)
 from ..attacks.noise_space import SmoothedModel, resolve_std
 
 __all__ = [
@@ -52,8 +58,6 @@ __all__ = [
     "votes_from_logits",
     "clopper_pearson_lower",
     "binom_test_half",
-    "betainc",
-    "beta_ppf",
 ]
 
 #: the voting functions of :class:`SmoothedClassifier`
@@ -141,155 +145,56 @@ def votes_from_logits(z: Tensor, vote: str = "prediction", C: float = 0.0,
 
 
 # ----------------------------------------------------------------------------------------------
-# statistics without SciPy
+# statistics (SciPy)
 # ----------------------------------------------------------------------------------------------
 
-_FPMIN = 1e-300
-_EPS = 1e-15
+def _as_float_array(v: Tensor | np.ndarray | int) -> np.ndarray:
+    return np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v, dtype=np.float64)
 
 
-def _betacf(a: np.ndarray, b: np.ndarray, x: np.ndarray, max_iter: int = 100000) -> np.ndarray:
-    """Continued fraction of the incomplete beta function (modified Lentz), vectorised."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 - qab * x / qap
-    d = np.where(np.abs(d) < _FPMIN, _FPMIN, d)
-    d = 1.0 / d
-    h = d.copy()
-    active = np.ones(x.shape, dtype=bool)
-    for m in range(1, max_iter + 1):
-        m2 = 2.0 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = np.where(np.abs(d) < _FPMIN, _FPMIN, d)
-        c = 1.0 + aa / c
-        c = np.where(np.abs(c) < _FPMIN, _FPMIN, c)
-        d = 1.0 / d
-        h = np.where(active, h * d * c, h)
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = np.where(np.abs(d) < _FPMIN, _FPMIN, d)
-        c = 1.0 + aa / c
-        c = np.where(np.abs(c) < _FPMIN, _FPMIN, c)
-        d = 1.0 / d
-        delta = d * c
-        h = np.where(active, h * delta, h)
-        active &= np.abs(delta - 1.0) >= _EPS
-        if not active.any():
-            break
-    return h
-
-
-_lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
-
-
-def betainc(a: np.ndarray | float, b: np.ndarray | float, x: np.ndarray | float) -> np.ndarray:
-    """Regularised incomplete beta function ``I_x(a, b)`` (a, b > 0, 0 ≤ x ≤ 1), vectorised.
-
-    Continued fraction with the usual symmetry switch (Numerical Recipes §6.4); accurate to about
-    1e-13 relative for the integer arguments used by the binomial bounds here (tested against
-    SciPy where it is installed).
-    """
-    a, b, x = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                  np.asarray(x, np.float64))
-    a, b, x = a.copy(), b.copy(), x.copy()
-    out = np.zeros(x.shape, dtype=np.float64)
-    inner = (x > 0.0) & (x < 1.0)
-    out[x >= 1.0] = 1.0
-    if inner.any():
-        ai, bi, xi = a[inner], b[inner], x[inner]
-        lbt = (_lgamma(ai + bi) - _lgamma(ai) - _lgamma(bi)
-               + ai * np.log(xi) + bi * np.log1p(-xi))
-        front = np.exp(lbt)
-        direct = xi < (ai + 1.0) / (ai + bi + 2.0)
-        res = np.empty_like(xi)
-        if direct.any():
-            res[direct] = front[direct] * _betacf(ai[direct], bi[direct], xi[direct]) / ai[direct]
-        flip = ~direct
-        if flip.any():
-            res[flip] = 1.0 - front[flip] * _betacf(bi[flip], ai[flip], 1.0 - xi[flip]) / bi[flip]
-        out[inner] = np.clip(res, 0.0, 1.0)
-    return out
-
-
-def beta_ppf(q: np.ndarray | float, a: np.ndarray | float, b: np.ndarray | float,
-             iters: int = 80) -> np.ndarray:
-    """Quantile of the Beta(a, b) distribution by vectorised bisection on :func:`betainc`.
-
-    ``I_x(a, b)`` is increasing in ``x``; 80 halvings of ``[0, 1]`` reach float64 resolution.
-    """
-    q, a, b = np.broadcast_arrays(np.asarray(q, np.float64), np.asarray(a, np.float64),
-                                  np.asarray(b, np.float64))
-    lo = np.zeros(q.shape, dtype=np.float64)
-    hi = np.ones(q.shape, dtype=np.float64)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        below = betainc(a, b, mid) < q
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-        if np.all(hi - lo <= 1e-17):
-            break
-    return 0.5 * (lo + hi)
-
-
-def _scipy_stats():
-    try:
-        from scipy import stats  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return stats
-
-
-def clopper_pearson_lower(k: Tensor | np.ndarray | int, n: Tensor | np.ndarray | int, alpha: float,
-                          use_scipy: bool | None = None) -> np.ndarray:
+def clopper_pearson_lower(k: Tensor | np.ndarray | int, n: Tensor | np.ndarray | int,
+                          alpha: float) -> np.ndarray:
     """One-sided ``(1 − alpha)`` Clopper–Pearson lower confidence bound on a binomial proportion.
 
-    ``p_lower = Beta.ppf(alpha; k, n − k + 1)`` (0 when ``k = 0``) — the same number as Cohen et
-    al.'s ``proportion_confint(k, n, alpha=2·alpha, method="beta")[0]``. Uses SciPy when it is
-    importable (``use_scipy=None``), else the built-in :func:`beta_ppf`; ``use_scipy=False``
-    forces the built-in path.
+    ``p_lower = Beta.ppf(alpha; k, n − k + 1)`` (``scipy.stats.beta``; 0 when ``k = 0``) — the
+    same number as Cohen et al.'s ``proportion_confint(k, n, alpha=2·alpha, method="beta")[0]``.
+    ``k`` and ``n`` broadcast; returns a float64 array of their broadcast shape.
     """
+    from scipy import stats
+
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    k = np.asarray(k.cpu() if isinstance(k, Tensor) else k, dtype=np.float64)
-    n = np.asarray(n.cpu() if isinstance(n, Tensor) else n, dtype=np.float64)
-    k, n = np.broadcast_arrays(k, n)
+    k, n = np.broadcast_arrays(_as_float_array(k), _as_float_array(n))
+    if not (np.isfinite(k).all() and np.isfinite(n).all()):
+        raise ValueError("k and n must be finite counts for a Clopper-Pearson bound")
     if np.any(k < 0) or np.any(k > n) or np.any(n < 1):
         raise ValueError("need 0 <= k <= n and n >= 1 for a Clopper-Pearson bound")
     out = np.zeros(k.shape, dtype=np.float64)
     pos = k > 0
     if pos.any():
-        stats = _scipy_stats() if use_scipy in (None, True) else None
-        if use_scipy and stats is None:
-            raise ImportError("use_scipy=True but scipy is not installed")
-        if stats is not None:
-            out[pos] = stats.beta.ppf(alpha, k[pos], n[pos] - k[pos] + 1)
-        else:
-            out[pos] = beta_ppf(alpha, k[pos], n[pos] - k[pos] + 1)
+        out[pos] = stats.beta.ppf(alpha, k[pos], n[pos] - k[pos] + 1)
     return out
 
 
-def binom_test_half(k: Tensor | np.ndarray | int, n: Tensor | np.ndarray | int,
-                    use_scipy: bool | None = None) -> np.ndarray:
+def binom_test_half(k: Tensor | np.ndarray | int, n: Tensor | np.ndarray | int) -> np.ndarray:
     """Two-sided binomial-test p-value of ``k`` successes in ``n`` trials against ``p = 1/2``.
 
-    For ``p = 1/2`` the distribution is symmetric, so the p-value is
-    ``min(1, 2·P(X ≥ max(k, n−k)))`` with ``P(X ≥ j) = I_{1/2}(j, n − j + 1)``; ``n = 0`` gives 1.
-    Equals ``scipy.stats.binomtest(k, n, 0.5).pvalue``.
+    Equals ``scipy.stats.binomtest(k, n, 0.5).pvalue`` element-wise: for ``p = 1/2`` the
+    distribution is symmetric, so the p-value is ``min(1, 2·P(X ≥ max(k, n−k)))``, computed
+    vectorised with ``scipy.stats.binom.sf``; ``n = 0`` gives 1.
     """
-    k = np.asarray(k.cpu() if isinstance(k, Tensor) else k, dtype=np.float64)
-    n = np.asarray(n.cpu() if isinstance(n, Tensor) else n, dtype=np.float64)
-    k, n = np.broadcast_arrays(k, n)
+    from scipy import stats
+
+    k, n = np.broadcast_arrays(_as_float_array(k), _as_float_array(n))
+    if not (np.isfinite(k).all() and np.isfinite(n).all()):
+        raise ValueError("k and n must be finite counts for a binomial test")
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError("need 0 <= k <= n for a binomial test")
     j = np.maximum(k, n - k)
     out = np.ones(k.shape, dtype=np.float64)
     pos = (n > 0) & (j > n / 2)
     if pos.any():
-        stats = _scipy_stats() if use_scipy in (None, True) else None
-        if stats is not None:
-            tail = stats.binom.sf(j[pos] - 1, n[pos], 0.5)
-        else:
-            tail = betainc(j[pos], n[pos] - j[pos] + 1, 0.5)
-        out[pos] = np.minimum(1.0, 2.0 * tail)
+        out[pos] = np.minimum(1.0, 2.0 * stats.binom.sf(j[pos] - 1, n[pos], 0.5))
     return out
 
 
@@ -340,11 +245,27 @@ class SmoothedClassifier(SmoothedModel):
         fixed_noise: reuse the same noise at every call (default: fresh noise per call from the
             seeded stream; :meth:`reseed` restarts the stream).
         clip: clamp noisy inputs to ``[0, 1]`` (default False, like the reference code).
+        base_mode: ``"eval"`` (default): every call (``forward``, ``scores``, ``vote_counts``,
+            ``copy_logits``, ``predict``, ``certify``) evaluates the base model in eval mode and
+            restores each submodule's mode afterwards, so a prediction never updates BatchNorm
+            statistics or draws dropout masks. ``"as_is"``: the base runs in whatever mode it is
+            in (e.g. to train with BatchNorm statistics of the noisy inputs).
 
     Gradients flow through ``forward`` only for the differentiable votes (``"soft"``,
     ``"logit_mean"``) when grad mode is on; hard votes are computed under ``no_grad``. To attack a
     smoothed classifier with gradients use :class:`advsmooth.attacks.ExpectationGradient`, which
     differentiates the base model under the same noise.
+
+    Training through the smoothed model: with ``vote="soft"`` or ``"logit_mean"`` and grad mode
+    on, ``loss(smoothed(x), y).backward()`` reaches the base model's parameters in either
+    ``base_mode`` (eval mode changes only BatchNorm/dropout behaviour, not the parameters'
+    ``requires_grad``); pass ``base_mode="as_is"`` and put the base in train mode to train with
+    batch statistics.
+
+    Every base-model output is checked (:func:`advsmooth._utils.check_model_output`): a model
+    returning NaN/Inf logits, integer logits, a tuple or the wrong number of rows raises a
+    ``ValueError``/``TypeError`` naming the model output, so no vote, prediction or certificate
+    is ever computed from non-finite outputs.
     """
 
     def __init__(
@@ -361,6 +282,7 @@ class SmoothedClassifier(SmoothedModel):
         seed: int = 0,
         fixed_noise: bool = False,
         clip: bool = False,
+        base_mode: str = "eval",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -390,6 +312,7 @@ class SmoothedClassifier(SmoothedModel):
         self.seed = seed
         self.fixed_noise = bool(fixed_noise)
         self.clip = bool(clip)
+        self.base_mode = check_choice("base_mode", base_mode, ("eval", "as_is"))
         self._stream = torch.Generator()
         self.reseed(seed)
 
@@ -404,6 +327,8 @@ class SmoothedClassifier(SmoothedModel):
             parts.append("fixed_noise=True")
         if self.clip:
             parts.append("clip=True")
+        if self.base_mode != "eval":
+            parts.append(f"base_mode={self.base_mode!r}")
         return ", ".join(parts)
 
     def reseed(self, seed: int | None = None) -> None:
@@ -454,22 +379,33 @@ class SmoothedClassifier(SmoothedModel):
                     noisy = noisy.clamp(0.0, 1.0)
                 rows = noisy.reshape(nb * n, *x.shape[1:])
                 bs = self.rows_per_call(x.device)
-                outs = [self.base(rows[r:r + bs]) for r in range(0, rows.shape[0], bs)]
+                with input_mismatch(x):
+                    outs = [check_model_output(self.base(rows[r:r + bs]),
+                                               rows[r:r + bs].shape[0], name="base model output")
+                            for r in range(0, rows.shape[0], bs)]
                 z = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
-                if z.ndim != 2:
-                    raise ValueError("the base model must return N×K logits, "
-                                     f"got shape {tuple(z.shape)}")
+                if z.ndim != 2 or z.shape[1] < 2:
+                    raise ValueError("the base model must return N×K logits with K >= 2 (a "
+                                     "binary classifier: return two logits [0, s]), got shape "
+                                     f"{tuple(z.shape)}")
                 yield start, z.reshape(nb, n, z.shape[-1])
 
     def _accumulate(self, x: Tensor, m: int, noise_seed: int | None, vote: str,
                     keep_grad: bool) -> Tensor:
         call_seed = self._call_seed(noise_seed)
         total: Tensor | None = None
-        for _, z in self._iter_logits(x, m, call_seed, keep_grad):
-            v = _copy_votes(z, vote, self.C).sum(dim=0)
-            total = v if total is None else total + v
+        with self._base_mode():
+            for _, z in self._iter_logits(x, m, call_seed, keep_grad):
+                v = _copy_votes(z, vote, self.C).sum(dim=0)
+                total = v if total is None else total + v
         assert total is not None
+        check_model_output(total, x.shape[0], name=f"sum of the {vote!r} votes (finite logits that "
+                           "overflow when added)")
         return total
+
+    def _base_mode(self) -> AbstractContextManager[object]:
+        """Eval mode for the base during a call (``base_mode="eval"``), else nothing."""
+        return eval_mode(self.base) if self.base_mode == "eval" else nullcontext()
 
     def _check_x(self, x: Tensor) -> None:
         """Pixel-space input checks (shape, dtype, NaN/Inf, [0, 1], model dtype/device)."""
@@ -510,7 +446,9 @@ class SmoothedClassifier(SmoothedModel):
         self._check_x(x)
         m = self.samples if samples is None else check_int_at_least("samples", samples, 1)
         call_seed = self._call_seed(noise_seed)
-        return torch.cat([z for _, z in self._iter_logits(x, m, call_seed, keep_grad=False)], dim=0)
+        with self._base_mode():
+            return torch.cat([z for _, z in self._iter_logits(x, m, call_seed, keep_grad=False)],
+                             dim=0)
 
     # -- Cohen et al. -------------------------------------------------------------------------
     def predict(self, x: Tensor, *, alpha: float | None = None, n: int | None = None,

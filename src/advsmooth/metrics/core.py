@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import check_images, check_model_compat, frozen_model, predict
-from ..attacks.gradients import AttackObjective, PlainGradient
+from .._utils import input_mismatch
+from ..attacks.gradients import AttackObjective, PlainGradient, check_logits
 
 __all__ = [
     "FoolingRate",
@@ -78,17 +79,27 @@ def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256,
 
     ``check=False`` skips the ``[0, 1]`` range check (for unclipped adversarial images).
     """
+    return _predict_classes(model, x, batch_size, check)[0]
+
+
+def _predict_classes(model: nn.Module, x: Tensor, batch_size: int,
+                     check: bool) -> tuple[Tensor, int | None]:
+    """:func:`predict_batched` and the model's number of classes (``None`` for no input)."""
     _check_batch_size(batch_size)
     if check:
         check_images(x)
     check_model_compat(model, x)
     out = []
+    k = None
     with frozen_model(model), torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            out.append(predict(model(x[s:s + batch_size])))
+            with input_mismatch(x):
+                z = model(x[s:s + batch_size])
+            out.append(predict(z, x[s:s + batch_size].shape[0]))
+            k = 2 if z.ndim == 1 or z.shape[1] == 1 else int(z.shape[1])
     if not out:
-        return torch.zeros(0, dtype=torch.long, device=x.device)
-    return torch.cat(out)
+        return torch.zeros(0, dtype=torch.long, device=x.device), k
+    return torch.cat(out), k
 
 
 def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -105,7 +116,7 @@ def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
     y = torch.as_tensor(y, device=x.device)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if y.is_floating_point():
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
     return y.long()
 
@@ -127,7 +138,10 @@ def fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
         the number of inputs used and excluded, and per-sample masks.
     """
     y = _check_pair(x, x_adv, y)
-    clean = predict_batched(model, x, batch_size=batch_size)
+    clean, k = _predict_classes(model, x, batch_size, True)
+    if k is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise ValueError(f"y must be class indices in [0, {k - 1}] for this model, got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
     adv = predict_batched(model, x_adv, batch_size=batch_size, check=False)
     used = clean == y
     fooled = adv != y
@@ -182,8 +196,19 @@ def robustness(r: Tensor, x: Tensor, p: float | str = 2, *, mask: Tensor | None 
         ``||r||_p / 1e-12`` (safe division; never NaN). The value depends on the input
         representation: here pixel space ``[0, 1]``.
     """
+    for name, t in (("r", r), ("x", x)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__} (convert it "
+                            "with torch.as_tensor)")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if r.shape != x.shape:
         raise ValueError(f"r must have the shape of x {tuple(x.shape)}, got {tuple(r.shape)}")
+    if r.ndim < 1:
+        raise ValueError("r and x must have a leading sample dimension (shape N×...)")
+    for name, t in (("r", r), ("x", x)):
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
     ratio = _pnorm(r.double(), p) / _pnorm(x.double(), p).clamp_min(1e-12)
     if mask is not None:
         mask = torch.as_tensor(mask, device=ratio.device)
@@ -261,6 +286,12 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
         raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
     signs = []
     with frozen_model(model):
+        if y.numel():  # the class count, to refuse labels the model cannot have
+            with torch.no_grad(), input_mismatch(x):
+                k = check_logits(model(x[:1]), 1).shape[1]
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise ValueError(f"y must be class indices in [0, {k - 1}] for this model, got "
+                                 f"values in [{int(y.min())}, {int(y.max())}]")
         for s in range(0, x.shape[0], batch_size):
             objective = AttackObjective("ce", y[s:s + batch_size])
             est = PlainGradient().estimate(model, x[s:s + batch_size], objective)
