@@ -356,3 +356,21 @@ def test_broken_npz_files_give_one_line_naming_the_file(npz_dir, tmp_path):
         assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
     with pytest.raises(ValueError, match="Python objects"):
         asm.data.load(f"npz:{obj}")
+
+
+@pytest.mark.parametrize("name", ["FGSM", "DeepFool"])
+def test_nan_gradients_are_caught_where_they_are_read(name):
+    # FGSM's step reuses the clean forward's graph (execution layer); DeepFool reads one normal
+    # per face: both name the gradient, not only the after-the-fact x_adv safety net
+    with pytest.raises(NonFiniteModelOutput, match="input gradient"):
+        attacks()[name](Hostile("nan_grad"), X)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_training_perturb_refuses_non_finite_clean_logits(loss):
+    # adversarial training's path (labels from the clean forward for y=None, TRADES' clean
+    # reference for loss="kl") never steps from NaN logits
+    atk = asm.attacks.PGD(eps=0.1, steps=2, loss=loss)
+    y = None if loss == "ce" else torch.zeros(X.shape[0], dtype=torch.long)
+    with pytest.raises(NonFiniteModelOutput, match="^the model output contains NaN"):
+        atk.perturb(Hostile("nan"), X, y)
