@@ -22,6 +22,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "smooth-uap": {"sigma": 1.0, "max_iter": 3, "max_passes": 1, "progress_bar": False},
     "iterative-smooth": {"max_iter": 3},
     "color-shift": {"trials": 3},
+    "grey-shift": {"trials": 3},
     "fgsm": {"eps": 0.1},
     "igsm": {"eps": 0.1, "steps": 2},
     "pgd": {"eps": 0.1, "steps": 2},

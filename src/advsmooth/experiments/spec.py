@@ -327,8 +327,8 @@ class PlotSpec(_Strict):
         if self.kind == "artefact" and (self.step is None or self.source is None):
             raise ValueError("an artefact plot needs step (a step kind of the study's plan) and "
                              "source (the study label)")
-        if self.kind != "artefact" and self.step is not None:
-            raise ValueError("step is only for kind = 'artefact'")
+        if self.kind not in ("artefact", "step_images") and self.step is not None:
+            raise ValueError("step is only for kind = 'artefact' or 'step_images'")
         if self.kind == "curve" and (self.x is None or self.y is None):
             raise ValueError("a curve needs x and y")
         if isinstance(self.y, list) and (self.source is None or not self.y):
