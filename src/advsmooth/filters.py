@@ -109,7 +109,7 @@ def _linear_kernel1d(k: int) -> Tensor:
 
 
 def _pad_amounts(k: int) -> tuple[int, int]:
-    """Padding (before, after) along one axis for a kernel of ``k`` taps (even: REF rule)."""
+    """Padding (before, after) along one axis for a kernel of ``k`` taps (even: int(5σ) rule)."""
     if k % 2 == 1:
         return k // 2, k // 2
     return k // 2 - 1, k // 2

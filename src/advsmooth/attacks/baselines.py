@@ -1,7 +1,7 @@
 """Baselines of SmoothFool's Tables 1 and 3: the iterative smooth attack (IS), the colour shift (CS)
 and its greyscale analogue (GS).
 
-* :class:`IterativeSmooth` — ALGORITHMS.md §7.1 (SmoothFool Eq. 12): gradient descent on
+* :class:`IterativeSmooth` — docs/algorithms.md (SmoothFool Eq. 12): gradient descent on
   ``−CE(model(clamp(x + r)), y) + λ_s·Ω(r)`` with a per-sample stop at the first misclassified
   iterate.
 * :class:`ColorShift` — §7.2 (Hosseini & Poovendran's semantic attack): random hue and saturation
@@ -82,7 +82,7 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 class IterativeSmooth(Attack):
-    """Iterative smooth attack (IS, SmoothFool Eq. 12; ALGORITHMS.md §7.1).
+    """Iterative smooth attack (IS, SmoothFool Eq. 12; docs/algorithms.md).
 
     Minimises, per sample, ``L(r) = −CE(model(clamp(x + r, 0, 1)), y) + λ_s·Ω(r; σ_h)`` over
     ``r`` (initialised at 0) by plain gradient descent, ``r ← r − lr_t·∇L`` with
@@ -151,7 +151,7 @@ class IterativeSmooth(Attack):
 # ----------------------------------------------------------------------------------------------
 
 class ColorShift(Attack):
-    """Colour-shift (semantic) attack (CS; ALGORITHMS.md §7.2).
+    """Colour-shift (semantic) attack (CS; docs/algorithms.md).
 
     The image is converted to HSV. For trial ``t = 1..T`` every still-correct sample draws
     ``δH ~ U[0, 1)`` and ``δS ~ U[−s_t, s_t]`` with the progressive range ``s_t = t/T``, and is

@@ -1,11 +1,11 @@
-"""Gradient estimators for the iterative attack engine (ALGORITHMS.md §8, §10).
+"""Gradient estimators for the iterative attack engine (docs/algorithms.md).
 
 An iterative attack (:mod:`advsmooth.attacks.iterative`) needs, at every step, the gradient of a
 per-sample *objective* (the quantity the attack ascends) with respect to the input. A
 :class:`GradientEstimator` decides *how* that gradient is obtained:
 
 * :class:`PlainGradient` — ``∇ₓ J(x)``: one forward and one backward pass.
-* :class:`SmoothedGradient` — the sg- gradient of seed 001 (Eq. 8):
+* :class:`SmoothedGradient` — the sg- gradient (Wu et al., arXiv:1802.09707, Eq. 8):
   ``G = (1/m) Σᵢ ∇J(x + ξᵢ)``, ``ξᵢ ~ N(0, σ² I)``, fresh noise at every call.
 
 The objective is an :class:`AttackObjective`: cross-entropy w.r.t. the true label (ascend) or
@@ -27,7 +27,7 @@ One call :meth:`GradientEstimator.estimate` ``(model, x, objective, generator=..
    outputs* of every copy: logits ``(M, N, K)`` for an ordinary model.
 4. The per-sample objective ``(N,)`` is ``self.combine(objective, raw)``. The default is the mean
    over copies of the per-copy objective, ``objective.value(raw).mean(0)``: the expected loss
-   (sg-IGSM / EOT / REF EPGD). Because that is a sum over copies (``decomposable = True``), one
+   (sg-IGSM / EOT / the authors' EPGD). As a sum over copies (``decomposable = True``), one
    chunked pass suffices: each chunk's backward gives its copies' gradients, which are written
    into an ``(M, N, C, H, W)`` buffer and reduced at the end (bit-identical for any chunk size,
    up to the model's own batch-size dependence).
@@ -428,7 +428,7 @@ class PlainGradient(GradientEstimator):
 
 
 class SmoothedGradient(GradientEstimator):
-    """Smoothed gradient (sg-, seed 001 Eq. 8): ``G = (1/m) Σᵢ ∇J(x + ξᵢ)``, ``ξᵢ ~ N(0, σ²I)``.
+    """Smoothed gradient (arXiv:1802.09707 Eq. 8): ``G = (1/m) Σᵢ ∇J(x + ξᵢ)``, ``ξᵢ ~ N(0, σ²I)``.
 
     Args:
         sigma: noise std in pixel units (seed: 15/255). ``0`` gives the plain gradient.

@@ -1,13 +1,13 @@
 """The iterative gradient engine: FGSM, IGSM (BIM), PGD (ℓ∞ / ℓ2), MI-FGSM and their sg- versions.
 
-ALGORITHMS.md §8 and §8.1. One loop (:class:`IterativeAttack`) made of small pieces:
+docs/algorithms.md and §8.1. One loop (:class:`IterativeAttack`) made of small pieces:
 
 * a **gradient estimator** (:mod:`advsmooth.attacks.gradients`): :class:`PlainGradient` by
   default; ``gradient=SmoothedGradient(sigma=15/255, samples=20)`` gives sg-FGSM / sg-IGSM /
-  sg-mIGSM of seed 001; smoothing-aware estimators (EPGD, SmoothAdv) plug in the same way;
+  sg-mIGSM (arXiv:1802.09707); smoothing-aware estimators (EPGD, SmoothAdv) plug in the same way;
 * an **update rule** (:class:`UpdateRule`): the step direction from the gradient —
   :class:`SignUpdate` (ℓ∞), :class:`L2Update` (ℓ2-normalised), optionally wrapped in
-  :class:`MomentumUpdate` (MI-FGSM: ``g ← μ g + ∇/‖∇‖₁``, or REF-style raw accumulation);
+  :class:`MomentumUpdate` (MI-FGSM: ``g ← μ g + ∇/‖∇‖₁``, or authors'-code-style raw accumulation);
 * a **projection** onto the ε-ball around ``x`` and the box ``[0, 1]`` after every step, exact to
   the last bit in the input's dtype (see :func:`project_linf`, :func:`project_l2`).
 
@@ -30,7 +30,7 @@ the number of steps: ``steps = B // m`` where ``m = gradient.grad_evals_per_call
 full steps as the budget allows; the remainder ``B mod m`` is not spent). Examples:
 ``IGSM(eps=15/255, alpha=1/255, budget=100)`` → T = 100 (plain gradient);
 ``IGSM(eps=15/255, alpha=5/255, budget=100, gradient=SmoothedGradient(15/255, 20))`` → T = 5,
-m = 20 (seed 001 Table 3). The step size is not derived from the budget; give ``alpha``.
+m = 20 (sg transfer paper Table 3). The step size is not derived from the budget; give ``alpha``.
 
 Early stopping (``early_stop=True``, default False as in the papers): a sample whose current iterate
 already fools the model (untargeted) or hits the target is frozen and costs nothing more. With
@@ -250,8 +250,8 @@ class MomentumUpdate(UpdateRule):
     """Momentum accumulation around an inner rule (MI-FGSM, Dong et al.).
 
     ``g_{t+1} = decay·g_t + ∇_t / ‖∇_t‖₁`` (per-sample ℓ1 over C, H, W, clamped ≥ 1e-12), direction
-    ``inner(g_{t+1})``. ``normalize=None`` accumulates raw gradients (the smoothing REF PGD that
-    never zeroes ``x.grad``, ALGORITHMS.md §15.12).
+    ``inner(g_{t+1})``. ``normalize=None`` accumulates raw gradients (the smoothing authors' PGD,
+    never zeroes ``x.grad``, docs/algorithms.md).
     """
 
     def __init__(self, decay: float = 1.0, inner: UpdateRule | None = None,
@@ -299,7 +299,7 @@ class IterativeAttack(Attack):
             prediction; untargeted).
         early_stop: freeze samples as soon as they are adversarial.
         budget: total gradient evaluations per image; sets ``steps = budget // m``.
-        accumulate_grad: accumulate raw gradients across steps (smoothing REF PGD, §15.12).
+        accumulate_grad: accumulate raw gradients across steps (smoothing authors' PGD, §15.12).
         seed: seed of the default generator (random start, sg noise).
         execution: how the attack runs (:class:`~advsmooth.attacks.execution.Execution`):
             Python threads that each run the loop on a share of the batch (auto on a CPU with
@@ -644,7 +644,7 @@ class PGD(IterativeAttack):
 
 
 class MIFGSM(IterativeAttack):
-    """Momentum iterative FGSM (Dong et al.; seed 001 "mIGSM"): ``g ← μ·g + ∇/‖∇‖₁``,
+    """Momentum iterative FGSM (Dong et al.; the sg transfer paper's "mIGSM"): ``g ← μ·g + ∇/‖∇‖₁``,
     ``x ← Proj(x + α·sign(g))``, ``g₀ = 0``. ``decay=0`` equals :class:`IGSM`.
     sg-mIGSM with ``gradient=SmoothedGradient(...)`` (momentum on the smoothed gradient)."""
 

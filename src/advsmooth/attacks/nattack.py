@@ -1,9 +1,9 @@
 """NAttack (Li et al. 2019): a score-based black-box ℓ∞ attack by natural evolution strategies.
 
-Specification: ALGORITHMS.md §13. A Gaussian search distribution ``N(μ, s²I)`` over an offset in
+Specification: docs/algorithms.md A Gaussian search distribution ``N(μ, s²I)`` over an offset in
 tanh space is moved towards adversarial regions using only the model's output scores:
 
-* ``w₀ = atanh((2x − 1)·(1 − 1e-6))``; ``μ₀ ~ N(0, init_std²)`` (REF: 0.001);
+* ``w₀ = atanh((2x − 1)·(1 − 1e-6))``; ``μ₀ ~ N(0, init_std²)`` (authors' code: 0.001);
 * each iteration draws a population ``ε_j ~ N(0, I)``, ``j = 1..n``, and queries the candidates
   ``x'_j = clamp(Proj_ε((tanh(w₀ + μ + s·ε_j) + 1)/2), 0, 1)`` (projection onto the ℓ∞ ball of
   radius ``eps`` around the clean ``x``, then the ``[0, 1]`` box — both hold exactly);
@@ -25,7 +25,7 @@ returned image with one more, independent forward pass of the randomised model).
 Scores → log-probabilities: models returning logits use ``log_softmax``. Models returning
 probabilities (vote shares of a :class:`~advsmooth.defenses.SmoothedClassifier`, detected through
 its ``outputs_probabilities`` attribute, or ``output="probabilities"``) use ``log(clamp(p, 1e-30))``
-— vote shares are often exactly 0, and the clamp (the REF ``+1e-30``) keeps the margin finite.
+— vote shares are often exactly 0, and the clamp (the authors' ``+1e-30``) keeps the margin finite.
 
 Batching: all active images and their whole population are evaluated together, in model calls of
 at most ``batch_size`` candidate images; no Python loop over samples. Memory: the population noise
@@ -54,7 +54,7 @@ OUTPUTS = ("auto", "logits", "probabilities")
 
 
 class NAttack(Attack):
-    """Score-based NES attack in tanh space, ℓ∞ ball (Li et al. 2019; ALGORITHMS.md §13).
+    """Score-based NES attack in tanh space, ℓ∞ ball (Li et al. 2019; docs/algorithms.md).
 
     Args:
         eps: ℓ∞ radius in pixel units (default 8/255).
@@ -64,7 +64,7 @@ class NAttack(Attack):
         max_iter: maximum iterations (default 500).
         max_queries: optional query budget per image; the iterations are capped at
             ``max_queries // population``.
-        init_std: std of the initial mean ``μ₀`` (REF 0.001).
+        init_std: std of the initial mean ``μ₀`` (authors' code: 0.001).
         output: ``"auto"`` (probabilities if the model has ``outputs_probabilities = True``),
             ``"logits"`` or ``"probabilities"``.
         batch_size: candidate images per model call.

@@ -162,7 +162,7 @@ REGISTRY: dict[str, AttackEntry] = {
                            help="sg-FGSM: FGSM on the smoothed gradient (samples=20)"),
     "sg-igsm": AttackEntry("advsmooth.attacks.iterative:sg_igsm", ("eps", "sigma", "max_iter"),
                            aliases={"max_iter": "steps"},
-                           help="sg-IGSM: IGSM on the smoothed gradient (seed 001)"),
+                           help="sg-IGSM: IGSM on the smoothed gradient (arXiv:1802.09707)"),
     "sg-mifgsm": AttackEntry("advsmooth.attacks.iterative:sg_mifgsm",
                              ("eps", "sigma", "max_iter"), aliases={"max_iter": "steps"},
                              help="sg-mIGSM: momentum on the smoothed gradient"),

@@ -1,4 +1,4 @@
-"""Perturbations compared at an equal ℓ∞ size (SmoothFool Table 4, ALGORITHMS.md §18.1).
+"""Perturbations compared at an equal ℓ∞ size (SmoothFool Table 4, docs/algorithms.md).
 
 SmoothFool's Table 4 compares the black-box transferability of DeepFool and of SmoothFool with
 several smoothing kernels after rescaling every perturbation to the same ℓ∞ norm (16/255), so

@@ -1,4 +1,4 @@
-"""Gradient estimators that attack smoothed classifiers: EPGD and SmoothAdv-PGD (ALGORITHMS.md §10).
+"""Gradient estimators attacking smoothed classifiers: EPGD and SmoothAdv-PGD (docs/algorithms.md).
 
 Plug them into the iterative engine: ``PGD(eps=..., alpha=..., steps=k,
 gradient=ExpectationGradient(sigma, samples=M))``. Every step evaluates ``M`` noisy copies
@@ -9,7 +9,7 @@ ascends one of three surrogate losses of their logits ``z_i`` (``variant``):
   SmoothAdv code implements: ``L = −log((1/M) Σ_i softmax(z_i)_y)``, computed stably as
   ``−(logsumexp_i log_softmax(z_i)_y − log M)``;
 * ``"logit_average"`` — SmoothAdv-PGD as printed in the seed (Eq. 24): ``L = CE((1/M) Σ_i z_i, y)``;
-* ``"expected_loss"`` — the authors' REF EPGD (= EOT = the sg- gradient):
+* ``"expected_loss"`` — the authors' EPGD (= EOT = the sg- gradient):
   ``L = (1/M) Σ_i CE(z_i, y)``.
 
 Targeted attacks descend the same quantity for the target class; ``loss="margin"`` applies the
@@ -60,12 +60,12 @@ class ExpectationGradient(SmoothedGradient):
             :class:`~advsmooth.defenses.SmoothedClassifier`.
         samples: ``M`` (M_backward; seed: 8).
         variant: ``"prob_average"`` (seed EPGD, Salman's SmoothAdv code), ``"logit_average"``
-            (seed SmoothAdv-PGD) or ``"expected_loss"`` (REF EPGD / EOT).
+            (SmoothAdv-PGD as printed) or ``"expected_loss"`` (the authors' EPGD / EOT).
         noise_space: ``"pixel"`` or ``"normalized"`` (noise ``σ·std_c`` per channel).
         std: per-channel std for ``noise_space="normalized"`` (default: from a ``Normalize``
             layer inside the attacked model).
         chunk_size: copies per forward pass (``None``: all at once).
-        clip_noisy: clamp noisy copies to ``[0, 1]`` (default False, like the REF).
+        clip_noisy: clamp noisy copies to ``[0, 1]`` (default False, like the authors' code).
     """
 
     def __init__(self, sigma: float | None = 0.25, samples: int = 8, *,

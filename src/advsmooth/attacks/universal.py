@@ -1,4 +1,4 @@
-"""Universal adversarial perturbations: plain UAP and smooth UAP (ALGORITHMS.md §6).
+"""Universal adversarial perturbations: plain UAP and smooth UAP (docs/algorithms.md).
 
 :class:`UniversalPerturbation` computes one image-agnostic perturbation ``v`` (``1×C×H×W``) that
 changes the prediction of as many inputs as possible, with ``||v||_p ≤ ξ``:
@@ -80,7 +80,7 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
         model: classifier on pixel-space images (evaluated in eval mode, state restored).
         x: images ``N×C×H×W`` in ``[0, 1]``.
         v: the perturbation, ``1×C×H×W`` (or ``C×H×W``).
-        clamp: evaluate on ``clamp(x + v, 0, 1)`` (DEFAULT; the REF code does not clamp).
+        clamp: evaluate on ``clamp(x + v, 0, 1)`` (DEFAULT; the authors' code does not clamp).
         batch_size: forward-pass chunk size.
         clean_pred: the clean predictions ``(N,)`` if already known (saves one pass).
 
@@ -125,7 +125,7 @@ def project_linf(v: Tensor, xi: float) -> Tensor:
 def project_l2(v: Tensor, xi: float, *, sphere: bool = False) -> Tensor:
     """Projection onto the ℓ2 ball of radius ``xi``: ``v·min(1, ξ/||v||₂)``.
 
-    ``sphere=True`` always rescales to ``||v||₂ = ξ`` (the REF code's "projection"). The result
+    ``sphere=True`` always rescales to ``||v||₂ = ξ`` (the authors' code's "projection"). The result
     satisfies ``||v||₂ ≤ ξ`` in floating point (the scale is nudged down if rounding exceeds ξ).
     """
     norm = float(torch.linalg.vector_norm(v))
@@ -214,19 +214,19 @@ class UniversalPerturbation:
         xi: radius ξ of the ℓp ball, pixel units (DEFAULT 10/255, the seed's ImageNet value).
         norm: ``"inf"`` (DEFAULT) or ``2``. Smooth UAP supports ``"inf"`` only.
         target_fooling_rate: τ; passes stop once the fooling rate on the fitting data is ≥ τ
-            (REF 0.8; SmoothFool's Table 5 uses 0.9).
-        max_passes: cap on the passes over the data (DEFAULT 10, MATLAB REF).
+            (authors' code: 0.8; SmoothFool's Table 5 uses 0.9).
+        max_passes: cap on the passes over the data (DEFAULT 10, the authors' MATLAB code).
         eval_clamp: take predictions on ``clamp(x + v, 0, 1)`` (DEFAULT True). The base attack is
             always run on the clamped image (attacks need valid ``[0, 1]`` inputs); with
             ``eval_clamp=False`` only the fooled-or-not checks and the fooling rate use the raw
-            ``x + v`` as in the REF code.
-        batch_update: ``None`` (DEFAULT, sequential REF: one sample at a time) or ``b ≥ 1``: attack
+            ``x + v`` as in the authors' code.
+        batch_update: ``None`` (DEFAULT, sequential as in the authors' code) or ``b ≥ 1``: attack
             ``b`` samples against the same ``v`` and add the mean of their increments (faster,
             NOT equivalent to the sequential algorithm).
         attack_clean: smooth UAP only: attack ``x_i`` itself instead of ``x_i + v`` (the literal
             Alg. 3 of SmoothFool; DEFAULT False follows UAP).
         clip_step: SmoothClip step ε_sc of the smooth projection (DEFAULT 0.1, the seed's value).
-        l2_projection: ``"ball"`` (DEFAULT, true projection) or ``"sphere"`` (REF: always rescale
+        l2_projection: ``"ball"`` (DEFAULT, true projection) or ``"sphere"`` (authors' code: rescale
             to ``||v||₂ = ξ``).
         batch_size: chunk size of the fooling-rate passes.
         progress_bar: show tqdm bars over passes and samples.
@@ -238,10 +238,10 @@ class UniversalPerturbation:
     attack calls), ``projection_fallbacks_`` (smooth UAP: projections where SmoothClip hit its
     iteration cap and clamped pixel-wise, so that step was not smooth).
 
-    ``v`` is the perturbation after the last pass (REF), not the best one seen.
+    ``v`` is the perturbation after the last pass (as in the authors' code), not the best one seen.
 
     An increment is accepted only when the base attack succeeded (fooled ``x + v``); for
-    DeepFool this is the "converged" test of the REF code (which uses ``iters < max_iter − 1``).
+    DeepFool this is the authors' "converged" test (they use ``iters < max_iter − 1``).
     """
 
     def __init__(self, *, base: Attack | None = None, xi: float = 10 / 255,

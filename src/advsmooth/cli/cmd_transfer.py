@@ -1,4 +1,4 @@
-"""``advsmooth transfer --preset digits|cifar10 --out DIR``: the transferability study of seed 001.
+"""``advsmooth transfer --preset digits|cifar10 --out DIR``: the sg transferability study.
 
 Runs a one-study spec (task ``transfer_study``) through the experiment runner: DIR holds the result
 store (resumable; every trained model and intermediate result is an artefact) and the report
@@ -22,7 +22,7 @@ DEFAULT_PARTS = "tables,fig3,fig4,fig5,fig6,fig7"
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "transfer", help="reproduce the transferability tables/figures (sg-IGSM, seed 001)",
+        "transfer", help="reproduce the sg-IGSM transferability tables/figures (arXiv:1802.09707)",
         description="Transfer matrices (FGSM, IGSM, sg-IGSM, equal budget, targeted ensembles, "
                     "momentum), destruction rates, gradient similarity and decision-boundary "
                     "maps. --preset digits runs on the embedded digits models (no downloads); "

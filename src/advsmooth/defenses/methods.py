@@ -159,7 +159,7 @@ class RobustMethod(TrainingMethod):
         return {k: (repr(v) if isinstance(v, Attack) else v) for k, v in self._params.items()}
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimiser groups: noise parameters (α, F, σ) get ``weight_decay = 0`` (PNI REF)."""
+        """Optimiser groups: noise parameters (α, F, σ) get no weight decay (PNI authors' code)."""
         return _noise.parameter_groups(model, weight_decay)
 
     @staticmethod
@@ -210,7 +210,7 @@ class PGDTraining(RobustMethod):
     Args:
         eps, alpha, steps, random_start: ℓ∞ PGD (defaults 8/255, 2/255, 7, True).
         w: weight of the adversarial term, ``L = (1−w)·CE(x) + w·CE(x_adv)``; 1 = Madry,
-            0.5 = PNI/SIAM REF.
+            0.5 = the PNI/SIAM authors' code.
         attack: optional advsmooth Attack used instead of the built-in PGD loop.
     """
 
@@ -301,7 +301,7 @@ class EPGDTraining(PGDTraining):
 
     Each PGD step averages over ``samples`` Gaussian copies ``x + σν`` (pixel units) with the
     ``variant`` surrogate: ``"prob_average"`` (seed Eq. 25, default), ``"logit_average"``
-    (SmoothAdv as printed, Eq. 24) or ``"expected_loss"`` (REF EPGD). ``noisy_loss=True`` also
+    (SmoothAdv as printed, Eq. 24) or ``"expected_loss"`` (authors' EPGD). ``noisy_loss=True`` also
     adds fresh ``σ`` noise to the training inputs of the loss (SmoothAdv-style training).
     """
 

@@ -10,13 +10,13 @@ Building blocks
 * :class:`CNINoise` — low-rank coloured noise ``t + m`` with
   ``m = sqrt(|s·α_d|) ⊙ n_d + F n_f``, ``n_d ~ N(0, I_D)``, ``n_f ~ N(0, I_r)``, ``s = std(t)``
   (no_grad), learnable ``α_d ∈ R^D`` (init 0.0625 = 0.25²) and ``F ∈ R^{D×r}`` (init: every entry
-  0.01), rank ``r = 5``. As in the authors' code (REF) the diagonal multiplies the *standard
+  0.01), rank ``r = 5``. As in the authors' code the diagonal multiplies the *standard
   deviation* ``s`` — not the variance — under the square root; the covariance of ``m`` is
   ``diag(|s·α_d|) + F Fᵀ``.
 * :class:`InputNoise` — ``x + σ·ν`` with ``ν ~ N(0, I)`` drawn per sample (shape ``N×C×H×W``);
   ``σ`` fixed or learnable; ``space="pixel"`` or ``"normalized"`` (pixel-space std ``σ·std_c``
   per channel, identical to adding ``σ·ν`` after the model's normalisation, §9). Noisy inputs are
-  not clipped (REF).
+  not clipped (as in the authors' code).
 * :class:`NoisyConv2d` / :class:`NoisyLinear` — drop-in ``nn.Conv2d`` / ``nn.Linear`` subclasses
   (same parameter names, so ``conv.weight``/``conv.bias`` keys are unchanged) that perturb the
   weight with a ``weight_noise`` module and/or the layer's input or output activation with an
@@ -26,7 +26,7 @@ Building blocks
 Noise draws
 -----------
 Weight noise and activation noise draw **one** noise tensor per forward call, shared by the whole
-batch (REF): weight noise has the weight's shape, activation noise the shape of one sample's
+batch (authors' code): weight noise has the weight's shape, activation noise one sample's
 activation (``a.shape[1:]``). Input noise is drawn per sample. Every noise module owns a
 ``torch.Generator`` (created lazily on the device of the tensor it perturbs, seeded with the
 module's seed); the global RNG is never used. :func:`seed_noise` reseeds every noise module of a
@@ -37,14 +37,14 @@ device type restarts from the seed).
 
 Noise and eval mode
 -------------------
-Noise stays **on in eval mode** (REF; attacks against noisy models are therefore stochastic).
+Noise stays **on in eval mode** (authors' code; attacks against noisy models are stochastic).
 Switch it off explicitly for clean evaluation with ``set_noise(model, False)`` (or the context
 manager :func:`noise_disabled`); with noise off, or with every scale equal to 0, a noisy model
 computes exactly the same outputs as the original one.
 
 Weight decay
 ------------
-Exclude the noise scales from weight decay (PNI REF): :func:`noise_parameters` lists them and
+Exclude noise scales from weight decay (PNI authors' code): :func:`noise_parameters` lists them and
 :func:`parameter_groups` builds optimiser parameter groups with ``weight_decay=0`` for them.
 
 >>> import torch
@@ -300,7 +300,7 @@ class InputNoise(NoiseModule):
         std: per-channel normalisation std, required for ``space="normalized"``.
         seed: seed of the module's generator.
 
-    Inputs are not clipped after adding noise (REF).
+    Inputs are not clipped after adding noise (as in the authors' code).
     """
 
     def __init__(self, sigma: float, *, learnable: bool = False, space: str = "pixel",

@@ -2,7 +2,7 @@
 Cohen et al.'s ``predict`` with abstention and ``certify`` (certified L2 radius), and the
 statistics they need (Clopper–Pearson bound, two-sided binomial test, from ``scipy.stats``).
 
-Specification: ALGORITHMS.md §9 (votes), §16 (reference-code differences).
+Specification: docs/algorithms.md (votes), §16 (reference-code differences).
 
 Noise layout and reproducibility
 --------------------------------

@@ -2,7 +2,7 @@
 
 All functions work in pixel space (``[0, 1]`` images) and never change the model's state: the
 model is evaluated in eval mode under :func:`advsmooth._tensors.frozen_model`, which restores
-every training flag and ``requires_grad`` flag afterwards (ALGORITHMS.md §0, §14, §3.3).
+every training flag and ``requires_grad`` flag afterwards (docs/algorithms.md).
 
 Conventions
 
@@ -123,7 +123,7 @@ def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
 
 def fooling_rate(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *,
                  batch_size: int = 256) -> FoolingRate:
-    """White-box fooling rate over the correctly classified inputs (ALGORITHMS.md §14).
+    """White-box fooling rate over the correctly classified inputs (docs/algorithms.md).
 
     Args:
         model: classifier on pixel-space images.

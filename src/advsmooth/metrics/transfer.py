@@ -1,4 +1,4 @@
-"""Transferability metrics (seed 001; ALGORITHMS.md §14).
+"""Transferability metrics (Wu et al., arXiv:1802.09707; docs/algorithms.md).
 
 * :func:`transfer_matrix` — success of adversarial examples crafted on each source model (or
   ensemble) against each target model, top-1 and top-5, untargeted or targeted, on the images
@@ -8,7 +8,7 @@
 * :func:`gradient_similarity` — cosine between the source's smoothed gradient ``G_A^{(m)}`` and the
   target's gradient ``g_B`` as a function of ``m`` (nested noise draws).
 * :func:`decision_boundary_map` — target predictions on the plane spanned by ``Ĝ_A`` and the
-  orthogonal remainder ``ĥ_A`` of the source gradient (seed 001 Fig. 3b / 9).
+  orthogonal remainder ``ĥ_A`` of the source gradient (sg transfer paper Fig. 3b / 9).
 
 Every function leaves the models' modes and parameter flags and the global RNG untouched.
 """
@@ -365,7 +365,7 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
 
 @dataclass
 class GradientSimilarity:
-    """Cosine similarity between ``G_A^{(m)}`` and ``g_B`` (seed 001 Fig. 3a).
+    """Cosine similarity between ``G_A^{(m)}`` and ``g_B`` (sg transfer paper Fig. 3a).
 
     Attributes:
         ms: sample counts.
@@ -440,7 +440,7 @@ def gradient_similarity(model_a: nn.Module, model_b: nn.Module, x: Tensor, y: Te
 
 @dataclass
 class DecisionBoundaryMap:
-    """Predicted labels on the plane ``x + u·d₁ + v·d₂`` (seed 001 Fig. 3b / 9).
+    """Predicted labels on the plane ``x + u·d₁ + v·d₂`` (sg transfer paper Fig. 3b / 9).
 
     Attributes:
         u, v: ``(R,)`` grid coordinates (pixel units along the unit directions, or per-pixel

@@ -1,4 +1,4 @@
-"""Image transformations for destruction-rate measurements (Kurakin et al.; ALGORITHMS.md §14).
+"""Image transformations for destruction-rate measurements (Kurakin et al.; docs/algorithms.md).
 
 Every transform maps a batch ``N×C×H×W`` in ``[0, 1]`` to a batch of the same shape, dtype and
 device in ``[0, 1]``, never modifies its input and never touches the global RNG:
@@ -192,7 +192,7 @@ def make_transform(kind: str, strength: float, *, seed: int = 0) -> Transform:
 
 
 def default_strengths(kind: str) -> list[float]:
-    """Strength grids of the destruction-rate curves (seed 001 Fig. 5 analogue)."""
+    """Strength grids of the destruction-rate curves (sg transfer paper Fig. 5 analogue)."""
     grids = {
         "rotation": [0, 2.5, 5, 7.5, 10, 15, 20, 30],
         "noise": [0, 2 / 255, 5 / 255, 10 / 255, 15 / 255, 20 / 255, 30 / 255],

@@ -1,4 +1,4 @@
-"""Ensembles of classifiers usable as the source model of any attack (ALGORITHMS.md §8, Liu et al.).
+"""Ensembles of classifiers usable as the source model of any attack (Liu et al., arXiv:1611.02770).
 
 ``Ensemble([m1, m2, ...], combine=...)`` is an ``nn.Module`` mapping pixels ``N×C×H×W`` in
 ``[0, 1]`` to ``N×K`` scores. Each member keeps its own preprocessing (``Normalize`` inside the

@@ -289,7 +289,7 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
     return Table(name, title or f"σ^A% over the {param} grid",
                  ["dataset", "model", "attack", *[f"{param}^{100 * lv:g}%" for lv in levels]],
                  rows, notes="Largest grid value with FR ≥ A, interpolated linearly to the "
-                             "crossing (ALGORITHMS.md §14); the grid max if FR never drops below.")
+                             "crossing (docs/algorithms.md); the grid max if FR never drops below.")
 
 
 def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str,

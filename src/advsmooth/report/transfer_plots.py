@@ -1,4 +1,4 @@
-"""Plots of the transferability study (seed 001 Figures 1, 3, 5; matplotlib, Agg backend).
+"""Plots of the transferability study (sg transfer paper Figures 1, 3, 5; matplotlib, Agg backend).
 
 Every function takes the metric object (or plain arrays), draws one figure with labelled axes and
 a legend/colour bar, saves it as PNG when ``path`` is given, and returns the matplotlib
@@ -195,7 +195,7 @@ def plot_success_curves(xs: Sequence[float], curves: Mapping[str, Sequence[float
                         xlabel: str, ylabel: str = "transfer success (%)",
                         title: str | None = None,
                         path: str | os.PathLike[str] | None = None) -> Any:
-    """Success rate (%) vs a swept parameter, one line per setting (seed 001 Figure 4)."""
+    """Success rate (%) vs a swept parameter, one line per setting (sg transfer paper Figure 4)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, vals in curves.items():

@@ -1,4 +1,4 @@
-"""Evaluation of smoothed inference as a defence (ALGORITHMS.md §9, §10, §13, §14, §18.4).
+"""Evaluation of smoothed inference as a defence (docs/algorithms.md).
 
 * :func:`smoothed_accuracy` — accuracy of the base model and of each vote over ``R`` evaluation
   draws (mean ± std; a single draw of a randomised model overstates or understates robustness).
