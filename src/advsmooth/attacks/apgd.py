@@ -83,7 +83,7 @@ class APGD(Attack):
         gradient: gradient estimator (default plain; an
             :class:`~advsmooth.attacks.ExpectationGradient` gives EOT for randomised models).
         fast_model: differentiate a BatchNorm-folded, channels-last copy of the model (see
-            :func:`~advsmooth.attacks.base.fold_batchnorm`); predictions use the model itself.
+            :func:`~advsmooth.attacks.execution.fold_batchnorm`); predictions use the model itself.
         seed: seed of the random starts (and of a stochastic gradient estimator).
     """
 
