@@ -287,19 +287,12 @@ def check_model_input(model_name: str, data_name: str, image_shape: Sequence[int
                         f"this dataset (see `advsmooth models`)")
     if model is None or probe is None:
         return
-    import torch
+    from ..models.byo import check_input_shape
 
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except RuntimeError as exc:
-        raise UserError(f"model {model_name!r} does not accept {data_name!r} images of shape "
-                        f"{'x'.join(map(str, got))}: {str(exc).strip().splitlines()[0]}") \
-            from None
-    if not (isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == probe.shape[0]):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"model {model_name!r} returned {shape} for {probe.shape[0]} "
-                        f"{data_name!r} image(s); expected N×K logits")
+    try:  # the one probe forward (shared with specs): N×K logits for the probe images
+        check_input_shape(model, probe, name=f"model {model_name!r}")
+    except ValueError as exc:
+        raise UserError(f"{exc} ({data_name!r} images)") from None
 
 
 def print_table(rows: list[list[Any]], header: list[str]) -> None:
