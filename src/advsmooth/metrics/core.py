@@ -270,8 +270,10 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
     clamped one, ``clamp(x + ε s, 0, 1) − x``.
 
     Returns:
-        ``{"eps": ε, "rho": mean ||r||_p/||x||_p, "rate": misclassification rate at ε}``;
-        ``eps`` and ``rho`` are ``nan`` if even ``eps_max`` does not reach ``target_rate``.
+        ``{"eps": ε, "rho": mean ||r||_p/||x||_p, "rate": misclassification rate at ε,
+        "rho_l2": …, "rho_inf": …}`` (ε does not depend on ``p``, so both norms of the same
+        perturbation come from one call); ``eps`` and ``rho`` are ``nan`` if even ``eps_max``
+        does not reach ``target_rate`` (and the two extra keys are then absent).
     """
     _check_batch_size(batch_size)
     check_images(x)
@@ -298,9 +300,14 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
             signs.append(est.grad.sign())
     sign = torch.cat(signs) if signs else x.new_zeros(x.shape)
 
-    def rate_at(eps: float) -> float:
-        x_adv = (x + eps * sign).clamp(0, 1)
-        return float((predict_batched(model, x_adv, batch_size=batch_size) != y).double().mean())
+    rates: dict[float, float] = {}
+
+    def rate_at(eps: float) -> float:  # each ε is evaluated once (bisection + the result)
+        if eps not in rates:
+            x_adv = (x + eps * sign).clamp(0, 1)
+            pred = predict_batched(model, x_adv, batch_size=batch_size)
+            rates[eps] = float((pred != y).double().mean())
+        return rates[eps]
 
     epss = [eps_max * (k + 1) / grid for k in range(grid)]
     if rate_at(epss[-1]) < target_rate:
@@ -314,4 +321,5 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
             lo = mid
     eps = epss[hi]
     r = (x + eps * sign).clamp(0, 1) - x
-    return {"eps": eps, "rho": robustness(r, x, p), "rate": rate_at(eps)}
+    return {"eps": eps, "rho": robustness(r, x, p), "rate": rate_at(eps),
+            "rho_l2": robustness(r, x, 2), "rho_inf": robustness(r, x, "inf")}
