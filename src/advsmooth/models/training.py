@@ -39,6 +39,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,228 @@ def _check_resume_config(saved: Mapping[str, Any], cfg: Mapping[str, Any], path:
 # the trainer
 # ----------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Settings:
+    """The optimisation settings of one :func:`train` call, in the order checkpoints record them
+    (``config`` entry, before ``n_train``)."""
+
+    epochs: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    schedule: str | None
+    batch_size: int
+    seed: int
+
+    def check(self, *, resume: bool, out_dir: Any) -> None:
+        """Raise ``ValueError`` on an invalid setting (or ``resume`` without ``out_dir``)."""
+        check_int_at_least("epochs", self.epochs, 0)
+        check_positive("lr", self.lr)
+        check_int_at_least("batch_size", self.batch_size, 1)
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_nonnegative("momentum", self.momentum)
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be one of ('adam', 'sgd'), got {self.optimizer!r}")
+        if self.schedule not in (None, "cosine"):
+            raise ValueError(f"schedule must be None or 'cosine', got {self.schedule!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if resume and out_dir is None:
+            raise ValueError("resume=True needs out_dir (where last.pt is)")
+
+
+@dataclass
+class _Run:
+    """The state of one training run that lives across epochs."""
+
+    model: nn.Module
+    method: TrainingMethod
+    settings: _Settings
+    src: tuple[Tensor, Tensor] | Dataset
+    n: int
+    eval_src: tuple[Tensor, Tensor] | Dataset | None
+    device: torch.device
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    cfg: dict[str, Any]
+    out: Path | None
+    show_progress: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Totals:
+    """Running sums of one epoch: loss over all samples, accuracy over those with logits."""
+
+    loss: float = 0.0
+    seen: int = 0
+    correct: int = 0
+    acc_seen: int = 0
+
+    def add(self, loss: Tensor, logits: Tensor | None, y: Tensor) -> None:
+        self.loss += float(loss.detach()) * len(y)
+        self.seen += len(y)
+        if logits is not None:
+            self.correct += int((logits.detach().argmax(1) == y).sum())
+            self.acc_seen += len(y)
+
+
+def _trainable_params(model: nn.Module, meth: TrainingMethod, weight_decay: float) -> Any:
+    """The optimiser's parameters: a list, or the method's parameter groups (if it has any)."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad=True)")
+    # optional method hook (defenses.methods): parameter groups (no weight decay on noise scales)
+    if hasattr(meth, "parameter_groups"):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]}
+                  for g in meth.parameter_groups(model, weight_decay)]
+        params = [g for g in params if g["params"]]
+    return params
+
+
+def _optimizer(params: Any, s: _Settings) -> tuple[torch.optim.Optimizer,
+                                                    torch.optim.lr_scheduler.LRScheduler | None]:
+    opt: torch.optim.Optimizer
+    if s.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1))
+             if s.schedule == "cosine" else None)
+    return opt, sched
+
+
+def _start_run(model: nn.Module, meth: TrainingMethod, s: _Settings, data: Any, eval_data: Any,
+               device: torch.device | str | None, out_dir: str | os.PathLike[str] | None,
+               show_progress: bool) -> _Run:
+    """Check the data, move the model to its device, build the optimiser (before any epoch)."""
+    src = _as_source(data, "data")
+    n = _length(src)
+    if n == 0:
+        raise ValueError("data is empty")
+    eval_src = _as_source(eval_data, "eval_data") if eval_data is not None else None
+    dev = torch.device(device) if device is not None else _device_of(model)
+    model.to(dev)
+    params = _trainable_params(model, meth, s.weight_decay)
+    # optional method hook: a training set prepared once from the starting model (DeepFool
+    # fine-tuning)
+    if hasattr(meth, "prepare"):
+        src = meth.prepare(model, src, out_dir=out_dir, device=dev, show_progress=show_progress)
+        n = _length(src)
+    opt, sched = _optimizer(params, s)
+    return _Run(model=model, method=meth, settings=s, src=src, n=n, eval_src=eval_src,
+                device=dev, opt=opt, sched=sched, cfg=_config(meth, **asdict(s), n_train=n),
+                out=Path(out_dir) if out_dir is not None else None, show_progress=show_progress)
+
+
+def _open_out_dir(run: _Run, resume: bool) -> int:
+    """Create ``out_dir``, load ``last.pt`` when resuming, rewrite the log; the first epoch."""
+    if run.out is None:
+        return 1
+    run.out.mkdir(parents=True, exist_ok=True)
+    last = run.out / "last.pt"
+    start = 1
+    if resume and last.exists():
+        state = safe_load(last, map_location=run.device)  # one-line error if unsafe/corrupt
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"cannot resume from {last}: not an advsmooth training checkpoint")
+        _check_resume_config(state["config"], run.cfg, last)
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        if run.sched is not None and state.get("scheduler") is not None:
+            run.sched.load_state_dict(state["scheduler"])
+        run.history = list(state.get("history", []))
+        start = int(state["epoch"]) + 1
+    _write_log(run.out / "metrics.jsonl", run.history)
+    return start
+
+
+def _train_step(run: _Run, xb: Tensor, yb: Tensor, gen: torch.Generator, epoch: int,
+                totals: _Totals) -> None:
+    """One optimiser step on one batch; adds its loss (and accuracy) to ``totals``."""
+    xb, yb = xb.to(run.device), yb.to(run.device)
+    res = run.method.loss(run.model, xb, yb, gen)
+    loss, logits = res if isinstance(res, tuple) else (res, None)
+    if loss.ndim != 0:
+        raise ValueError(f"{run.method.name}.loss must return a scalar, got shape "
+                         f"{tuple(loss.shape)}")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.model.train()  # a method may have switched modes while crafting inputs
+    totals.add(loss, logits, yb)
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[_Totals, dict[str, Tensor]]:
+    """The batches of one epoch (order, method generator and global RNG from ``(seed, epoch)``);
+    returns the running sums and the final states of the order and method generators."""
+    s = run.settings
+    order_gen = torch.Generator().manual_seed(_derived_seed(s.seed, epoch, 0))
+    order = torch.randperm(run.n, generator=order_gen)
+    gen = make_generator(_derived_seed(s.seed, epoch, 1), device=run.device)
+    fork_devices = [run.device] if run.device.type == "cuda" else []
+    run.model.train()
+    totals = _Totals()
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(_derived_seed(s.seed, epoch, 2))
+        bar = progress(_batches(run.src, order, s.batch_size),
+                       total=math.ceil(run.n / s.batch_size), desc=f"epoch {epoch}/{s.epochs}",
+                       enabled=run.show_progress)
+        for xb, yb in bar:
+            _train_step(run, xb, yb, gen, epoch, totals)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{totals.loss / totals.seen:.4f}", refresh=False)
+    return totals, {"order": order_gen.get_state(), "method": gen.get_state().cpu()}
+
+
+def _epoch_entry(run: _Run, epoch: int, totals: _Totals,
+                 callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """Step the schedule, then the epoch's log entry (without ``time_s``), model in eval mode."""
+    lr_now = run.opt.param_groups[0]["lr"]
+    if run.sched is not None:
+        run.sched.step()
+    run.model.eval()
+    entry: dict[str, Any] = {
+        "epoch": epoch,
+        "loss": totals.loss / totals.seen,
+        "train_acc": totals.correct / totals.acc_seen if totals.acc_seen else None,
+        "clean_acc": (evaluate(run.model, run.eval_src, device=run.device)
+                      if run.eval_src is not None else None),
+        "lr": lr_now,
+    }
+    for cb in callbacks:
+        extra = cb(run.model, epoch)
+        if extra:
+            entry.update(dict(extra))
+        run.model.eval()
+    return entry
+
+
+def _save_epoch(run: _Run, out: Path, epoch: int, rng: dict[str, Tensor],
+                keep_epochs: bool) -> None:
+    """Write the checkpoint(s) of ``epoch`` and append its line to ``metrics.jsonl``."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
+        "rng": rng,
+        "config": run.cfg,
+        "history": run.history,
+    }
+    if keep_epochs:
+        _atomic_save(state, out / f"epoch_{epoch:03d}.pt")
+    _atomic_save(state, out / "last.pt")
+    line = json.dumps(run.history[-1]) + "\n"
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(line)  # one whole line per epoch, flushed now
+        f.flush()
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -276,138 +499,20 @@ def train(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     meth = get_method(method, **method_kwargs)
-    check_int_at_least("epochs", epochs, 0)
-    check_positive("lr", lr)
-    check_int_at_least("batch_size", batch_size, 1)
-    check_nonnegative("weight_decay", weight_decay)
-    check_nonnegative("momentum", momentum)
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be one of ('adam', 'sgd'), got {optimizer!r}")
-    if schedule not in (None, "cosine"):
-        raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs out_dir (where last.pt is)")
-    src = _as_source(data, "data")
-    n = _length(src)
-    if n == 0:
-        raise ValueError("data is empty")
-    eval_src = _as_source(eval_data, "eval_data") if eval_data is not None else None
-
-    dev = torch.device(device) if device is not None else _device_of(model)
-    model.to(dev)
-    params: Any = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters (requires_grad=True)")
-    # optional method hooks (defenses.methods): parameter groups (no weight decay on noise
-    # scales) and a training set prepared once from the starting model (DeepFool fine-tuning)
-    if hasattr(meth, "parameter_groups"):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]}
-                  for g in meth.parameter_groups(model, weight_decay)]
-        params = [g for g in params if g["params"]]
-    if hasattr(meth, "prepare"):
-        src = meth.prepare(model, src, out_dir=out_dir, device=dev, show_progress=show_progress)
-        n = _length(src)
-    opt: torch.optim.Optimizer
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-             if schedule == "cosine" else None)
-    cfg = _config(meth, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
-                  weight_decay=weight_decay, schedule=schedule, batch_size=batch_size, seed=seed,
-                  n_train=n)
-
-    out = Path(out_dir) if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    start = 1
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        last = out / "last.pt"
-        if resume and last.exists():
-            state = safe_load(last, map_location=dev)  # one-line error if unsafe/corrupt
-            if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"cannot resume from {last}: not an advsmooth training "
-                                 f"checkpoint")
-            _check_resume_config(state["config"], cfg, last)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-            history = list(state.get("history", []))
-            start = int(state["epoch"]) + 1
-        _write_log(out / "metrics.jsonl", history)
-
+    settings = _Settings(epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
+                         weight_decay=weight_decay, schedule=schedule, batch_size=batch_size,
+                         seed=seed)
+    settings.check(resume=resume, out_dir=out_dir)
+    run = _start_run(model, meth, settings, data, eval_data, device, out_dir, show_progress)
+    start = _open_out_dir(run, resume)
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
-        order_gen = torch.Generator().manual_seed(_derived_seed(seed, epoch, 0))
-        order = torch.randperm(n, generator=order_gen)
-        gen = make_generator(_derived_seed(seed, epoch, 1), device=dev)
-        fork_devices = [dev] if dev.type == "cuda" else []
-        model.train()
-        tot_loss, tot_correct, tot_seen, tot_acc_seen = 0.0, 0, 0, 0
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(_derived_seed(seed, epoch, 2))
-            bar = progress(_batches(src, order, batch_size), total=math.ceil(n / batch_size),
-                           desc=f"epoch {epoch}/{epochs}", enabled=show_progress)
-            for xb, yb in bar:
-                xb, yb = xb.to(dev), yb.to(dev)
-                res = meth.loss(model, xb, yb, gen)
-                loss, logits = res if isinstance(res, tuple) else (res, None)
-                if loss.ndim != 0:
-                    raise ValueError(f"{meth.name}.loss must return a scalar, got shape "
-                                     f"{tuple(loss.shape)}")
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                model.train()  # a method may have switched modes while crafting inputs
-                tot_loss += float(loss.detach()) * len(yb)
-                tot_seen += len(yb)
-                if logits is not None:
-                    tot_correct += int((logits.detach().argmax(1) == yb).sum())
-                    tot_acc_seen += len(yb)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{tot_loss / tot_seen:.4f}", refresh=False)
-        lr_now = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
-        model.eval()
-        entry: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": tot_loss / tot_seen,
-            "train_acc": tot_correct / tot_acc_seen if tot_acc_seen else None,
-            "clean_acc": evaluate(model, eval_src, device=dev) if eval_src is not None else None,
-            "lr": lr_now,
-        }
-        for cb in callbacks:
-            extra = cb(model, epoch)
-            if extra:
-                entry.update(dict(extra))
-            model.eval()
+        totals, rng = _train_epoch(run, epoch)
+        entry = _epoch_entry(run, epoch, totals, callbacks)
         entry["time_s"] = round(time.perf_counter() - t0, 3)
-        history.append(entry)
-        if out is not None:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "rng": {"order": order_gen.get_state(), "method": gen.get_state().cpu()},
-                "config": cfg,
-                "history": history,
-            }
-            if keep_epochs:
-                _atomic_save(state, out / f"epoch_{epoch:03d}.pt")
-            _atomic_save(state, out / "last.pt")
-            line = json.dumps(entry) + "\n"
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(line)  # one whole line per epoch, flushed now
-                f.flush()
+        run.history.append(entry)
+        if run.out is not None:
+            _save_epoch(run, run.out, epoch, rng, keep_epochs)
     model.eval()
     return model
 
