@@ -576,6 +576,65 @@ def add_input_noise(model: nn.Module, sigma: float, *, learnable: bool = False,
     return nn.Sequential(noise, model)
 
 
+def _check_inject_args(model: Any, *, where: str, kind: str, granularity: str | None,
+                       init: float | None, rank: int, act_side: str, layers: str,
+                       input_sigma: float | None) -> str:
+    """Validate :func:`inject_noise`'s arguments; return the PNI granularity to use."""
+    check_choice("where", where, WHERES)
+    check_choice("kind", kind, KINDS)
+    check_choice("layers", layers, ("all", "conv", "linear"))
+    check_choice("act_side", act_side, ("input", "output"))
+    if kind == "cni" and granularity is not None:
+        raise ValueError("granularity applies to kind='pni' only (CNI noise is low-rank + "
+                         "elementwise diagonal); leave granularity=None")
+    gran = "channelwise" if granularity is None else granularity
+    check_choice("granularity", gran, GRANULARITIES)
+    if init is not None:
+        check_nonnegative("init", init)
+    check_int_at_least("rank", rank, 0)
+    if input_sigma is not None:
+        check_nonnegative("input_sigma", input_sigma)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return gran
+
+
+def _target_layers(net: nn.Module, layers: str) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of each module of ``net`` whose type is one that ``layers`` selects."""
+    wanted: tuple[type, ...] = {"all": (nn.Conv2d, nn.Linear), "conv": (nn.Conv2d,),
+                                "linear": (nn.Linear,)}[layers]
+    if type(net) in (nn.Conv2d, nn.Linear):
+        raise ValueError("model is itself a Conv2d/Linear; wrap it in nn.Sequential first")
+    targets = [(name, m) for name, m in net.named_modules() if type(m) in wanted]
+    if not targets:
+        raise ValueError(f"model has no nn.Conv2d/nn.Linear layers to wrap (layers={layers!r})")
+    return targets
+
+
+def _measured_shapes(net: nn.Module, targets: list[tuple[str, nn.Module]],
+                     input_shape: Sequence[int] | None) -> _Shapes:
+    """Per-sample activation shapes of ``targets`` (needed by elementwise PNI and CNI noise)."""
+    if input_shape is None:
+        raise ValueError("activation noise with kind='cni' or granularity='elementwise' needs "
+                         "input_shape=(C, H, W) to size the noise parameters")
+    return _activation_shapes(net, [m for _, m in targets], input_shape)
+
+
+def _act_noise_shape(name: str, layer: nn.Module, act_side: str, shapes: _Shapes | None,
+                     input_shape: Sequence[int] | None) -> tuple[int, ...]:
+    """Shape of ``layer``'s activation noise: one sample's measured activation (``shapes``
+    given: elementwise PNI, CNI), else one scale per channel (``C×1×1``) or feature."""
+    if shapes is not None:
+        if id(layer) not in shapes:
+            raise ValueError(f"layer {name!r} was not used in a forward pass of input "
+                             f"shape {tuple(input_shape or ())}; cannot size its noise")
+        return shapes[id(layer)][0 if act_side == "input" else 1]
+    if isinstance(layer, nn.Conv2d):
+        ch = layer.in_channels if act_side == "input" else layer.out_channels
+        return (ch, 1, 1)
+    return (layer.in_features if act_side == "input" else layer.out_features,)
+
+
 def inject_noise(
     model: nn.Module,
     *,
@@ -627,39 +686,13 @@ def inject_noise(
         The noisy model (a new model unless ``inplace=True``). Noise is on in train and eval mode;
         see :func:`set_noise`.
     """
-    check_choice("where", where, WHERES)
-    check_choice("kind", kind, KINDS)
-    check_choice("layers", layers, ("all", "conv", "linear"))
-    check_choice("act_side", act_side, ("input", "output"))
-    if kind == "cni" and granularity is not None:
-        raise ValueError("granularity applies to kind='pni' only (CNI noise is low-rank + "
-                         "elementwise diagonal); leave granularity=None")
-    gran = "channelwise" if granularity is None else granularity
-    check_choice("granularity", gran, GRANULARITIES)
-    if init is not None:
-        check_nonnegative("init", init)
-    check_int_at_least("rank", rank, 0)
-    if input_sigma is not None:
-        check_nonnegative("input_sigma", input_sigma)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
+    gran = _check_inject_args(model, where=where, kind=kind, granularity=granularity, init=init,
+                              rank=rank, act_side=act_side, layers=layers, input_sigma=input_sigma)
     net = model if inplace else copy.deepcopy(model)
-    wanted: tuple[type, ...] = {"all": (nn.Conv2d, nn.Linear), "conv": (nn.Conv2d,),
-                                "linear": (nn.Linear,)}[layers]
-    if type(net) in (nn.Conv2d, nn.Linear):
-        raise ValueError("model is itself a Conv2d/Linear; wrap it in nn.Sequential first")
-    targets = [(name, m) for name, m in net.named_modules() if type(m) in wanted]
-    if not targets:
-        raise ValueError(f"model has no nn.Conv2d/nn.Linear layers to wrap (layers={layers!r})")
+    targets = _target_layers(net, layers)
     want_act = where in ("activations", "both")
     need_shapes = want_act and (kind == "cni" or gran == "elementwise")
-    shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    if need_shapes:
-        if input_shape is None:
-            raise ValueError("activation noise with kind='cni' or granularity='elementwise' needs "
-                             "input_shape=(C, H, W) to size the noise parameters")
-        shapes = _activation_shapes(net, [m for _, m in targets], input_shape)
+    shapes = _measured_shapes(net, targets, input_shape) if need_shapes else None
 
     for name, layer in targets:
         wn = None
@@ -668,23 +701,12 @@ def inject_noise(
                              init_factor=init_factor, batched=False)
         an = None
         if want_act:
-            if need_shapes:
-                if id(layer) not in shapes:
-                    raise ValueError(f"layer {name!r} was not used in a forward pass of input "
-                                     f"shape {tuple(input_shape or ())}; cannot size its noise")
-                ashape = shapes[id(layer)][0 if act_side == "input" else 1]
-            else:
-                if isinstance(layer, nn.Conv2d):
-                    ch = layer.in_channels if act_side == "input" else layer.out_channels
-                    ashape = (ch, 1, 1)
-                else:
-                    ashape = (layer.in_features if act_side == "input" else layer.out_features,)
+            ashape = _act_noise_shape(name, layer, act_side, shapes, input_shape)
             an = _make_noise(kind, ashape, granularity=gran, init=init, rank=rank,
                              init_factor=init_factor, batched=True)
-        new = _noisy_copy(layer, wn, an, act_side)
         parent_name, _, child = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
-        setattr(parent, child, new)
+        setattr(parent, child, _noisy_copy(layer, wn, an, act_side))
 
     if input_sigma is not None:
         net = add_input_noise(net, input_sigma, learnable=input_learnable, space=input_space,
