@@ -275,6 +275,54 @@ class AttackOutput:
     adv_logits: Tensor | None = None
 
 
+def _labels_and_target(y: Tensor | Sequence[int] | None, target: Tensor | Sequence[int] | None,
+                       clean_pred: Tensor, num_classes: int,
+                       device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """Checked labels ``(N,)`` (the clean prediction when ``y`` is None) and targets (or None);
+    every target must differ from its label."""
+    n = clean_pred.shape[0]
+    labels = clean_pred.clone() if y is None else check_labels(y, n, num_classes, device)
+    if target is None:
+        return labels, None
+    tgt = check_labels(target, n, num_classes, device, name="target")
+    if bool((tgt == labels).any()):
+        raise ValueError("target must differ from the true label y for every sample "
+                         f"({int((tgt == labels).sum())} sample(s) have target == y)")
+    return labels, tgt
+
+
+def _scatter_output(x: Tensor, active: Tensor,
+                    out: AttackOutput | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Full-batch ``x_adv``, ``iterations`` and ``extras`` from the output for the ``active``
+    samples (``None``: nothing was attacked); the other samples keep ``x`` and zeros."""
+    n = x.shape[0]
+    x_adv = x.clone()
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    extras: dict[str, Tensor] = {}
+    if out is not None:
+        x_adv[active] = out.x_adv.detach().to(x.dtype)
+        iterations[active] = out.iterations.to(torch.long)
+        for key, val in out.extras.items():
+            full = torch.zeros((n, *val.shape[1:]), dtype=val.dtype, device=val.device)
+            full[active] = val
+            extras[key] = full
+    return x_adv, iterations, extras
+
+
+def _adv_prediction(model: nn.Module, x_adv: Tensor, clean_pred: Tensor, active: Tensor,
+                    adv_logits: Tensor | None, cost: CostCounter) -> Tensor:
+    """Prediction ``(N,)`` on ``x_adv``: the attack's own logits at exactly ``x_adv`` when given,
+    else one verification forward of the attacked images (the others keep ``clean_pred``)."""
+    adv_pred = clean_pred.clone()
+    if adv_logits is not None:  # verified by the attack on this model at these bits
+        adv_pred[active] = predict(adv_logits, active.numel())
+    elif active.numel():  # only the attacked images: the others are returned unchanged
+        with torch.no_grad():
+            adv_pred[active] = predict(model(x_adv[active]), active.numel())
+        cost.add_forward(active, 1)
+    return adv_pred
+
+
 class Attack(abc.ABC):
     """Base class of every attack: hyper-parameters in ``__init__``, the model at call time.
 
@@ -332,37 +380,18 @@ class Attack(abc.ABC):
         x = x.detach()
         with frozen_model(model):
             if n == 0:
-                if y is not None:  # a label/target list that does not match the empty batch
-                    check_labels(y, 0, None, x.device)
-                if target is not None:
-                    check_labels(target, 0, None, x.device, name="target")
-                empty = torch.zeros(0, dtype=torch.long, device=x.device)
-                return AttackResult(
-                    x=x, x_adv=x.clone(), success=torch.zeros(0, dtype=torch.bool, device=x.device),
-                    iterations=empty, forward_evals=empty.clone(), grad_evals=empty.clone(),
-                    labels=empty.clone(), target=None if target is None else empty.clone(),
-                    clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
-                )
+                return self._empty_result(x, y, target)
+            # 1. the clean forward; inputs already misclassified (or on target) are done
             with input_mismatch(x):
                 z0, prepared = self._clean_forward(model, x)
             check_model_output(z0, n)
             cost.add_forward(None, 1)
-            num_classes = _num_classes(z0)
             clean_pred = predict(z0)
-            labels = clean_pred.clone() if y is None else check_labels(y, n, num_classes, x.device)
-            tgt = None
-            if target is not None:
-                tgt = check_labels(target, n, num_classes, x.device, name="target")
-                if bool((tgt == labels).any()):
-                    raise ValueError("target must differ from the true label y for every sample "
-                                     f"({int((tgt == labels).sum())} sample(s) have target == y)")
+            labels, tgt = _labels_and_target(y, target, clean_pred, _num_classes(z0), x.device)
             done = clean_pred != labels if tgt is None else clean_pred == tgt
             active = torch.nonzero(~done).flatten()
-            x_adv = x.clone()
-            iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-            extras: dict[str, Tensor] = {}
-            info: dict[str, Any] = {}
-            adv_logits: Tensor | None = None
+            # 2. the attack proper, on the active samples only
+            out: AttackOutput | None = None
             if active.numel():
                 gen = generator if generator is not None else make_generator(self.seed, x.device)
                 ctx = AttackContext(
@@ -371,37 +400,45 @@ class Attack(abc.ABC):
                     index=active, generator=gen, cost=cost, prepared=prepared,
                 )
                 out = self._attack(ctx)
-                bad = ~torch.isfinite(out.x_adv.detach()).flatten(1).all(1)
-                if bool(bad.any()):  # safety net: every gradient read is checked already
-                    raise NonFiniteModelOutput(
-                        f"{type(self).__name__} produced NaN/Inf adversarial images for "
-                        f"{int(bad.sum())} input(s): the model output or its gradient is not "
-                        "finite there")
-                if out.adv_logits is not None and out.x_adv.dtype == x.dtype:
-                    adv_logits = out.adv_logits.detach()
-                x_adv[active] = out.x_adv.detach().to(x.dtype)
-                iterations[active] = out.iterations.to(torch.long)
-                info = dict(out.info)
-                for key, val in out.extras.items():
-                    full = torch.zeros((n, *val.shape[1:]), dtype=val.dtype, device=val.device)
-                    full[active] = val
-                    extras[key] = full
-            if adv_logits is not None:  # verified by the attack on this model at these bits
-                adv_pred = clean_pred.clone()
-                adv_pred[active] = predict(adv_logits, active.numel())
-            else:  # only the attacked images: the others are returned unchanged
-                adv_pred = clean_pred.clone()
-                if active.numel():
-                    with torch.no_grad():
-                        adv_pred[active] = predict(model(x_adv[active]), active.numel())
-                    cost.add_forward(active, 1)
+                self._check_finite(out)
+            x_adv, iterations, extras = _scatter_output(x, active, out)
+            # 3. success, re-checked on x_adv (by the attack's own logits when it has them)
+            adv_logits = None
+            if out is not None and out.adv_logits is not None and out.x_adv.dtype == x.dtype:
+                adv_logits = out.adv_logits.detach()
+            adv_pred = _adv_prediction(model, x_adv, clean_pred, active, adv_logits, cost)
             success = adv_pred != labels if tgt is None else adv_pred == tgt
         return AttackResult(
             x=x, x_adv=x_adv, success=success, iterations=iterations,
             forward_evals=cost.forward, grad_evals=cost.grad, labels=labels, target=tgt,
-            clean_pred=clean_pred, adv_pred=adv_pred, extras=extras, info=info,
+            clean_pred=clean_pred, adv_pred=adv_pred, extras=extras,
+            info={} if out is None else dict(out.info),
             elapsed=time.perf_counter() - start, attack=repr(self),
         )
+
+    def _empty_result(self, x: Tensor, y: Tensor | Sequence[int] | None,
+                      target: Tensor | Sequence[int] | None) -> AttackResult:
+        """The result for an empty batch (after checking that ``y``/``target`` are empty too)."""
+        if y is not None:  # a label/target list that does not match the empty batch
+            check_labels(y, 0, None, x.device)
+        if target is not None:
+            check_labels(target, 0, None, x.device, name="target")
+        empty = torch.zeros(0, dtype=torch.long, device=x.device)
+        return AttackResult(
+            x=x, x_adv=x.clone(), success=torch.zeros(0, dtype=torch.bool, device=x.device),
+            iterations=empty, forward_evals=empty.clone(), grad_evals=empty.clone(),
+            labels=empty.clone(), target=None if target is None else empty.clone(),
+            clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
+        )
+
+    def _check_finite(self, out: AttackOutput) -> None:
+        """Raise :class:`NonFiniteModelOutput` if some adversarial image has a NaN/Inf pixel."""
+        bad = ~torch.isfinite(out.x_adv.detach()).flatten(1).all(1)
+        if bool(bad.any()):  # safety net: every gradient read is checked already
+            raise NonFiniteModelOutput(
+                f"{type(self).__name__} produced NaN/Inf adversarial images for "
+                f"{int(bad.sum())} input(s): the model output or its gradient is not "
+                "finite there")
 
     def _clean_forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
         """The clean forward pass: logits ``(N, K)`` (detached) and anything the attack wants
