@@ -225,7 +225,32 @@ class SmoothFool(Attack):
         zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return (x + r).clamp(0.0, 1.0) - x, zeros, zeros.bool()
 
+    def _boundary_normal(self, ctx: AttackContext, act: Tensor, x_p: Tensor, k_p: Tensor,
+                         k0: Tensor) -> Tensor:
+        """Step 2: the boundary normal ``w = ∇ₓ(f_{k_p} − f_{k_0})`` at the boundary points
+        ``x_p`` of the active samples ``act`` (one forward and one gradient each)."""
+        xg = x_p.detach().requires_grad_(True)
+        z = as_logits(check_model_output(ctx.model(xg), xg.shape[0]))
+        obj = z.gather(1, k_p[:, None]) - z.gather(1, k0[:, None])
+        (w,) = torch.autograd.grad(obj.sum(), xg)
+        check_finite_gradient(w)
+        ctx.count_forward(act, 1)
+        ctx.count_grad(act, 1)
+        return w
+
+    def _smooth_step(self, w: Tensor, r_p: Tensor) -> tuple[Tensor, Tensor]:
+        """Steps 3-4: ``w̃ = g ∗ w`` and ``r_i = α·⟨w, r_p⟩ / ⟨w, w̃⟩ · w̃``; also the ``bad``
+        mask ``(N,)`` where ``⟨w, w̃⟩ ≤ 1e-12·‖w‖²`` (there ``r_i = 0``)."""
+        wt = self.filter(w)
+        den = _bdot(w, wt)
+        num = _bdot(w, r_p)
+        bad = den <= _TINY * _bdot(w, w)
+        rho = torch.where(bad, torch.zeros_like(den),
+                          self.step_scale * num / torch.where(bad, torch.ones_like(den), den))
+        return _view(rho, wt) * wt, bad
+
     def _attack(self, ctx: AttackContext) -> AttackOutput:
+        """The paper's Algorithm 2: one pass of the loop is one outer iteration (steps 1-6)."""
         model, x = ctx.model, ctx.x
         n, dev = x.shape[0], x.device
         z_cur = as_logits(ctx.clean_logits.detach()).clone()
@@ -237,7 +262,6 @@ class SmoothFool(Attack):
         fallback = torch.zeros(n, dtype=torch.bool, device=dev)
         failed = torch.zeros(n, dtype=torch.bool, device=dev)
         exhausted = torch.zeros(n, dtype=torch.bool, device=dev)
-        g = self.filter
         act = torch.arange(n, device=dev)
         bar = progress(total=self.max_iter, desc="SmoothFool", enabled=self.progress_bar,
                        delay=2.0)
@@ -259,21 +283,9 @@ class SmoothFool(Attack):
             x_p = xa + r_p
             k_p = torch.where(run.label_adv != k0a, run.label_adv, run.face)
             # 2. boundary normal at x_p
-            xg = x_p.detach().requires_grad_(True)
-            z = as_logits(check_model_output(model(xg), xg.shape[0]))
-            obj = z.gather(1, k_p[:, None]) - z.gather(1, k0a[:, None])
-            (w,) = torch.autograd.grad(obj.sum(), xg)
-            check_finite_gradient(w)
-            ctx.count_forward(act, 1)
-            ctx.count_grad(act, 1)
+            w = self._boundary_normal(ctx, act, x_p, k_p, k0a)
             # 3.-4. smoothed normal and projection step
-            wt = g(w)
-            den = _bdot(w, wt)
-            num = _bdot(w, r_p)
-            bad = den <= _TINY * _bdot(w, w)
-            rho = torch.where(bad, torch.zeros_like(den),
-                              self.step_scale * num / torch.where(bad, torch.ones_like(den), den))
-            r_i = _view(rho, wt) * wt
+            r_i, bad = self._smooth_step(w, r_p)
             # 5. keep the iterate in [0, 1]
             r_i, ci, fb = self._clip(xa, r_i)
             xa_new = xa + r_i
