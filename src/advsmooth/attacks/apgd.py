@@ -90,6 +90,9 @@ class APGD(Attack):
     stochastic = True
     supports_targeted = False
 
+    # 13 parameters: APGD's knobs from the paper (ε, norm, N, restarts, loss, targets, ρ, α,
+    # random start), early stopping, the gradient estimator, fast_model and the seed; grouping
+    # them would hide the paper's names
     def __init__(self, *, eps: float | Sequence[float], norm: str | float = "inf",
                  steps: int = 100, restarts: int = 1, loss: str = "ce",
                  targets: int | None = None, rho: float = 0.75, momentum: float = 0.75,

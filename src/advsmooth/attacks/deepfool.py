@@ -258,8 +258,10 @@ class DeepFool(Attack):
 
     supports_targeted = True
 
-    # 14 parameters: the paper's five, the box and face policies, and the execution options
-    # (jacobian, chunk_size, channels_last, fold_batchnorm) that never change the result
+    # 14 parameters: the paper's five (norm, overshoot, max_iter, candidates, stabilizer), four
+    # box/face/linearisation policies, the execution options (jacobian, chunk_size,
+    # channels_last, fold_batchnorm) that change the result at most by float rounding, and the
+    # common seed; grouping them would hide the paper's names
     def __init__(self, *, norm: float | int | str = 2, overshoot: float = 0.02, max_iter: int = 50,
                  candidates: int = 10, stabilizer: float = 1e-4, clip: bool = False,
                  box: str = "project", faces: str = "nearest",

@@ -315,6 +315,9 @@ class IterativeAttack(Attack):
     ``n ~ N(0, I)``, ``u ~ U[0, 1]``; both projected onto the ball and the box.
     """
 
+    # 15 parameters: the eleven hyper-parameters of the algorithms this engine covers (FGSM,
+    # I-FGSM, PGD, MI-FGSM and their smoothed-gradient versions), the seed, and the execution
+    # settings with their two shortcuts; each is a knob a user sets by its name
     def __init__(
         self,
         *,
@@ -334,9 +337,6 @@ class IterativeAttack(Attack):
         fast_model: bool = True,
         execution: Execution | None = None,
     ) -> None:
-        # 16 parameters: the eleven hyper-parameters of the algorithms this engine covers
-        # (FGSM, I-FGSM, PGD, MI-FGSM and their smoothed-gradient versions), the seed, and the
-        # execution settings with their two shortcuts
         super().__init__(seed=seed)
         self.eps = check_nonnegative("eps", eps)
         self.norm = normalize_norm(norm)
@@ -626,6 +626,8 @@ class PGD(IterativeAttack):
     ``[0, 1]``. ``PGD(random_start=False)`` equals :class:`IGSM` (ℓ∞).
     """
 
+    # 14 parameters: PGD's ten hyper-parameters, the seed and the execution settings with their
+    # two shortcuts, spelled out (not **kwargs) so that each is typed, documented and checked
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int | None = None,
                  norm: str | float = "inf", random_start: bool = True,
                  gradient: GradientEstimator | None = None, loss: str = "ce",
@@ -648,6 +650,8 @@ class MIFGSM(IterativeAttack):
     ``x ← Proj(x + α·sign(g))``, ``g₀ = 0``. ``decay=0`` equals :class:`IGSM`.
     sg-mIGSM with ``gradient=SmoothedGradient(...)`` (momentum on the smoothed gradient)."""
 
+    # 13 parameters: MI-FGSM's nine hyper-parameters, the seed and the execution settings with
+    # their two shortcuts, spelled out (not **kwargs) so that each is typed, documented and checked
     def __init__(self, *, eps: float, alpha: float | None = None, steps: int | None = None,
                  decay: float = 1.0, norm: str | float = "inf",
                  gradient: GradientEstimator | None = None, loss: str = "ce",

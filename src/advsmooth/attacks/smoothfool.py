@@ -167,6 +167,10 @@ class SmoothFool(Attack):
 
     supports_targeted = False
 
+    # 17 parameters: the filter g (sigma, kernel, size, padding, or a ready filter), SmoothClip's
+    # five settings, the outer loop's four (max_iter, λ, α_f, the inner DeepFool), the cost cap,
+    # the bar and the common seed; each is a knob of the paper's algorithm or the authors' code,
+    # and grouping them would hide the paper's names
     def __init__(self, *, sigma: float = 5.0, kernel: str = "gaussian", size: int | None = None,
                  padding: str = "zeros", filter: LowPassFilter | None = None,
                  clip_step: float = 0.5, max_iter: int = 500, use_smoothclip: bool = True,

@@ -244,6 +244,9 @@ class UniversalPerturbation:
     DeepFool this is the authors' "converged" test (they use ``iters < max_iter − 1``).
     """
 
+    # 13 parameters: the base attack and the knobs of the UAP and smooth-UAP algorithms (ξ, norm,
+    # τ, passes, clamp, batch update, attack_clean, ε_sc, ℓ2 projection), the chunk size, the bar
+    # and the seed; grouping them would hide the papers' names
     def __init__(self, *, base: Attack | None = None, xi: float = 10 / 255,
                  norm: float | int | str = "inf", target_fooling_rate: float = 0.8,
                  max_passes: int = 10, eval_clamp: bool = True, batch_update: int | None = None,
