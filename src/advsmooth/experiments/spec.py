@@ -507,13 +507,20 @@ def _model_info(name: str) -> Any | None:
     return models.spec(name)
 
 
-def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    """Problems that need the registries: unknown names, impossible attack parameters."""
-    from .. import data
-    from . import tasks
+Errors = list[tuple[str, str]]
 
-    errors: list[tuple[str, str]] = []
-    ds_keys = [d.key for d in spec.datasets]
+
+def _expect_in(errors: Errors, where: str, value: Any, allowed: Any, shown: list[str]) -> None:
+    """Report ``value`` at ``where`` unless it is in ``allowed`` (listed as ``shown``)."""
+    if value not in allowed:
+        errors.append((where, f"expected one of {shown} (got {value!r})"))
+
+
+def _dataset_errors(spec: Spec) -> Errors:
+    """Unknown dataset names and splits, ``n``/``sample`` above the split's size."""
+    from .. import data
+
+    errors: Errors = []
     for i, d in enumerate(spec.datasets):
         if d.name.startswith("npz:"):
             continue
@@ -531,7 +538,15 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
             if v is not None and size is not None and v > size:
                 errors.append((f"datasets[{i}].{key}", f"expected at most {size} (the size of "
                                f"{d.name} {d.split}) (got {v})"))
-    model_keys = [m.key for m in spec.models]
+    return errors
+
+
+def _model_errors(spec: Spec) -> Errors:
+    """Unknown model names and dataset labels, input shapes that do not fit a dataset."""
+    from .. import data
+
+    errors: Errors = []
+    ds_keys = [d.key for d in spec.datasets]
     ds_by_key = {d.key: d for d in spec.datasets}
     for i, m in enumerate(spec.models):
         try:
@@ -554,6 +569,15 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
                 errors.append((f"models[{i}]", f"model {m.name!r} takes inputs of shape "
                                f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
                                f"{tuple(shape)}; restrict it with datasets = [...]"))
+    return errors
+
+
+def _attack_errors(spec: Spec) -> Errors:
+    """Unknown attack names and model labels; the first grid point an attack rejects."""
+    from . import tasks
+
+    errors: Errors = []
+    model_keys = [m.key for m in spec.models]
     for i, a in enumerate(spec.attacks):
         for j, mk in enumerate(a.models or []):
             if mk not in model_keys:
@@ -572,6 +596,14 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
                 where = f"attacks[{i}]" + (f" (grid point {grid_part})" if grid_part else "")
                 errors.append((where + ".params", str(exc)))
                 break
+    return errors
+
+
+def _study_errors(spec: Spec) -> Errors:
+    """Unknown study tasks; the first grid point a task's ``check`` rejects."""
+    from . import tasks
+
+    errors: Errors = []
     for i, s in enumerate(spec.studies):
         try:
             task = tasks.get_task(s.task)
@@ -584,9 +616,20 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
             except (ValueError, TypeError, ImportError) as exc:
                 errors.append((f"studies[{i}].params", str(exc)))
                 break
-    study_keys = [s.key for s in spec.studies]
+    return errors
+
+
+def _cell_fields(spec: Spec) -> tuple[set[str], set[str]]:
+    """The attacks' grid/parameter names, and every field of an attack cell's row."""
     grid_params = {k for a in spec.attacks for k in (*a.grid, *a.params)}
-    cell_fields = {"dataset", "model", "attack", "label", *grid_params}
+    return grid_params, {"dataset", "model", "attack", "label", *grid_params}
+
+
+def _table_errors(spec: Spec) -> Errors:
+    """Report tables naming unknown studies, metrics, cell fields or grid parameters."""
+    errors: Errors = []
+    study_keys = [s.key for s in spec.studies]
+    grid_params, cell_fields = _cell_fields(spec)
     for i, t in enumerate(spec.report.tables or []):
         where = f"report.tables[{i}]"
         if t.kind == "study":
@@ -595,64 +638,75 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
                                f"{study_keys} (got {t.source!r})"))
             continue
         for j, mname in enumerate(t.metrics or []):
-            if mname not in ATTACK_METRICS:
-                errors.append((f"{where}.metrics[{j}]", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {mname!r})"))
+            _expect_in(errors, f"{where}.metrics[{j}]", mname, ATTACK_METRICS,
+                       list(ATTACK_METRICS))
         for fld in ("rows", "columns"):
             for j, name in enumerate(getattr(t, fld) or []):
-                if name not in cell_fields:
-                    errors.append((f"{where}.{fld}[{j}]", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {name!r})"))
+                _expect_in(errors, f"{where}.{fld}[{j}]", name, cell_fields, sorted(cell_fields))
         if t.kind == "sigma_threshold" and t.param not in grid_params:
             errors.append((f"{where}.param", f"expected a grid parameter of an attack "
                            f"{sorted(grid_params)} (got {t.param!r})"))
         if not spec.attacks:
             errors.append((f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"))
+    return errors
+
+
+def _study_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
+    """A plot of a study's rows (``source`` set): the study exists and has what it shows."""
+    from . import tasks
+
+    study_keys = [s.key for s in spec.studies]
+    if p.source not in study_keys:
+        return [(f"{where}.source", f"expected a study label of this spec "
+                 f"{study_keys} (or no source for attack cells) (got {p.source!r})")]
+    study = spec.studies[study_keys.index(p.source)]
+    if p.kind == "image":
+        if "out_dir" not in study.params and "out_dir" not in study.grid:
+            return [(f"{where}.source", f"an image needs a study with an out_dir "
+                     f"parameter; study {p.source!r} has none")]
+    elif p.kind == "step_images":
+        if p.step not in _plan_kinds(tasks, study):
+            return [(f"{where}.step", f"expected a step of study {p.source!r}: "
+                     f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})")]
+    elif p.kind == "perturbation_grid":
+        return [(f"{where}.kind", "a perturbation_grid shows attack cells; remove source")]
+    return []
+
+
+def _cell_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
+    """A plot of attack cells (no ``source``): its axes name cell fields and metrics."""
+    errors: Errors = []
+    if not spec.attacks:
+        return [(f"{where}.source", "plots of attack cells need [[attacks]]; set "
+                 "source = a study label")]
+    grid_params, cell_fields = _cell_fields(spec)
+    metrics = list(ATTACK_METRICS)
+    if p.kind == "curve":
+        if p.x not in cell_fields | set(ATTACK_METRICS):
+            errors.append((f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
+                           f"or a metric (got {p.x!r})"))
+        _expect_in(errors, f"{where}.y", p.y, ATTACK_METRICS, metrics)
+        for j, h in enumerate(p.hue or []):
+            _expect_in(errors, f"{where}.hue[{j}]", h, cell_fields, sorted(cell_fields))
+    elif p.kind == "heatmap":
+        for fld in ("rows", "columns"):
+            _expect_in(errors, f"{where}.{fld}", getattr(p, fld), cell_fields,
+                       sorted(cell_fields))
+        _expect_in(errors, f"{where}.value", p.value, ATTACK_METRICS, metrics)
+    elif p.kind == "perturbation_grid" and not spec.save_adversarial:
+        errors.append((f"{where}.kind", "a perturbation_grid needs save_adversarial = true"))
+    return errors
+
+
+def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Problems that need the registries: unknown names, impossible attack parameters.
+
+    Returns ``(where, message)`` pairs: datasets, models, attacks, studies, report tables and
+    report plots, in that order."""
+    errors = (_dataset_errors(spec) + _model_errors(spec) + _attack_errors(spec)
+              + _study_errors(spec) + _table_errors(spec))
     for i, p in enumerate(spec.report.plots):
-        where = f"report.plots[{i}]"
-        if p.source is not None:
-            if p.source not in study_keys:
-                errors.append((f"{where}.source", f"expected a study label of this spec "
-                               f"{study_keys} (or no source for attack cells) (got {p.source!r})"))
-            elif p.kind == "image":
-                study = spec.studies[study_keys.index(p.source)]
-                if "out_dir" not in study.params and "out_dir" not in study.grid:
-                    errors.append((f"{where}.source", f"an image needs a study with an out_dir "
-                                   f"parameter; study {p.source!r} has none"))
-            elif p.kind == "step_images":
-                study = spec.studies[study_keys.index(p.source)]
-                if p.step not in _plan_kinds(tasks, study):
-                    errors.append((f"{where}.step", f"expected a step of study {p.source!r}: "
-                                   f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})"))
-            elif p.kind == "perturbation_grid":
-                errors.append((f"{where}.kind", "a perturbation_grid shows attack cells; "
-                               "remove source"))
-            continue
-        if not spec.attacks:
-            errors.append((f"{where}.source", "plots of attack cells need [[attacks]]; set "
-                           "source = a study label"))
-            continue
-        if p.kind == "curve":
-            if p.x not in cell_fields | set(ATTACK_METRICS):
-                errors.append((f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
-                               f"or a metric (got {p.x!r})"))
-            if p.y not in ATTACK_METRICS:
-                errors.append((f"{where}.y", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {p.y!r})"))
-            for j, h in enumerate(p.hue or []):
-                if h not in cell_fields:
-                    errors.append((f"{where}.hue[{j}]", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {h!r})"))
-        elif p.kind == "heatmap":
-            for fld in ("rows", "columns"):
-                v = getattr(p, fld)
-                if v not in cell_fields:
-                    errors.append((f"{where}.{fld}", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {v!r})"))
-            if p.value not in ATTACK_METRICS:
-                errors.append((f"{where}.value", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {p.value!r})"))
-        elif p.kind == "perturbation_grid" and not spec.save_adversarial:
-            errors.append((f"{where}.kind", "a perturbation_grid needs save_adversarial = true"))
+        check = _cell_plot_errors if p.source is None else _study_plot_errors
+        errors += check(spec, f"report.plots[{i}]", p)
     return errors
 
