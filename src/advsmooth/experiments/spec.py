@@ -48,7 +48,7 @@ import itertools
 import json
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -507,57 +507,54 @@ def _model_info(name: str) -> Any | None:
     return models.spec(name)
 
 
-Errors = list[tuple[str, str]]
+Errors = Iterator[tuple[str, str]]
 
 
-def _expect_in(errors: Errors, where: str, value: Any, allowed: Any, shown: list[str]) -> None:
-    """Report ``value`` at ``where`` unless it is in ``allowed`` (listed as ``shown``)."""
+def _expect_in(where: str, value: Any, allowed: Any, shown: list[str]) -> Errors:
+    """``value`` at ``where`` unless it is in ``allowed`` (listed as ``shown``)."""
     if value not in allowed:
-        errors.append((where, f"expected one of {shown} (got {value!r})"))
+        yield where, f"expected one of {shown} (got {value!r})"
 
 
 def _dataset_errors(spec: Spec) -> Errors:
     """Unknown dataset names and splits, ``n``/``sample`` above the split's size."""
     from .. import data
 
-    errors: Errors = []
     for i, d in enumerate(spec.datasets):
         if d.name.startswith("npz:"):
             continue
         if d.name not in data.names():
-            errors.append((f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
-                           f"{data.names()} or npz:PATH"))
+            yield (f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
+                   f"{data.names()} or npz:PATH")
             continue
         splits = data.info(d.name).splits
         if d.split not in splits:
-            errors.append((f"datasets[{i}].split", f"expected one of {list(splits)} for "
-                           f"{d.name!r} (got {d.split!r})"))
+            yield (f"datasets[{i}].split", f"expected one of {list(splits)} for "
+                   f"{d.name!r} (got {d.split!r})")
         size = data.info(d.name).sizes.get(d.split)
         for key in ("n", "sample"):
             v = getattr(d, key)
             if v is not None and size is not None and v > size:
-                errors.append((f"datasets[{i}].{key}", f"expected at most {size} (the size of "
-                               f"{d.name} {d.split}) (got {v})"))
-    return errors
+                yield (f"datasets[{i}].{key}", f"expected at most {size} (the size of "
+                       f"{d.name} {d.split}) (got {v})")
 
 
 def _model_errors(spec: Spec) -> Errors:
     """Unknown model names and dataset labels, input shapes that do not fit a dataset."""
     from .. import data
 
-    errors: Errors = []
     ds_keys = [d.key for d in spec.datasets]
     ds_by_key = {d.key: d for d in spec.datasets}
     for i, m in enumerate(spec.models):
         try:
             minfo = _model_info(m.name)
         except ValueError as exc:
-            errors.append((f"models[{i}].name", str(exc)))
+            yield f"models[{i}].name", str(exc)
             minfo = None
         for j, dk in enumerate(m.datasets or []):
             if dk not in ds_keys:
-                errors.append((f"models[{i}].datasets[{j}]", f"expected a dataset label of this "
-                               f"spec {ds_keys} (got {dk!r})"))
+                yield (f"models[{i}].datasets[{j}]", f"expected a dataset label of this "
+                       f"spec {ds_keys} (got {dk!r})")
         if minfo is None:
             continue
         for dk in (m.datasets or ds_keys):
@@ -566,27 +563,25 @@ def _model_errors(spec: Spec) -> Errors:
                 continue
             shape = data.info(d.name).shape
             if shape is not None and tuple(shape) != tuple(minfo.in_shape):
-                errors.append((f"models[{i}]", f"model {m.name!r} takes inputs of shape "
-                               f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
-                               f"{tuple(shape)}; restrict it with datasets = [...]"))
-    return errors
+                yield (f"models[{i}]", f"model {m.name!r} takes inputs of shape "
+                       f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
+                       f"{tuple(shape)}; restrict it with datasets = [...]")
 
 
 def _attack_errors(spec: Spec) -> Errors:
     """Unknown attack names and model labels; the first grid point an attack rejects."""
     from . import tasks
 
-    errors: Errors = []
     model_keys = [m.key for m in spec.models]
     for i, a in enumerate(spec.attacks):
         for j, mk in enumerate(a.models or []):
             if mk not in model_keys:
-                errors.append((f"attacks[{i}].models[{j}]", f"expected a model label of this "
-                               f"spec {model_keys} (got {mk!r})"))
+                yield (f"attacks[{i}].models[{j}]", f"expected a model label of this "
+                       f"spec {model_keys} (got {mk!r})")
         try:
             tasks.attack_class(a.name)
         except (ValueError, ImportError) as exc:
-            errors.append((f"attacks[{i}].name", str(exc)))
+            yield f"attacks[{i}].name", str(exc)
             continue
         for point in a.points():
             try:
@@ -594,29 +589,26 @@ def _attack_errors(spec: Spec) -> Errors:
             except (ValueError, TypeError, ImportError) as exc:
                 grid_part = {k: point[k] for k in a.grid}
                 where = f"attacks[{i}]" + (f" (grid point {grid_part})" if grid_part else "")
-                errors.append((where + ".params", str(exc)))
+                yield where + ".params", str(exc)
                 break
-    return errors
 
 
 def _study_errors(spec: Spec) -> Errors:
     """Unknown study tasks; the first grid point a task's ``check`` rejects."""
     from . import tasks
 
-    errors: Errors = []
     for i, s in enumerate(spec.studies):
         try:
             task = tasks.get_task(s.task)
         except ValueError as exc:
-            errors.append((f"studies[{i}].task", str(exc)))
+            yield f"studies[{i}].task", str(exc)
             continue
         for point in s.points():
             try:
                 task.check(point)
             except (ValueError, TypeError, ImportError) as exc:
-                errors.append((f"studies[{i}].params", str(exc)))
+                yield f"studies[{i}].params", str(exc)
                 break
-    return errors
 
 
 def _cell_fields(spec: Spec) -> tuple[set[str], set[str]]:
@@ -627,28 +619,27 @@ def _cell_fields(spec: Spec) -> tuple[set[str], set[str]]:
 
 def _table_errors(spec: Spec) -> Errors:
     """Report tables naming unknown studies, metrics, cell fields or grid parameters."""
-    errors: Errors = []
     study_keys = [s.key for s in spec.studies]
     grid_params, cell_fields = _cell_fields(spec)
     for i, t in enumerate(spec.report.tables or []):
         where = f"report.tables[{i}]"
         if t.kind == "study":
             if t.source not in study_keys:
-                errors.append((f"{where}.source", f"expected a study label of this spec "
-                               f"{study_keys} (got {t.source!r})"))
+                yield (f"{where}.source", f"expected a study label of this spec "
+                       f"{study_keys} (got {t.source!r})")
             continue
         for j, mname in enumerate(t.metrics or []):
-            _expect_in(errors, f"{where}.metrics[{j}]", mname, ATTACK_METRICS,
-                       list(ATTACK_METRICS))
+            yield from _expect_in(f"{where}.metrics[{j}]", mname, ATTACK_METRICS,
+                                  list(ATTACK_METRICS))
         for fld in ("rows", "columns"):
             for j, name in enumerate(getattr(t, fld) or []):
-                _expect_in(errors, f"{where}.{fld}[{j}]", name, cell_fields, sorted(cell_fields))
+                yield from _expect_in(f"{where}.{fld}[{j}]", name, cell_fields,
+                                      sorted(cell_fields))
         if t.kind == "sigma_threshold" and t.param not in grid_params:
-            errors.append((f"{where}.param", f"expected a grid parameter of an attack "
-                           f"{sorted(grid_params)} (got {t.param!r})"))
+            yield (f"{where}.param", f"expected a grid parameter of an attack "
+                   f"{sorted(grid_params)} (got {t.param!r})")
         if not spec.attacks:
-            errors.append((f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"))
-    return errors
+            yield f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"
 
 
 def _study_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
@@ -657,45 +648,42 @@ def _study_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
 
     study_keys = [s.key for s in spec.studies]
     if p.source not in study_keys:
-        return [(f"{where}.source", f"expected a study label of this spec "
-                 f"{study_keys} (or no source for attack cells) (got {p.source!r})")]
+        yield (f"{where}.source", f"expected a study label of this spec "
+               f"{study_keys} (or no source for attack cells) (got {p.source!r})")
+        return
     study = spec.studies[study_keys.index(p.source)]
-    if p.kind == "image":
-        if "out_dir" not in study.params and "out_dir" not in study.grid:
-            return [(f"{where}.source", f"an image needs a study with an out_dir "
-                     f"parameter; study {p.source!r} has none")]
-    elif p.kind == "step_images":
-        if p.step not in _plan_kinds(tasks, study):
-            return [(f"{where}.step", f"expected a step of study {p.source!r}: "
-                     f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})")]
+    if p.kind == "image" and "out_dir" not in study.params and "out_dir" not in study.grid:
+        yield (f"{where}.source", f"an image needs a study with an out_dir "
+               f"parameter; study {p.source!r} has none")
+    elif p.kind == "step_images" and p.step not in _plan_kinds(tasks, study):
+        yield (f"{where}.step", f"expected a step of study {p.source!r}: "
+               f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})")
     elif p.kind == "perturbation_grid":
-        return [(f"{where}.kind", "a perturbation_grid shows attack cells; remove source")]
-    return []
+        yield f"{where}.kind", "a perturbation_grid shows attack cells; remove source"
 
 
 def _cell_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
     """A plot of attack cells (no ``source``): its axes name cell fields and metrics."""
-    errors: Errors = []
     if not spec.attacks:
-        return [(f"{where}.source", "plots of attack cells need [[attacks]]; set "
-                 "source = a study label")]
+        yield (f"{where}.source", "plots of attack cells need [[attacks]]; set source = a study "
+               "label")
+        return
     grid_params, cell_fields = _cell_fields(spec)
     metrics = list(ATTACK_METRICS)
     if p.kind == "curve":
         if p.x not in cell_fields | set(ATTACK_METRICS):
-            errors.append((f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
-                           f"or a metric (got {p.x!r})"))
-        _expect_in(errors, f"{where}.y", p.y, ATTACK_METRICS, metrics)
+            yield (f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
+                   f"or a metric (got {p.x!r})")
+        yield from _expect_in(f"{where}.y", p.y, ATTACK_METRICS, metrics)
         for j, h in enumerate(p.hue or []):
-            _expect_in(errors, f"{where}.hue[{j}]", h, cell_fields, sorted(cell_fields))
+            yield from _expect_in(f"{where}.hue[{j}]", h, cell_fields, sorted(cell_fields))
     elif p.kind == "heatmap":
         for fld in ("rows", "columns"):
-            _expect_in(errors, f"{where}.{fld}", getattr(p, fld), cell_fields,
-                       sorted(cell_fields))
-        _expect_in(errors, f"{where}.value", p.value, ATTACK_METRICS, metrics)
+            yield from _expect_in(f"{where}.{fld}", getattr(p, fld), cell_fields,
+                                  sorted(cell_fields))
+        yield from _expect_in(f"{where}.value", p.value, ATTACK_METRICS, metrics)
     elif p.kind == "perturbation_grid" and not spec.save_adversarial:
-        errors.append((f"{where}.kind", "a perturbation_grid needs save_adversarial = true"))
-    return errors
+        yield f"{where}.kind", "a perturbation_grid needs save_adversarial = true"
 
 
 def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
@@ -703,8 +691,8 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
 
     Returns ``(where, message)`` pairs: datasets, models, attacks, studies, report tables and
     report plots, in that order."""
-    errors = (_dataset_errors(spec) + _model_errors(spec) + _attack_errors(spec)
-              + _study_errors(spec) + _table_errors(spec))
+    errors = [*_dataset_errors(spec), *_model_errors(spec), *_attack_errors(spec),
+              *_study_errors(spec), *_table_errors(spec)]
     for i, p in enumerate(spec.report.plots):
         check = _cell_plot_errors if p.source is None else _study_plot_errors
         errors += check(spec, f"report.plots[{i}]", p)
