@@ -1,6 +1,7 @@
 """Options and checks shared by several subcommands.
 
-* options: ``--data-root``, ``--models-dir``, ``--device`` (:func:`add_common`);
+* options: ``--data-root``, ``--models-dir``, ``--device`` (:func:`add_common`); listing
+  subcommands (:func:`add_listing`, :func:`print_listing`);
 * argparse types: :func:`number` (accepts fractions such as ``8/255``), :func:`positive_number`,
   :func:`nonnegative_number`, :func:`positive_int`, :func:`nonnegative_int`;
 * checks made before any work: :func:`resolve_device`, :func:`check_out_dir`,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -52,11 +54,43 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "auto") ->
                              "= cuda when available)")
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """All of :func:`add_data_root`, :func:`add_models_dir` and :func:`add_device`."""
+def add_common(parser: argparse.ArgumentParser, *, device: str | None = "auto",
+               device_first: bool = False) -> None:
+    """All of :func:`add_data_root`, :func:`add_models_dir` and :func:`add_device` (with
+    ``device`` as its default; ``device_first``: listed before the other two)."""
+    if device_first:
+        add_device(parser, device)
     add_data_root(parser)
     add_models_dir(parser)
-    add_device(parser)
+    if not device_first:
+        add_device(parser, device)
+
+
+def add_listing(subparsers: Any, name: str, func: Any, folder_option: Any, *, help: str,
+                description: str) -> argparse.ArgumentParser:
+    """A subcommand that lists registered things: its folder option (``folder_option(parser)``),
+    ``--json``, and ``func`` to run."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    folder_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=func)
+    return p
+
+
+def print_listing(rows: list[dict[str, Any]], as_json: bool, header: list[str],
+                  row: Any) -> int:
+    """Print ``rows`` as JSON, or as a table of ``row(r)`` under ``header``; exit status 0."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table([row(r) for r in rows], header)
+    return 0
+
+
+def require_dir(path: str | None, option: str) -> None:
+    """``FileNotFoundError`` naming ``option`` when ``path`` is given but is not a folder."""
+    if path is not None and not Path(path).is_dir():
+        raise FileNotFoundError(f"{option} {path}: no such directory")
 
 
 @contextlib.contextmanager
@@ -141,26 +175,24 @@ def nonnegative_number(text: str) -> float:
 positive_float = positive_number
 
 
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        v: int | None = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+    return v
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
+    return _int_at_least(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
+    return _int_at_least(text, 0)
 
 
 def hidden_alias(parser: Any, alias: str, dest: str, **kwargs: Any) -> None:
@@ -242,8 +274,6 @@ def check_out_file(path: str | os.PathLike[str] | None, option: str) -> None:
 def expected_input_shape(model_name: str) -> tuple[int, ...] | None:
     """The ``C×H×W`` input a named model declares (zoo entry, or the description saved next to
     a trained model), or ``None`` when it declares none (torchvision, timm, ...)."""
-    import json
-
     from .. import models
 
     if model_name in models.ZOO:

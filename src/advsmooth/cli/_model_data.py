@@ -46,6 +46,16 @@ def add_model_data(p: argparse.ArgumentParser, *, default_n: int) -> None:
     add_common(p)
 
 
+def print_and_write(report: Any, out: str | None, writer: Any, title: str) -> None:
+    """Print ``report.summary()``; with ``out``, also write it with ``writer(report, out,
+    title=title)`` (JSON, Markdown and HTML, see :mod:`advsmooth.report.evaluation`) and say
+    where."""
+    print(report.summary())
+    if out:
+        paths = writer(report, out, title=title)
+        print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
+
+
 def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     """``(model, x, y, device)`` from the parsed arguments. The device, the output folder and
     the model's declared input shape against the data's are checked before anything is loaded;

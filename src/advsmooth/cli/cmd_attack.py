@@ -30,9 +30,7 @@ import torch
 from .._utils import MissingDependency, atomic_path, optional_import
 from . import UserError
 from ._common import (
-    add_data_root,
-    add_device,
-    add_models_dir,
+    add_common,
     check_model_input,
     check_out_dir,
     data_shape,
@@ -69,9 +67,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="attack batch size")
     p.add_argument("--out", "-o", default=None,
                    help="run folder: store, report, npz/png/json (default: write nothing)")
-    add_device(p)
-    add_data_root(p)
-    add_models_dir(p)
+    add_common(p, device_first=True)
     g = p.add_argument_group("attack options (each attack takes some of them)")
     g.add_argument("--norm", default=None, help="norm of the attack: 2 or inf")
     g.add_argument("--sigma", type=number, default=None, help="smoothing σ_g in pixels")

@@ -8,7 +8,7 @@ import argparse
 from typing import Any
 
 from ._common import positive_float, positive_int
-from ._model_data import add_model_data, eps_list, load_model_data
+from ._model_data import add_model_data, eps_list, load_model_data, print_and_write
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -40,17 +40,13 @@ def run(args: argparse.Namespace) -> int:
     import advsmooth as asm
 
     from ..metrics.certification import certified_accuracy
+    from ..report.evaluation import write_certification
 
     model, x, y, _ = load_model_data(args)
     smoothed = asm.defenses.SmoothedClassifier(model, sigma=args.sigma, seed=args.seed)
     report = certified_accuracy(smoothed, x, y, n0=args.n0, n=args.n_samples, alpha=args.alpha,
                                 radii=radii, batch_size=args.batch_size,
                                 noise_seed=args.seed)
-    print(report.summary())
-    if args.out:
-        from ..report.evaluation import write_certification
-
-        paths = write_certification(report, args.out,
-                                    title=f"Certified robustness of {args.model} on {args.data}")
-        print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
+    print_and_write(report, args.out, write_certification,
+                    f"Certified robustness of {args.model} on {args.data}")
     return 0

@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from ._common import positive_int
-from ._model_data import add_model_data, eps_list, load_model_data
+from ._model_data import add_model_data, eps_list, load_model_data, print_and_write
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics.evaluation import evaluate, stage_names
+    from ..report.evaluation import write_evaluation
 
     stages: Any = args.stages
     if stages not in ("standard", "fast"):
@@ -67,11 +68,6 @@ def run(args: argparse.Namespace) -> int:
         apgd_targets=args.apgd_targets, square_queries=args.square_queries,
         deepfool=not args.no_deepfool, smoothness=smoothness,
         batch_size=args.batch_size, seed=args.seed, progress=args.progress)
-    print(report.summary())
-    if args.out:
-        from ..report.evaluation import write_evaluation
-
-        paths = write_evaluation(report, args.out,
-                                 title=f"Robustness of {args.model} on {args.data}")
-        print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
+    print_and_write(report, args.out, write_evaluation,
+                    f"Robustness of {args.model} on {args.data}")
     return 0

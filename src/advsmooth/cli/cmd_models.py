@@ -3,44 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from ._common import add_models_dir, print_table
+from ._common import add_listing, add_models_dir, print_listing, require_dir
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "models", help="list the model zoo (architecture, dataset, input, available here?)",
+    return add_listing(
+        subparsers, "models", _main, add_models_dir,
+        help="list the model zoo (architecture, dataset, input, available here?)",
         description="List named models. cifar10-*/mnist-* need their checkpoint files "
                     "(--models-dir); digits-* are trained on first use and cached. "
                     "torchvision:NAME and timm:NAME are accepted wherever a model name is.")
-    add_models_dir(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_main)
-    return p
+
+
+def _row(r: dict[str, Any]) -> list[Any]:
+    if r["source"] == "shared":
+        avail = "yes" if r["available"] else "no (checkpoint missing)"
+    else:
+        avail = "yes (cached)" if r["cached"] else "yes (trains on first use)"
+    acc = f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "-"
+    shape = "x".join(str(v) for v in r["in_shape"])
+    return [r["name"], r["arch"], r["dataset"], shape, acc, avail]
 
 
 def _main(args: argparse.Namespace) -> int:
     from .. import models
 
-    if args.models_dir is not None:
-        from pathlib import Path
-
-        if not Path(args.models_dir).is_dir():
-            raise FileNotFoundError(f"--models-dir {args.models_dir}: no such directory")
-    rows = models.available(models_dir=args.models_dir)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    table = []
-    for r in rows:
-        if r["source"] == "shared":
-            avail = "yes" if r["available"] else "no (checkpoint missing)"
-        else:
-            avail = "yes (cached)" if r["cached"] else "yes (trains on first use)"
-        acc = f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "-"
-        shape = "x".join(str(v) for v in r["in_shape"])
-        table.append([r["name"], r["arch"], r["dataset"], shape, acc, avail])
-    print_table(table, ["name", "arch", "dataset", "input", "acc %", "available"])
-    return 0
+    require_dir(args.models_dir, "--models-dir")
+    return print_listing(models.available(models_dir=args.models_dir), args.json,
+                         ["name", "arch", "dataset", "input", "acc %", "available"], _row)

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    add_data_root,
-    add_device,
-    add_models_dir,
+    add_common,
     check_out_dir,
     models_dir_env,
     resolve_device,
@@ -30,9 +28,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("spec", help="experiment spec (TOML), e.g. experiments/digits_deepfool.toml")
     p.add_argument("--out", "-o", default=None,
                    help="output directory (default: runs/<spec name>)")
-    add_device(p, default=None)
-    add_data_root(p)
-    add_models_dir(p)
+    add_common(p, device=None, device_first=True)
     p.add_argument("--save-adversarial", action="store_true", default=None,
                    help="also save adversarial examples as .npz artefacts")
     p.add_argument("--check", action="store_true",

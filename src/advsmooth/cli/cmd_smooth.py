@@ -18,9 +18,7 @@ import argparse
 from typing import Any
 
 from ._common import (
-    add_data_root,
-    add_device,
-    add_models_dir,
+    add_common,
     check_model_input,
     check_out_dir,
     data_shape,
@@ -98,9 +96,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="equal k*M budget study, e.g. 8,16,32 (default: off)")
     p.add_argument("--out", "-o", default=None,
                    help="keep the result store and the report (tables, plots) in this folder")
-    add_data_root(p)
-    add_models_dir(p)
-    add_device(p)
+    add_common(p)
     p.set_defaults(func=_main)
     return p
 

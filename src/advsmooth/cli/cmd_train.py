@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    add_data_root,
-    add_device,
-    add_models_dir,
+    add_common,
     check_out_dir,
     nonnegative_int,
     nonnegative_number,
@@ -54,9 +52,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="output directory (default: runs/train-MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_data_root(p)
-    add_models_dir(p)
-    add_device(p)
+    add_common(p)
     p.set_defaults(func=_main)
     return p
 

@@ -32,13 +32,11 @@ _KEYS = ("dataset", "split", "n", "seed", "fit_split", "fit_n", "batch_size", "m
 
 def select(total: int, n: int, seed: int, offset: int = 0) -> Tensor:
     """Seeded random indices ``perm[offset : offset + n]``, sorted (``n = 0``: all after
-    ``offset``); ``ValueError`` when the split has fewer images."""
-    perm = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))
-    stop = total if n == 0 else offset + n
-    if stop > total:
-        raise ValueError(f"asked for {stop - offset} samples but only {total - offset} are "
-                         "available")
-    return perm[offset:stop].sort().values
+    ``offset``): :func:`advsmooth.data.random_subset`; ``ValueError`` when the split has fewer
+    images."""
+    from ..data import random_subset
+
+    return random_subset(total, None if n == 0 else n, seed, offset=offset, sort=True)
 
 
 def _check(p: dict[str, Any]) -> None:

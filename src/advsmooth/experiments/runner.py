@@ -442,172 +442,219 @@ def run_spec(spec: str | os.PathLike[str] | Spec, out_dir: str | os.PathLike[str
             dist.destroy_process_group()
 
 
-def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | None,
-         progress: bool, save_adv: bool, rank: int, world: int, local_rank: int,
-         locks: list[FolderLock]) -> RunResult:
-    t_start = time.perf_counter()
-    device = _resolve_device(dev_req, world, local_rank)
-    shash = spec_hash(spec)
-    cells = expand_cells(spec)
-    res = _Resources(spec, device, data_root)
-    store: Store | None = None
-    run_id = 0
-    store_seconds = 0.0
-    plan: dict[str, Any] | None = None
-    if rank == 0:
+def _pending_work(store: Store, cells: list[Cell]) -> tuple[list[tuple[int, int]], int]:
+    """The work items ``(cell index, batch or step)`` not yet committed to ``store``, and how
+    many were committed before (a finished plain study counts as one)."""
+    pending: list[tuple[int, int]] = []
+    skipped = 0
+    for ci, c in enumerate(cells):
+        if c.kind == "study" and c.steps is None:
+            if store.cell_status(c.cell_id) != "done":
+                pending.append((ci, 0))
+            else:
+                skipped += 1
+            continue
+        if c.kind == "study" and store.cell_status(c.cell_id) == "done":
+            skipped += c.n_batches
+            continue
+        done = store.done_batches(c.cell_id)
+        skipped += len(done)
+        pending.extend((ci, b) for b in range(c.n_batches) if b not in done)
+    return pending, skipped
+
+
+def _raise_first(errors: list[dict[str, Any]]) -> None:
+    """Re-raise the first failed work item's error (its own exception for value/OS errors)."""
+    first = errors[0]
+    if first.get("exc") is not None:
+        raise first["exc"]
+    raise RuntimeError(f"cell {first['cell']} batch {first['batch']} failed on rank "
+                       f"{first['rank']}: {first['error']}\n{first['traceback']}")
+
+
+class _Run:
+    """The state of one run on one process: its cells, the store and counters (rank 0 only
+    writes), and the progress bars."""
+
+    def __init__(self, spec: Spec, out: Path, device: torch.device, data_root: str | None,
+                 rank: int, world: int) -> None:
+        self.spec, self.out, self.device, self.data_root = spec, out, device, data_root
+        self.rank, self.world = rank, world
+        self.shash = spec_hash(spec)
+        self.cells = expand_cells(spec)
+        self.res = _Resources(spec, device, data_root)
+        self.store: Store | None = None
+        self.run_id = 0
+        self.store_seconds = 0.0
+        self.skipped = 0
+        self.computed = 0
+        self.remaining: dict[int, int] = {}
+        self.meta_common = {"spec_hash": self.shash, "advsmooth_version": __version__,
+                            "torch_version": torch.__version__, "device": str(device)}
+        self.overall: Any = None
+        self.cell_bar: Any = None
+        self.cell_bar_ci = -1
+
+    # -- planning (rank 0), shared with every rank ---------------------------------------------
+    def plan(self, spec_text: str, locks: list[FolderLock]) -> dict[str, Any]:
+        """Rank 0: lock the folder, open the store, register the cells and list the pending
+        work; an exception is returned as ``{"error": exc}`` for the other ranks."""
+        spec, cells = self.spec, self.cells
         try:
             # one writer per folder: a second run is refused (released by run_spec)
-            locks.append(FolderLock(out).acquire())
+            locks.append(FolderLock(self.out).acquire())
             for c in cells:  # resolve sample counts (cheap: no images are loaded here)
                 if c.kind == "attack":
                     assert c.dataset is not None
-                    c.n_samples = int(select_indices(c.dataset, spec.seed, data_root).numel())
-            out.mkdir(parents=True, exist_ok=True)
+                    c.n_samples = int(select_indices(c.dataset, spec.seed,
+                                                     self.data_root).numel())
+            self.out.mkdir(parents=True, exist_ok=True)
             ts = time.perf_counter()
-            store = Store(out / STORE_NAME)
-            store.add_spec(shash, spec.name, spec.canonical(), spec_text)
-            store.register_cells(shash, [c.record() for c in cells])
-            run_id = store.begin_run(shash, world, str(device))
-            pending: list[tuple[int, int]] = []
-            skipped = 0
-            for ci, c in enumerate(cells):
-                if c.kind == "study" and c.steps is not None:
-                    if store.cell_status(c.cell_id) == "done":
-                        skipped += c.n_batches
-                        continue
-                    done = store.done_batches(c.cell_id)
-                    skipped += len(done)
-                    pending.extend((ci, b) for b in range(c.n_batches) if b not in done)
-                    continue
-                if c.kind == "study":
-                    if store.cell_status(c.cell_id) != "done":
-                        pending.append((ci, 0))
-                    else:
-                        skipped += 1
-                    continue
-                done = store.done_batches(c.cell_id)
-                skipped += len(done)
-                pending.extend((ci, b) for b in range(c.n_batches) if b not in done)
-            store_seconds += time.perf_counter() - ts
-            plan = {"n_samples": [c.n_samples for c in cells], "pending": pending,
-                    "skipped": skipped, "run_id": run_id}
+            self.store = store = Store(self.out / STORE_NAME)
+            store.add_spec(self.shash, spec.name, spec.canonical(), spec_text)
+            store.register_cells(self.shash, [c.record() for c in cells])
+            self.run_id = store.begin_run(self.shash, self.world, str(self.device))
+            pending, skipped = _pending_work(store, cells)
+            self.store_seconds += time.perf_counter() - ts
+            return {"n_samples": [c.n_samples for c in cells], "pending": pending,
+                    "skipped": skipped, "run_id": self.run_id}
         except Exception as exc:  # noqa: BLE001 - tell the other ranks, then raise
-            plan = {"error": exc}
-    plan = _broadcast(plan, world)
-    assert plan is not None
-    if "error" in plan:
-        if store is not None:
-            store.close()
-        raise plan["error"]
-    for c, n in zip(cells, plan["n_samples"]):
-        c.n_samples = n
-    pending = [tuple(p) for p in plan["pending"]]
-    remaining: dict[int, int] = {}
-    for ci, _ in pending:
-        remaining[ci] = remaining.get(ci, 0) + 1
+            return {"error": exc}
 
-    meta_common = {"spec_hash": shash, "advsmooth_version": __version__,
-                   "torch_version": torch.__version__, "device": str(device)}
+    def adopt(self, plan: dict[str, Any] | None) -> list[tuple[int, int]]:
+        """Take rank 0's plan (raising its error) and return the pending work items."""
+        assert plan is not None
+        if "error" in plan:
+            if self.store is not None:
+                self.store.close()
+            raise plan["error"]
+        for c, n in zip(self.cells, plan["n_samples"]):
+            c.n_samples = n
+        self.skipped = plan["skipped"]
+        pending = [tuple(p) for p in plan["pending"]]
+        for ci, _ in pending:
+            self.remaining[ci] = self.remaining.get(ci, 0) + 1
+        return pending  # type: ignore[return-value]
 
-    def finalize(ci: int) -> None:
-        nonlocal store_seconds
+    # -- rank 0: committing ----------------------------------------------------------------------
+    def finalize(self, ci: int) -> None:
+        """Write the summary of a finished attack cell, or the table of a planned study."""
+        store = self.store
         assert store is not None
-        c = cells[ci]
+        c = self.cells[ci]
         if store.cell_status(c.cell_id) == "done" or (c.kind != "attack" and c.plan is None):
             return
+        ts = time.perf_counter()
         if c.plan is not None:  # a planned study: its table from the steps' artefacts
-            ts = time.perf_counter()
-            arts = Artefacts(out)
+            arts = Artefacts(self.out)
             try:
                 rows = tasks.plan_rows(c.plan, arts)
             finally:
                 arts.close()
             secs = store.conn.execute("SELECT COALESCE(SUM(seconds),0) FROM batches WHERE "
                                       "cell_id=?", (c.cell_id,)).fetchone()[0]
-            store.commit_study(c.cell_id, rows, run_id=run_id, rank=0, seconds=float(secs),
-                               meta=meta_common, planned=True)
-            store_seconds += time.perf_counter() - ts
-            return
-        assert c.dataset is not None and c.model is not None
-        ts = time.perf_counter()
-        meta = dict(meta_common, data_hash=res.data_hash(c.dataset),
-                    checkpoint_hash=res.model_hash(c.model))
-        store.finalize_cell(c.cell_id, meta)
-        store_seconds += time.perf_counter() - ts
+            store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0, seconds=float(secs),
+                               meta=self.meta_common, planned=True)
+        else:
+            assert c.dataset is not None and c.model is not None
+            meta = dict(self.meta_common, data_hash=self.res.data_hash(c.dataset),
+                        checkpoint_hash=self.res.model_hash(c.model))
+            store.finalize_cell(c.cell_id, meta)
+        self.store_seconds += time.perf_counter() - ts
 
-    show = progress and rank == 0
-    total_batches = sum(c.n_batches for c in cells)
-    overall = progress_bar(total=total_batches, desc=f"{spec.name} ({world} proc)",
-                           enabled=show, initial=plan["skipped"], position=0, unit="batch")
-    cell_bar = None
-    cell_bar_ci = -1
-    computed = 0
-    try:
-        if rank == 0:  # cells whose batches were all committed before a kill
-            for ci, c in enumerate(cells):
-                if (c.kind == "attack" or c.plan is not None) and ci not in remaining:
-                    finalize(ci)
-        for work in _rounds(pending, cells, world):
-            mine = work[rank] if rank < len(work) else None
-            payload = None
-            if mine is not None:
-                payload = _compute(cells[mine[0]], mine[1], res, out, save_adv, rank, progress)
-            gathered = _gather(payload, world)
-            errors = [p for p in gathered if p is not None and "error" in p]
+    def commit(self, p: dict[str, Any]) -> int:
+        """Commit one computed work item; finalize its cell when it was the last. Returns the
+        cell's index."""
+        store = self.store
+        assert store is not None
+        ci = next(i for i, c in enumerate(self.cells) if c.cell_id == p["cell"])
+        c = self.cells[ci]
+        ts = time.perf_counter()
+        if p.get("step"):
+            store.commit_step(c.cell_id, p["batch"], run_id=self.run_id, rank=p["rank"],
+                              seconds=p["seconds"])
+        elif c.kind == "study":
+            store.commit_study(c.cell_id, p["rows"], run_id=self.run_id, rank=p["rank"],
+                               seconds=p["seconds"], meta=self.meta_common)
+        else:
+            store.commit_batch(c.cell_id, p["batch"], p["start"], p["cols"],
+                               run_id=self.run_id, rank=p["rank"], seconds=p["seconds"])
+        self.store_seconds += time.perf_counter() - ts
+        self.computed += 1
+        self.remaining[ci] -= 1
+        if self.remaining[ci] == 0:
+            self.finalize(ci)
+        return ci
+
+    def advance_bars(self, ci: int) -> None:
+        """One more item done in cell ``ci``: step the overall bar and the cell's own bar."""
+        self.overall.update(1)
+        if ci != self.cell_bar_ci:
+            if self.cell_bar is not None:
+                self.cell_bar.close()
+            c = self.cells[ci]
+            where = f"{c.dataset.key}/{c.model.key}" if c.dataset and c.model else "study"
+            self.cell_bar = progress_bar(
+                total=c.n_batches, desc=f"  {c.label} ({where})", enabled=True,
+                initial=c.n_batches - self.remaining[ci] - 1, position=1, unit="batch")
+            self.cell_bar_ci = ci
+        self.cell_bar.update(1)
+
+    # -- every rank: the rounds ------------------------------------------------------------------
+    def execute(self, pending: list[tuple[int, int]], progress: bool, save_adv: bool) -> None:
+        """Compute the pending items round by round (one per rank), gather them on rank 0 and
+        commit them there; the store is closed at the end, also on error."""
+        rank, cells = self.rank, self.cells
+        show = progress and rank == 0
+        self.overall = progress_bar(total=sum(c.n_batches for c in cells),
+                                    desc=f"{self.spec.name} ({self.world} proc)", enabled=show,
+                                    initial=self.skipped, position=0, unit="batch")
+        try:
+            if rank == 0:  # cells whose batches were all committed before a kill
+                for ci, c in enumerate(cells):
+                    if (c.kind == "attack" or c.plan is not None) and ci not in self.remaining:
+                        self.finalize(ci)
+            for work in _rounds(pending, cells, self.world):
+                mine = work[rank] if rank < len(work) else None
+                payload = None
+                if mine is not None:
+                    payload = _compute(cells[mine[0]], mine[1], self.res, self.out, save_adv,
+                                       rank, progress)
+                gathered = _gather(payload, self.world)
+                errors = [p for p in gathered if p is not None and "error" in p]
+                if rank == 0:
+                    for p in gathered:
+                        if p is not None and "error" not in p:
+                            ci = self.commit(p)
+                            if show:
+                                self.advance_bars(ci)
+                if errors:
+                    _raise_first(errors)
             if rank == 0:
-                assert store is not None
-                for p in gathered:
-                    if p is None or "error" in p:
-                        continue
-                    ci = next(i for i, c in enumerate(cells) if c.cell_id == p["cell"])
-                    c = cells[ci]
-                    ts = time.perf_counter()
-                    if p.get("step"):
-                        store.commit_step(c.cell_id, p["batch"], run_id=run_id, rank=p["rank"],
-                                          seconds=p["seconds"])
-                    elif c.kind == "study":
-                        store.commit_study(c.cell_id, p["rows"], run_id=run_id, rank=p["rank"],
-                                           seconds=p["seconds"], meta=meta_common)
-                    else:
-                        store.commit_batch(c.cell_id, p["batch"], p["start"], p["cols"],
-                                           run_id=run_id, rank=p["rank"], seconds=p["seconds"])
-                    store_seconds += time.perf_counter() - ts
-                    computed += 1
-                    remaining[ci] -= 1
-                    if remaining[ci] == 0:
-                        finalize(ci)
-                    if show:
-                        overall.update(1)
-                        if ci != cell_bar_ci:
-                            if cell_bar is not None:
-                                cell_bar.close()
-                            where = (f"{c.dataset.key}/{c.model.key}"
-                                     if c.dataset and c.model else "study")
-                            cell_bar = progress_bar(
-                                total=c.n_batches, desc=f"  {c.label} ({where})", enabled=True,
-                                initial=c.n_batches - remaining[ci] - 1, position=1, unit="batch")
-                            cell_bar_ci = ci
-                        cell_bar.update(1)
-            if errors:
-                first = errors[0]
-                if first.get("exc") is not None:
-                    raise first["exc"]
-                raise RuntimeError(f"cell {first['cell']} batch {first['batch']} failed on rank "
-                                   f"{first['rank']}: {first['error']}\n{first['traceback']}")
-        if rank == 0:
-            assert store is not None
-            store.finish_run(run_id)
-    finally:
-        if cell_bar is not None:
-            cell_bar.close()
-        overall.close()
-        if store is not None:
-            store.close()
+                assert self.store is not None
+                self.store.finish_run(self.run_id)
+        finally:
+            if self.cell_bar is not None:
+                self.cell_bar.close()
+            self.overall.close()
+            if self.store is not None:
+                self.store.close()
+
+
+def _run(spec: Spec, spec_text: str, out: Path, dev_req: str, data_root: str | None,
+         progress: bool, save_adv: bool, rank: int, world: int, local_rank: int,
+         locks: list[FolderLock]) -> RunResult:
+    t_start = time.perf_counter()
+    device = _resolve_device(dev_req, world, local_rank)
+    run = _Run(spec, out, device, data_root, rank, world)
+    plan = run.plan(spec_text, locks) if rank == 0 else None
+    pending = run.adopt(_broadcast(plan, world))
+    run.execute(pending, progress, save_adv)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return RunResult(out_dir=out, store_path=out / STORE_NAME, spec_hash=shash, cells=len(cells),
-                     computed_batches=computed if rank == 0 else 0,
-                     skipped_batches=int(plan["skipped"]), seconds=time.perf_counter() - t_start,
-                     world_size=world, rank=rank, store_seconds=store_seconds)
+    return RunResult(out_dir=out, store_path=out / STORE_NAME, spec_hash=run.shash,
+                     cells=len(run.cells), computed_batches=run.computed if rank == 0 else 0,
+                     skipped_batches=int(run.skipped), seconds=time.perf_counter() - t_start,
+                     world_size=world, rank=rank, store_seconds=run.store_seconds)

@@ -48,7 +48,7 @@ import itertools
 import json
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -507,42 +507,54 @@ def _model_info(name: str) -> Any | None:
     return models.spec(name)
 
 
-def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
-    """Problems that need the registries: unknown names, impossible attack parameters."""
-    from .. import data
-    from . import tasks
+Errors = Iterator[tuple[str, str]]
 
-    errors: list[tuple[str, str]] = []
-    ds_keys = [d.key for d in spec.datasets]
+
+def _expect_in(where: str, value: Any, allowed: Any, shown: list[str]) -> Errors:
+    """``value`` at ``where`` unless it is in ``allowed`` (listed as ``shown``)."""
+    if value not in allowed:
+        yield where, f"expected one of {shown} (got {value!r})"
+
+
+def _dataset_errors(spec: Spec) -> Errors:
+    """Unknown dataset names and splits, ``n``/``sample`` above the split's size."""
+    from .. import data
+
     for i, d in enumerate(spec.datasets):
         if d.name.startswith("npz:"):
             continue
         if d.name not in data.names():
-            errors.append((f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
-                           f"{data.names()} or npz:PATH"))
+            yield (f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
+                   f"{data.names()} or npz:PATH")
             continue
         splits = data.info(d.name).splits
         if d.split not in splits:
-            errors.append((f"datasets[{i}].split", f"expected one of {list(splits)} for "
-                           f"{d.name!r} (got {d.split!r})"))
+            yield (f"datasets[{i}].split", f"expected one of {list(splits)} for "
+                   f"{d.name!r} (got {d.split!r})")
         size = data.info(d.name).sizes.get(d.split)
         for key in ("n", "sample"):
             v = getattr(d, key)
             if v is not None and size is not None and v > size:
-                errors.append((f"datasets[{i}].{key}", f"expected at most {size} (the size of "
-                               f"{d.name} {d.split}) (got {v})"))
-    model_keys = [m.key for m in spec.models]
+                yield (f"datasets[{i}].{key}", f"expected at most {size} (the size of "
+                       f"{d.name} {d.split}) (got {v})")
+
+
+def _model_errors(spec: Spec) -> Errors:
+    """Unknown model names and dataset labels, input shapes that do not fit a dataset."""
+    from .. import data
+
+    ds_keys = [d.key for d in spec.datasets]
     ds_by_key = {d.key: d for d in spec.datasets}
     for i, m in enumerate(spec.models):
         try:
             minfo = _model_info(m.name)
         except ValueError as exc:
-            errors.append((f"models[{i}].name", str(exc)))
+            yield f"models[{i}].name", str(exc)
             minfo = None
         for j, dk in enumerate(m.datasets or []):
             if dk not in ds_keys:
-                errors.append((f"models[{i}].datasets[{j}]", f"expected a dataset label of this "
-                               f"spec {ds_keys} (got {dk!r})"))
+                yield (f"models[{i}].datasets[{j}]", f"expected a dataset label of this "
+                       f"spec {ds_keys} (got {dk!r})")
         if minfo is None:
             continue
         for dk in (m.datasets or ds_keys):
@@ -551,18 +563,25 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
                 continue
             shape = data.info(d.name).shape
             if shape is not None and tuple(shape) != tuple(minfo.in_shape):
-                errors.append((f"models[{i}]", f"model {m.name!r} takes inputs of shape "
-                               f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
-                               f"{tuple(shape)}; restrict it with datasets = [...]"))
+                yield (f"models[{i}]", f"model {m.name!r} takes inputs of shape "
+                       f"{tuple(minfo.in_shape)} but dataset {dk!r} has shape "
+                       f"{tuple(shape)}; restrict it with datasets = [...]")
+
+
+def _attack_errors(spec: Spec) -> Errors:
+    """Unknown attack names and model labels; the first grid point an attack rejects."""
+    from . import tasks
+
+    model_keys = [m.key for m in spec.models]
     for i, a in enumerate(spec.attacks):
         for j, mk in enumerate(a.models or []):
             if mk not in model_keys:
-                errors.append((f"attacks[{i}].models[{j}]", f"expected a model label of this "
-                               f"spec {model_keys} (got {mk!r})"))
+                yield (f"attacks[{i}].models[{j}]", f"expected a model label of this "
+                       f"spec {model_keys} (got {mk!r})")
         try:
             tasks.attack_class(a.name)
         except (ValueError, ImportError) as exc:
-            errors.append((f"attacks[{i}].name", str(exc)))
+            yield f"attacks[{i}].name", str(exc)
             continue
         for point in a.points():
             try:
@@ -570,89 +589,112 @@ def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
             except (ValueError, TypeError, ImportError) as exc:
                 grid_part = {k: point[k] for k in a.grid}
                 where = f"attacks[{i}]" + (f" (grid point {grid_part})" if grid_part else "")
-                errors.append((where + ".params", str(exc)))
+                yield where + ".params", str(exc)
                 break
+
+
+def _study_errors(spec: Spec) -> Errors:
+    """Unknown study tasks; the first grid point a task's ``check`` rejects."""
+    from . import tasks
+
     for i, s in enumerate(spec.studies):
         try:
             task = tasks.get_task(s.task)
         except ValueError as exc:
-            errors.append((f"studies[{i}].task", str(exc)))
+            yield f"studies[{i}].task", str(exc)
             continue
         for point in s.points():
             try:
                 task.check(point)
             except (ValueError, TypeError, ImportError) as exc:
-                errors.append((f"studies[{i}].params", str(exc)))
+                yield f"studies[{i}].params", str(exc)
                 break
-    study_keys = [s.key for s in spec.studies]
+
+
+def _cell_fields(spec: Spec) -> tuple[set[str], set[str]]:
+    """The attacks' grid/parameter names, and every field of an attack cell's row."""
     grid_params = {k for a in spec.attacks for k in (*a.grid, *a.params)}
-    cell_fields = {"dataset", "model", "attack", "label", *grid_params}
+    return grid_params, {"dataset", "model", "attack", "label", *grid_params}
+
+
+def _table_errors(spec: Spec) -> Errors:
+    """Report tables naming unknown studies, metrics, cell fields or grid parameters."""
+    study_keys = [s.key for s in spec.studies]
+    grid_params, cell_fields = _cell_fields(spec)
     for i, t in enumerate(spec.report.tables or []):
         where = f"report.tables[{i}]"
         if t.kind == "study":
             if t.source not in study_keys:
-                errors.append((f"{where}.source", f"expected a study label of this spec "
-                               f"{study_keys} (got {t.source!r})"))
+                yield (f"{where}.source", f"expected a study label of this spec "
+                       f"{study_keys} (got {t.source!r})")
             continue
         for j, mname in enumerate(t.metrics or []):
-            if mname not in ATTACK_METRICS:
-                errors.append((f"{where}.metrics[{j}]", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {mname!r})"))
+            yield from _expect_in(f"{where}.metrics[{j}]", mname, ATTACK_METRICS,
+                                  list(ATTACK_METRICS))
         for fld in ("rows", "columns"):
             for j, name in enumerate(getattr(t, fld) or []):
-                if name not in cell_fields:
-                    errors.append((f"{where}.{fld}[{j}]", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {name!r})"))
+                yield from _expect_in(f"{where}.{fld}[{j}]", name, cell_fields,
+                                      sorted(cell_fields))
         if t.kind == "sigma_threshold" and t.param not in grid_params:
-            errors.append((f"{where}.param", f"expected a grid parameter of an attack "
-                           f"{sorted(grid_params)} (got {t.param!r})"))
+            yield (f"{where}.param", f"expected a grid parameter of an attack "
+                   f"{sorted(grid_params)} (got {t.param!r})")
         if not spec.attacks:
-            errors.append((f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"))
+            yield f"{where}.kind", f"a {t.kind!r} table needs [[attacks]] cells"
+
+
+def _study_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
+    """A plot of a study's rows (``source`` set): the study exists and has what it shows."""
+    from . import tasks
+
+    study_keys = [s.key for s in spec.studies]
+    if p.source not in study_keys:
+        yield (f"{where}.source", f"expected a study label of this spec "
+               f"{study_keys} (or no source for attack cells) (got {p.source!r})")
+        return
+    study = spec.studies[study_keys.index(p.source)]
+    if p.kind == "image" and "out_dir" not in study.params and "out_dir" not in study.grid:
+        yield (f"{where}.source", f"an image needs a study with an out_dir "
+               f"parameter; study {p.source!r} has none")
+    elif p.kind == "step_images" and p.step not in _plan_kinds(tasks, study):
+        yield (f"{where}.step", f"expected a step of study {p.source!r}: "
+               f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})")
+    elif p.kind == "perturbation_grid":
+        yield f"{where}.kind", "a perturbation_grid shows attack cells; remove source"
+
+
+def _cell_plot_errors(spec: Spec, where: str, p: PlotSpec) -> Errors:
+    """A plot of attack cells (no ``source``): its axes name cell fields and metrics."""
+    if not spec.attacks:
+        yield (f"{where}.source", "plots of attack cells need [[attacks]]; set source = a study "
+               "label")
+        return
+    grid_params, cell_fields = _cell_fields(spec)
+    metrics = list(ATTACK_METRICS)
+    if p.kind == "curve":
+        if p.x not in cell_fields | set(ATTACK_METRICS):
+            yield (f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
+                   f"or a metric (got {p.x!r})")
+        yield from _expect_in(f"{where}.y", p.y, ATTACK_METRICS, metrics)
+        for j, h in enumerate(p.hue or []):
+            yield from _expect_in(f"{where}.hue[{j}]", h, cell_fields, sorted(cell_fields))
+    elif p.kind == "heatmap":
+        for fld in ("rows", "columns"):
+            yield from _expect_in(f"{where}.{fld}", getattr(p, fld), cell_fields,
+                                  sorted(cell_fields))
+        yield from _expect_in(f"{where}.value", p.value, ATTACK_METRICS, metrics)
+    elif p.kind == "perturbation_grid" and not spec.save_adversarial:
+        yield f"{where}.kind", "a perturbation_grid needs save_adversarial = true"
+
+
+def semantic_errors(spec: Spec) -> list[tuple[str, str]]:
+    """Problems that need the registries: unknown names, impossible attack parameters.
+
+    Returns ``(where, message)`` pairs: datasets, models, attacks, studies, report tables and
+    report plots, in that order."""
+    errors = [*_dataset_errors(spec), *_model_errors(spec), *_attack_errors(spec),
+              *_study_errors(spec), *_table_errors(spec)]
     for i, p in enumerate(spec.report.plots):
-        where = f"report.plots[{i}]"
-        if p.source is not None:
-            if p.source not in study_keys:
-                errors.append((f"{where}.source", f"expected a study label of this spec "
-                               f"{study_keys} (or no source for attack cells) (got {p.source!r})"))
-            elif p.kind == "image":
-                study = spec.studies[study_keys.index(p.source)]
-                if "out_dir" not in study.params and "out_dir" not in study.grid:
-                    errors.append((f"{where}.source", f"an image needs a study with an out_dir "
-                                   f"parameter; study {p.source!r} has none"))
-            elif p.kind == "step_images":
-                study = spec.studies[study_keys.index(p.source)]
-                if p.step not in _plan_kinds(tasks, study):
-                    errors.append((f"{where}.step", f"expected a step of study {p.source!r}: "
-                                   f"{sorted(_plan_kinds(tasks, study))} (got {p.step!r})"))
-            elif p.kind == "perturbation_grid":
-                errors.append((f"{where}.kind", "a perturbation_grid shows attack cells; "
-                               "remove source"))
-            continue
-        if not spec.attacks:
-            errors.append((f"{where}.source", "plots of attack cells need [[attacks]]; set "
-                           "source = a study label"))
-            continue
-        if p.kind == "curve":
-            if p.x not in cell_fields | set(ATTACK_METRICS):
-                errors.append((f"{where}.x", f"expected a grid parameter {sorted(grid_params)} "
-                               f"or a metric (got {p.x!r})"))
-            if p.y not in ATTACK_METRICS:
-                errors.append((f"{where}.y", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {p.y!r})"))
-            for j, h in enumerate(p.hue or []):
-                if h not in cell_fields:
-                    errors.append((f"{where}.hue[{j}]", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {h!r})"))
-        elif p.kind == "heatmap":
-            for fld in ("rows", "columns"):
-                v = getattr(p, fld)
-                if v not in cell_fields:
-                    errors.append((f"{where}.{fld}", f"expected one of {sorted(cell_fields)} "
-                                   f"(got {v!r})"))
-            if p.value not in ATTACK_METRICS:
-                errors.append((f"{where}.value", f"expected one of {list(ATTACK_METRICS)} "
-                               f"(got {p.value!r})"))
-        elif p.kind == "perturbation_grid" and not spec.save_adversarial:
-            errors.append((f"{where}.kind", "a perturbation_grid needs save_adversarial = true"))
+        check = _cell_plot_errors if p.source is None else _study_plot_errors
+        errors += check(spec, f"report.plots[{i}]", p)
     return errors
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..experiments.artefacts import Artefacts, Step, StepOutput, plan_order
 from . import transfer_plots
+from .plots_store import file_stem
 
 __all__ = ["DRAWERS", "study_steps", "artefact_figures"]
 
@@ -89,8 +90,7 @@ def artefact_figures(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Ma
         raise ValueError(f"no drawing for artefacts of step kind {kind!r}; expected one of "
                          f"{sorted(DRAWERS)}")
     arts = Artefacts(out_dir, readonly=True)
-    base = "".join(ch if ch.isalnum() or ch in "._-" else "_"
-                   for ch in plot.get("name") or f"{plot['source']}_{kind}")
+    base = file_stem(plot.get("name") or f"{plot['source']}_{kind}")
     drawn: list[tuple[str, str, list[Path]]] = []
     try:
         for c in cells:

@@ -54,6 +54,18 @@ def _show(ax: Any, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _save(plt: Any, fig: Any, path: str | Path, dpi: int) -> Path:
+    """Lay out ``fig``, write it to ``path`` (format from the suffix; folders created), close
+    it and return ``Path(path)``."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def perturbation_grid(x: Any, x_adv: Any, clean_pred: Any, adv_pred: Any, path: str | Path, *,
                       magnify: float | str = "auto", max_images: int = 8,
                       class_names: Sequence[str] | None = None, title: str | None = None,
@@ -113,13 +125,7 @@ def perturbation_grid(x: Any, x_adv: Any, clean_pred: Any, adv_pred: Any, path: 
     axes[2, 0].set_ylabel("perturbation", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path, dpi)
 
 
 def fooling_rate_vs_sigma(sigmas: Sequence[float] | Any,
@@ -170,10 +176,4 @@ def fooling_rate_vs_sigma(sigmas: Sequence[float] | Any,
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path, dpi)

@@ -137,6 +137,183 @@ def _load_artefacts(out_dir: Path, cell_id: str, k: int) -> dict[str, np.ndarray
     return {key: np.concatenate(v)[:k] for key, v in parts.items()}
 
 
+def _default_plots(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The plots of a spec without ``[report]`` plots: a fooling-rate curve per numeric grid
+    parameter with several values, and perturbation grids when adversarials were saved."""
+    grid_keys: list[str] = []
+    for a in spec.get("attacks", []):
+        for k, vals in a.get("grid", {}).items():
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) \
+                    and k not in grid_keys and len(vals) > 1:
+                grid_keys.append(k)
+    plots: list[dict[str, Any]] = [{"kind": "curve", "x": k, "y": "fooling_rate"}
+                                   for k in grid_keys]
+    if spec.get("save_adversarial"):
+        plots.append({"kind": "perturbation_grid", "samples": 4})
+    return plots
+
+
+class _Drawing:
+    """What every figure of one report needs: the store, its folder, the figure folder, all
+    cells, and the figure names taken so far (:meth:`unique` makes a name unused)."""
+
+    def __init__(self, store: Any, out_dir: Path, fig_dir: Path,
+                 cells: Sequence[Mapping[str, Any]]) -> None:
+        self.store, self.out_dir, self.fig_dir, self.all_cells = store, out_dir, fig_dir, cells
+        self.used: set[str] = set()
+
+    def unique(self, base: str) -> str:
+        nm, i = base, 2
+        while nm in self.used:
+            nm, i = f"{base}_{i}", i + 1
+        self.used.add(nm)
+        return nm
+
+
+def _curve_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                   ) -> list[Figure]:
+    """``y`` against ``x``: attack cells (one line per ``hue`` value, percentages on 0-100) or
+    a study's rows (a list ``y`` draws one line per column)."""
+    from . import plots_store
+
+    x, y, source = p["x"], p["y"], p.get("source")
+    if source is None:
+        hue = p.get("hue") or ["dataset", "model", "attack"]
+        series = _series_attack(cells, x, y, hue)
+        ylim = (-2.0, 102.0) if y in ("fooling_rate", "accuracy", "adv_accuracy") else None
+    else:
+        hue = p.get("hue") or []
+        rows = study_rows_for(d.store, cells, source, p.get("where") or {})
+        series = {}
+        for col in [y] if isinstance(y, str) else y:  # several columns: one line each
+            for k, v in _series_rows(rows, x, col, hue).items():
+                series[k if isinstance(y, str) or not hue else f"{k}: {col}"] = v
+        ylim = None
+        y = y if isinstance(y, str) else "_".join(y)
+    if not series:
+        return []
+    name = d.unique(p.get("name") or f"{source or 'cells'}_{y}_vs_{x}")
+    title = p.get("title") or f"{_axis_label(y)} vs {_axis_label(x)}"
+    files = plots_store.curve_plot(series, d.fig_dir / name,
+                                   xlabel=p.get("xlabel") or _axis_label(x),
+                                   ylabel=p.get("ylabel") or _axis_label(y),
+                                   title=title, logx=bool(p.get("logx")), ylim=ylim)
+    return [Figure(name, title, files)]
+
+
+def _heatmap_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                     ) -> list[Figure]:
+    """A ``rows`` × ``columns`` matrix of ``value`` (attack cells or a study's rows), one
+    figure per value of the ``facet`` field when it is set."""
+    from . import plots_store
+
+    rows_f, cols_f, val_f, facet = p["rows"], p["columns"], p["value"], p.get("facet")
+    source = p.get("source")
+    if source is None:
+        records = [{rows_f: cell_field(c, rows_f), cols_f: cell_field(c, cols_f),
+                    val_f: _scaled(val_f, c.get(val_f)),
+                    **({facet: cell_field(c, facet)} if facet else {})}
+                   for c in attack_cells(cells)]
+    else:
+        records = study_rows_for(d.store, cells, source, p.get("where") or {})
+    facets: list[Any] = [None]
+    if facet:
+        facets = []
+        for r in records:
+            if r.get(facet) not in facets:
+                facets.append(r.get(facet))
+    figures: list[Figure] = []
+    for fv in facets:
+        rl: list[str] = []
+        cl: list[str] = []
+        vals: dict[tuple[str, str], Any] = {}
+        for r in records:
+            if fv is not None and r.get(facet) != fv:
+                continue
+            rk, ck = str(r.get(rows_f)), str(r.get(cols_f))
+            if rk not in rl:
+                rl.append(rk)
+            if ck not in cl:
+                cl.append(ck)
+            vals[(rk, ck)] = r.get(val_f)
+        if not rl or not cl:
+            continue
+        base = p.get("name") or f"{source or 'cells'}_{val_f}_heatmap"
+        name = d.unique(plots_store.file_stem(base + ("" if fv is None else f"_{fv}")))
+        title = (p.get("title") or f"{_axis_label(val_f)}") + \
+            ("" if fv is None else f" ({facet} = {fv})")
+        files = plots_store.heatmap_plot(
+            [[vals.get((rk, ck)) for ck in cl] for rk in rl], rl, cl, d.fig_dir / name,
+            xlabel=p.get("xlabel") or cols_f, ylabel=p.get("ylabel") or rows_f,
+            value_label=_axis_label(val_f), title=title)
+        figures.append(Figure(name, title, files))
+    return figures
+
+
+def _image_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                   ) -> list[Figure]:
+    """A PNG (and its SVG, if any) that a study wrote into its ``out_dir``, copied as it is."""
+    from .plots_store import file_stem
+
+    source = p.get("source")
+    found = _study_image(d.out_dir, d.all_cells, source, p["file"])  # type: ignore[arg-type]
+    if found is None:
+        return []
+    name = d.unique(p.get("name") or file_stem(f"{source}_{Path(p['file']).stem}"))
+    d.fig_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for src, fmt in ((found, "png"), (found.with_suffix(".svg"), "svg")):
+        if fmt == "png" or src.is_file():  # the SVG only when the study wrote one
+            files.append(d.fig_dir / f"{name}.{fmt}")
+            with atomic_path(files[-1]) as tmp:
+                shutil.copyfile(src, tmp)
+    return [Figure(name, p.get("title") or f"{source}: {p['file']}", files)]
+
+
+def _artefact_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                      ) -> list[Figure]:
+    """Figures drawn from the step artefacts of a planned study."""
+    from .artefact_plots import artefact_figures
+
+    return [Figure(*f) for f in artefact_figures(d.out_dir, d.all_cells, p, d.fig_dir, d.unique)]
+
+
+def _study_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                   ) -> list[Figure]:
+    """Bars of a planned study's rows, or the images stored by one of its steps."""
+    from .study_figures import study_figure
+
+    return [Figure(*f) for f in study_figure(p, d.store, d.out_dir, d.fig_dir, d.all_cells,
+                                             d.unique)]
+
+
+def _perturbation_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[str, Any]]
+                          ) -> list[Figure]:
+    """Clean, adversarial and perturbation images of the first ``samples`` saved adversarial
+    examples of every attack cell."""
+    from .figures import perturbation_grid
+
+    k = int(p.get("samples") or 4)
+    figures: list[Figure] = []
+    for c in attack_cells(cells):
+        art = _load_artefacts(d.out_dir, c["cell_id"], k)
+        if art is None:
+            continue
+        name = d.unique((p.get("name") or "perturbations") + "_" + c["cell_id"][:8])
+        title = f"{c['label']} on {c['model']} ({c['dataset']})"
+        files = [perturbation_grid(art["x"], art["x_adv"], art["label"], art["adv_pred"],
+                                   d.fig_dir / f"{name}.{fmt}", max_images=k, title=title)
+                 for fmt in ("png", "svg")]
+        figures.append(Figure(name, "Clean (top, true label), adversarial (middle, "
+                              f"prediction) and perturbation (bottom): {title}", files))
+    return figures
+
+
+_FIGURES = {"curve": _curve_figures, "heatmap": _heatmap_figures, "image": _image_figures,
+            "artefact": _artefact_figures, "bars": _study_figures,
+            "step_images": _study_figures, "perturbation_grid": _perturbation_figures}
+
+
 def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os.PathLike[str],
                   spec: Mapping[str, Any] | None = None) -> list[Figure]:
     """Draw the figures requested by the spec's ``[report]`` plots (PNG + SVG).
@@ -144,146 +321,18 @@ def build_figures(store: Any, out_dir: str | os.PathLike[str], fig_dir: str | os
     Without explicit plots: one fooling-rate curve per numeric grid parameter of the attacks,
     and a perturbation grid per attack cell when adversarial examples were saved.
     """
-    from . import plots_store
-
-    out_dir, fig_dir = Path(out_dir), Path(fig_dir)
     if spec is None:
         spec = store.current_spec()[1]
-    cells = store.cells()
-    plots = list(spec.get("report", {}).get("plots", []))
-    if not plots:
-        grid_keys: list[str] = []
-        for a in spec.get("attacks", []):
-            for k, vals in a.get("grid", {}).items():
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) \
-                        and k not in grid_keys and len(vals) > 1:
-                    grid_keys.append(k)
-        plots = [{"kind": "curve", "x": k, "y": "fooling_rate"} for k in grid_keys]
-        if spec.get("save_adversarial"):
-            plots.append({"kind": "perturbation_grid", "samples": 4})
+    all_cells = store.cells()
+    d = _Drawing(store, Path(out_dir), Path(fig_dir), all_cells)
     figures: list[Figure] = []
-    used: set[str] = set()
-
-    def unique(base: str) -> str:
-        nm, i = base, 2
-        while nm in used:
-            nm, i = f"{base}_{i}", i + 1
-        used.add(nm)
-        return nm
-
-    all_cells = cells
-    for p in plots:
-        kind, source = p["kind"], p.get("source")
-        where = p.get("where") or {}
-        cells = all_cells if source is not None else filter_cells(all_cells, where)
-        if kind == "curve":
-            x, y = p["x"], p["y"]
-            if source is None:
-                hue = p.get("hue") or ["dataset", "model", "attack"]
-                series = _series_attack(cells, x, y, hue)
-                ylim = (-2.0, 102.0) if y in ("fooling_rate", "accuracy", "adv_accuracy") else None
-            else:
-                hue = p.get("hue") or []
-                rows = study_rows_for(store, cells, source, where)
-                series = {}
-                for col in [y] if isinstance(y, str) else y:  # several columns: one line each
-                    for k, v in _series_rows(rows, x, col, hue).items():
-                        series[k if isinstance(y, str) or not hue else f"{k}: {col}"] = v
-                ylim = None
-                y = y if isinstance(y, str) else "_".join(y)
-            if not series:
-                continue
-            name = unique(p.get("name") or f"{source or 'cells'}_{y}_vs_{x}")
-            title = p.get("title") or f"{_axis_label(y)} vs {_axis_label(x)}"
-            files = plots_store.curve_plot(series, fig_dir / name,
-                                           xlabel=p.get("xlabel") or _axis_label(x),
-                                           ylabel=p.get("ylabel") or _axis_label(y),
-                                           title=title, logx=bool(p.get("logx")), ylim=ylim)
-            figures.append(Figure(name, title, files))
-        elif kind == "heatmap":
-            rows_f, cols_f, val_f = p["rows"], p["columns"], p["value"]
-            if source is None:
-                records = [{rows_f: cell_field(c, rows_f), cols_f: cell_field(c, cols_f),
-                            val_f: _scaled(val_f, c.get(val_f)),
-                            **({p["facet"]: cell_field(c, p["facet"])} if p.get("facet") else {})}
-                           for c in attack_cells(cells)]
-            else:
-                records = study_rows_for(store, cells, source, where)
-            facets: list[Any] = [None]
-            if p.get("facet"):
-                facets = []
-                for r in records:
-                    if r.get(p["facet"]) not in facets:
-                        facets.append(r.get(p["facet"]))
-            for fv in facets:
-                sub = [r for r in records if fv is None or r.get(p["facet"]) == fv]
-                rl: list[str] = []
-                cl: list[str] = []
-                vals: dict[tuple[str, str], Any] = {}
-                for r in sub:
-                    rk, ck = str(r.get(rows_f)), str(r.get(cols_f))
-                    if rk not in rl:
-                        rl.append(rk)
-                    if ck not in cl:
-                        cl.append(ck)
-                    vals[(rk, ck)] = r.get(val_f)
-                if not rl or not cl:
-                    continue
-                suffix = "" if fv is None else f"_{fv}"
-                base = p.get("name") or f"{source or 'cells'}_{val_f}_heatmap"
-                name = unique("".join(ch if ch.isalnum() or ch in "._-" else "_"
-                                      for ch in base + suffix))
-                title = (p.get("title") or f"{_axis_label(val_f)}") + \
-                    ("" if fv is None else f" ({p['facet']} = {fv})")
-                files = plots_store.heatmap_plot(
-                    [[vals.get((rk, ck)) for ck in cl] for rk in rl], rl, cl, fig_dir / name,
-                    xlabel=p.get("xlabel") or cols_f, ylabel=p.get("ylabel") or rows_f,
-                    value_label=_axis_label(val_f), title=title)
-                figures.append(Figure(name, title, files))
-        elif kind == "image":
-            found = _study_image(out_dir, all_cells, source, p["file"])
-            if found is None:
-                continue
-            name = unique(p.get("name") or "".join(
-                ch if ch.isalnum() or ch in "._-" else "_"
-                for ch in f"{source}_{Path(p['file']).stem}"))
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            dest = fig_dir / f"{name}.png"
-            with atomic_path(dest) as tmp:
-                shutil.copyfile(found, tmp)
-            files = [dest]
-            if found.with_suffix(".svg").is_file():
-                files.append(fig_dir / f"{name}.svg")
-                with atomic_path(files[-1]) as tmp:
-                    shutil.copyfile(found.with_suffix(".svg"), tmp)
-            figures.append(Figure(name, p.get("title") or f"{source}: {p['file']}", files))
-        elif kind == "artefact":
-            from .artefact_plots import artefact_figures
-
-            drawn = artefact_figures(out_dir, all_cells, p, fig_dir, unique)
-            figures += [Figure(*f) for f in drawn]
-        elif kind in ("bars", "step_images"):  # planned studies: rows and step artefacts
-            from .study_figures import study_figure
-
-            figures += [Figure(*f) for f in study_figure(p, store, out_dir, fig_dir, all_cells,
-                                                         unique)]
-        elif kind == "perturbation_grid":
-            from .figures import perturbation_grid
-
-            k = int(p.get("samples") or 4)
-            for c in attack_cells(cells):
-                art = _load_artefacts(out_dir, c["cell_id"], k)
-                if art is None:
-                    continue
-                name = unique((p.get("name") or "perturbations") + "_" + c["cell_id"][:8])
-                title = f"{c['label']} on {c['model']} ({c['dataset']})"
-                files = []
-                for fmt in ("png", "svg"):
-                    files.append(perturbation_grid(
-                        art["x"], art["x_adv"], art["label"], art["adv_pred"],
-                        fig_dir / f"{name}.{fmt}", max_images=k, title=title))
-                figures.append(Figure(name, "Clean (top, true label), adversarial (middle, "
-                                      f"prediction) and perturbation (bottom): {title}", files))
+    for p in list(spec.get("report", {}).get("plots", [])) or _default_plots(spec):
+        # a study's rows are filtered by where when they are read; attack cells here
+        cells = all_cells if p.get("source") is not None else filter_cells(
+            all_cells, p.get("where") or {})
+        draw = _FIGURES.get(p["kind"])
+        if draw is not None:
+            figures += draw(d, p, cells)
     return figures
 
 

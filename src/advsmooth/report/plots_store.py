@@ -15,9 +15,14 @@ import numpy as np
 
 from .._utils import atomic_path, optional_import
 
-__all__ = ["curve_plot", "heatmap_plot", "save_both", "FORMATS"]
+__all__ = ["curve_plot", "heatmap_plot", "save_both", "file_stem", "FORMATS"]
 
 FORMATS = ("png", "svg")
+
+
+def file_stem(text: str) -> str:
+    """``text`` as a file name stem: every character but letters, digits and ``._-`` is ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
 
 
 def _pyplot() -> Any:

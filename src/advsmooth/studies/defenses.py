@@ -242,7 +242,7 @@ def table3_split(s: dict[str, Any], root: Any = None) -> dict[str, Tensor]:
 
     cifar = s["dataset"] == "cifar10"
     x_all, y_all = data.load(s["dataset"], "test" if cifar else "train", root)
-    perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(s["seed"]))
+    perm = data.random_subset(len(y_all), None, s["seed"])  # one permutation, cut below
     out: dict[str, Tensor] = {}
     pos = s["n_clean"] if cifar else 0
     for key, n in (("train", s["n_train"]), ("hgd", s["n_train_hgd"]), ("ae", s["n_ae"]),
