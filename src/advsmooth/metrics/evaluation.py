@@ -21,8 +21,8 @@ Stages (``stages="standard"``; each one attacks the samples still robust at that
     APGD with cross-entropy, then APGD with the targeted DLR loss against the ``apgd_targets``
     most likely wrong classes (:class:`~advsmooth.attacks.APGD`).
 ``square``
-    The Square attack (:class:`~advsmooth.attacks.Square`, ℓ∞ only): score-based, no gradient,
-    so it finds what gradient masking hides.
+    The Square attack (:class:`~advsmooth.attacks.Square`, ℓ∞ or ℓ2): score-based random
+    search, no gradient, so it finds what gradient masking hides.
 
 Besides robust accuracy per ε the report holds: the DeepFool minimal-perturbation distribution
 (median ‖r‖, ρ_adv, the fraction of samples with ‖r‖ ≤ ε — an upper bound on robust accuracy
@@ -73,14 +73,15 @@ from ..checks import is_randomized
 
 __all__ = ["evaluate", "RobustnessReport", "Flag", "STAGES", "stage_names"]
 
-#: the stages of ``stages="standard"`` in order (ℓ2 leaves out ``square``)
+#: the stages of ``stages="standard"`` in order (both norms)
 STAGES = ("pgd-ce", "deepfool", "apgd-ce", "apgd-t", "square")
 
 
 def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> list[str]:
-    """The stage list for ``norm``: ``"standard"`` (all that apply), ``"fast"`` (PGD-CE,
-    DeepFool, APGD-CE) or an explicit list of names from :data:`STAGES`."""
-    nrm = normalize_norm(norm)
+    """The stage list for ``norm`` (``"inf"`` or ``2``; both run every stage): ``"standard"``
+    (all of :data:`STAGES`), ``"fast"`` (PGD-CE, DeepFool, APGD-CE) or an explicit list of names
+    from :data:`STAGES`."""
+    normalize_norm(norm)  # a bad norm fails here
     if isinstance(stages, str):
         if stages == "standard":
             names = list(STAGES)
@@ -89,15 +90,11 @@ def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> 
         else:
             raise ValueError(f"stages must be 'standard', 'fast' or a list of {STAGES}, "
                              f"got {stages!r}")
-        if nrm == "2":
-            names = [s for s in names if s != "square"]
         return names
     names = list(stages)
     for s in names:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
-    if nrm == "2" and "square" in names:
-        raise ValueError("the square stage supports norm='inf' only")
     if not names:
         raise ValueError("stages must name at least one stage")
     return names
@@ -581,7 +578,8 @@ def _make(name: str, cfg: _Settings, eps: float, gradient: Any, seed: int) -> At
     if name == "apgd-t":
         return APGD(eps=eps, norm=cfg.norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
                     loss="dlr", targets=cfg.apgd_targets, gradient=gradient, seed=seed)
-    return Square(eps=eps, queries=cfg.square_queries, p_init=cfg.square_p_init, seed=seed)
+    return Square(eps=eps, norm=cfg.norm, queries=cfg.square_queries, p_init=cfg.square_p_init,
+                  seed=seed)
 
 
 def _check_feasible(norm: str, x: Tensor, x_adv: Tensor, eps: float) -> None:
