@@ -134,7 +134,9 @@ class Square(Attack):
             budget is 10,000).
         p_init: initial fraction of pixels a square covers (the paper: 0.05 for ℓ∞ and 0.1 for
             ℓ2 on ImageNet, larger on small images). ``None``: 0.8 for either norm, chosen for
-            28×28 / 32×32 inputs (for ℓ2 it beat 0.1 and 0.3 on MNIST and CIFAR-10 models).
+            28×28 / 32×32 inputs (for ℓ2, 1,000 queries on 100 test images: 44 % robust left
+            with 0.8 against 54 % with 0.3 and 61 % with 0.1 on ``mnist-lenet-pgd`` at ε = 2,
+            44 % against 50 % with 0.1 on ``cifar10-resnet20`` at ε = 0.25).
         norm: ``"inf"`` or ``2``.
         seed: seed of the default generator.
     """
