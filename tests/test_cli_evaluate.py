@@ -50,7 +50,6 @@ def test_evaluate_writes_table_json_html(tmp_path, capsys) -> None:
 @pytest.mark.parametrize("argv,needle", [
     (["--eps", "8/256x"], "--eps"),
     (["--eps", "0.1", "--stages", "pgd,apgd-ce"], "unknown stage 'pgd'"),
-    (["--eps", "0.1", "--norm", "2", "--stages", "square"], "norm='inf' only"),
     (["--eps", "0.1", "--n", "-3"], "--n"),
     (["--eps", "0.1", "--model", "no_such_pkg.mod:make"], "cannot import"),
     (["--eps", "0.1", "--device", "tpu"], "--device"),

@@ -1,6 +1,6 @@
-"""APGD, Square, attacks over an ε grid and ``advsmooth.evaluate``: feasibility, the schedule,
-the DLR loss, monotonicity in ε, a gradient-masking model caught by the black-box stage, and
-randomised-model detection."""
+"""APGD, Square (ℓ∞ and ℓ2), attacks over an ε grid and ``advsmooth.evaluate``: feasibility, the
+schedule, the DLR loss, monotonicity in ε, a gradient-masking model caught by the black-box stage
+(both norms), and randomised-model detection."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch import nn
 import advsmooth as asm
 from advsmooth.attacks import APGD, PGD, AttackObjective, EpsGrid, Square
 from advsmooth.attacks.apgd import apgd_checkpoints
-from advsmooth.attacks.square import square_side
-from advsmooth.metrics.evaluation import RobustnessReport, evaluate
+from advsmooth.attacks.square import l2_move, l2_window, pyramid, square_side
+from advsmooth.metrics.evaluation import STAGES, RobustnessReport, evaluate, stage_names
 
 
 def _setup(n: int = 24, seed: int = 3) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -145,6 +145,115 @@ def test_square_is_exactly_feasible_and_fools_a_gradient_masked_model() -> None:
     assert torch.equal(res.x_adv, again.x_adv)
 
 
+def _l2_size(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    return (x_adv.double() - x.double()).flatten(1).norm(dim=1)
+
+
+def test_square_l2_profiles() -> None:
+    p = pyramid(5, 5)
+    # rings at Chebyshev distance 0, 1, 2 from the centre: 1 + 1/4 + 1/9, 1/4 + 1/9, 1/9
+    assert float(p[2, 2]) == pytest.approx(1 + 1 / 4 + 1 / 9)
+    assert float(p[1, 3]) == pytest.approx(1 / 4 + 1 / 9)
+    assert float(p[0, 4]) == pytest.approx(1 / 9) and float(p[4, 0]) == pytest.approx(1 / 9)
+    for side in (3, 4, 7):
+        eta = l2_window(side)
+        assert eta.shape == (2, side, side)
+        assert float(eta[0].norm()) == pytest.approx(1.0)
+        assert torch.equal(eta[1], eta[0].T)
+        k = side // 2
+        assert bool((eta[0][:, :k] > 0).all()) and bool((eta[0][:, k:] < 0).all())
+
+
+def test_square_l2_move_keeps_the_budget_and_touches_only_the_two_windows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    m, c, eps = 6, 3, 1.5
+    nu = torch.randn(m, c, 10, 10, generator=gen, dtype=torch.float64)
+    nu *= torch.linspace(0.5, 1.0, m, dtype=torch.float64)[:, None, None, None] * eps \
+        / nu.flatten(1).norm(dim=1)[:, None, None, None]      # ‖nu‖ from 0.5ε to ε
+    rows = torch.arange(10)
+    w1 = ((rows[:, None] >= 2) & (rows[:, None] < 6) & (rows[None] >= 1) & (rows[None] < 5))
+    w2 = ((rows[:, None] >= 4) & (rows[:, None] < 8) & (rows[None] >= 3) & (rows[None] < 7))
+    w1, w2 = w1.expand(m, 1, 10, 10), w2.expand(m, 1, 10, 10)
+    eta = l2_window(4)[0]
+    profile = torch.zeros(m, c, 10, 10, dtype=torch.float64)
+    profile[:, :, 2:6, 1:5] = eta * (2 * torch.randint(0, 2, (m, c, 1, 1), generator=gen) - 1)
+    new = l2_move(nu, w1, w2, profile, eps)
+    assert torch.allclose(new.flatten(1).norm(dim=1), torch.full((m,), eps, dtype=torch.float64))
+    outside = ~(w1 | w2).expand_as(nu)
+    assert torch.equal(new[outside], nu[outside])
+    assert bool((new[(w2 & ~w1).expand_as(nu)] == 0).all())
+    # the unused budget is shared equally: each channel's W1 holds its old W1 ∪ W2 mass + share
+    unused = eps ** 2 - nu.flatten(1).pow(2).sum(1)
+    held = (nu * (w1 | w2)).flatten(2).pow(2).sum(2) + unused[:, None] / c
+    assert torch.allclose((new * w1).flatten(2).pow(2).sum(2), held)
+
+
+def test_square_l2_stays_in_the_ball_and_the_box() -> None:
+    for channels, seed in ((1, 3), (3, 4)):
+        model = TinyCNN(channels=channels, num_classes=4, seed=seed).eval()
+        x = torch.rand(24, channels, 8, 8, generator=torch.Generator().manual_seed(seed))
+        x[:4] = torch.round(x[:4])                    # pixels at 0 and 1: clipping bites
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        for eps in (0.05, 0.5, 2.0, 20.0):
+            res = Square(eps=eps, norm=2, queries=60, seed=seed)(model, x, y)
+            size = _l2_size(x, res.x_adv)
+            assert bool((size <= eps * (1 + 1e-6)).all()), (eps, float(size.max()))
+            assert float(res.x_adv.min()) >= 0 and float(res.x_adv.max()) <= 1
+            assert int(res.forward_evals.max()) <= 60 + 3
+
+
+def test_square_l2_keeps_the_whole_budget_when_the_box_does_not_bind() -> None:
+    # grey images and a radius no single pixel can reach the box with: every accepted move
+    # only moves mass around, so the perturbation stays on the sphere ‖δ‖₂ = ε
+    model = TinyCNN(channels=3, num_classes=4, seed=5).eval()
+    x = torch.full((8, 3, 8, 8), 0.5)
+    x += 0.01 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = Square(eps=0.3, norm=2, queries=100, seed=2)(model, x, y)
+    assert bool((res.iterations > 0).any())
+    assert torch.allclose(_l2_size(x, res.x_adv), torch.full((8,), 0.3, dtype=torch.float64),
+                          rtol=1e-5)
+
+
+def test_square_l2_fools_a_linear_model_at_a_large_eps_and_never_at_zero() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    zero = Square(eps=0.0, norm=2, queries=50, seed=0)(model, x, y)
+    assert not bool(zero.success.any()) and torch.equal(zero.x_adv, x)
+    big = Square(eps=4.0, norm=2, queries=400, seed=0)(model, x, y)
+    assert bool(big.success.all())
+    assert bool((_l2_size(x, big.x_adv) <= 4.0 * (1 + 1e-6)).all())
+
+
+def test_square_l2_is_seeded_and_fools_a_gradient_masked_model() -> None:
+    base, x, _ = _setup(n=16)
+    model = Quantized(base)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    eps = 1.0
+    pgd = PGD(eps=eps, steps=10, norm=2, random_start=False)(model, x, y)
+    res = Square(eps=eps, norm=2, queries=200, seed=1)(model, x, y)
+    assert _within(x, res.x_adv, eps, "2")
+    assert int(res.success.sum()) > int(pgd.success.sum()) + 4
+    again = Square(eps=eps, norm="2", queries=200, seed=1)(model, x, y)
+    assert torch.equal(res.x_adv, again.x_adv) and torch.equal(res.iterations, again.iterations)
+    other = Square(eps=eps, norm=2, queries=200, seed=2)(model, x, y)
+    assert not torch.equal(res.x_adv, other.x_adv)
+
+
+def test_square_norm_argument() -> None:
+    assert Square(eps=0.1, norm=float("inf")).norm == "inf"
+    assert Square(eps=0.1, norm="2").norm == "2" == Square(eps=0.1, norm=2).norm
+    assert "norm='2'" in repr(Square(eps=0.1, norm=2))
+    with pytest.raises(ValueError, match="norm"):
+        Square(eps=0.1, norm=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
@@ -188,6 +297,22 @@ def test_evaluate_finds_masked_gradients_through_the_black_box_stage() -> None:
     assert square["fooled"] > 0
 
 
+def test_evaluate_l2_runs_square_and_finds_masked_gradients() -> None:
+    assert stage_names(2) == list(STAGES) and "square" in stage_names("2")
+    assert stage_names(2, ["square"]) == ["square"]
+    base, x, _ = _setup(n=16)
+    model = Quantized(base)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    rep = evaluate(model, x, y, norm=2, eps=[1.0], **_FAST)
+    assert "square" in rep.stage_list and rep.norm == "2"
+    flags = {f.name: f for f in rep.flags}
+    assert flags["blackbox_beats_whitebox"].raised and rep.masking_suspected
+    square = [s for s in rep.stages if s["stage"] == "square"][0]
+    assert square["fooled"] > 0 and square["forward_evals"] > 0
+    assert rep.robust_accuracy[1.0] < rep.pgd_robust_accuracy[1.0]
+
+
 def test_evaluate_detects_a_randomised_model_and_uses_eot() -> None:
     base, x, y = _setup(n=8)
     rep = evaluate(Noisy(base), x, y, eps=[0.1], stages=["pgd-ce", "apgd-ce"], pgd_steps=3,
@@ -209,8 +334,8 @@ def test_evaluate_rejects_bad_arguments() -> None:
     model, x, y = _setup(n=4)
     with pytest.raises(ValueError, match="stage"):
         evaluate(model, x, y, eps=[0.1], stages=["pgd"])
-    with pytest.raises(ValueError, match="norm='inf' only"):
-        evaluate(model, x, y, eps=[0.1], norm=2, stages=["square"])
+    with pytest.raises(ValueError, match="norm"):
+        evaluate(model, x, y, eps=[0.1], norm=1, stages=["square"])
     with pytest.raises(ValueError, match="eps"):
         evaluate(model, x, y, eps=[-0.1])
     assert asm.evaluate is evaluate

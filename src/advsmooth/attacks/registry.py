@@ -170,9 +170,10 @@ REGISTRY: dict[str, AttackEntry] = {
                         aliases={"max_iter": "steps"}, defaults={"eps": 8 / 255},
                         help="APGD (Croce & Hein): step-size-free PGD, CE or DLR loss "
                              "(--param loss=dlr --param targets=3 for APGD-T)"),
-    "square": AttackEntry("advsmooth.attacks.square:Square", ("eps",),
+    "square": AttackEntry("advsmooth.attacks.square:Square", ("eps", "norm"),
                           defaults={"eps": 8 / 255},
-                          help="Square attack (Linf): score-based random search, no gradients"),
+                          help="Square attack (Linf or L2): score-based random search, no "
+                               "gradients"),
 }
 
 

@@ -16,9 +16,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate", help="robust accuracy over an eps grid (AutoAttack-style cascade) + flags",
         description="Attack every sample with PGD-CE, DeepFool, APGD-CE, APGD-T (DLR) and "
-                    "Square (Linf), cheap to strong; a sample leaves at its first success, and "
-                    "across the eps grid (ascending) only survivors go on. Prints robust "
-                    "accuracy per eps, the DeepFool bound and gradient-masking flags.")
+                    "Square (Linf or L2), cheap to strong; a sample leaves at its first "
+                    "success, and across the eps grid (ascending) only survivors go on. Prints "
+                    "robust accuracy per eps, the DeepFool bound and gradient-masking flags.")
     add_model_data(p, default_n=500)
     p.add_argument("--eps", required=True,
                    help="radii, comma separated, fractions allowed: 2/255,4/255,8/255")

@@ -21,8 +21,8 @@ Stages (``stages="standard"``; each one attacks the samples still robust at that
     APGD with cross-entropy, then APGD with the targeted DLR loss against the ``apgd_targets``
     most likely wrong classes (:class:`~advsmooth.attacks.APGD`).
 ``square``
-    The Square attack (:class:`~advsmooth.attacks.Square`, ℓ∞ only): score-based, no gradient,
-    so it finds what gradient masking hides.
+    The Square attack (:class:`~advsmooth.attacks.Square`, ℓ∞ or ℓ2): score-based random
+    search, no gradient, so it finds what gradient masking hides.
 
 Besides robust accuracy per ε the report holds: the DeepFool minimal-perturbation distribution
 (median ‖r‖, ρ_adv, the fraction of samples with ‖r‖ ≤ ε — an upper bound on robust accuracy
@@ -73,14 +73,15 @@ from ..checks import is_randomized
 
 __all__ = ["evaluate", "RobustnessReport", "Flag", "STAGES", "stage_names"]
 
-#: the stages of ``stages="standard"`` in order (ℓ2 leaves out ``square``)
+#: the stages of ``stages="standard"`` in order (both norms)
 STAGES = ("pgd-ce", "deepfool", "apgd-ce", "apgd-t", "square")
 
 
 def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> list[str]:
-    """The stage list for ``norm``: ``"standard"`` (all that apply), ``"fast"`` (PGD-CE,
-    DeepFool, APGD-CE) or an explicit list of names from :data:`STAGES`."""
-    nrm = normalize_norm(norm)
+    """The stage list for ``norm`` (``"inf"`` or ``2``; both run every stage): ``"standard"``
+    (all of :data:`STAGES`), ``"fast"`` (PGD-CE, DeepFool, APGD-CE) or an explicit list of names
+    from :data:`STAGES`."""
+    normalize_norm(norm)  # a bad norm fails here
     if isinstance(stages, str):
         if stages == "standard":
             names = list(STAGES)
@@ -89,15 +90,11 @@ def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> 
         else:
             raise ValueError(f"stages must be 'standard', 'fast' or a list of {STAGES}, "
                              f"got {stages!r}")
-        if nrm == "2":
-            names = [s for s in names if s != "square"]
         return names
     names = list(stages)
     for s in names:
         if s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
-    if nrm == "2" and "square" in names:
-        raise ValueError("the square stage supports norm='inf' only")
     if not names:
         raise ValueError("stages must name at least one stage")
     return names
@@ -322,181 +319,267 @@ def evaluate(
     nrm = normalize_norm(norm)
     radii = check_eps_list([eps] if isinstance(eps, (int, float)) else eps)
     names = stage_names(nrm, stages)
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         raise ValueError("x holds no samples")
-    x = x.detach()
-    with frozen_model(model), torch.no_grad():
-        z0 = torch.cat([model(x[i:i + batch_size]) for i in range(0, n, batch_size)])
-    labels = check_labels(y, n, int(z0.shape[1]) if z0.ndim == 2 else None, x.device)
-    rnd = is_randomized(model, x[: min(n, 8)]) if randomized is None else bool(randomized)
-    judge = _Judge(model, rnd, draws, batch_size)
-    correct = ~judge.wrong(x, labels)
-    gradient = None
-    if rnd:
-        from ..defenses.smoothing import SmoothedClassifier
-
-        gradient = (ExpectationGradient(sigma=None, samples=eot_samples)
-                    if isinstance(model, SmoothedClassifier) else
-                    ExpectationGradient(sigma=0.0, samples=eot_samples, variant="expected_loss",
-                                        chunk_size=1))
-    flags: list[Flag] = []
-
-    # DeepFool once: the minimal-perturbation distribution (and a free stage)
-    df_info: dict[str, Any] = {}
-    df_adv: Tensor | None = None
-    df_norm = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
-    if rnd and "deepfool" in names:
-        # DeepFool's linearisation of a randomised (or vote-based) classifier means nothing
-        names = [s for s in names if s != "deepfool"]
-    if (deepfool or "deepfool" in names) and not rnd:
-        idx = torch.nonzero(correct).flatten()
-        if idx.numel():
-            t0 = time.perf_counter()
-            dfa = DeepFool(norm=2 if nrm == "2" else "inf", clip=True, max_iter=50)
-            res = run_batched(dfa, model, x[idx], labels[idx], batch_size=batch_size,
-                              progress_bar=False)
-            ok = judge.wrong(res.x_adv, labels[idx]) if rnd else res.success
-            df_adv = x.clone()
-            df_adv[idx] = res.x_adv
-            r = _pnorm(res.x_adv - res.x, nrm)
-            df_norm[idx[ok]] = r[ok]
-            l2 = _pnorm(res.x_adv - res.x, "2")
-            rho = (l2 / _pnorm(res.x, "2").clamp_min(1e-12))[ok]
-            df_info = {
-                "success_rate": float(ok.double().mean()),
-                "median_norm": float(r[ok].median()) if ok.any() else math.nan,
-                "rho_adv": float(rho.mean()) if ok.any() else math.nan,
-                "grad_evals": float(res.grad_evals.double().mean()),
-                "seconds": time.perf_counter() - t0,
-                "fraction_within": {e: float((df_norm <= e).double().sum() / n) for e in radii},
-            }
-            flags.append(Flag("deepfool_unbounded", df_info["success_rate"] < 0.95,
-                              f"unbounded DeepFool fooled {df_info['success_rate']:.1%} of the "
-                              "correctly classified samples"))
-    # zero input gradients (one gradient per correctly classified sample)
-    flags.append(_zero_gradient_flag(model, x, labels, correct, batch_size, rnd))
-
-    # the cascade over the grid
-    fooled = ~correct                     # fooled at the current ε or a smaller one
-    pgd_fooled = ~correct                 # by PGD-CE alone
-    gradient_fooled = ~correct            # by any gradient stage (for the black-box flag)
-    robust_rows, by_rows, stage_rows = [], [], []
-    fooled_by = torch.full((n,), -2, dtype=torch.long, device=x.device)
-    fooled_by[correct] = -1
-    pgd_acc: dict[float, float] = {}
-    adv = x.clone() if keep_images else x
-    snapshots: list[Tensor] = []
-    square_only = 0
+    cfg = _Settings(norm=nrm, radii=radii, pgd_steps=pgd_steps, apgd_steps=apgd_steps,
+                    apgd_restarts=apgd_restarts, apgd_targets=apgd_targets,
+                    square_queries=square_queries, square_p_init=square_p_init,
+                    eot_samples=eot_samples, draws=draws, gap_points=gap_points,
+                    batch_size=batch_size, seed=seed, progress=progress, keep_images=keep_images)
+    run = _Cascade(model, x.detach(), y, names, cfg, randomized)
+    run.deepfool_distribution(deepfool)
+    run.flags.append(_zero_gradient_flag(model, run.x, run.labels, run.correct, batch_size,
+                                         run.rnd))
     for ie, e in enumerate(radii):
-        for si, name in enumerate(names):
-            todo = ~pgd_fooled if name == "pgd-ce" else ~fooled
-            todo &= correct
-            rows = torch.nonzero(todo).flatten()
-            t0 = time.perf_counter()
-            ge = fe = 0.0
-            new = torch.zeros(n, dtype=torch.bool, device=x.device)
-            found = x.clone() if keep_images else None
-            if rows.numel():
-                if name == "deepfool":
-                    if df_adv is not None:
-                        cand = _project(nrm, x[rows], df_adv[rows], e)
-                        hit = judge.wrong(cand, labels[rows])
-                        new[rows[hit]] = True
-                        if keep_images:
-                            found[rows[hit]] = cand[hit]
-                        fe = float(rows.numel())
-                else:
-                    atk = _make(name, nrm, e, pgd_steps, apgd_steps, apgd_restarts, apgd_targets,
-                                square_queries, square_p_init, gradient,
-                                seed + 1009 * ie + 17 * si)
-                    gen = torch.Generator(device=x.device).manual_seed(seed + 1009 * ie + 17 * si)
-                    res = run_batched(atk, model, x[rows], labels[rows], batch_size=batch_size,
-                                      progress_bar=False, generator=gen)
-                    _check_feasible(nrm, x[rows], res.x_adv, e)
-                    hit = res.success & ~res.skipped
-                    if rnd and bool(hit.any()):
-                        hit[hit.clone()] = judge.wrong(res.x_adv[hit], labels[rows][hit])
-                    new[rows[hit]] = True
-                    if keep_images:
-                        found[rows[hit]] = res.x_adv[hit]
-                    ge, fe = float(res.grad_evals.sum()), float(res.forward_evals.sum())
-            if name == "pgd-ce":
-                pgd_fooled |= new
-                pgd_acc[e] = float((~pgd_fooled).double().mean())
-            elif name != "square":
-                gradient_fooled |= new
-            newly = new & ~fooled
+        run.walk_radius(ie, e)
+    return run.report(smoothness, smoothness_n, t_start)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The knobs of one :func:`evaluate` call (its arguments, ``norm`` normalised and ``radii``
+    sorted ascending)."""
+
+    norm: str
+    radii: list[float]
+    pgd_steps: int
+    apgd_steps: int
+    apgd_restarts: int
+    apgd_targets: int
+    square_queries: int
+    square_p_init: float
+    eot_samples: int
+    draws: int
+    gap_points: float
+    batch_size: int
+    seed: int
+    progress: bool
+    keep_images: bool
+
+    def config(self, names: list[str]) -> dict[str, Any]:
+        """The ``RobustnessReport.config`` dict."""
+        return {"stages": names, "pgd_steps": self.pgd_steps, "apgd_steps": self.apgd_steps,
+                "apgd_restarts": self.apgd_restarts, "apgd_targets": self.apgd_targets,
+                "square_queries": self.square_queries, "square_p_init": self.square_p_init,
+                "eot_samples": self.eot_samples, "draws": self.draws,
+                "gap_points": self.gap_points, "seed": self.seed,
+                "batch_size": self.batch_size}
+
+    def stage_seed(self, ie: int, si: int) -> int:
+        """The seed of stage ``si`` at the ``ie``-th radius."""
+        return self.seed + 1009 * ie + 17 * si
+
+
+class _Cascade:
+    """The state of one :func:`evaluate` call: the clean pass, the DeepFool distribution, the
+    cascade walked radius by radius (a sample leaves at its first success) and the flags.
+
+    Per-sample bool tensors ``(N,)``: ``correct`` (clean), ``fooled`` (at the current ε or a
+    smaller one), ``pgd_fooled`` (by PGD-CE alone) and ``gradient_fooled`` (by any gradient
+    stage, for the black-box flag).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor | Sequence[int], names: list[str],
+                 cfg: _Settings, randomized: bool | None) -> None:
+        self.model, self.x, self.cfg = model, x, cfg
+        n = self.n = x.shape[0]
+        bs = cfg.batch_size
+        with frozen_model(model), torch.no_grad():
+            z0 = torch.cat([model(x[i:i + bs]) for i in range(0, n, bs)])
+        self.labels = check_labels(y, n, int(z0.shape[1]) if z0.ndim == 2 else None, x.device)
+        rnd = is_randomized(model, x[: min(n, 8)]) if randomized is None else bool(randomized)
+        self.rnd = rnd
+        self.judge = _Judge(model, rnd, cfg.draws, bs)
+        self.correct = ~self.judge.wrong(x, self.labels)
+        self.gradient = _eot_gradient(model, cfg.eot_samples) if rnd else None
+        # DeepFool's linearisation of a randomised (or vote-based) classifier means nothing
+        self.names = [s for s in names if s != "deepfool"] if rnd else names
+        self.flags: list[Flag] = []
+        self.df_info: dict[str, Any] = {}
+        self.df_adv: Tensor | None = None
+        self.fooled = ~self.correct
+        self.pgd_fooled = ~self.correct
+        self.gradient_fooled = ~self.correct
+        self.fooled_by = torch.full((n,), -2, dtype=torch.long, device=x.device)
+        self.fooled_by[self.correct] = -1
+        self.pgd_acc: dict[float, float] = {}
+        self.adv = x.clone() if cfg.keep_images else x
+        self.snapshots: list[Tensor] = []
+        self.robust_rows: list[Tensor] = []
+        self.by_rows: list[Tensor] = []
+        self.stage_rows: list[dict[str, Any]] = []
+        self.square_only = 0
+
+    def deepfool_distribution(self, wanted: bool) -> None:
+        """DeepFool once on the correctly classified samples: the minimal-perturbation
+        distribution (``df_info``), the ``deepfool_unbounded`` flag and the images of the
+        ``deepfool`` stage (``df_adv``)."""
+        if not (wanted or "deepfool" in self.names) or self.rnd:
+            return
+        idx = torch.nonzero(self.correct).flatten()
+        if not idx.numel():
+            return
+        x, n, nrm, radii = self.x, self.n, self.cfg.norm, self.cfg.radii
+        t0 = time.perf_counter()
+        dfa = DeepFool(norm=2 if nrm == "2" else "inf", clip=True, max_iter=50)
+        res = run_batched(dfa, self.model, x[idx], self.labels[idx],
+                          batch_size=self.cfg.batch_size, progress_bar=False)
+        ok = res.success
+        self.df_adv = x.clone()
+        self.df_adv[idx] = res.x_adv
+        r = _pnorm(res.x_adv - res.x, nrm)
+        df_norm = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+        df_norm[idx[ok]] = r[ok]
+        l2 = _pnorm(res.x_adv - res.x, "2")
+        rho = (l2 / _pnorm(res.x, "2").clamp_min(1e-12))[ok]
+        self.df_info = {
+            "success_rate": float(ok.double().mean()),
+            "median_norm": float(r[ok].median()) if ok.any() else math.nan,
+            "rho_adv": float(rho.mean()) if ok.any() else math.nan,
+            "grad_evals": float(res.grad_evals.double().mean()),
+            "seconds": time.perf_counter() - t0,
+            "fraction_within": {e: float((df_norm <= e).double().sum() / n) for e in radii},
+        }
+        rate = self.df_info["success_rate"]
+        self.flags.append(Flag("deepfool_unbounded", rate < 0.95,
+                               f"unbounded DeepFool fooled {rate:.1%} of the correctly "
+                               "classified samples"))
+
+    def walk_radius(self, ie: int, e: float) -> None:
+        """Run every stage at the ``ie``-th radius ``e`` on the samples still robust, then
+        record the per-sample verdicts at ``e``."""
+        for si, name in enumerate(self.names):
+            self._stage(ie, e, si, name)
+        if "pgd-ce" not in self.names:
+            self.pgd_acc[e] = math.nan
+        self.robust_rows.append(~self.fooled)
+        self.by_rows.append(self.fooled_by.clone())
+        if self.cfg.keep_images:
+            self.snapshots.append(self.adv.clone())
+
+    def _stage(self, ie: int, e: float, si: int, name: str) -> None:
+        """One stage of the cascade at radius ``e``; books what it fooled."""
+        todo = ~self.pgd_fooled if name == "pgd-ce" else ~self.fooled
+        todo &= self.correct
+        rows = torch.nonzero(todo).flatten()
+        t0 = time.perf_counter()
+        ge = fe = 0.0
+        new = torch.zeros(self.n, dtype=torch.bool, device=self.x.device)
+        found = self.x.clone() if self.cfg.keep_images else None
+        if rows.numel():
+            if name == "deepfool":
+                hit, images, fe = self._deepfool_stage(rows, e)
+            else:
+                hit, images, ge, fe = self._attack_stage(rows, e, name,
+                                                         self.cfg.stage_seed(ie, si))
+            new[rows[hit]] = True
             if found is not None:
-                adv[newly] = found[newly]
-            if name == "square" and ie == len(radii) - 1:
-                square_only = int((newly & ~gradient_fooled).sum())
-            fooled_by[newly] = si
-            fooled |= new
-            stage_rows.append({"eps": e, "stage": name, "attacked": int(rows.numel()),
-                               "fooled": int(newly.sum()),
-                               "robust_accuracy": float((~fooled).double().mean()),
-                               "seconds": time.perf_counter() - t0,
-                               "grad_evals": ge, "forward_evals": fe})
-            if progress:
-                print(f"eps {_fmt_eps(e)} {name}: attacked {rows.numel()}, fooled "
-                      f"{int(newly.sum())}, robust {float((~fooled).double().mean()):.1%}",
-                      flush=True)
-        if "pgd-ce" not in names:
-            pgd_acc[e] = math.nan
-        robust_rows.append(~fooled)
-        by_rows.append(fooled_by.clone())
-        if keep_images:
-            snapshots.append(adv.clone())
-    robust = torch.stack(robust_rows)
-    acc = {e: float(robust[i].double().mean()) for i, e in enumerate(radii)}
+                found[rows[hit]] = images[hit]
+        if name == "pgd-ce":
+            self.pgd_fooled |= new
+            self.pgd_acc[e] = float((~self.pgd_fooled).double().mean())
+        elif name != "square":
+            self.gradient_fooled |= new
+        newly = new & ~self.fooled
+        if found is not None:
+            self.adv[newly] = found[newly]
+        if name == "square" and ie == len(self.cfg.radii) - 1:
+            self.square_only = int((newly & ~self.gradient_fooled).sum())
+        self.fooled_by[newly] = si
+        self.fooled |= new
+        acc = float((~self.fooled).double().mean())
+        self.stage_rows.append({"eps": e, "stage": name, "attacked": int(rows.numel()),
+                                "fooled": int(newly.sum()), "robust_accuracy": acc,
+                                "seconds": time.perf_counter() - t0,
+                                "grad_evals": ge, "forward_evals": fe})
+        if self.cfg.progress:
+            print(f"eps {_fmt_eps(e)} {name}: attacked {rows.numel()}, fooled "
+                  f"{int(newly.sum())}, robust {acc:.1%}", flush=True)
 
-    # flags
-    if "pgd-ce" in names and len(names) > 1:
-        gaps = {e: 100 * (pgd_acc[e] - acc[e]) for e in radii}
-        worst = max(gaps, key=lambda k: gaps[k])
-        flags.append(Flag("pgd_gap", gaps[worst] >= gap_points,
-                          f"PGD-CE alone reports {pgd_acc[worst]:.1%} robust at ε = "
-                          f"{_fmt_eps(worst)}, the cascade {acc[worst]:.1%} "
-                          f"({gaps[worst]:.1f} points)"))
-    if "square" in names:
-        pts = 100 * square_only / n
-        flags.append(Flag("blackbox_beats_whitebox", pts >= gap_points,
-                          f"at ε = {_fmt_eps(radii[-1])} the gradient-free Square attack fooled "
-                          f"{square_only} sample(s) ({pts:.1f} points) that every gradient "
-                          "attack missed"))
-    flags.append(Flag("randomized", rnd,
-                      "two forward passes differ: EOT gradients, majority-of-"
-                      f"{draws} verdicts" if rnd else "the model is deterministic"))
+    def _deepfool_stage(self, rows: Tensor, e: float) -> tuple[Tensor, Tensor, float]:
+        """DeepFool's image projected onto the ε-ball: ``(hit, images, forwards)``."""
+        if self.df_adv is None:
+            return torch.zeros_like(rows, dtype=torch.bool), self.x[rows], 0.0
+        cand = _project(self.cfg.norm, self.x[rows], self.df_adv[rows], e)
+        return self.judge.wrong(cand, self.labels[rows]), cand, float(rows.numel())
 
-    smooth_rows = _smoothness(model, x, labels, correct, smoothness, smoothness_n, seed) \
-        if smoothness else []
-    config = {"stages": names, "pgd_steps": pgd_steps, "apgd_steps": apgd_steps,
-              "apgd_restarts": apgd_restarts, "apgd_targets": apgd_targets,
-              "square_queries": square_queries, "square_p_init": square_p_init,
-              "eot_samples": eot_samples, "draws": draws, "gap_points": gap_points,
-              "seed": seed, "batch_size": batch_size}
-    return RobustnessReport(
-        norm=nrm, eps=radii, n=n, clean_accuracy=float(correct.double().mean()),
-        robust_accuracy=acc, pgd_robust_accuracy=pgd_acc, stage_list=names, stages=stage_rows,
-        robust=robust, fooled_by=torch.stack(by_rows), deepfool=df_info,
-        images=torch.stack(snapshots) if keep_images else None,
-        smoothness=smooth_rows, flags=flags, randomized=rnd,
-        seconds=time.perf_counter() - t_start, config=config)
+    def _attack_stage(self, rows: Tensor, e: float, name: str,
+                      seed: int) -> tuple[Tensor, Tensor, float, float]:
+        """Attack ``rows`` with stage ``name``: ``(hit, images, gradients, forwards)``."""
+        x, labels, cfg = self.x[rows], self.labels[rows], self.cfg
+        atk = _make(name, cfg, e, self.gradient, seed)
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        res = run_batched(atk, self.model, x, labels, batch_size=cfg.batch_size,
+                          progress_bar=False, generator=gen)
+        _check_feasible(cfg.norm, x, res.x_adv, e)
+        hit = res.success & ~res.skipped
+        if self.rnd and bool(hit.any()):
+            hit[hit.clone()] = self.judge.wrong(res.x_adv[hit], labels[hit])
+        return hit, res.x_adv, float(res.grad_evals.sum()), float(res.forward_evals.sum())
+
+    def _masking_flags(self, acc: dict[float, float]) -> None:
+        """The ``pgd_gap``, ``blackbox_beats_whitebox`` and ``randomized`` flags."""
+        radii, names, gap_points = self.cfg.radii, self.names, self.cfg.gap_points
+        if "pgd-ce" in names and len(names) > 1:
+            gaps = {e: 100 * (self.pgd_acc[e] - acc[e]) for e in radii}
+            worst = max(gaps, key=lambda k: gaps[k])
+            self.flags.append(Flag("pgd_gap", gaps[worst] >= gap_points,
+                                   f"PGD-CE alone reports {self.pgd_acc[worst]:.1%} robust at "
+                                   f"ε = {_fmt_eps(worst)}, the cascade {acc[worst]:.1%} "
+                                   f"({gaps[worst]:.1f} points)"))
+        if "square" in names:
+            pts = 100 * self.square_only / self.n
+            self.flags.append(Flag("blackbox_beats_whitebox", pts >= gap_points,
+                                   f"at ε = {_fmt_eps(radii[-1])} the gradient-free Square "
+                                   f"attack fooled {self.square_only} sample(s) ({pts:.1f} "
+                                   "points) that every gradient attack missed"))
+        self.flags.append(Flag("randomized", self.rnd,
+                               "two forward passes differ: EOT gradients, majority-of-"
+                               f"{self.cfg.draws} verdicts" if self.rnd
+                               else "the model is deterministic"))
+
+    def report(self, smoothness: Sequence[float] | None, smoothness_n: int,
+               t_start: float) -> RobustnessReport:
+        """The flags, the optional SmoothFool profile and the report."""
+        radii = self.cfg.radii
+        robust = torch.stack(self.robust_rows)
+        acc = {e: float(robust[i].double().mean()) for i, e in enumerate(radii)}
+        self._masking_flags(acc)
+        smooth_rows = _smoothness(self.model, self.x, self.labels, self.correct, smoothness,
+                                  smoothness_n, self.cfg.seed) if smoothness else []
+        return RobustnessReport(
+            norm=self.cfg.norm, eps=radii, n=self.n,
+            clean_accuracy=float(self.correct.double().mean()), robust_accuracy=acc,
+            pgd_robust_accuracy=self.pgd_acc, stage_list=self.names, stages=self.stage_rows,
+            robust=robust, fooled_by=torch.stack(self.by_rows), deepfool=self.df_info,
+            images=torch.stack(self.snapshots) if self.cfg.keep_images else None,
+            smoothness=smooth_rows, flags=self.flags, randomized=self.rnd,
+            seconds=time.perf_counter() - t_start, config=self.cfg.config(self.names))
 
 
-def _make(name: str, norm: str, eps: float, pgd_steps: int, apgd_steps: int, restarts: int,
-          targets: int, queries: int, p_init: float, gradient: Any, seed: int) -> Attack:
+def _eot_gradient(model: nn.Module, eot_samples: int) -> ExpectationGradient:
+    """The EOT gradient of a randomised model: through the base model of a
+    ``SmoothedClassifier``, the expected loss otherwise."""
+    from ..defenses.smoothing import SmoothedClassifier
+
+    if isinstance(model, SmoothedClassifier):
+        return ExpectationGradient(sigma=None, samples=eot_samples)
+    return ExpectationGradient(sigma=0.0, samples=eot_samples, variant="expected_loss",
+                               chunk_size=1)
+
+
+def _make(name: str, cfg: _Settings, eps: float, gradient: Any, seed: int) -> Attack:
     if name == "pgd-ce":
-        return PGD(eps=eps, steps=pgd_steps, norm=norm, random_start=True, early_stop=True,
-                   gradient=gradient, seed=seed)
+        return PGD(eps=eps, steps=cfg.pgd_steps, norm=cfg.norm, random_start=True,
+                   early_stop=True, gradient=gradient, seed=seed)
     if name == "apgd-ce":
-        return APGD(eps=eps, norm=norm, steps=apgd_steps, restarts=restarts, loss="ce",
-                    gradient=gradient, seed=seed)
+        return APGD(eps=eps, norm=cfg.norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
+                    loss="ce", gradient=gradient, seed=seed)
     if name == "apgd-t":
-        return APGD(eps=eps, norm=norm, steps=apgd_steps, restarts=restarts, loss="dlr",
-                    targets=targets, gradient=gradient, seed=seed)
-    return Square(eps=eps, queries=queries, p_init=p_init, seed=seed)
+        return APGD(eps=eps, norm=cfg.norm, steps=cfg.apgd_steps, restarts=cfg.apgd_restarts,
+                    loss="dlr", targets=cfg.apgd_targets, gradient=gradient, seed=seed)
+    return Square(eps=eps, norm=cfg.norm, queries=cfg.square_queries, p_init=cfg.square_p_init,
+                  seed=seed)
 
 
 def _check_feasible(norm: str, x: Tensor, x_adv: Tensor, eps: float) -> None:
