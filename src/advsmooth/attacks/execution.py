@@ -40,6 +40,7 @@ __all__ = [
     "LayoutHint",
     "MIN_IMAGES_PER_THREAD",
     "fold_batchnorm",
+    "forward_in_chunks",
     "in_threads",
     "plain_torch_modules",
 ]
@@ -147,6 +148,19 @@ class LayoutHint:
                     raise
                 self.mode = False
         return fn(x)
+
+
+def forward_in_chunks(model: nn.Module, x: Tensor, chunk: int = 128) -> Tensor:
+    """``model(x)`` without a graph, ``chunk`` samples per pass: ``(N, K)`` logits for ``x``
+    ``(N, C, H, W)``. For query attacks that forward the same few hundred images thousands of
+    times: a pass over at most ``chunk`` images keeps the activations in the CPU cache
+    (``mnist-lenet-pgd``, 440 MNIST images, one thread: about half the time of one pass over
+    all of them in the fast copy's channels-last layout). Values equal one pass's up to float
+    rounding."""
+    with torch.no_grad():
+        if x.shape[0] <= chunk:
+            return model(x)
+        return torch.cat([model(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
 def plain_torch_modules(model: nn.Module, packages: tuple[str, ...] = ("torch.nn",

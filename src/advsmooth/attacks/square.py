@@ -49,6 +49,7 @@ from torch import Tensor
 from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
 from .base import Attack, AttackContext, AttackOutput
+from .execution import fold_batchnorm, forward_in_chunks
 from .gradients import check_logits
 from .iterative import linf_bounds, normalize_norm, project_l2
 
@@ -59,6 +60,9 @@ _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 #: default initial fraction p per norm (28×28 / 32×32 inputs; see :class:`Square`)
 _P_INIT = {"inf": 0.8, "2": 0.8}
+
+#: images per forward pass of the queries (:func:`.execution.forward_in_chunks`)
+QUERY_CHUNK = 128
 
 #: smallest window side per norm (the ℓ2 window holds two pyramids of opposite sign)
 _MIN_SIDE = {"inf": 1, "2": 3}
@@ -138,6 +142,9 @@ class Square(Attack):
             with 0.8 against 54 % with 0.3 and 61 % with 0.1 on ``mnist-lenet-pgd`` at ε = 2,
             44 % against 50 % with 0.1 on ``cifar10-resnet20`` at ε = 0.25).
         norm: ``"inf"`` or ``2``.
+        fast_model: run the queries on a BatchNorm-folded, channels-last copy of the model
+            (:func:`~advsmooth.attacks.execution.fold_batchnorm`), at most
+            :data:`QUERY_CHUNK` images per pass; the result is verified on the model itself.
         seed: seed of the default generator.
     """
 
@@ -145,7 +152,7 @@ class Square(Attack):
     supports_targeted = False
 
     def __init__(self, *, eps: float, queries: int = 1000, p_init: float | None = None,
-                 norm: str | float = "inf", seed: int = 0) -> None:
+                 norm: str | float = "inf", fast_model: bool = True, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.eps = check_nonnegative("eps", eps)
         self.queries = check_int_at_least("queries", queries, 1)
@@ -154,6 +161,7 @@ class Square(Attack):
         if not 0.0 < p <= 1.0:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
         self.p_init = float(p)
+        self.fast_model = bool(fast_model)
         self._set_params(eps=self.eps, norm=self.norm, queries=self.queries, p_init=self.p_init)
 
     def _attack(self, ctx: AttackContext) -> AttackOutput:
@@ -174,8 +182,11 @@ class Square(Attack):
         y = ctx.labels
         n = best.shape[0]
         iterations = torch.zeros(n, dtype=torch.long, device=best.device)
-        with torch.no_grad():
-            z = ctx.model(best)
+        # the queries' logits come from the fast copy (equal up to rounding); the base class
+        # verifies the returned images on the model itself
+        model = (fold_batchnorm(ctx.model, ctx.x[:4], channels_last=True) if self.fast_model
+                 else ctx.model)
+        z = forward_in_chunks(model, best, QUERY_CHUNK)
         ctx.count_forward(None, 1)
         loss = _margin(z, y)
         done = predict(z) != y
@@ -184,8 +195,7 @@ class Square(Attack):
             if live.numel() == 0:
                 break
             cand = propose(live, it)
-            with torch.no_grad():
-                z = ctx.model(cand)
+            z = forward_in_chunks(model, cand, QUERY_CHUNK)
             ctx.count_forward(live, 1)
             iterations[live] += 1
             new_loss = _margin(z, y[live])
