@@ -29,14 +29,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--apgd-steps", type=positive_int, default=100)
     p.add_argument("--apgd-restarts", type=positive_int, default=1)
     p.add_argument("--apgd-targets", type=positive_int, default=3)
-    p.add_argument("--square-queries", type=positive_int, default=1000)
+    p.add_argument("--square-queries", type=positive_int, default=2000)
     p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
     p.add_argument("--no-deepfool", action="store_true", help="skip the DeepFool distribution")
     p.add_argument("--smooth-sigma", type=float, default=None,
                    help="evaluate the model wrapped in a SmoothedClassifier with this sigma")
     p.add_argument("--smooth-samples", type=positive_int, default=32)
-    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images per attack call (128: a pass over at most 128 images keeps "
+                        "the activations in the CPU cache)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write DIR/evaluation.json, .md and .html")
     p.add_argument("--progress", action="store_true", help="print a line per (eps, stage)")

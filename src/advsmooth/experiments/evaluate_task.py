@@ -107,8 +107,8 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
                    stages=p.get("stages", "standard"), pgd_steps=p.get("pgd_steps", 20),
                    apgd_steps=p.get("apgd_steps", 100), apgd_restarts=p.get("apgd_restarts", 1),
                    apgd_targets=p.get("apgd_targets", 3),
-                   square_queries=p.get("square_queries", 1000),
-                   deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 500),
+                   square_queries=p.get("square_queries", 2000),
+                   deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 128),
                    seed=ctx.seed % (2**31))
     n = rep.n
     correct = round(rep.clean_accuracy * n)

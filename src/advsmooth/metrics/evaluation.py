@@ -274,7 +274,7 @@ def evaluate(
     apgd_steps: int = 100,
     apgd_restarts: int = 1,
     apgd_targets: int = 3,
-    square_queries: int = 1000,
+    square_queries: int = 2000,
     square_p_init: float = 0.8,
     deepfool: bool = True,
     smoothness: Sequence[float] | None = None,
@@ -283,7 +283,7 @@ def evaluate(
     eot_samples: int = 8,
     draws: int = 5,
     gap_points: float = 1.0,
-    batch_size: int = 500,
+    batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
     keep_images: bool = False,
@@ -306,7 +306,8 @@ def evaluate(
         eot_samples: copies per gradient of the EOT estimator for a randomised model.
         draws: forward passes whose majority decides a randomised model's verdict.
         gap_points: percentage points of the ``pgd_gap`` / ``blackbox_beats_whitebox`` flags.
-        batch_size: images per attack call. seed: seeds every random choice (per ε and stage).
+        batch_size: images per attack call (128: passes over at most 128 images keep the
+            activations in the CPU cache). seed: seeds every random choice (per ε and stage).
         progress: print a line per (ε, stage).
         keep_images: keep, per ε, the image that fooled each sample (``report.images``) so that
             the verdicts can be checked independently.
