@@ -145,6 +145,52 @@ def test_square_is_exactly_feasible_and_fools_a_gradient_masked_model() -> None:
     assert torch.equal(res.x_adv, again.x_adv)
 
 
+class _Widest(nn.Module):
+    """Records the largest batch it was called on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.widest = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.widest = max(self.widest, x.shape[0])
+        return self.inner(x)
+
+
+def test_forward_in_chunks_matches_one_pass_and_bounds_the_batch() -> None:
+    from advsmooth.attacks.execution import forward_in_chunks
+
+    base, x, _ = _setup(n=16)
+    x = torch.cat([x] * 20)                       # 320 images
+    model = _Widest(base).eval()
+    with torch.no_grad():
+        whole = base(x)
+    out = forward_in_chunks(model, x, 128)
+    assert model.widest == 128 and out.shape == whole.shape and not out.requires_grad
+    torch.testing.assert_close(out, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_square_fast_copy_gives_the_plain_models_verdicts() -> None:
+    # a BatchNorm model: the queries run on its folded copy, the result is judged on the model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.rand(24, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    fast = Square(eps=0.2, queries=150, seed=3)(model, x, y)
+    plain = Square(eps=0.2, queries=150, seed=3, fast_model=False)(model, x, y)
+    with torch.no_grad():
+        wrong = model(fast.x_adv).argmax(1) != y
+    assert torch.equal(fast.success, wrong)       # verified on the model itself
+    assert _within(x, fast.x_adv, 0.2, "inf")
+    # the same search up to rounding: nearly the same samples fooled
+    assert abs(int(fast.success.sum()) - int(plain.success.sum())) <= 2
+
+
 def _l2_size(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     return (x_adv.double() - x.double()).flatten(1).norm(dim=1)
 
