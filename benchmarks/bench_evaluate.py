@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-autoattack", action="store_true",
                    help="stop after the AutoAttack part (with --autoattack run)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", choices=("both", "single", "grid"), default="both",
+                   help="advsmooth at AutoAttack's largest eps alone, over the grid, or both")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -160,7 +162,7 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
     clean = H.predict(model, x) == y
     runs: dict[str, Any] = {}
     for label, radii in (("single", [ref_eps]), ("grid", cfg["eps"])):
-        if label == "grid" and radii == [ref_eps]:
+        if (label == "grid" and radii == [ref_eps]) or args.runs not in ("both", label):
             continue
         t, cpu, rep = timed_cpu(lambda radii=radii: asm.evaluate(
             model, x, y, norm=cfg["norm"], eps=radii, keep_images=True, seed=0))
@@ -204,8 +206,8 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
         pgd_aa = aa.get("pgd40_seconds")
         pgd_us = sum(payload["pgd40_seconds"]) / 2
         for e, d in aa["eps"].items():
-            ours_single = runs["single"]["eps"].get(e)
-            ours_grid = runs.get("grid", runs["single"])["eps"].get(e)
+            ours_single = runs["single"]["eps"].get(e) if "single" in runs else None
+            ours_grid = (runs.get("grid") or runs["single"])["eps"].get(e)
             row: dict[str, Any] = {"eps": e, "autoattack": d["robust_accuracy"],
                                    "aa_seconds": d["seconds"]}
             for lab, ours in (("single", ours_single), ("grid", ours_grid)):
@@ -216,6 +218,10 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
                 row[f"{lab}_acc"] = ours["robust_accuracy"]
                 row[f"{lab}_missed"] = int((mine & ~theirs).sum())   # AA fooled, we did not
                 row[f"{lab}_extra"] = int((~mine & theirs).sum())    # we fooled, AA did not
+            if "single" not in runs:
+                row["grid_seconds"] = runs["grid"]["seconds"]
+                rows.append(row)
+                continue
             row["single_seconds"] = runs["single"]["seconds"]
             row["grid_seconds"] = runs.get("grid", runs["single"])["seconds"]
             row["time_ratio"] = row["single_seconds"] / d["seconds"]
@@ -229,7 +235,8 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
             rows.append(row)
         payload["comparison"] = rows
     out = Path(args.out)
-    (out / f"evaluate_{args.config}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    stem = f"evaluate_{args.config}" + ("" if args.runs == "both" else f"_{args.runs}")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / f"evaluate_{args.config}.partial.json").unlink(missing_ok=True)
     md = [f"## evaluate vs AutoAttack: {args.config}", "",
           H.md_table(rows, [("eps", "ε"), ("autoattack", "AutoAttack robust acc."),
@@ -240,7 +247,7 @@ def _advsmooth_part(args: argparse.Namespace, cfg: dict[str, Any], model: torch.
                             ("cpu_ratio", "CPU-time ratio"),
                             ("time_ratio_pgd_normalised", "ratio (PGD-normalised)")]), "",
           H.machine_md({**info, "loadavg_end": H.loadavg()})]
-    (out / f"evaluate_{args.config}.md").write_text("\n".join(md) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     log("\n".join(md))
     return 0
 
