@@ -540,3 +540,13 @@ def test_stale_temp_files_are_removed(tmp_path):
         assert str(os.getpid()) in tmp.name
         tmp.write_text("<html></html>")
     assert not stale.exists() and live.exists()
+
+
+def test_smooth_models_dir_does_not_leak_into_the_process(tmp_path, monkeypatch, capsys, no_work):
+    # --models-dir applies to that call only, as in every other command
+    monkeypatch.delenv("ADVSMOOTH_MODELS", raising=False)
+    argv = ["smooth", "--model", "cifar10-resnet20", "--data", "mnist", "--models-dir",
+            str(tmp_path)]
+    assert main(argv) == 2
+    _one_line(capsys)
+    assert "ADVSMOOTH_MODELS" not in os.environ

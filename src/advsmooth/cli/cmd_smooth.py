@@ -23,6 +23,7 @@ from ._common import (
     check_out_dir,
     data_shape,
     hidden_alias,
+    models_dir_env,
     nonnegative_int,
     nonnegative_number,
     parse_number,
@@ -102,7 +103,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    import os
+    # the runner loads models by name: $ADVSMOOTH_MODELS is --models-dir for this call only
+    with models_dir_env(args.models_dir):
+        return _smooth(args)
+
+
+def _smooth(args: argparse.Namespace) -> int:
     import tempfile
 
     from ..experiments import Store, parse_spec, run_spec
@@ -125,8 +131,6 @@ def _main(args: argparse.Namespace) -> int:
                              f"{', '.join(ATTACKS)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
-    if args.models_dir is not None:  # the runner loads models by name
-        os.environ["ADVSMOOTH_MODELS"] = str(args.models_dir)
     shape = data_shape(args.data, args.split, args.data_root)
     for name in (args.model, args.source):
         if name:
