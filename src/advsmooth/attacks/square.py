@@ -50,7 +50,7 @@ from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
 from .base import Attack, AttackContext, AttackOutput
 from .execution import fold_batchnorm, forward_in_chunks
-from .gradients import check_logits
+from .gradients import AttackObjective, check_logits
 from .iterative import linf_bounds, normalize_norm, project_l2
 
 __all__ = ["Square", "square_side", "pyramid", "l2_window", "l2_move"]
@@ -103,10 +103,8 @@ def l2_window(side: int) -> Tensor:
 
 
 def _margin(logits: Tensor, labels: Tensor) -> Tensor:
-    z = check_logits(logits)
-    zy = z.gather(1, labels[:, None])[:, 0]
-    other = z.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
-    return zy - other
+    """``z_y − max_{j≠y} z_j`` per sample: minus the engine's untargeted margin objective."""
+    return -AttackObjective("margin", labels).value(check_logits(logits))
 
 
 def _windows(gen: torch.Generator, m: int, side: int, height: int,
