@@ -64,6 +64,7 @@ from .._tensors import check_images, check_labels, frozen_model, predict
 from ..attacks.apgd import APGD
 from ..attacks.base import Attack, run_batched
 from ..attacks.deepfool import DeepFool
+from ..attacks.execution import forward_in_chunks
 from ..attacks.grid import check_eps_list
 from ..attacks.iterative import PGD, normalize_norm, project_l2, project_linf
 from ..attacks.smoothfool import SmoothFool
@@ -244,11 +245,11 @@ class _Judge:
     def wrong(self, x: Tensor, y: Tensor) -> Tensor:
         k = self.draws if self.randomized else 1
         votes = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if x.shape[0] == 0:
+            return votes.bool()
         with frozen_model(self.model), torch.no_grad():
             for _ in range(k):
-                for i in range(0, x.shape[0], self.bs):
-                    votes[i:i + self.bs] += (predict(self.model(x[i:i + self.bs]))
-                                             != y[i:i + self.bs]).long()
+                votes += (predict(forward_in_chunks(self.model, x, self.bs)) != y).long()
         self.forwards += k * x.shape[0]
         return 2 * votes > k
 
@@ -386,7 +387,7 @@ class _Cascade:
         n = self.n = x.shape[0]
         bs = cfg.batch_size
         with frozen_model(model), torch.no_grad():
-            z0 = torch.cat([model(x[i:i + bs]) for i in range(0, n, bs)])
+            z0 = forward_in_chunks(model, x, bs)
         self.labels = check_labels(y, n, int(z0.shape[1]) if z0.ndim == 2 else None, x.device)
         rnd = is_randomized(model, x[: min(n, 8)]) if randomized is None else bool(randomized)
         self.rnd = rnd
