@@ -129,11 +129,17 @@ def test_square_side_schedule_halves_p() -> None:
     assert square_side(0.8, 100, 1000, 28, 28) == square_side(0.8, 1000, 10000, 28, 28)
 
 
-def test_square_is_exactly_feasible_and_fools_a_gradient_masked_model() -> None:
+def _masked_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A tiny model behind an input quantisation (zero gradient), 16 images, its own labels."""
     base, x, _ = _setup(n=16)
     model = Quantized(base)
     with torch.no_grad():
         y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_square_is_exactly_feasible_and_fools_a_gradient_masked_model() -> None:
+    model, x, y = _masked_setup()
     eps = 0.3
     pgd = PGD(eps=eps, steps=10, random_start=False)(model, x, y)
     assert not bool(pgd.success.any())          # the zero gradient leaves x where it is
@@ -277,10 +283,7 @@ def test_square_l2_fools_a_linear_model_at_a_large_eps_and_never_at_zero() -> No
 
 
 def test_square_l2_is_seeded_and_fools_a_gradient_masked_model() -> None:
-    base, x, _ = _setup(n=16)
-    model = Quantized(base)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = _masked_setup()
     eps = 1.0
     pgd = PGD(eps=eps, steps=10, norm=2, random_start=False)(model, x, y)
     res = Square(eps=eps, norm=2, queries=200, seed=1)(model, x, y)
@@ -329,10 +332,7 @@ def test_evaluate_is_monotone_in_eps_and_consistent() -> None:
 
 
 def test_evaluate_finds_masked_gradients_through_the_black_box_stage() -> None:
-    base, x, _ = _setup(n=16)
-    model = Quantized(base)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = _masked_setup()
     rep = evaluate(model, x, y, eps=[0.3], **_FAST)
     flags = {f.name: f for f in rep.flags}
     assert rep.robust_accuracy[0.3] < rep.pgd_robust_accuracy[0.3]
@@ -346,10 +346,7 @@ def test_evaluate_finds_masked_gradients_through_the_black_box_stage() -> None:
 def test_evaluate_l2_runs_square_and_finds_masked_gradients() -> None:
     assert stage_names(2) == list(STAGES) and "square" in stage_names("2")
     assert stage_names(2, ["square"]) == ["square"]
-    base, x, _ = _setup(n=16)
-    model = Quantized(base)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    model, x, y = _masked_setup()
     rep = evaluate(model, x, y, norm=2, eps=[1.0], **_FAST)
     assert "square" in rep.stage_list and rep.norm == "2"
     flags = {f.name: f for f in rep.flags}
