@@ -65,3 +65,7 @@ __all__ += ["APGD"]
 from .square import Square  # noqa: E402
 
 __all__ += ["Square"]
+
+from .fab import FAB  # noqa: E402
+
+__all__ += ["FAB"]

@@ -109,7 +109,9 @@ class APGD(Attack):
         self.norm = normalize_norm(norm)
         self.steps = check_int_at_least("steps", steps, 1)
         self.restarts = check_int_at_least("restarts", restarts, 1)
-        AttackObjective(loss=loss, labels=torch.zeros(0, dtype=torch.long))  # validates loss
+        none = torch.zeros(0, dtype=torch.long)
+        AttackObjective(loss=loss, labels=none,  # validates loss
+                        target=none if targets is not None else None)
         self.loss = loss
         if targets is not None:
             check_int_at_least("targets", targets, 1)

@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 #: supported per-copy losses
-LOSSES = ("ce", "margin", "kl", "dlr")
+LOSSES = ("ce", "margin", "kl", "dlr", "face")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +147,9 @@ class AttackObjective:
     ``J = (max_{j≠y} z_j − z_y) / (z_π1 − z_π3 + 1e-12)``; targeted
     ``J = (z_t − z_y) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)`` (both are minus the paper's DLR,
     ascended; fewer than 4 classes reuse the smallest logit for the missing ranks).
+    ``"face"`` (targeted only): ``J = z_t − z_y``, the linearised decision function between the
+    label and the target whose zero set is the face FAB and DeepFool step onto (Croce & Hein,
+    arXiv:1907.02044; Moosavi-Dezfooli et al., arXiv:1511.04599).
     """
 
     loss: str
@@ -165,6 +168,8 @@ class AttackObjective:
             if self.target is not None or self.loss_ensemble:
                 raise ValueError("loss='kl' supports untargeted attacks on ordinary models only "
                                  "(no target=, no combine='mean_loss' ensemble)")
+        if self.loss == "face" and self.target is None:
+            raise ValueError("loss='face' (z_target − z_label) needs target classes")
 
     @classmethod
     def for_model(cls, model: nn.Module, loss: str, labels: Tensor,
@@ -228,6 +233,9 @@ class AttackObjective:
             val = _dlr(z, self.labels if not self.loss_ensemble else self.labels[:, None],
                        None if self.target is None else
                        (self.target if not self.loss_ensemble else self.target[:, None]))
+        elif self.loss == "face":
+            lab = self.labels if not self.loss_ensemble else self.labels[:, None]
+            val = (z.gather(-1, idx) - z.gather(-1, lab.expand(z.shape[:-1])[..., None]))[..., 0]
         else:
             zc = z.gather(-1, idx)[..., 0]
             other = z.scatter(-1, idx, float("-inf")).amax(dim=-1)

@@ -174,6 +174,10 @@ REGISTRY: dict[str, AttackEntry] = {
                           defaults={"eps": 8 / 255},
                           help="Square attack (Linf or L2): score-based random search, no "
                                "gradients"),
+    "fab": AttackEntry("advsmooth.attacks.fab:FAB", ("norm", "eps", "max_iter"),
+                       aliases={"max_iter": "steps"},
+                       help="FAB-T (Croce & Hein): minimal perturbation near the boundary, "
+                            "L2 or Linf (--eps: stop at the first adversarial within eps)"),
 }
 
 

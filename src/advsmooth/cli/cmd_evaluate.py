@@ -24,11 +24,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="radii, comma separated, fractions allowed: 2/255,4/255,8/255")
     p.add_argument("--norm", choices=("inf", "2"), default="inf", help="threat model")
     p.add_argument("--stages", default="standard",
-                   help="standard, fast, or a comma list of pgd-ce,deepfool,apgd-ce,apgd-t,square")
+                   help="standard, fast, or a comma list of "
+                        "pgd-ce,deepfool,fab-t,apgd-ce,apgd-t,square (standard: all; at Linf "
+                        "without fab-t)")
     p.add_argument("--pgd-steps", type=positive_int, default=20)
     p.add_argument("--apgd-steps", type=positive_int, default=100)
     p.add_argument("--apgd-restarts", type=positive_int, default=1)
     p.add_argument("--apgd-targets", type=positive_int, default=3)
+    p.add_argument("--fab-steps", type=positive_int, default=100)
+    p.add_argument("--fab-targets", type=positive_int, default=3)
     p.add_argument("--square-queries", type=positive_int, default=2000)
     p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(
         model, x, y, norm=args.norm, eps=eps, stages=stages, pgd_steps=args.pgd_steps,
         apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
-        apgd_targets=args.apgd_targets, square_queries=args.square_queries,
+        apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
+        fab_targets=args.fab_targets, square_queries=args.square_queries,
         deepfool=not args.no_deepfool, smoothness=smoothness,
         batch_size=args.batch_size, seed=args.seed, progress=args.progress)
     print_and_write(report, args.out, write_evaluation,

@@ -41,10 +41,10 @@ __all__ = ["combine_rows"]
 
 _KEYS = ("model", "checkpoint", "dataset", "split", "n", "sample", "data_seed", "norm", "eps",
          "shards", "shard", "stages", "pgd_steps", "apgd_steps", "apgd_restarts", "apgd_targets",
-         "square_queries", "batch_size", "deepfool")
+         "fab_steps", "fab_targets", "square_queries", "batch_size", "deepfool")
 _INTS = (("n", 1), ("sample", 1), ("data_seed", 0), ("shards", 1), ("shard", 0),
          ("pgd_steps", 1), ("apgd_steps", 1), ("apgd_restarts", 1), ("apgd_targets", 1),
-         ("square_queries", 1), ("batch_size", 1))
+         ("fab_steps", 1), ("fab_targets", 1), ("square_queries", 1), ("batch_size", 1))
 
 
 def _check(p: dict[str, Any]) -> None:
@@ -106,7 +106,8 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     rep = evaluate(model, x, y, norm=p.get("norm", "inf"), eps=eps,
                    stages=p.get("stages", "standard"), pgd_steps=p.get("pgd_steps", 20),
                    apgd_steps=p.get("apgd_steps", 100), apgd_restarts=p.get("apgd_restarts", 1),
-                   apgd_targets=p.get("apgd_targets", 3),
+                   apgd_targets=p.get("apgd_targets", 3), fab_steps=p.get("fab_steps", 100),
+                   fab_targets=p.get("fab_targets", 3),
                    square_queries=p.get("square_queries", 2000),
                    deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 128),
                    seed=ctx.seed % (2**31))
