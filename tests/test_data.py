@@ -201,3 +201,45 @@ def test_random_subset_is_the_one_seeded_picker():
     assert torch.equal(x, x_all[idx]) and torch.equal(y, y_all[idx])
     with pytest.raises(ValueError, match="available"):
         data.random_subset(5, 6, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# a split stored in parts (the shared CIFAR-10 training split: cifar10_train_1.npz … _5.npz)
+# ----------------------------------------------------------------------------------------------
+
+def _write_parts(folder, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for i, n in enumerate(sizes, start=1):
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        y = rng.integers(0, 10, n).astype(np.int64)
+        np.savez_compressed(folder / f"cifar10_train_{i}.npz", x=x, y=y)
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_parts_are_read_in_order_and_concatenated(tmp_path):
+    from advsmooth.data.registry import _read_parts
+
+    x, y = _write_parts(tmp_path, [3, 4, 2])
+    rx, ry = _read_parts(tmp_path / "cifar10_train_1.npz", 9)
+    assert np.array_equal(rx, x) and np.array_equal(ry, y)
+    # parts beyond the split's size are not read; a missing part is named
+    rx, _ = _read_parts(tmp_path / "cifar10_train_1.npz", 7)
+    assert len(rx) == 7
+    (tmp_path / "cifar10_train_3.npz").unlink()
+    with pytest.raises(ValueError, match="part is missing after cifar10_train_2.npz"):
+        _read_parts(tmp_path / "cifar10_train_1.npz", 9)
+
+
+@needs_shared("data/cifar10_train_1.npz", "data/cifar10_train_5.npz")
+def test_shared_cifar10_train_split_loads_whole():
+    ds = data.dataset("cifar10", "train")
+    assert len(ds) == 50000
+    x, y = data.load("cifar10", "train", sample=16, seed=0)
+    assert x.shape == (16, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
+    first = np.load(SHARED_DATA / "cifar10_train_5.npz", allow_pickle=False)
+    x_last, y_last = ds[49999]
+    assert int(y_last) == int(first["y"][-1])
+    assert torch.allclose(x_last, torch.from_numpy(first["x"][-1]).permute(2, 0, 1).float() / 255)

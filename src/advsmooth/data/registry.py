@@ -92,8 +92,10 @@ REGISTRY: dict[str, DataInfo] = {
     "cifar10": DataInfo(
         "cifar10", (3, 32, 32), 10, CIFAR10_CLASSES, {"train": 50000, "test": 10000},
         "CIFAR-10 from ROOT/cifar10_{split}.npz (HWC uint8; the shared copy is JPEG-decoded and "
-        "class-sorted) or torchvision's ROOT/cifar-10-batches-py/",
-        files={"train": ("cifar10_train.npz", "cifar-10-batches-py/data_batch_1"),
+        "class-sorted; the training split may come in parts cifar10_train_1.npz … _5.npz, "
+        "read in order) or torchvision's ROOT/cifar-10-batches-py/",
+        files={"train": ("cifar10_train.npz", "cifar10_train_1.npz",
+                         "cifar-10-batches-py/data_batch_1"),
                "test": ("cifar10_test.npz", "cifar-10-batches-py/test_batch")},
     ),
     "cifar100": DataInfo(
@@ -397,9 +399,44 @@ def _torchvision_dataset(name: str, split: str, root: Any) -> Dataset:
 def _cifar_raw(name: str, split: str, root: Any) -> tuple[np.ndarray, np.ndarray] | Dataset:
     meta = REGISTRY[name]
     path = _find(meta.files[split], root, f"{name} {split} data not found")
+    if path.name.endswith("_1.npz"):
+        return _read_parts(path, meta.sizes[split])
     if path.suffix == ".npz":
         return _read_npz(path)
     return _torchvision_dataset(name, split, root)
+
+
+def _read_parts(first: Path, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A split stored as ``<stem>_1.npz``, ``<stem>_2.npz``, …: the parts read in order and
+    concatenated (every part must exist up to the split's size; each is checked like one
+    ``.npz``)."""
+    stem = first.name[: -len("_1.npz")]
+    paths, total = [], 0
+    while True:
+        p = first.with_name(f"{stem}_{len(paths) + 1}.npz")
+        if not p.is_file():
+            break
+        paths.append(p)
+        total += len(_read_npz(p)[1])
+        if expected is not None and total >= expected:
+            break
+    if expected is not None and total != expected:
+        raise ValueError(f"{first.parent}: the parts {stem}_1.npz … {stem}_{len(paths)}.npz "
+                         f"hold {total} images, the split has {expected} (a part is missing "
+                         f"after {paths[-1].name}, or one is truncated)")
+    return _concat_parts(tuple(str(p.resolve()) for p in paths),
+                         tuple(p.stat().st_mtime for p in paths))
+
+
+@functools.lru_cache(maxsize=1)
+def _concat_parts(paths: tuple[str, ...], mtimes: tuple[float, ...]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_read_npz(Path(p)) for p in paths]
+    x = np.concatenate([a for a, _ in parts])
+    y = np.concatenate([b for _, b in parts])
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
 
 
 def _raw(name: str, split: str, root: Any) -> tuple[Any, Any] | Dataset:
