@@ -4,7 +4,8 @@ and its greyscale analogue (GS).
 * :class:`IterativeSmooth` — docs/algorithms.md (SmoothFool Eq. 12): gradient descent on
   ``−CE(model(clamp(x + r)), y) + λ_s·Ω(r)`` with a per-sample stop at the first misclassified
   iterate.
-* :class:`ColorShift` — §7.2 (Hosseini & Poovendran's semantic attack): random hue and saturation
+* :class:`ColorShift` — the colour-shift baseline of SmoothFool Table 1 (Hosseini & Poovendran's
+  semantic attack): random hue and saturation
   shifts in HSV space, ``trials`` attempts with a progressively wider saturation range, stop at
   the first misclassified trial. RGB inputs only (see the class docstring for greyscale).
 * :class:`GreyShift` — a greyscale analogue of the colour shift (a grey image has no hue or

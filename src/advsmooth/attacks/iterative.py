@@ -1,6 +1,7 @@
 """The iterative gradient engine: FGSM, IGSM (BIM), PGD (ℓ∞ / ℓ2), MI-FGSM and their sg- versions.
 
-docs/algorithms.md and §8.1. One loop (:class:`IterativeAttack`) made of small pieces:
+docs/algorithms.md, "Gradient-sign attacks and smoothed gradients". One loop
+(:class:`IterativeAttack`) made of small pieces:
 
 * a **gradient estimator** (:mod:`advsmooth.attacks.gradients`): :class:`PlainGradient` by
   default; ``gradient=SmoothedGradient(sigma=15/255, samples=20)`` gives sg-FGSM / sg-IGSM /
@@ -299,7 +300,8 @@ class IterativeAttack(Attack):
             prediction; untargeted).
         early_stop: freeze samples as soon as they are adversarial.
         budget: total gradient evaluations per image; sets ``steps = budget // m``.
-        accumulate_grad: accumulate raw gradients across steps (smoothing authors' PGD, §15.12).
+        accumulate_grad: accumulate raw gradients across steps (as the smoothed-inference
+            authors' PGD does).
         seed: seed of the default generator (random start, sg noise).
         execution: how the attack runs (:class:`~advsmooth.attacks.execution.Execution`):
             Python threads that each run the loop on a share of the batch (auto on a CPU with
@@ -622,7 +624,7 @@ BIM = IGSM
 class PGD(IterativeAttack):
     """Projected gradient descent (Madry et al.): IGSM with a random start; ℓ∞ or ℓ2 ball.
 
-    ℓ2 (§8.1): ``δ ← δ + α·∇/‖∇‖₂``, then ``x + δ`` rescaled into the ℓ2 ball and clamped to
+    ℓ2: ``δ ← δ + α·∇/‖∇‖₂``, then ``x + δ`` rescaled into the ℓ2 ball and clamped to
     ``[0, 1]``. ``PGD(random_start=False)`` equals :class:`IGSM` (ℓ∞).
     """
 

@@ -86,7 +86,7 @@ def make_uap(*, xi: float = 10 / 255, norm: float | int | str = "inf", max_iter:
              overshoot: float = 0.02, candidates: int = 10, target_fooling_rate: float = 0.8,
              max_passes: int = 10, eval_clamp: bool = True, batch_update: int | None = None,
              l2_projection: str = "ball", progress_bar: bool = True, seed: int = 0) -> Any:
-    """Plain UAP (§6.1): :class:`UniversalPerturbation` with an L2 ``DeepFool`` base.
+    """Plain UAP (arXiv:1610.08401): :class:`UniversalPerturbation` with an L2 ``DeepFool`` base.
 
     ``max_iter``, ``overshoot`` and ``candidates`` configure the inner DeepFool; the others the
     universal perturbation (``norm`` and ``xi`` are the ball of ``v``).
@@ -106,7 +106,7 @@ def make_smooth_uap(*, sigma: float = 5.0, xi: float = 10 / 255,
                     clip_step: float = 0.1, eval_clamp: bool = True,
                     batch_update: int | None = None, attack_clean: bool = False,
                     progress_bar: bool = True, seed: int = 0, **smoothfool: Any) -> Any:
-    """Smooth UAP (SmoothFool Alg. 3, §6.2): :class:`UniversalPerturbation` with a
+    """Smooth UAP (SmoothFool Alg. 3): :class:`UniversalPerturbation` with a
     ``SmoothFool(sigma=sigma, **smoothfool)`` base, ℓ∞ radius ``xi``, SmoothClip step
     ``clip_step`` for the projection. Extra keywords (e.g. ``max_iter``, ``kernel``) go to
     SmoothFool. Seed defaults: ξ = 10/255, τ = 0.9, ε_sc = 0.1."""

@@ -3,11 +3,13 @@
 :class:`UniversalPerturbation` computes one image-agnostic perturbation ``v`` (``1×C×H×W``) that
 changes the prediction of as many inputs as possible, with ``||v||_p ≤ ξ``:
 
-* **plain UAP** (Moosavi-Dezfooli et al., §6.1) — with a :class:`~advsmooth.attacks.DeepFool`
-  base: for each sample (seeded order) still classified as on its clean image, add the minimal
-  perturbation that fools ``x + v`` and project back onto the ℓ∞ or ℓ2 ball of radius ξ;
-* **smooth UAP** (SmoothFool Alg. 3, §6.2) — with a :class:`~advsmooth.attacks.SmoothFool` base:
-  SmoothFool increments, and the projection is SmoothClip in normalised form
+* **plain UAP** (Moosavi-Dezfooli et al., "Universal adversarial perturbations",
+  arXiv:1610.08401) — with a :class:`~advsmooth.attacks.DeepFool` base: for each sample
+  (seeded order) still classified as on its clean image, add the minimal perturbation that
+  fools ``x + v`` and project back onto the ℓ∞ or ℓ2 ball of radius ξ;
+* **smooth UAP** (SmoothFool Alg. 3, arXiv:1910.03624) — with a
+  :class:`~advsmooth.attacks.SmoothFool` base: SmoothFool increments, and the projection is
+  SmoothClip in normalised form
   ``u = (v/ξ + 1)/2 → SmoothClip(0, u) → v = (2u − 1)·ξ`` with SmoothFool's own filter g, so the
   perturbation stays smooth while ``|v| ≤ ξ``.
 
@@ -17,7 +19,7 @@ inherent to UAP and is the only per-sample Python loop in advsmooth). ``batch_up
 ``b`` samples at once against the same ``v`` and adds the *mean* of their increments before
 projecting: much faster, but a different algorithm (not equivalent to the sequential one).
 
-Fooling rate (§6, §14): ``mean_x 1[pred(x + v) ≠ pred(x)]`` over all samples, against the clean
+Fooling rate: ``mean_x 1[pred(x + v) ≠ pred(x)]`` over all samples, against the clean
 predictions (no correctness filter): :func:`universal_fooling_rate`. Measure it on held-out data.
 """
 
@@ -184,7 +186,8 @@ def _filter_of(base: Attack) -> Any:
 
 
 def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, bool]:
-    """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (§6.2), returning the clipped ``u``.
+    """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (SmoothFool Alg. 3), returning the
+    clipped ``u``.
 
     Uses the SmoothFool attack's filter and its SmoothClip settings (iteration cap, minimum step,
     mask normalisation) with the step ``step``. Also returns whether SmoothClip had to fall
@@ -205,7 +208,7 @@ def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, boo
 # ----------------------------------------------------------------------------------------------
 
 class UniversalPerturbation:
-    """Universal adversarial perturbation (plain UAP §6.1, or smooth UAP §6.2 with SmoothFool).
+    """Universal adversarial perturbation (plain UAP, or smooth UAP with SmoothFool).
 
     Args:
         base: the per-sample attack giving the increments: ``DeepFool(max_iter=10)`` (DEFAULT,
@@ -307,7 +310,8 @@ class UniversalPerturbation:
 
     # -- projection -------------------------------------------------------------------------
     def project(self, v: Tensor) -> Tensor:
-        """Project ``v`` (``1×C×H×W``) onto the constraint set: ℓ∞/ℓ2 ball, or smooth ℓ∞ (§6.2)."""
+        """Project ``v`` (``1×C×H×W``) onto the constraint set: ℓ∞/ℓ2 ball, or smooth ℓ∞
+        (SmoothClip)."""
         if self.smooth:
             u = (v / self.xi + 1.0) / 2.0
             u, fell_back = _smooth_clip_unit(u, self.base, self.clip_step)

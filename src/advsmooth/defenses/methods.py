@@ -1,4 +1,5 @@
-"""Robust training methods for :func:`advsmooth.defenses.train` (ALGORITHMS §3.4, §11, §12).
+"""Robust training methods for :func:`advsmooth.defenses.train` (docs/algorithms.md,
+"Training objectives").
 
 Every class here is a :class:`~advsmooth.models.training.TrainingMethod` registered in
 :data:`~advsmooth.models.training.METHODS` under its ``name``, so
@@ -15,13 +16,14 @@ name                    loss of one batch (``A`` = attack crafted in eval mode)
 ``trades``              ``CE(f(x)) + β·KL(softmax f(x) ‖ softmax f(x̂))`` (batchmean)
 ``noise_adv``           ``CE(f(x + σν + B·δ))``, ``B ~ Bernoulli(q)`` per sample (seed Eq. 23)
 ``epgd`` / ``smoothadv`` Eq. 6 with EPGD: PGD on a smoothed surrogate over ``samples`` noisy
-                        copies (§10; ``variant``)
+                        copies (EPGD; ``variant``)
 ``pni``                 Eq. 6 (``w = 0.5``) with PGD-7 on a noise-injected model (learned
                         noise scales, no weight decay on them)
 ``fgsm_at``             Goodfellow: ``(1−w)·CE(f(x)) + w·CE(f(x_fgsm))``, ``w = 0.5``
 ``sat``                 Eq. 6 with SmoothFool (σg = 1) examples (SmoothFool Table 3 "SAT")
-``deepfool_ft``         DeepFool fine-tuning (§3.4): perturbed set ``clamp(x + α·r̂)`` computed
-                        ONCE before the first epoch, CE on it only
+``deepfool_ft``         DeepFool fine-tuning (DeepFool paper §3.4): perturbed set
+                        ``clamp(x + α·r̂)`` computed ONCE before the first epoch, CE on
+                        it only
 ``fgsm_ft``             the same with an FGSM-perturbed set (ε fixed, e.g. the 90 %-rule ε)
 ======================  ===================================================================
 
@@ -297,7 +299,7 @@ class NoiseAdversarialTraining(RobustMethod):
 
 
 class EPGDTraining(PGDTraining):
-    """Adversarial training (Eq. 6) with EPGD: PGD on a smoothed surrogate (§10).
+    """Adversarial training (Eq. 6) with EPGD: PGD on a smoothed surrogate (EPGD).
 
     Each PGD step averages over ``samples`` Gaussian copies ``x + σν`` (pixel units) with the
     ``variant`` surrogate: ``"prob_average"`` (seed Eq. 25, default), ``"logit_average"``
@@ -389,7 +391,7 @@ class SmoothAdversarialTraining(RobustMethod):
     Args:
         sigma_g: SmoothFool's Gaussian smoothing σg in pixels (default 1).
         w: weight of the adversarial term (default 0.5, Goodfellow-style mixing).
-        clip_step: SmoothClip step (SmoothFool ``clip_step``; MNIST: 1.0, §18.1).
+        clip_step: SmoothClip step (SmoothFool ``clip_step``; MNIST: 1.0, the SmoothFool paper's ε).
         attack: optional Attack replacing the default ``attacks.SmoothFool(sigma=sigma_g, ...)``.
 
     SmoothFool examples are unbounded minimal perturbations (the attack returns the input
@@ -492,7 +494,7 @@ class _PreparedFineTuning(RobustMethod):
 
 
 class DeepFoolFineTuning(_PreparedFineTuning):
-    """DeepFool adversarial fine-tuning (DeepFool paper §3.4, ALGORITHMS §3.4).
+    """DeepFool adversarial fine-tuning (DeepFool paper, arXiv:1511.04599, §3.4).
 
     Before the first epoch, DeepFool-L2 perturbations ``r̂`` are computed once on the whole
     training set with the current network; the model is then trained only on

@@ -1,4 +1,5 @@
-"""Noise injection: PNI / CNI weight and activation noise, Gaussian input noise (ALGORITHMS §11).
+"""Noise injection: PNI / CNI weight and activation noise, Gaussian input noise
+(docs/algorithms.md, "Noise injection (PNI, CNI)").
 
 Building blocks
 ---------------
@@ -15,7 +16,7 @@ Building blocks
   ``diag(|s·α_d|) + F Fᵀ``.
 * :class:`InputNoise` — ``x + σ·ν`` with ``ν ~ N(0, I)`` drawn per sample (shape ``N×C×H×W``);
   ``σ`` fixed or learnable; ``space="pixel"`` or ``"normalized"`` (pixel-space std ``σ·std_c``
-  per channel, identical to adding ``σ·ν`` after the model's normalisation, §9). Noisy inputs are
+  per channel, identical to adding ``σ·ν`` after the model's normalisation). Noisy inputs are
   not clipped (as in the authors' code).
 * :class:`NoisyConv2d` / :class:`NoisyLinear` — drop-in ``nn.Conv2d`` / ``nn.Linear`` subclasses
   (same parameter names, so ``conv.weight``/``conv.bias`` keys are unchanged) that perturb the
@@ -179,7 +180,7 @@ class NoiseModule(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 class PNINoise(NoiseModule):
-    """Parametric noise ``t + α ⊙ ν``, ``ν ~ N(0, std(t)²)`` (PNI, §11).
+    """Parametric noise ``t + α ⊙ ν``, ``ν ~ N(0, std(t)²)`` (PNI).
 
     Args:
         shape: shape of the perturbed tensor: the weight's shape (``batched=False``) or one
@@ -236,7 +237,7 @@ def _safe_sqrt(v: Tensor) -> Tensor:
 
 
 class CNINoise(NoiseModule):
-    """Low-rank coloured noise ``t + m``, ``m = sqrt(|s·α_d|) ⊙ n_d + F n_f`` (CNI, §11).
+    """Low-rank coloured noise ``t + m``, ``m = sqrt(|s·α_d|) ⊙ n_d + F n_f`` (CNI).
 
     ``s = std(t)`` (no_grad). ``α_d`` (``D``) and ``F`` (``D×rank``) are learnable with ``D`` the
     number of entries of ``shape``; ``n_d ~ N(0, I_D)``, ``n_f ~ N(0, I_rank)``, one draw per
@@ -290,7 +291,7 @@ class CNINoise(NoiseModule):
 
 
 class InputNoise(NoiseModule):
-    """Gaussian input noise ``x + σ·ν`` per sample (§11, noise space as in §9).
+    """Gaussian input noise ``x + σ·ν`` per sample (pixel-space noise, as for smoothed inference).
 
     Args:
         sigma: noise standard deviation (>= 0) in ``space`` units.

@@ -2,7 +2,8 @@
 Cohen et al.'s ``predict`` with abstention and ``certify`` (certified L2 radius), and the
 statistics they need (Clopper–Pearson bound, two-sided binomial test, from ``scipy.stats``).
 
-Specification: docs/algorithms.md (votes), §16 (reference-code differences).
+Specification: docs/algorithms.md, "Smoothed inference, voting and certification" (the votes and
+where the code differs from the authors' code).
 
 Noise layout and reproducibility
 --------------------------------

@@ -182,7 +182,8 @@ def _pnorm(t: Tensor, p: float | str) -> Tensor:
 
 
 def robustness(r: Tensor, x: Tensor, p: float | str = 2, *, mask: Tensor | None = None) -> float:
-    """Robustness ρ_adv = mean over samples of ``||r||_p / ||x||_p`` (DeepFool paper, §3.3).
+    """Robustness ρ_adv = mean over samples of ``||r||_p / ||x||_p`` (DeepFool paper,
+    arXiv:1511.04599, §3.3).
 
     Args:
         r: perturbations ``N×...`` (e.g. ``result.perturbation``).
@@ -220,7 +221,8 @@ def robustness(r: Tensor, x: Tensor, p: float | str = 2, *, mask: Tensor | None 
 
 def sigma_at(sigmas: Sequence[float] | Tensor, fooling_rates: Sequence[float] | Tensor,
              level: float) -> float:
-    """σ^A%: the largest smoothing σ at which the fooling rate is still ≥ ``level`` (§14).
+    """σ^A%: the largest smoothing σ at which the fooling rate is still ≥ ``level`` (SmoothFool
+    paper, arXiv:1910.03624, Fig. 6).
 
     The grid is sorted by σ. With ``i`` the last grid point whose fooling rate is ≥ ``level``,
     the result interpolates linearly between ``(σ_i, FR_i)`` and ``(σ_{i+1}, FR_{i+1})`` to the
@@ -260,7 +262,7 @@ def sigma_at(sigmas: Sequence[float] | Tensor, fooling_rates: Sequence[float] | 
 def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
              target_rate: float = 0.9, eps_max: float = 0.5, grid: int = 200,
              batch_size: int = 256) -> dict[str, float]:
-    """ρ_FGSM of the DeepFool paper (§3.3): robustness of the 90 %-rule FGSM.
+    """ρ_FGSM of the DeepFool paper (arXiv:1511.04599, §3.3): robustness of the 90 %-rule FGSM.
 
     The FGSM direction ``s = sign(∇_x CE(model(x), y))`` does not depend on ε, so it is computed
     once (one gradient evaluation per image); then the smallest ε on a uniform grid of ``grid``
