@@ -152,9 +152,10 @@ def test_subsets_seeded_and_prefix():
 def test_first_n_of_class_sorted_data_warns():
     x = torch.rand(30, 1, 4, 4)
     y = torch.arange(3).repeat_interleave(10)
-    with pytest.warns(UserWarning, match="sample="):
+    with pytest.warns(UserWarning, match="sample=") as rec:
         xs, ys = data.subset(x, y, n=5)
     assert ys.tolist() == [0] * 5
+    assert rec[0].filename == __file__  # the user's line, not the library's
     xs, ys = data.subset(x, y, sample=12, seed=0)
     assert len(set(ys.tolist())) > 1
 

@@ -236,8 +236,13 @@ def test_smoothfool_reports_against_its_gradient_budget():
             return torch.cat([1e3 * (1 + s), s], dim=1)
 
     atk = asm.attacks.SmoothFool(sigma=1.0, max_iter=500, grad_budget=30)
-    with pytest.warns(RuntimeWarning, match="grad_budget=30"):
+    with pytest.warns(RuntimeWarning, match="grad_budget=30") as rec:
         res = atk(Retreating(), X)
+    # the warning points at the caller's line, not into the library
+    assert rec[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match="grad_budget=30") as rec:
+        asm.attacks.run_batched(atk, Retreating(), X, batch_size=2, progress_bar=False)
+    assert {w.filename for w in rec} == {__file__}
     assert res.info["grad_budget"] == 30
     ex = res.extras["budget_exhausted"]
     assert bool(ex.all()) and not bool(res.success.any())
@@ -374,3 +379,11 @@ def test_training_perturb_refuses_non_finite_clean_logits(loss):
     y = None if loss == "ce" else torch.zeros(X.shape[0], dtype=torch.long)
     with pytest.raises(NonFiniteModelOutput, match="^the model output contains NaN"):
         atk.perturb(Hostile("nan"), X, y)
+
+
+def test_learnable_input_noise_repr_does_not_warn():
+    """repr of a learnable σ (a Parameter) converts it without autograd's scalar warning."""
+    noise = asm.defenses.InputNoise(0.25, learnable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "sigma=0.25" in repr(noise)

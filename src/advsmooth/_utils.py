@@ -59,6 +59,22 @@ class MissingDependency(ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 
+#: this package's folder: warnings are attributed to the first frame outside it
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first stack frame outside the
+    advsmooth package (however deep the library's own calls are: an attack called directly, via
+    ``run_batched`` or from a spec runner)."""
+    import warnings
+
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of warn_caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def optional_import(name: str) -> ModuleType:
     """Import an optional dependency, or raise :class:`MissingDependency` (an ``ImportError``)
     naming the extra to install.

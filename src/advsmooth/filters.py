@@ -30,12 +30,13 @@ torch.Size([2, 3, 16, 16])
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ._utils import warn_caller
 
 __all__ = ["LowPassFilter", "gaussian_kernel1d", "roughness", "PADDINGS", "KINDS", "METHODS"]
 
@@ -268,9 +269,9 @@ class LowPassFilter:
     def _mode(self, kh: int, kw: int, h: int, w: int) -> str:
         mode = self.padding
         if mode == "reflect" and (kh // 2 >= h or kw // 2 >= w):
-            warnings.warn(
+            warn_caller(
                 f"reflect padding needs the kernel half-width < image size (kernel {kh}×{kw}, "
-                f"image {h}×{w}); falling back to replicate padding", stacklevel=3)
+                f"image {h}×{w}); falling back to replicate padding")
             mode = "replicate"
         return mode
 

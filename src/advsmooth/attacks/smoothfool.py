@@ -21,8 +21,6 @@ torch.Size([2, 1, 8, 8])
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
@@ -34,6 +32,7 @@ from .._utils import (
     check_nonnegative,
     check_positive,
     progress,
+    warn_caller,
 )
 from ..filters import LowPassFilter
 from .base import Attack, AttackContext, AttackOutput
@@ -314,11 +313,11 @@ class SmoothFool(Attack):
                             grads=int(ctx.cost.grad[ctx.index].max()), refresh=False)
         bar.close()
         if bool(exhausted.any()):
-            warnings.warn(
+            warn_caller(
                 f"SmoothFool: {int(exhausted.sum())} of {n} image(s) reached grad_budget="
                 f"{self.grad_budget} gradient evaluations without being fooled and were stopped "
                 "(success=False; extras['budget_exhausted']); raise grad_budget to go on",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning)
         extras = {"clip_iters_total": clip_iters, "fallback_used": fallback, "failed": failed,
                   "deepfool_iters_total": df_iters, "label_orig": k0,
                   "budget_exhausted": exhausted}

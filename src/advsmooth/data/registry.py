@@ -18,7 +18,6 @@ import functools
 import gzip
 import os
 import struct
-import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._utils import optional_import
+from .._utils import optional_import, warn_caller
 
 __all__ = [
     "DataInfo",
@@ -539,10 +538,9 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
             raise ValueError(f"n must be an integer >= 0, got {n!r}")
         if labels is not None and n < total and len(labels) > 1 and n > 0:
             if bool((labels[1:] >= labels[:-1]).all()) and labels[0] != labels[-1]:
-                warnings.warn(
+                warn_caller(
                     f"{name} is sorted by class: n={n} takes the first {n} samples (few "
-                    f"classes); use sample={n}, seed=... for a seeded random subset",
-                    UserWarning, stacklevel=3)
+                    f"classes); use sample={n}, seed=... for a seeded random subset")
         return torch.arange(min(n, total))
     if sample is not None:
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:

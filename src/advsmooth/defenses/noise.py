@@ -330,8 +330,8 @@ class InputNoise(NoiseModule):
         return x + self.sigma.abs().to(x.dtype) * self.channel_scale.to(x.dtype) * nu
 
     def extra_repr(self) -> str:
-        return (f"sigma={float(self.sigma):.4g}, space={self.space!r}, learnable={self.learnable}, "
-                f"{super().extra_repr()}")
+        return (f"sigma={float(self.sigma.detach()):.4g}, space={self.space!r}, "
+                f"learnable={self.learnable}, {super().extra_repr()}")
 
 
 # ----------------------------------------------------------------------------------------------
