@@ -32,6 +32,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "sg-mifgsm": {"eps": 0.1, "steps": 2, "samples": 2},
     "apgd": {"eps": 0.1, "steps": 3},
     "square": {"eps": 0.1, "queries": 5},
+    "fab": {"steps": 3, "targets": 2},
 }
 
 EXTRA = {
