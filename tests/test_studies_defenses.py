@@ -86,8 +86,13 @@ def test_table3_rejects_bad_arguments_before_any_work():
         table3_plan({"dataset": "cifar10", "n_test": 50, "n_clean": 10})
     with pytest.raises(ValueError, match="n_train_sat"):
         table3_plan({"n_train": 10, "n_train_sat": 20})
-    with pytest.raises(ValueError, match="exceeds the 10000"):
-        table3_plan({"dataset": "cifar10", "n_ae": 9000})
+    with pytest.raises(ValueError, match="exceeds the 10000"):   # one pool: the test split
+        table3_plan({"dataset": "cifar10", "n_ae": 9000, "train_split": "test"})
+    table3_plan({"dataset": "cifar10", "n_ae": 9000})   # slices from the 50,000 training images
+    with pytest.raises(ValueError, match="exceeds the 50000"):
+        table3_plan({"dataset": "cifar10", "n_ae": 48000})
+    with pytest.raises(ValueError, match="train_split"):
+        table3_plan({"dataset": "cifar10", "train_split": "val"})
 
 
 def _kinds(steps):
@@ -137,8 +142,9 @@ def _run(tmp_path, params, name="t3"):
 @needs_shared("data/cifar10_test.npz", "models/cifar10_resnet20.pt", "models/cifar10_resnet32.pt",
               "models/cifar10_resnet44.pt")
 def test_table3_cifar10_tiny_run(tmp_path):
-    params = {"dataset": "cifar10", "n_test": 6, "n_clean": 20, "n_train": 20, "n_train_sat": 4,
-              "n_train_hgd": 10, "n_ae": 32, "n_val": 100, "hgd_epochs": 1, "ae_epochs": 60,
+    params = {"dataset": "cifar10", "train_split": "test", "n_test": 6, "n_clean": 20,
+              "n_train": 20, "n_train_sat": 4, "n_train_hgd": 10, "n_ae": 32, "n_val": 100,
+              "hgd_epochs": 1, "ae_epochs": 60,
               "sigmas_g": [1.0], "sf_max_iter": 10, "white_box_attacks": ["IGSM"]}
     rows = _run(tmp_path, params)
     # (the autoencoder needs ~60 tiny epochs to leave the mean-image plateau, else MagNet
@@ -158,7 +164,7 @@ def test_table3_cifar10_tiny_run(tmp_path):
     assert _fractions_ok(by[("none", "white-box")], attacks_)
     # the evaluation images (attacked ⊂ clean) are disjoint from every training slice
     s = Table3Settings(**{**params, "sigmas_g": (1.0,), "white_box_attacks": ("IGSM",)})
-    split = table3_split({"dataset": "cifar10", "seed": 0, **{
+    split = table3_split({"dataset": "cifar10", "seed": 0, "train_split": "test", **{
         k: getattr(s, k) for k in ("n_test", "n_clean", "n_train", "n_train_hgd", "n_ae",
                                    "n_val")}}, SHARED_DATA)
     assert set(split["idx_te"].tolist()) <= set(split["idx_clean"].tolist())
@@ -243,3 +249,25 @@ def test_report_draws_table3_bars_from_the_rows(tmp_path):
     with pytest.raises(Exception, match="values"):
         parse_spec({"name": "bars", "studies": [{"task": "test-table3-rows", "label": "t3"}],
                     "report": {"plots": [{"kind": "bars", "source": "t3"}]}})
+
+
+@needs_shared("data/cifar10_test.npz", "data/cifar10_train_1.npz", "data/cifar10_train_5.npz")
+def test_table3_cifar10_trains_on_the_training_split():
+    """train_split="train" (the default): the defences' slices are disjoint cuts of the 50,000
+    training images, the evaluation images come from the test split."""
+    from advsmooth import data
+
+    sizes = {"n_test": 5, "n_clean": 12, "n_train": 30, "n_train_hgd": 10, "n_ae": 20,
+             "n_val": 8}
+    split = table3_split({"dataset": "cifar10", "seed": 0, **sizes}, SHARED_DATA)
+    x_tr, y_tr = data.load("cifar10", "train", SHARED_DATA)
+    x_te, _ = data.load("cifar10", "test", SHARED_DATA)
+    parts = [split[f"idx_{k}"].tolist() for k in ("train", "hgd", "ae", "val")]
+    assert [len(p) for p in parts] == [30, 10, 20, 8]
+    assert len(set().union(*map(set, parts))) == 68                  # pairwise disjoint
+    assert torch.equal(split["x_train"], x_tr[split["idx_train"]])
+    assert torch.equal(split["y_train"], y_tr[split["idx_train"]])
+    assert torch.equal(split["x_clean"], x_te[split["idx_clean"]])
+    assert split["idx_te"].tolist() == split["idx_clean"][:5].tolist()
+    # the seeded permutations reach beyond the first 10,000 training images
+    assert max(max(p) for p in parts) >= 10000

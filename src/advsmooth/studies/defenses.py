@@ -68,7 +68,7 @@ DATASETS: dict[str, dict[str, Any]] = {
                            "n_train_hgd": 2000, "n_ae": 5000, "n_val": 1000, "eps": 0.3,
                            "clip_step": 1.0, "ae_epochs": 5}},
     "cifar10": {"label": "CIFAR-10", "base": "cifar10-resnet20", "arch": "ResNet-20s",
-                "pool": 10000,
+                "pool": 50000, "test_pool": 10000,
                 "defaults": {"n_clean": 2000, "n_train": 2000, "n_train_sat": 200,
                              "n_train_hgd": 1000, "n_ae": 3000, "n_val": 1000, "eps": 8 / 255,
                              "clip_step": 0.5, "ae_epochs": 20}},
@@ -115,7 +115,10 @@ class Table3Settings:
     SmoothFool σg ∈ ``sigmas_g`` with SmoothClip step ``clip_step`` and ``sf_max_iter``
     iterations. ``white_box`` adds the white-box rows (``white_box_attacks``: only these
     attacks, the others NaN). ``seed`` seeds every split, initialisation and training.
-    ``models_dir``: where the zoo weights are (default: the zoo's search).
+    ``models_dir``: where the zoo weights are (default: the zoo's search). ``train_split``
+    (CIFAR-10): ``"train"`` cuts the training slices from the 50,000 training images and the
+    evaluation images from the test split; ``"test"`` cuts both from one permutation of the
+    10,000 test images (the only way before the training split was available; disjoint parts).
     """
 
     dataset: str = "mnist"
@@ -140,6 +143,7 @@ class Table3Settings:
     white_box_attacks: tuple[str, ...] | None = None
     seed: int = 0
     models_dir: str | None = None
+    train_split: str = "train"
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in DATASETS.get(self.dataset, {"defaults": {}})
@@ -161,23 +165,29 @@ class Table3Settings:
             raise ValueError(f"n_train_sat ({self.n_train_sat}) must not exceed n_train "
                              f"({self.n_train}): SAT trains on the first images of n_train")
         cifar = self.dataset == "cifar10"
+        if self.train_split not in ("train", "test"):
+            raise ValueError(f"train_split must be 'train' or 'test', got {self.train_split!r}")
         if cifar and self.n_test > self.n_clean:
             raise ValueError(f"CIFAR-10: n_test ({self.n_test}) must not exceed n_clean "
                              f"({self.n_clean}): the attacked images are the first n_test of "
                              "the n_clean held-out images")
-        used = (self.n_clean if cifar else 0) + self.n_train + self.n_train_hgd + self.n_ae \
+        shared = cifar and self.train_split == "test"  # one pool for evaluation and training
+        used = (self.n_clean if shared else 0) + self.n_train + self.n_train_hgd + self.n_ae \
             + self.n_val
-        if used > DATASETS[self.dataset]["pool"]:
-            raise ValueError(f"{'n_clean + ' if cifar else ''}n_train + n_train_hgd + n_ae + "
-                             f"n_val = {used} exceeds the {DATASETS[self.dataset]['pool']} "
+        pool = DATASETS[self.dataset]["test_pool" if shared else "pool"]
+        if used > pool:
+            raise ValueError(f"{'n_clean + ' if shared else ''}n_train + n_train_hgd + n_ae + "
+                             f"n_val = {used} exceeds the {pool} "
                              f"{DATASETS[self.dataset]['label']} "
-                             f"{'test' if cifar else 'training'} images")
+                             f"{'test' if shared else 'training'} images")
+        if cifar and self.n_clean > DATASETS["cifar10"]["test_pool"]:
+            raise ValueError(f"n_clean ({self.n_clean}) exceeds the 10000 CIFAR-10 test images")
 
 
 #: the fields that decide the data and every trained defence (not the attacks)
 _MODEL_FIELDS = ("dataset", "seed", "n_clean", "n_train", "n_train_sat", "n_train_hgd", "n_ae",
                  "n_val", "epochs", "lr", "eps", "hgd_epochs", "ae_epochs", "igsm_steps",
-                 "clip_step", "fpr", "models_dir")
+                 "clip_step", "fpr", "models_dir", "train_split")
 #: the attacks' fields (besides the attack's name)
 _ATTACK_FIELDS = ("n_test", "sf_max_iter")
 #: defence -> training step kind (MNIST PGD-AT is the shared mnist-lenet-pgd: no step)
@@ -235,22 +245,29 @@ def table3_split(s: dict[str, Any], root: Any = None) -> dict[str, Tensor]:
 
     MNIST: the slices are disjoint cuts of one permutation (seed ``seed``) of the 60,000
     training images; ``n_test`` seeded test images (seed ``seed + 3``) are attacked and clean
-    accuracy is measured on the first ``n_clean`` test images. CIFAR-10: one permutation of the
-    10,000 test images is cut into the evaluation part (first ``n_clean``; the first ``n_test``
-    of them are attacked) followed by the training slices."""
+    accuracy is measured on the first ``n_clean`` test images. CIFAR-10 with ``train_split =
+    "train"`` (the default): the slices are cut the same way from the 50,000 training images,
+    and the evaluation part is the first ``n_clean`` images of one permutation of the 10,000
+    test images (the first ``n_test`` of them are attacked). With ``train_split = "test"``: one
+    permutation of the test images is cut into the evaluation part followed by the slices
+    (``idx_*`` then index the test split)."""
     from .. import data
 
     cifar = s["dataset"] == "cifar10"
-    x_all, y_all = data.load(s["dataset"], "test" if cifar else "train", root)
+    shared = cifar and s.get("train_split", "train") == "test"
+    x_all, y_all = data.load(s["dataset"], "test" if shared else "train", root)
     perm = data.random_subset(len(y_all), None, s["seed"])  # one permutation, cut below
     out: dict[str, Tensor] = {}
-    pos = s["n_clean"] if cifar else 0
+    pos = s["n_clean"] if shared else 0
     for key, n in (("train", s["n_train"]), ("hgd", s["n_train_hgd"]), ("ae", s["n_ae"]),
                    ("val", s["n_val"])):
         idx = perm[pos:pos + n]
         out[f"idx_{key}"], out[f"x_{key}"], out[f"y_{key}"] = idx, x_all[idx], y_all[idx]
         pos += n
     if cifar:
+        if not shared:
+            x_all, y_all = data.load("cifar10", "test", root)
+            perm = data.random_subset(len(y_all), None, s["seed"])
         for key, n in (("clean", s["n_clean"]), ("te", s.get("n_test", s["n_clean"]))):
             idx = perm[:n]
             out[f"idx_{key}"], out[f"x_{key}"], out[f"y_{key}"] = idx, x_all[idx], y_all[idx]
