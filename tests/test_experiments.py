@@ -241,6 +241,18 @@ def test_deepfool_finetuning_task_runs_into_the_store(tmp_path):
     assert not any(p.suffix in (".md", ".csv", ".png") for p in tmp_path.rglob("*"))
 
 
+@needs_shared("data/cifar10_train_1.npz", "data/cifar10_test.npz", "models/cifar10_resnet20.pt")
+def test_deepfool_finetuning_runs_on_the_cifar10_training_split(tmp_path):
+    # a tiny version of experiments/cifar10_deepfool_finetuning.toml (DeepFool alpha = 1 only)
+    rows = _finetune_rows(tmp_path, {"model": "cifar10-resnet20", "dataset": "cifar10",
+                                     "n_train": 16, "n_rho": 4, "n_test": 20, "epochs": 1,
+                                     "max_iter": 10, "include": ["deepfool"], "alphas": [1],
+                                     "example_alphas": []})
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["run"] == "DeepFool α=1"
+    assert rows[0]["rho_rel"] == pytest.approx(1.0) and rows[1]["rho_adv"] > 0
+    assert 0.0 <= rows[1]["test_error"] <= 1.0
+
+
 @needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_clean.pt")
 def test_deepfool_finetuning_fig9_measures_fgsm_robustness(tmp_path):
     # DeepFool Fig. 9 analogue: FGSM fine-tuning, robustness measured by DeepFool and by FGSM
@@ -343,7 +355,7 @@ def test_deepfool_finetuning_runs_on_the_embedded_digits(tmp_path):
     figs = sorted(p.name for p in (tmp_path / "run" / "report" / "figures").glob("*.png"))
     assert len(figs) == 2 and any("deepfool_ft_example" in f for f in figs), figs
     with pytest.raises(ValueError, match="dataset"):
-        get_task("deepfool_finetuning").plan({"dataset": "cifar10"}, 0)
+        get_task("deepfool_finetuning").plan({"dataset": "svhn"}, 0)
 
 
 @needs_shared("data/mnist_train.npz", "data/mnist_test.npz", "models/mnist_lenet_pgdadv.pt")

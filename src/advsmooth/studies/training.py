@@ -92,7 +92,8 @@ class FinetuneSettings:
     """Settings of the DeepFool fine-tuning study (one field per spec parameter, hence more
     than twelve).
 
-    ``model`` on ``dataset`` (``"mnist"``, or ``"digits"`` for the embedded data) is fine-tuned
+    ``model`` on ``dataset`` (``"mnist"``, ``"cifar10"``, or ``"digits"`` for the embedded data;
+    the training images come from the dataset's training split) is fine-tuned
     ``epochs`` extra epochs on ``n_train`` seeded training images (seed ``seed``): for each α of
     ``alphas`` on ``clamp(x + α·r̂, 0, 1)`` with ``r̂`` the DeepFool-L2 perturbation of the
     starting model (iterates kept in ``[0, 1]``, so the α = 1 set is adversarial), on the FGSM set
@@ -124,7 +125,7 @@ class FinetuneSettings:
     models_dir: str | None = None
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, ("mnist", "digits"))
+        check_choice("dataset", self.dataset, ("mnist", "digits", "cifar10"))
         for k in ("n_train", "n_rho", "n_test", "epochs", "batch_size", "max_iter"):
             check_int_at_least(k, getattr(self, k), 1)
         check_int_at_least("seed", self.seed, 0)
