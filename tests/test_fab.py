@@ -162,3 +162,13 @@ def test_fab_finds_l2_adversarials_apgd_misses_on_linf_trained_lenet():
     assert (r <= 2.0 * (1 + 1e-6)).all() and fab.x_adv.min() >= 0 and fab.x_adv.max() <= 1
     assert int(fab.success.sum()) >= 30
     assert int(fab.success.sum()) > int(apgd.success.sum()) + 5
+
+
+def test_evaluate_leaves_fab_out_for_randomised_models():
+    """A randomised model's linearisation means nothing: like DeepFool, FAB-T is dropped."""
+    model, x = _affine_case(seed=9)
+    model, x = model.float(), x.float()[:4]
+    y = model(x).argmax(1)
+    rep = evaluate(model, x, y, norm=2, eps=[0.01], stages=["pgd-ce", "fab-t"], pgd_steps=2,
+                   randomized=True, draws=1, eot_samples=1, deepfool=False)
+    assert rep.stage_list == ["pgd-ce"] and rep.randomized
