@@ -50,7 +50,7 @@ from .gradients import AttackObjective, GradientEstimator, PlainGradient, check_
 from .grid import attack_grid, check_eps_list
 from .iterative import L2Update, SignUpdate, linf_bounds, normalize_norm, project_l2, project_linf
 
-__all__ = ["APGD", "apgd_checkpoints"]
+__all__ = ["APGD", "apgd_checkpoints", "ranked_targets"]
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -62,6 +62,15 @@ def apgd_checkpoints(steps: int) -> list[int]:
     # (rounded first: 0.57·100 is 57.000000000000007 in floating point)
     w = {math.ceil(round(q * steps, 9)) for q in p[1:] if q <= 1.0}
     return sorted(v for v in w if v >= 1)
+
+
+def ranked_targets(clean_logits: Tensor, k: int) -> list[Tensor]:
+    """The targets of a targeted run per sample, one ``(N,)`` tensor per rank: the ``k`` classes
+    (at most ``K − 1``) the model ranks highest after its clean prediction (rank 0, the label of
+    a correctly classified sample), as AutoAttack's APGD-T and FAB-T choose them."""
+    z = check_logits(clean_logits)
+    order = z.argsort(dim=1, descending=True)
+    return [order[:, r] for r in range(1, min(k, z.shape[1] - 1) + 1)]
 
 
 class APGD(Attack):
@@ -173,11 +182,7 @@ class APGD(Attack):
     def _target_classes(self, clean_logits: Tensor) -> list[Tensor | None]:
         if self.targets is None:
             return [None]
-        z = check_logits(clean_logits)
-        order = z.argsort(dim=1, descending=True)
-        k = min(self.targets, z.shape[1] - 1)
-        # rank 0 is the (correct) clean prediction: the targets are the next k classes
-        return [order[:, r] for r in range(1, k + 1)]
+        return list(ranked_targets(clean_logits, self.targets))
 
     # -- the attack -----------------------------------------------------------------------------
     def _attack(self, ctx: AttackContext) -> AttackOutput:

@@ -45,13 +45,17 @@ from torch import Tensor, nn
 
 from .._tensors import predict
 from .._utils import check_int_at_least, check_nonnegative
+from .apgd import ranked_targets
 from .base import Attack, AttackContext, AttackOutput
 from .execution import fold_batchnorm
-from .gradients import AttackObjective, PlainGradient, check_logits
+from .gradients import AttackObjective, PlainGradient
 from .hyperplane import TINY, box_solve, holder_direction, lp_norm
 from .iterative import normalize_norm, project_l2, project_linf
 
 __all__ = ["FAB"]
+
+#: the one plain-gradient estimator every linearisation uses (stateless)
+_PLAIN = PlainGradient()
 
 
 class FAB(Attack):
@@ -115,7 +119,7 @@ class FAB(Attack):
         best = ctx.x.clone()
         best_norm = torch.full((n,), math.inf, dtype=torch.float64, device=ctx.x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=ctx.x.device)
-        for tgt in self._target_classes(ctx.clean_logits):
+        for tgt in ranked_targets(ctx.clean_logits, self.targets):
             for restart in range(self.restarts):
                 rows = torch.nonzero(~self._done(best_norm)).flatten()
                 if rows.numel() == 0:
@@ -143,13 +147,6 @@ class FAB(Attack):
         if self.norm == "inf":
             return project_linf(x, best, self.eps)
         return project_l2(x, best, self.eps)
-
-    def _target_classes(self, clean_logits: Tensor) -> list[Tensor]:
-        """The ``targets`` most likely classes after the top one (the label: only correctly
-        classified samples are attacked), one tensor ``(N,)`` per rank."""
-        z = check_logits(clean_logits)
-        order = z.argsort(dim=1, descending=True)
-        return [order[:, r] for r in range(1, min(self.targets, z.shape[1] - 1) + 1)]
 
     def _run(self, ctx: AttackContext, model: nn.Module, rows: Tensor, tgt: Tensor,
              best_norm: Tensor, *, random: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -187,7 +184,7 @@ class FAB(Attack):
                    obj: AttackObjective, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``f = z_t − z_y`` at ``x``, its gradient ``w`` and whether ``x`` is misclassified
         (one forward and one gradient evaluation, counted)."""
-        est = PlainGradient().estimate(model, x, obj, generator=ctx.generator)
+        est = _PLAIN.estimate(model, x, obj, generator=ctx.generator)
         ctx.count_forward(rows, est.forward_evals)
         ctx.count_grad(rows, est.grad_evals)
         logits = est.logits

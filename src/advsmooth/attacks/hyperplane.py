@@ -17,7 +17,6 @@ from torch import Tensor
 __all__ = ["lp_norm", "holder_direction", "box_solve", "TINY"]
 
 TINY = 1e-12
-_TINY = TINY
 #: iteration cap of the free-set solve of the box-constrained step (it converges in a handful)
 _BOX_ITERS = 64
 
@@ -38,10 +37,10 @@ def holder_direction(w: Tensor, norms: Tensor, q: float) -> Tensor:
     (..., D) and ``norms = ‖w‖_q`` (...): ``w/‖w‖₂`` (q = 2), ``sign(w)`` (q = 1) or
     ``|w|^(q−1)·sign(w) / ‖w‖_q^(q−1)``; 0 where ``w`` vanishes."""
     if q == 2.0:
-        return w / norms.clamp_min(_TINY)[..., None]
+        return w / norms.clamp_min(TINY)[..., None]
     if q == 1.0:
         return w.sign()
-    return (w.abs() / norms.clamp_min(_TINY)[..., None]).pow(q - 1.0) * w.sign()
+    return (w.abs() / norms.clamp_min(TINY)[..., None]).pow(q - 1.0) * w.sign()
 
 
 def box_solve(w: Tensor, u: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,13 +60,13 @@ def box_solve(w: Tensor, u: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> tuple[
     wu = w * u
     reach = cap.sum(dim=-1) >= b
     b = torch.where(reach, b, torch.zeros_like(b))
-    t = b / wu.sum(dim=-1).clamp_min(_TINY)
+    t = b / wu.sum(dim=-1).clamp_min(TINY)
     size = bound.abs()
     for _ in range(_BOX_ITERS):
         sat = t[..., None] * u.abs() >= size
         free = torch.where(sat, torch.zeros_like(wu), wu).sum(dim=-1)
         fixed = torch.where(sat, cap, torch.zeros_like(cap)).sum(dim=-1)
-        t_new = torch.where(free > 0, (b - fixed).clamp_min(0.0) / free.clamp_min(_TINY), t)
+        t_new = torch.where(free > 0, (b - fixed).clamp_min(0.0) / free.clamp_min(TINY), t)
         t_new = torch.maximum(t, t_new)  # monotone despite rounding
         if torch.equal(t_new, t):
             break

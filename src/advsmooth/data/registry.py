@@ -406,33 +406,33 @@ def _cifar_raw(name: str, split: str, root: Any) -> tuple[np.ndarray, np.ndarray
 
 
 def _read_parts(first: Path, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """A split stored as ``<stem>_1.npz``, ``<stem>_2.npz``, …: the parts read in order and
-    concatenated (every part must exist up to the split's size; each is checked like one
-    ``.npz``)."""
+    """A split stored as ``<stem>_1.npz``, ``<stem>_2.npz``, …: the parts read in order (each
+    checked like one ``.npz``, each read once) and concatenated, up to the split's size."""
     stem = first.name[: -len("_1.npz")]
-    paths, total = [], 0
-    while True:
-        p = first.with_name(f"{stem}_{len(paths) + 1}.npz")
-        if not p.is_file():
-            break
+    paths: list[Path] = []
+    while (p := first.with_name(f"{stem}_{len(paths) + 1}.npz")).is_file():
         paths.append(p)
-        total += len(_read_npz(p)[1])
-        if expected is not None and total >= expected:
-            break
-    if expected is not None and total != expected:
-        raise ValueError(f"{first.parent}: the parts {stem}_1.npz … {stem}_{len(paths)}.npz "
-                         f"hold {total} images, the split has {expected} (a part is missing "
-                         f"after {paths[-1].name}, or one is truncated)")
     return _concat_parts(tuple(str(p.resolve()) for p in paths),
-                         tuple(p.stat().st_mtime for p in paths))
+                         tuple(p.stat().st_mtime for p in paths), expected)
 
 
 @functools.lru_cache(maxsize=1)
-def _concat_parts(paths: tuple[str, ...], mtimes: tuple[float, ...]
+def _concat_parts(paths: tuple[str, ...], mtimes: tuple[float, ...], expected: int | None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    parts = [_read_npz(Path(p)) for p in paths]
-    x = np.concatenate([a for a, _ in parts])
-    y = np.concatenate([b for _, b in parts])
+    xs, ys, total = [], [], 0
+    for p in paths:
+        x, y = _read_npz(Path(p))
+        xs.append(x)
+        ys.append(y)
+        total += len(y)
+        if expected is not None and total >= expected:
+            break
+    if expected is not None and total != expected:
+        last = Path(paths[len(xs) - 1]) if xs else None
+        raise ValueError(f"{Path(paths[0]).parent if paths else '?'}: the parts read hold "
+                         f"{total} images, the split has {expected} (a part is missing after "
+                         f"{last.name if last else 'the first'}, or one is truncated)")
+    x, y = np.concatenate(xs), np.concatenate(ys)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
