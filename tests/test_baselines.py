@@ -190,9 +190,58 @@ def test_iterative_smooth_roughness_term_smooths():
     assert float(os_.mean()) < 0.5 * float(on.mean())
 
 
+class _Saturated(nn.Module):
+    """Three classes on the mean brightness m of a 1×8×8 image:
+    ``z = (200(m − 0.4), 0, 300(0.35 − m))`` — class 0 above m = 0.4, class 2 below m ≈ 0.35.
+    Around m = 0.6 the softmax is saturated (margin ≈ 40)."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(dim=1)
+        return torch.stack([200 * (m - 0.4), torch.zeros_like(m), 300 * (0.35 - m)], dim=1)
+
+
+def test_iterative_smooth_margin_loss_does_not_saturate():
+    """On a saturated softmax the cross-entropy's gradient is ~e^-60: IS with the paper's CE loss
+    never moves, while the logit margin (gradient w_j − w_y, independent of confidence) walks
+    every image across the boundary; the step replays the margin loss exactly."""
+    model = _Saturated()
+    x = 0.55 + 0.1 * torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(4),
+                                dtype=torch.float64)
+    ce = IterativeSmooth(lambda_s=0.01, lr=1e-3, max_iter=200, halve_every=1000)(model, x)
+    assert not bool(ce.success.any())
+    assert float(ce.perturbation.abs().max()) < 1e-12
+    mg = IterativeSmooth(lambda_s=0.01, lr=1e-3, max_iter=200, halve_every=1000,
+                         loss="margin")(model, x)
+    assert torch.equal(mg.labels, torch.zeros(5, dtype=torch.long))
+    assert bool(mg.success.all())
+    # replay sample 0: r ← r − lr·∇(λΩ(r) − (max_{j≠y} z_j − z_y))
+    xi, yi = x[:1], int(mg.labels[0])
+    r = torch.zeros_like(xi)
+    for _ in range(int(mg.iterations[0])):
+        rv = r.clone().requires_grad_(True)
+        z = model((xi + rv).clamp(0, 1))[0]
+        other = torch.cat([z[:yi], z[yi + 1:]]).max()
+        loss = 0.01 * roughness(rv, sigma_h=1.0).sum() - (other - z[yi])
+        (gr,) = torch.autograd.grad(loss, rv)
+        r = r - 1e-3 * gr
+    assert torch.allclose(mg.x_adv[:1], (xi + r).clamp(0, 1), atol=1e-10)
+
+
+def test_iterative_smooth_margin_loss_targeted():
+    model = _Saturated()
+    x = 0.55 + 0.1 * torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(6),
+                                dtype=torch.float64)
+    target = torch.full((4,), 2, dtype=torch.long)
+    res = IterativeSmooth(lambda_s=0.0, lr=1e-3, max_iter=300, loss="margin")(
+        model, x, target=target)
+    assert bool(res.success.all())
+    assert torch.equal(model(res.x_adv).argmax(1), target)
+
+
 def test_iterative_smooth_validates():
     for bad in [dict(lambda_s=-1), dict(lr=0), dict(halve_every=0), dict(max_iter=-1),
-                dict(sigma_h=0)]:
+                dict(sigma_h=0), dict(loss="dlr")]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             IterativeSmooth(**bad)
     assert "lambda_s=0.1" in repr(IterativeSmooth())
+    assert "loss='margin'" in repr(IterativeSmooth(loss="margin"))

@@ -140,8 +140,8 @@ REGISTRY: dict[str, AttackEntry] = {
                               help="smooth universal perturbation (SmoothFool + SmoothClip)"),
     "iterative-smooth": AttackEntry("advsmooth.attacks.baselines:IterativeSmooth",
                                     ("max_iter",),
-                                    help="IS baseline: -CE + lambda_s * roughness, gradient "
-                                         "descent"),
+                                    help="IS baseline: -CE (or loss=margin) + lambda_s * "
+                                         "roughness, gradient descent"),
     "color-shift": AttackEntry("advsmooth.attacks.baselines:ColorShift", (),
                                help="CS baseline: random HSV hue/saturation shifts (RGB only)"),
     "grey-shift": AttackEntry("advsmooth.attacks.baselines:GreyShift", (),
