@@ -173,6 +173,46 @@ paper_text = "7.8"
     assert "| 7.8 | – | – | not run |" in table
 
 
+def test_scoreboard_lower_bounds_from_an_unfinished_sigma_grid(tmp_path):
+    """A σ^A% cell "≥ v" (the grid ends before the fooling rate drops below A) is a lower bound:
+    beyond the partly tolerance it is "not", within it the run cannot decide ("open")."""
+    _table(tmp_path / "spec" / "t.csv", [
+        {"model": "a", "rho": "≥ 12", "n": 495}, {"model": "b", "rho": "≥ 9", "n": 490},
+        {"model": "c", "rho": 8.5, "n": 480}])
+    body = "".join(CLAIM.format(name=n, pv=7.8, model=m)
+                   for n, m in [("far bound", "a"), ("near bound", "b"), ("exact", "c")])
+    scores = {s.claim.claim: s for s in sb.score(sb.load_claims(_claims(tmp_path, body)),
+                                                   tmp_path)}
+    assert scores["far bound"].values == (12.0,) and scores["far bound"].lower_bound
+    assert scores["far bound"].verdict == "not"        # 12 > 7.8 × 1.5
+    assert scores["near bound"].verdict == "open"      # 9 ≤ 11.7: σ^20% may still be 9
+    assert scores["exact"].verdict == "reproduced" and not scores["exact"].lower_bound
+    table = sb.render(list(scores.values()))
+    assert "| [≥ 12](results/spec/t.csv) | 495 | not |" in table
+    assert sb.verdict({"kind": "min", "min": 1.0, "partly": 0.5}, 2.0, 1.0,
+                      lower_bound=True) == "reproduced"
+
+
+def test_sigma_threshold_table_marks_thresholds_the_grid_does_not_reach():
+    from advsmooth.report.tables import sigma_threshold_table
+
+    def cell(model, sigma, fr):
+        return {"kind": "attack", "dataset": "d", "model": model, "attack": "SF",
+                "params": {"sigma": sigma}, "fooling_rate": fr}
+
+    cells = [cell("a", s, fr) for s, fr in [(2, 1.0), (4, 0.6), (8, 0.3)]] + \
+        [cell("b", s, fr) for s, fr in [(2, 1.0), (4, 1.0), (8, 0.9)]]
+    t = sigma_threshold_table(cells, levels=(1.0, 0.2))
+    rows = {r[1]: r[3:] for r in t.rows}
+    assert rows["a"] == [2.0, "≥ 8"]                # FR 30 % at the largest sigma
+    assert rows["b"] == [4.0, "≥ 8"]
+    assert rows["min over models"] == [2.0, "≥ 8"]
+    cells.append(cell("c", 2, 0.1))                  # never reaches 20 %: nan, not a bound
+    t = sigma_threshold_table(cells, levels=(0.2,))
+    rows = {r[1]: r[3:] for r in t.rows}
+    assert rows["c"][0] != rows["c"][0] and rows["min over models"] == ["≥ 8"]
+
+
 def test_scoreboard_rejects_bad_claims(tmp_path):
     _table(tmp_path / "spec" / "t.csv", [{"model": "a", "rho": 0.1, "n": 1}])
     bad_col = CLAIM.format(name="x", pv=0.1, model="a").replace('column = "rho"',

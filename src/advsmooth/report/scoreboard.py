@@ -23,6 +23,10 @@ default):
 * ``min`` — *reproduced* if ``measured ≥ min``, *partly* if ``measured ≥ partly``, else *not*
   (claims of a trend, e.g. a ratio above one).
 
+A results cell ``"≥ v"`` (a σ^A% that the grid does not reach: the value is at least ``v``) is a
+lower bound: *not* if ``v`` already lies beyond the ``partly`` tolerance above the paper's value
+(``rel``) or meets ``min`` (``min``: *reproduced*), else *open* — the run cannot tell.
+
 A claim without ``results``, or whose results file is not there or has no rows, is *not run*.
 :func:`render` makes the Markdown table; :func:`sync_readme` writes it between the markers
 ``<!-- scoreboard:begin -->`` and ``<!-- scoreboard:end -->`` of a README, or checks that it is
@@ -73,6 +77,8 @@ class Score:
     values: tuple[float, ...]
     n: tuple[float, ...]
     verdict: str
+    #: the values are lower bounds (``"≥ v"`` cells)
+    lower_bound: bool = False
 
     @property
     def measured(self) -> float | None:
@@ -144,13 +150,23 @@ def _rows(root: Path, ref: Mapping[str, Any]) -> list[dict[str, str]] | None:
 
 
 def _number(v: str | None) -> float:
-    return float(v) if v not in (None, "") else math.nan
+    return float(v.removeprefix("≥").strip()) if v not in (None, "") else math.nan
 
 
-def verdict(rule: Mapping[str, Any], measured: float, paper: float) -> str:
-    """``"reproduced"``, ``"partly"`` or ``"not"`` by ``rule`` (see the module docstring)."""
+def _is_bound(v: str | None) -> bool:
+    return bool(v) and v.startswith("≥")  # type: ignore[union-attr]
+
+
+def verdict(rule: Mapping[str, Any], measured: float, paper: float, *,
+            lower_bound: bool = False) -> str:
+    """``"reproduced"``, ``"partly"``, ``"not"`` (or ``"open"`` for an undecided
+    ``lower_bound``) by ``rule`` (see the module docstring)."""
     if math.isnan(measured):
         return "not"
+    if lower_bound:
+        if rule["kind"] == "rel":
+            return "not" if measured > paper * (1.0 + rule["partly"]) else "open"
+        return "reproduced" if measured >= rule["min"] else "open"
     if rule["kind"] == "rel":
         dev = abs(measured / paper - 1.0) if paper != 0 else abs(measured)
         return "reproduced" if dev <= rule["tol"] else "partly" if dev <= rule["partly"] \
@@ -170,13 +186,15 @@ def score(claims: Sequence[Claim], root: str | os.PathLike[str]) -> list[Score]:
             out.append(Score(c, (), (), "not run"))
             continue
         vals = [_number(r[c.ref["column"]]) for r in rows]  # type: ignore[index]
+        bound = any(_is_bound(r[c.ref["column"]]) for r in rows)  # type: ignore[index]
         if div is not None:
             d = statistics.fmean(_number(r[c.divide_by["column"]]) for r in div)  # type: ignore
             vals = [v / d for v in vals]
         ns = tuple(_number(r.get(c.n_column)) for r in rows) if c.n_column else ()
         m = statistics.fmean(vals)
         assert c.paper_value is not None
-        out.append(Score(c, tuple(vals), ns, verdict(c.rule, m, c.paper_value)))
+        out.append(Score(c, tuple(vals), ns,
+                         verdict(c.rule, m, c.paper_value, lower_bound=bound), bound))
     return out
 
 
@@ -196,6 +214,8 @@ def render(scores: Sequence[Score], *, link_root: str = "results") -> str:
             measured = _fmt(s.values[0])
         else:
             measured = f"{_fmt(statistics.fmean(s.values))} ± {_fmt(statistics.stdev(s.values))}"
+        if s.lower_bound and s.values:
+            measured = f"≥ {measured}"
         if c.ref is not None and s.values:
             measured = f"[{measured}]({link_root}/{c.ref['results']})"
         n = "–"

@@ -28,8 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 __all__ = ["Table", "METRIC_DISPLAY", "build_tables", "cell_field", "attack_cells", "filter_cells",
            "study_rows_for", "summary_table", "pivot_table", "per_class_table",
            "sigma_threshold_table", "study_table", "provenance_table"]
@@ -274,22 +272,32 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
             continue
         groups.setdefault((c["dataset"], c["model"], c["attack"]), []).append((float(v), fr))
     rows = []
-    per_ds: dict[tuple[str, str], list[list[float]]] = {}
+    per_ds: dict[tuple[str, str], list[list[tuple[float, bool]]]] = {}
     for (ds, model, attack), pts in groups.items():
         s, f = zip(*sorted(pts))
-        vals = [sigma_at(list(s), list(f), lv) for lv in levels]
-        rows.append([ds, model, attack, *vals])
+        # censored: the fooling rate is still >= A at the largest grid value
+        vals = [(sigma_at(list(s), list(f), lv), f[-1] >= lv) for lv in levels]
+        rows.append([ds, model, attack, *[_censored(v, c) for v, c in vals]])
         per_ds.setdefault((ds, attack), []).append(vals)
-    for (ds, attack), vals in per_ds.items():
-        if len(vals) > 1:
-            arr = np.array(vals, dtype=float)
-            mins = [float(np.nanmin(arr[:, j])) if np.isfinite(arr[:, j]).any() else None
-                    for j in range(arr.shape[1])]
+    for (ds, attack), per_model in per_ds.items():
+        if len(per_model) > 1:
+            mins = []
+            for j in range(len(levels)):
+                known = [vc for vc in (m[j] for m in per_model) if math.isfinite(vc[0])]
+                mins.append(_censored(*min(known)) if known else None)
             rows.append([ds, "min over models", attack, *mins])
     return Table(name, title or f"σ^A% over the {param} grid",
                  ["dataset", "model", "attack", *[f"{param}^{100 * lv:g}%" for lv in levels]],
                  rows, notes="Largest grid value with FR ≥ A, interpolated linearly to the "
-                             "crossing (docs/algorithms.md); the grid max if FR never drops below.")
+                             "crossing (docs/algorithms.md); “≥ v” where the fooling rate is "
+                             "still ≥ A at the largest grid value v (the grid does not reach "
+                             "σ^A%).")
+
+
+def _censored(value: float, censored: bool) -> float | str:
+    """A σ^A% cell: the number, or ``"≥ v"`` when the grid ends before the fooling rate drops
+    below A (the threshold is only known to be at least the grid maximum)."""
+    return f"≥ {value:g}" if censored else value
 
 
 def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str,
