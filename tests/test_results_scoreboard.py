@@ -211,6 +211,8 @@ def test_sigma_threshold_table_marks_thresholds_the_grid_does_not_reach():
     t = sigma_threshold_table(cells, levels=(0.2,))
     rows = {r[1]: r[3:] for r in t.rows}
     assert rows["c"][0] != rows["c"][0] and rows["min over models"] == ["≥ 8"]
+    assert "| ≥ 8 |" in t.to_markdown() and "≥ 8" in t.to_csv() and "≥ 8" in t.to_html()
+    assert "≥ 8" in str(t.to_json())
 
 
 def test_scoreboard_rejects_bad_claims(tmp_path):
