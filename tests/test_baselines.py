@@ -201,9 +201,10 @@ class _Saturated(nn.Module):
 
 
 def test_iterative_smooth_margin_loss_does_not_saturate():
-    """On a saturated softmax the cross-entropy's gradient is ~e^-60: IS with the paper's CE loss
-    never moves, while the logit margin (gradient w_j − w_y, independent of confidence) walks
-    every image across the boundary; the step replays the margin loss exactly."""
+    """On a saturated softmax (margin ≈ 40) the cross-entropy's gradient is ~e^-40 of the
+    margin's: IS with the paper's CE loss does not move, while the logit margin (whose gradient
+    does not depend on the confidence) walks every image across the boundary; the step replays
+    the margin loss exactly."""
     model = _Saturated()
     x = 0.55 + 0.1 * torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(4),
                                 dtype=torch.float64)
