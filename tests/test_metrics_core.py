@@ -139,6 +139,28 @@ def test_fgsm_rho_finds_smallest_grid_eps():
     assert math.isnan(none["eps"]) and none["rate"] < 1.0
 
 
+class Band(nn.Module):
+    """Two classes on the mean pixel value m: class 1 iff 0.5 < m < 0.8 (wrong again above)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True)
+        z1 = torch.minimum(m - 0.5, 0.8 - m)
+        return torch.cat([torch.zeros_like(z1), z1], dim=1)
+
+
+def test_fgsm_rho_when_the_rate_falls_again_at_large_eps():
+    """At ε = eps_max FGSM overshoots the band and the rate is 0 again; the 90 %-rule ε is still
+    the smallest grid ε with rate ≥ target (a top-down bisection returned nan here)."""
+    x = _images([0.40, 0.42, 0.44])
+    y = torch.zeros(3, dtype=torch.long)
+    out = fgsm_rho(Band().double(), x, y, p="inf", target_rate=0.9, eps_max=0.5, grid=100)
+    assert out["eps"] == pytest.approx(0.105)       # first grid ε with m > 0.5 for 0.40
+    assert out["rate"] == 1.0
+    model = Band().double()
+    with torch.no_grad():                           # the largest ε fools nobody
+        assert int(model(x + 0.5).argmax(1).sum()) == 0
+
+
 def test_fooling_rate_accepts_unclipped_adversarial_images():
     model = Threshold().double()
     x = _images([0.4, 0.45])

@@ -267,15 +267,17 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
     The FGSM direction ``s = sign(∇_x CE(model(x), y))`` does not depend on ε, so it is computed
     once (one gradient evaluation per image); then the smallest ε on a uniform grid of ``grid``
     values in ``(0, eps_max]`` such that FGSM misclassifies at least ``target_rate`` of *all*
-    inputs (``pred(clamp(x + ε s)) ≠ y``) is found by bisection (forward passes only; the
-    misclassification rate is assumed non-decreasing in ε). The perturbation used for ρ is the
-    clamped one, ``clamp(x + ε s, 0, 1) − x``.
+    inputs (``pred(clamp(x + ε s)) ≠ y``) is found by bracketing from small ε up (grid points
+    1, 2, 4, 8, … ) and bisecting inside the bracket (forward passes only; the misclassification
+    rate is assumed non-decreasing up to the bracket — it may fall again at larger ε). The
+    perturbation used for ρ is the clamped one, ``clamp(x + ε s, 0, 1) − x``.
 
     Returns:
         ``{"eps": ε, "rho": mean ||r||_p/||x||_p, "rate": misclassification rate at ε,
         "rho_l2": …, "rho_inf": …}`` (ε does not depend on ``p``, so both norms of the same
-        perturbation come from one call); ``eps`` and ``rho`` are ``nan`` if even ``eps_max``
-        does not reach ``target_rate`` (and the two extra keys are then absent).
+        perturbation come from one call); ``eps`` and ``rho`` are ``nan`` if none of the
+        bracketing grid points (up to ``eps_max``) reaches ``target_rate`` (and the two extra
+        keys are then absent).
     """
     _check_batch_size(batch_size)
     check_images(x)
@@ -312,9 +314,18 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
         return rates[eps]
 
     epss = [eps_max * (k + 1) / grid for k in range(grid)]
-    if rate_at(epss[-1]) < target_rate:
-        return {"eps": float("nan"), "rho": float("nan"), "rate": rate_at(epss[-1])}
-    lo, hi = -1, grid - 1  # invariant: rate(epss[hi]) >= target; lo is below (or -1)
+    # Bracket first, from small ε up (grid indices 0, 1, 3, 7, ...): at large ε the rate can fall
+    # again (FGSM at ε → 0.5 saturates every image, and a model that then answers one class is
+    # wrong on only ~90 % of a balanced set), so the largest ε is no safe upper end.
+    lo, hi, k = -1, None, 0
+    while hi is None:
+        if rate_at(epss[k]) >= target_rate:
+            hi = k
+        elif k == grid - 1:
+            return {"eps": float("nan"), "rho": float("nan"), "rate": rate_at(epss[-1])}
+        else:
+            lo, k = k, min(2 * k + 1, grid - 1)
+    # invariant: rate(epss[hi]) >= target; lo is below (or -1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if rate_at(epss[mid]) >= target_rate:
