@@ -428,10 +428,10 @@ def _concat_parts(paths: tuple[str, ...], mtimes: tuple[float, ...], expected: i
         if expected is not None and total >= expected:
             break
     if expected is not None and total != expected:
-        last = Path(paths[len(xs) - 1]) if xs else None
-        raise ValueError(f"{Path(paths[0]).parent if paths else '?'}: the parts read hold "
-                         f"{total} images, the split has {expected} (a part is missing after "
-                         f"{last.name if last else 'the first'}, or one is truncated)")
+        last = Path(paths[len(xs) - 1])  # _read_parts is only called when part 1 exists
+        raise ValueError(f"{last.parent}: the parts read hold {total} images, the split has "
+                         f"{expected} (a part is missing after {last.name}, or one is "
+                         "truncated)")
     x, y = np.concatenate(xs), np.concatenate(ys)
     x.setflags(write=False)
     y.setflags(write=False)

@@ -225,11 +225,12 @@ def _ft_set(s: dict[str, Any], ctx: Any) -> StepOutput:
         r = torch.cat([df(start, x[i:i + 500], y[i:i + 500]).perturbation
                        for i in range(0, len(y), 500)])
         return StepOutput(tensors={"r": r.detach()})
-    fg = metrics.fgsm_rho(start, x, y)
+    eps_max = 0.5
+    fg = metrics.fgsm_rho(start, x, y, eps_max=eps_max)
     eps = float(fg["eps"])
     if not math.isfinite(eps):
         raise ValueError("the FGSM fine-tuning set needs the 90 %-rule ε, but FGSM misclassifies "
-                         f"only {100 * fg['rate']:.1f} % of the training images at ε = 0.5")
+                         f"only {100 * fg['rate']:.1f} % of the training images at ε = {eps_max}")
     xs, _ = defenses.get_method("fgsm_ft", eps=eps).prepare(start, (x, y), show_progress=False)
     return StepOutput(tensors={"x": xs}, info={"eps": eps})
 
