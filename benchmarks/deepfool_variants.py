@@ -13,12 +13,18 @@ Three tables behind the choices documented in docs/deepfool.md:
    image; and with ``clip=True``, ``box="project"`` (default) vs ``box="clamp"`` (the paper's
    step then a clamp) — on the standard models (L2) and on the adversarially trained
    ``mnist-lenet-pgd`` (L2 and L∞), where face normals change fastest.
+4. **Clamped steps before the box-constrained ones** (``--sections box_steps``): with
+   ``clip=True, box="project"``, 0, 1 or 2 (the default) clamped steps before the projected
+   ones, against ``box="clamp"``: paired median L2, iterations and passes per image, with the
+   unclipped run's passes; seeded 150-image test samples of ``mnist-lenet``, ``digits-lenet``
+   and ``cifar10-resnet20`` (the table in docs/deepfool.md).
 
 Cases: ``digits-lenet`` (embedded digits, always), ``mnist-lenet``, ``mnist-lenet-pgd`` and
 ``cifar10-resnet20`` (need ../shared; skipped cleanly without it). DeepFool: overshoot 0.02,
 50 iterations, 10 candidates.
 
 Run:  .venv/bin/python benchmarks/deepfool_variants.py [--quick] [--repeats 3]
+          [--sections linearisation,layouts,faces_box,box_steps]
 Writes benchmarks/results/deepfool_variants.json and .md.
 """
 
@@ -166,6 +172,52 @@ def faces_and_box(cases: dict[str, tuple], log: Any) -> list[dict[str, Any]]:
     return rows
 
 
+#: models of the clamped-steps table, on seeded 150-image test samples
+BOX_STEP_CASES = [("mnist-lenet", "mnist", ["data/mnist_test.npz", "models/mnist_lenet_clean.pt"]),
+                  ("digits-lenet", "digits", []),
+                  ("cifar10-resnet20", "cifar10",
+                   ["data/cifar10_test.npz", "models/cifar10_resnet20.pt"])]
+
+
+def box_steps(quick: bool, log: Any) -> list[dict[str, Any]]:
+    """Section 4: 0 / 1 / 2 clamped steps before the box-constrained ones, against the clamp."""
+    from advsmooth.attacks import deepfool as D
+    rows = []
+    default = D._CLAMPED_STEPS
+    for name, ds, needs in BOX_STEP_CASES[1:2] if quick else BOX_STEP_CASES:
+        if any(not (H.SHARED / p).exists() for p in needs):
+            log(f"  skip {name}: ../shared missing")
+            continue
+        model = H.frozen(asm.models.load(name))
+        x, y = asm.data.load(ds, "test", sample=8 if quick else 150, seed=0)
+        clamp = asm.attacks.DeepFool(clip=True, box="clamp", **DF)(model, x, y)
+        plain = asm.attacks.DeepFool(**DF)(model, x, y)
+        ok = ~clamp.skipped
+
+        def passes(r: Any, ok: torch.Tensor = ok) -> float:
+            return float((r.forward_evals + r.grad_evals)[ok].double().mean())
+        try:
+            for k in (0, 1, 2):
+                D._CLAMPED_STEPS = k
+                res = asm.attacks.DeepFool(clip=True, **DF)(model, x, y)
+                ratio = res.norms(2)[ok] / clamp.norms(2)[ok]
+                rows.append({"case": name, "n": int(ok.sum()), "clamped_steps": k,
+                             "default": k == default,
+                             "success_rate": float(res.success[ok].double().mean()),
+                             "per_image_median_vs_clamp": float(ratio.median()),
+                             "paired_median_ratio": float(res.norms(2)[ok].median()
+                                                          / clamp.norms(2)[ok].median()),
+                             "mean_iterations": float(res.iterations[ok].double().mean()),
+                             "passes_per_image": passes(res),
+                             "clamp_iterations": float(clamp.iterations[ok].double().mean()),
+                             "clamp_passes": passes(clamp), "unclipped_passes": passes(plain)})
+                log(f"  {name} {k} clamped steps: {rows[-1]['per_image_median_vs_clamp']:.4f} "
+                    f"of the clamp, {rows[-1]['passes_per_image']:.1f} passes")
+        finally:
+            D._CLAMPED_STEPS = default
+    return rows
+
+
 def markdown(payload: dict[str, Any]) -> str:
     lines = ["# DeepFool variants (advsmooth only)", "",
              "DeepFool L2 unless stated, overshoot 0.02, 50 iterations, 10 candidates, correctly "
@@ -197,8 +249,21 @@ def markdown(payload: dict[str, Any]) -> str:
                  ("same_iterations", "same iterations"),
                  ("grad_per_image", "gradients / image"),
                  ("ref_grad_per_image", "ref gradients / image"),
-                 ("forward_per_image", "forwards / image")]), ""]
+                 ("forward_per_image", "forwards / image")]), "",
+             "## Clamped steps before the box-constrained ones (clip=True; reference: "
+             "box=\"clamp\")", "",
+             H.md_table(payload["box_steps"], [
+                 ("case", "case"), ("n", "images"), ("clamped_steps", "clamped steps"),
+                 ("default", "default"), ("success_rate", "success"),
+                 ("per_image_median_vs_clamp", "per-image median ÷ clamp"),
+                 ("paired_median_ratio", "paired median ÷ clamp"),
+                 ("mean_iterations", "iterations"), ("passes_per_image", "passes / image"),
+                 ("clamp_iterations", "clamp iterations"), ("clamp_passes", "clamp passes"),
+                 ("unclipped_passes", "unclipped passes")]), ""]
     return "\n".join(lines)
+
+
+SECTIONS = ("linearisation", "layouts", "faces_box", "box_steps")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="comma list of " + ",".join(SECTIONS))
     args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        ap.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
     info = H.machine_info(args.threads)
     t0 = time.perf_counter()
     limit = 8 if args.quick else None
     repeats = 1 if args.quick else args.repeats
     todo = CASES[:1] if args.quick else CASES
+    if not {"linearisation", "layouts", "faces_box"} & set(sections):
+        todo = []  # box_steps loads its own samples
     cases = {}
     for c in todo:
         loaded = _load(c, limit)
@@ -225,14 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         "suite": "deepfool_variants",
         "config": {"deepfool": DF, "repeats": repeats, "quick": args.quick,
                    "cases": list(cases)},
-        "linearisation": linearisation(cases, print),
-        "layouts": layouts(cases, repeats, print),
-        "faces_box": faces_and_box(cases, print),
+        "linearisation": linearisation(cases, print) if "linearisation" in sections else [],
+        "layouts": layouts(cases, repeats, print) if "layouts" in sections else [],
+        "faces_box": faces_and_box(cases, print) if "faces_box" in sections else [],
+        "box_steps": box_steps(args.quick, print) if "box_steps" in sections else [],
     }
     info["suite_seconds"] = round(time.perf_counter() - t0, 1)
     info["loadavg_end"] = H.loadavg()
     payload["machine"] = info
-    jp, mp = H.write_outputs(Path(args.out), "deepfool_variants", payload, markdown(payload))
+    # a subset of the sections is written beside the full run's files, not over them
+    name = ("deepfool_variants" if set(sections) == set(SECTIONS)
+            else "deepfool_variants_" + "_".join(sections))
+    jp, mp = H.write_outputs(Path(args.out), name, payload, markdown(payload))
     print(f"wrote {jp} and {mp}")
     return 0
 

@@ -65,6 +65,10 @@ _MARGIN = 2.0
 #: ``faces="nearest"`` falls back to every face when a differentiated normal's norm changed by
 #: more than this factor per iteration (up or down)
 _STEADY = 1.5
+#: with ``box="project"``, the first steps are clamped ones; the box-constrained steps follow
+#: (docs/deepfool.md: two clamped steps let the linearisation see the raised background first
+#: and end at or below the clamp's median ℓ2 on the LeNets, where one did not)
+_CLAMPED_STEPS = 2
 
 Counter = Callable[[Tensor, int], None]
 
@@ -204,13 +208,13 @@ class DeepFool(Attack):
         box: how ``clip=True`` does it. ``"clamp"``: the paper's unconstrained step, then a
             pixel-wise clamp (which undoes part of the step on saturated pixels, so the iterate
             falls short of the linearised boundary and more iterations follow). ``"project"``
-            (default): the first step, from the clean image, is the clamped one; every later
-            step goes to the nearest face of the linearised classifier *inside the box*: a
-            pixel on a bound that the step would push outward stays there, and the step is
-            recomputed on the pixels that can move (repeated while more pixels reach a bound),
-            so the iterate lands on the linearised boundary with its overshot point in
-            ``[0, 1]``. Projecting already from the clean image took fewer iterations still but
-            gave larger perturbations (docs/deepfool.md). Ignored when ``clip=False``.
+            (default): the first two steps are clamped ones; every later step goes to the
+            nearest face of the linearised classifier *inside the box*: a pixel on a bound
+            that the step would push outward stays there, and the step is recomputed on the
+            pixels that can move (repeated while more pixels reach a bound), so the iterate
+            lands on the linearised boundary with its overshot point in ``[0, 1]``. Projecting
+            sooner took fewer iterations but gave larger perturbations (docs/deepfool.md).
+            Ignored when ``clip=False``.
         faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
             later ones differentiate the two faces nearest under the current face values and
             the normal norms last computed, and all the others too whenever a face left out
@@ -400,8 +404,8 @@ class DeepFool(Attack):
                 break
             groups = self._chunks(act, workers)
 
-            def one(idx: Tensor, first: bool = it == 0) -> Tensor:
-                return self._iterate(st, idx, ex, first=first)
+            def one(idx: Tensor, it: int = it) -> Tensor:
+                return self._iterate(st, idx, ex, it=it)
             done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
@@ -421,9 +425,11 @@ class DeepFool(Attack):
         size = -(-act.numel() // parts)
         return [act[s:s + size] for s in range(0, act.numel(), size)]
 
-    def _iterate(self, st: _State, idx: Tensor, ex: _Exec, *, first: bool) -> Tensor:
-        """One pass of Algorithm 2's loop body on the samples ``idx`` (updates ``st`` in place);
-        returns which of them are finished (fooled, or every face normal vanished)."""
+    def _iterate(self, st: _State, idx: Tensor, ex: _Exec, *, it: int) -> Tensor:
+        """Iteration ``it`` (0-based) of Algorithm 2's loop body on the samples ``idx`` (updates
+        ``st`` in place); returns which of them are finished (fooled, or every face normal
+        vanished)."""
+        first = it == 0
         eta = self.overshoot
         xa, ra = st.x[idx], st.r_tot[idx]
         xo = xa + (1.0 + eta) * ra  # the overshot point (checked by the previous iteration)
@@ -432,9 +438,9 @@ class DeepFool(Attack):
         xl = xo if self.linearize_with_overshoot else xa + ra
         if self.clip:
             xl = xl.clamp(0.0, 1.0)
-        # box="project": from the second iteration on, the step has the room that keeps
-        # x + (1+η)(r_tot + r) in [0, 1]; the first step, from the clean image, is clamped
-        project = self._projects and not first
+        # box="project": after _CLAMPED_STEPS clamped steps, the step has the room that keeps
+        # x + (1+η)(r_tot + r) in [0, 1]
+        project = self._projects and it >= _CLAMPED_STEPS
         box = (-xo / (1.0 + eta), (1.0 - xo) / (1.0 + eta)) if project else None
         # lines 4-10: face values f'_k and normals w'_k at x_i, the nearest face and the step
         near, sel = self._faces(st, idx, ex, xl, box, first=first)
