@@ -84,6 +84,34 @@ def test_report_results_writes_tables_and_provenance(tmp_path):
     assert len(prov["commands"]) == 2
     assert prov["wall_seconds"] == pytest.approx(
         sum(c["wall_seconds"] for c in prov["commands"]), abs=2e-3)
+    assert [c["computed"] for c in prov["commands"]] == [1, 1]
+
+
+def test_provenance_credits_the_commands_that_computed(tmp_path):
+    """A run that finds every cell done does not become the code credited with the results; two
+    computing runs at different commits are both named."""
+    from advsmooth.report.results import record_invocation, write_results
+
+    register_task("test-squares", _squares, replace=True)
+    spec = tmp_path / "squares.toml"
+    spec.write_text(SPEC % (3, "squares"))
+    run = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(run), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--out", str(run), "--no-progress"]) == 0
+    invs = read_invocations(run)
+    assert [i["computed"] for i in invs] == [1, 0]
+    # pretend the no-op re-run came from another commit: the credit stays with the first
+    other = {"commit": "f" * 40, "source_tree": "e" * 40, "dirty": False}
+    record_invocation(run, ["run", "again"], started="2026-01-01T00:00:00Z", wall_seconds=0.1,
+                      code=other, computed=0)
+    prov = write_results(run, tmp_path / "r1")
+    assert prov["code"]["commit"] == invs[0]["commit"] and "commits" not in prov["code"]
+    # a computing run at another commit is credited, and both commits are listed
+    record_invocation(run, ["run", "more"], started="2026-01-01T00:00:01Z", wall_seconds=0.1,
+                      code=other, computed=2)
+    prov = write_results(run, tmp_path / "r2")
+    assert prov["code"]["commit"] == "f" * 40
+    assert prov["code"]["commits"] == [invs[0]["commit"], "f" * 40]
 
 
 def _claims(tmp_path: Path, body: str) -> Path:

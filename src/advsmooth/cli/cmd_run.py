@@ -78,7 +78,8 @@ def _main(args: argparse.Namespace) -> int:
     if result.rank == 0:
         print(result)
         record_invocation(result.out_dir, getattr(args, "argv", None) or sys.argv[1:],
-                          started=started, wall_seconds=time.perf_counter() - t0, code=code)
+                          started=started, wall_seconds=time.perf_counter() - t0, code=code,
+                          computed=result.computed_batches)
         if args.report:
             from ..report import build_report
 

@@ -7,14 +7,17 @@
 * ``cells.csv`` — per cell: status, seed, spec hash, versions, device, data / checkpoint hashes,
   seconds (the report's provenance table);
 * ``spec.toml`` — the spec exactly as the store recorded it;
-* ``provenance.json`` — spec name and hash, the git commit of the code that ran, the git tree id
-  of the package source at that commit (stable across rebases) and whether the source had
-  uncommitted changes, the date, the machine (CPU model, cores), the exact
-  commands that filled the store with their wall times, the store's runs, and ``n`` per cell.
+* ``provenance.json`` — spec name and hash, the git commit of the code that computed the
+  results (the last command that computed anything; ``code.commits`` lists every such commit
+  when they differ), the git tree id of the package source at that commit (stable across
+  rebases) and whether the source had uncommitted changes, the date, the machine (CPU model,
+  cores), the exact commands that filled the store with their wall times and work items
+  computed, the store's runs, and ``n`` per cell.
 
 The commands come from ``DIR/invocations.jsonl``, one JSON line per ``advsmooth run`` that
 finished, appended by :func:`record_invocation` (the ``run`` command calls it): the command line,
-the commit and machine it ran on, its start and wall time.
+the commit and machine it ran on, its start and wall time, and how many work items it computed
+(0 when it found every cell done: such a run does not change the commit credited).
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def _now() -> str:
 
 def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
                       started: str, wall_seconds: float,
-                      code: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      code: Mapping[str, Any] | None = None,
+                      computed: int | None = None) -> dict[str, Any]:
     """Append one finished ``advsmooth`` command to ``run_dir/invocations.jsonl``.
 
     Args:
@@ -102,15 +106,19 @@ def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
         wall_seconds: wall-clock seconds from process start to the end of the run.
         code: :func:`git_info` taken when the command started (the code it imported); default:
             taken now.
+        computed: work items (batches, study steps) the command computed; 0 for a run that
+            found everything done, so that the provenance does not credit it with the results.
 
     Returns:
-        The record written: command, started, wall_seconds, commit, dirty, machine.
+        The record written: command, started, wall_seconds, commit, dirty, machine[, computed].
     """
     info = dict(code) if code is not None else git_info()
     rec = {"command": "advsmooth " + shlex.join(str(a) for a in argv), "started": started,
            "wall_seconds": round(float(wall_seconds), 3), "commit": info.get("commit"),
            "source_tree": info.get("source_tree"), "dirty": info.get("dirty"),
            "machine": machine_info()}
+    if computed is not None:
+        rec["computed"] = int(computed)
     path = Path(run_dir) / INVOCATIONS
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -162,10 +170,17 @@ def write_results(run_dir: str | os.PathLike[str], results_dir: str | os.PathLik
             files[f"{t.name}.csv"] = t.to_csv()
             files[f"{t.name}.md"] = t.to_markdown()
     files["spec.toml"] = spec_text if spec_text.endswith("\n") else spec_text + "\n"
-    last = invocations[-1] if invocations else {}
+    # the code that computed the results: the last command that computed anything (a record
+    # without "computed" predates the field and counts as computing); every such commit is named
+    # when they differ
+    computing = [inv for inv in invocations if inv.get("computed", 1) > 0] or invocations
+    last = computing[-1] if computing else {}
     code = {"commit": last.get("commit"), "source_tree": last.get("source_tree"),
             "dirty": last.get("dirty"), "recorded": "at run time"} \
         if invocations else {**git_info(), "recorded": "at report time (no invocations.jsonl)"}
+    commits = list(dict.fromkeys(inv.get("commit") for inv in computing))
+    if len(commits) > 1:
+        code["commits"] = commits
     versions = sorted({(c.get("advsmooth_version"), c.get("torch_version")) for c in cells
                        if c.get("advsmooth_version")})
     prov = {
@@ -173,7 +188,8 @@ def write_results(run_dir: str | os.PathLike[str], results_dir: str | os.PathLik
         "generated": _now(), "code": code,
         "machine": last.get("machine") or machine_info(),
         "commands": [{k: inv.get(k) for k in ("command", "started", "wall_seconds", "commit",
-                                              "source_tree", "dirty")} for inv in invocations],
+                                              "source_tree", "dirty", "computed") if k in inv}
+                     for inv in invocations],
         "wall_seconds": round(sum(float(inv.get("wall_seconds") or 0) for inv in invocations),
                               3) if invocations else None,
         "runs": runs,
