@@ -66,8 +66,8 @@ _MARGIN = 2.0
 #: more than this factor per iteration (up or down)
 _STEADY = 1.5
 #: with ``box="project"``, the first steps are clamped ones; the box-constrained steps follow
-#: (docs/deepfool.md: two clamped steps let the linearisation see the raised background first
-#: and end at or below the clamp's median ℓ2 on the LeNets, where one did not)
+#: (docs/deepfool.md: two clamped steps let the linearisation see the raised background first;
+#: they end within 0.07 % of the plain clamp's ℓ2 on the MNIST LeNet, one ended within 0.4 %)
 _CLAMPED_STEPS = 2
 
 Counter = Callable[[Tensor, int], None]
