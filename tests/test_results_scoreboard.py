@@ -241,6 +241,12 @@ def test_sigma_threshold_table_marks_thresholds_the_grid_does_not_reach():
     assert rows["c"][0] != rows["c"][0] and rows["min over models"] == ["≥ 8"]
     assert "| ≥ 8 |" in t.to_markdown() and "≥ 8" in t.to_csv() and "≥ 8" in t.to_html()
     assert "≥ 8" in str(t.to_json())
+    assert "not finished" not in t.to_markdown()
+    # a partly run grid: unfinished cells are left out and the table says so
+    pending = {**cell("a", 16, None), "status": "pending"}
+    t = sigma_threshold_table([*cells[:3], pending], levels=(0.2,))
+    assert [r[3] for r in t.rows] == ["≥ 8"]
+    assert "1 grid cell(s) have not finished" in t.to_markdown()
 
 
 def test_scoreboard_rejects_bad_claims(tmp_path):

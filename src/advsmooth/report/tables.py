@@ -265,10 +265,14 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
     from ..metrics.core import sigma_at
 
     groups: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    unfinished = 0  # grid cells not (yet) done: the thresholds use the finished ones only
     for c in attack_cells(cells):
         v = c.get("params", {}).get(param)
         fr = c.get("fooling_rate")
-        if v is None or fr is None or isinstance(v, (str, bool)):
+        if v is None or isinstance(v, (str, bool)):
+            continue
+        if fr is None or c.get("status", "done") != "done":
+            unfinished += 1
             continue
         groups.setdefault((c["dataset"], c["model"], c["attack"]), []).append((float(v), fr))
     rows = []
@@ -291,7 +295,9 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
                  rows, notes="Largest grid value with FR ≥ A, interpolated linearly to the "
                              "crossing (docs/algorithms.md); “≥ v” where the fooling rate is "
                              "still ≥ A at the largest grid value v (the grid does not reach "
-                             "σ^A%).")
+                             "σ^A%)." + (f" {unfinished} grid cell(s) have not finished: the "
+                                         "values come from the finished cells only, and a "
+                                         "“≥ v” may end where they end." if unfinished else ""))
 
 
 def _censored(value: float, censored: bool) -> float | str:
