@@ -246,3 +246,15 @@ def test_transfer_study_drawings_render_their_artefacts(tmp_path):
         path = tmp_path / f"{kind}.png"
         DRAWERS[kind](out, path, None)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_table_numbers_drop_float_noise_and_trailing_zeros():
+    """Cells print at a fixed precision without trailing zeros, so a value a rounding error away
+    from an integer (0.58 × 100) prints like the integers beside it."""
+    from advsmooth.report.tables import Table
+
+    f = Table._fmt
+    assert f(0.58 * 100) == "58" and f(0.811 * 1000) == "811"
+    assert f(99.5) == "99.5" and f(48.386) == "48.39" and f(4266.94) == "4266.9"
+    assert f(4266.0) == "4266" and f(7.123456) == "7.123" and f(120.0) == "120"
+    assert f(float("nan")) == "–" and f(None) == "–"

@@ -80,7 +80,11 @@ class Table:
                 return str(int(v))
             if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
                 return f"{v:.3g}"
-            return f"{v:.4g}" if abs(v) < 10 else f"{v:.2f}" if abs(v) < 1000 else f"{v:.1f}"
+            if abs(v) < 10:
+                return f"{v:.4g}"
+            # fixed decimals without trailing zeros: 811.0000001 → "811", 99.5 → "99.5"
+            text = f"{v:.2f}" if abs(v) < 1000 else f"{v:.1f}"
+            return text.rstrip("0").rstrip(".")
         return str(v)
 
     def to_markdown(self) -> str:
