@@ -147,3 +147,45 @@ def test_run_plan_without_a_store_and_bad_steps():
         ctx.step(Step("test.absent", {}))
     with pytest.raises(ValueError, match="needs fn or plan"):
         register_task("test-empty")
+
+
+def test_report_of_an_unfinished_planned_study_shows_the_finished_steps_rows(tmp_path):
+    """A planned study killed after some steps: the report's study table holds the rows of the
+    steps that finished, in plan order, and says how many have; once the study finishes the note
+    goes and the table is the store's own."""
+    from advsmooth.report.tables import study_table
+
+    register_task("test-partial", plan=_partial_plan, replace=True)
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    spec = parse_spec({"name": "q", "studies": [
+        {"task": "test-partial", "label": "part", "params": {"n": 3, "fail_flag": str(flag)}}]})
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="planned failure"):
+        run_spec(spec, out, progress=False)
+    with Store(out, readonly=True) as st:
+        cells = st.cells()
+        assert cells[0]["status"] != "done" and st.study_rows(cells[0]["cell_id"]) == []
+        t = study_table(st, cells, "part")
+    assert [r["k"] for r in t.raw] == [0, 1]
+    assert "2 of its 3 row-giving steps finished" in t.notes
+    flag.unlink()
+    run_spec(spec, out, progress=False)
+    with Store(out, readonly=True) as st:
+        cells = st.cells()
+        t = study_table(st, cells, "part")
+        assert [r["k"] for r in t.raw] == [0, 1, 2] == [
+            r["k"] for r in st.study_rows(cells[0]["cell_id"])]
+    assert t.notes == ""
+
+
+@register_step("test.row")
+def _row(s, ctx):
+    if s["k"] == 2 and s["fail_flag"] and Path(s["fail_flag"]).exists():
+        raise RuntimeError("planned failure")
+    return StepOutput(rows=[{"k": s["k"], "sq": s["k"] ** 2}])
+
+
+def _partial_plan(params, seed):
+    return [Step("test.row", {"k": k, "fail_flag": params.get("fail_flag")})
+            for k in range(params["n"])]

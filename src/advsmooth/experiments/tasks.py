@@ -26,8 +26,9 @@ import hashlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "roughness",
     "run_plan",
     "plan_rows",
+    "plan_progress",
 ]
 
 
@@ -279,6 +281,36 @@ def plan_rows(steps: Sequence[Step], artefacts: Artefacts) -> list[dict[str, Any
                 raise RuntimeError(f"step {s.kind} ({s.key}) has no valid artefact")
             out.extend(dict(r) for r in done.rows)
     return out
+
+
+def plan_progress(cell: Mapping[str, Any], root: str | Path
+                  ) -> tuple[list[dict[str, Any]], int, int]:
+    """A planned study cell of the store in ``root`` that has not finished: the rows its finished
+    steps have recorded so far (in plan order, as the finished table will hold them), the number
+    of its row-giving steps that have finished, and the number it plans. ``([], 0, 0)`` for a
+    task without a plan. ``cell`` is a store cell record (``task``, ``params``, ``seed``,
+    ``cell_id``); the plan is rebuilt exactly as the runner builds it. Only the rows recorded in
+    the store are read, never an artefact file."""
+    task = get_task(cell["task"])
+    if task.plan is None:
+        return [], 0, 0
+    steps = task.plan(dict(cell["params"]), batch_seed(cell["seed"], cell["cell_id"], 0))
+    arts = Artefacts(root, readonly=True)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    done = 0
+    try:
+        for s in steps:
+            if not s.rows or s.key in seen:
+                continue
+            seen.add(s.key)
+            rec = arts.record(s.key)
+            if rec is not None and rec["kind"] == s.kind:
+                done += 1
+                rows.extend(dict(r) for r in rec["rows"])
+    finally:
+        arts.close()
+    return rows, done, len(seen)
 
 
 _TASKS: dict[str, Task] = {}

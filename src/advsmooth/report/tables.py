@@ -315,15 +315,46 @@ def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str,
     """All rows of the study cells labelled ``source``, each with its grid point's values
     (only those whose fields equal ``where``)."""
     out = []
-    for c in cells:
-        if c["kind"] != "study" or c.get("config", {}).get("study") != source:
-            continue
+    for c in _study_cells(cells, source):
         grid = c.get("config", {}).get("grid", {})
-        for r in store.study_rows(c["cell_id"]):
+        rows = store.study_rows(c["cell_id"])
+        if not rows and c.get("status") != "done":  # a planned study still running
+            rows = _progress(store, c)[0]
+        for r in rows:
             row = {**grid, **r}
             if all(row.get(k) == v for k, v in (where or {}).items()):
                 out.append(row)
     return out
+
+
+def _study_cells(cells: Sequence[Mapping[str, Any]], source: str) -> list[Mapping[str, Any]]:
+    return [c for c in cells
+            if c["kind"] == "study" and c.get("config", {}).get("study") == source]
+
+
+def _progress(store: Any, cell: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int, int]:
+    """Rows, finished and planned row steps of an unfinished planned study cell."""
+    from pathlib import Path
+
+    from ..experiments.tasks import plan_progress, task_names
+
+    # a task this process does not know (registered by the user's own code) shows no rows yet
+    if cell.get("task") not in task_names() or getattr(store, "path", None) is None:
+        return [], 0, 0
+    return plan_progress(cell, Path(store.path).parent)
+
+
+def study_progress_note(store: Any, cells: Sequence[Mapping[str, Any]], source: str) -> str:
+    """A note for a study table whose cells have not all finished ("" when they have)."""
+    notes = []
+    for c in _study_cells(cells, source):
+        if c.get("status") == "done":
+            continue
+        _, done, total = _progress(store, c)
+        what = (f"{done} of its {total} row-giving steps finished; the rows shown are "
+                "theirs" if total else "no rows yet")
+        notes.append(f"“{c['label']}” has not finished: {what}.")
+    return " ".join(notes)
 
 
 def filter_cells(cells: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None
@@ -341,6 +372,7 @@ def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
     """The rows of a study; with ``rows``, ``columns`` and ``value`` pivoted into a matrix
     (e.g. a transfer matrix: sources down, targets across)."""
     data = study_rows_for(store, cells, source, where)
+    note = study_progress_note(store, cells, source)
     name = name or f"study_{source}"
     sc = dict(scale or {})
 
@@ -365,7 +397,7 @@ def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
         headers = [*rows, *[" ".join(ck) for ck in ck_list]]
         out = [[*rk, *[cellv.get((rk, ck)) for ck in ck_list]] for rk in rk_list]
         return Table(name, title or f"{source}: {value} ({', '.join(rows)} × "
-                     f"{', '.join(columns)})", headers, out, raw=data)
+                     f"{', '.join(columns)})", headers, out, raw=data, notes=note)
     keys: list[str] = []
     for r in data:
         for k in r:
@@ -373,7 +405,7 @@ def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
                 keys.append(k)
     out = [[val(r, k) if not isinstance(r.get(k), (list, dict)) else json.dumps(r.get(k))
             for k in keys] for r in data]
-    return Table(name, title or f"{source}", keys, out, raw=data)
+    return Table(name, title or f"{source}", keys, out, raw=data, notes=note)
 
 
 def provenance_table(cells: Sequence[Mapping[str, Any]]) -> Table:
