@@ -246,3 +246,24 @@ def test_iterative_smooth_validates():
             IterativeSmooth(**bad)
     assert "lambda_s=0.1" in repr(IterativeSmooth())
     assert "loss='margin'" in repr(IterativeSmooth(loss="margin"))
+
+
+def test_iterative_smooth_rejects_a_diverging_step():
+    """lr·λ_s > 1 is rejected, and that is where plain gradient descent on λ_s·Ω starts to
+    diverge: Ω's curvature is at most 2 (for the Gaussian h, Ωn ≤ 1)."""
+    with pytest.raises(ValueError, match="lr × lambda_s must be at most 1"):
+        IterativeSmooth(lr=2.5e-3, lambda_s=800.0)
+    IterativeSmooth(lr=2.5e-3, lambda_s=400.0)  # lr·λ_s = 1: allowed
+
+    def descend(step: float) -> float:
+        r = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0),
+                        dtype=torch.float64)
+        start = float(r.norm())
+        for _ in range(200):
+            r = r.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(roughness(r).sum(), r)
+            r = r - step * g  # step = lr·λ_s
+        return float(r.norm()) / start
+
+    assert descend(0.95) <= 1.0   # every pattern decays or stays
+    assert descend(1.2) > 1e6     # the finest patterns blow up

@@ -113,7 +113,9 @@ class IterativeSmooth(Attack):
 
     The paper's settings: ``lambda_s`` 0.1 (MNIST), 0.01 (CIFAR-10), 0.05 (ImageNet), with the
     cross-entropy; lr 1e-3 halved every 100 iterations and ``max_iter`` 1000 are our defaults
-    (the paper gives neither).
+    (the paper gives neither). ``lr × lambda_s`` must be at most 1 (``ValueError`` otherwise):
+    the roughness term's curvature is up to ``2·lambda_s``, so larger steps make ``r`` diverge,
+    and close to 1 its finest patterns decay slowly.
     """
 
     def __init__(self, *, lambda_s: float = 0.1, lr: float = 1e-3, halve_every: int = 100,
@@ -126,6 +128,16 @@ class IterativeSmooth(Attack):
         self.max_iter = check_int_at_least("max_iter", max_iter, 0)
         self.sigma_h = check_positive("sigma_h", sigma_h)
         self.loss = check_choice("loss", loss, ("ce", "margin"))
+        # ∇(λ_s·Ω) = 2λ_s·(I − h)ᵀ(I − h)·r, and ‖I − h‖ ≤ 1 for the Gaussian h (Ωn ≤ 1): a
+        # gradient step multiplies a pattern of curvature 2λ_s·μ (μ ≤ 1) by 1 − 2·lr·λ_s·μ, which
+        # stays within [−1, 1] only while lr·λ_s ≤ 1. Near 1 the finest patterns hardly decay
+        # (digits at lr·λ_s = 1: Ωn rose from 8e-3 to 13e-3); beyond, r grows without bound until
+        # the model's output is NaN (digits at lr·λ_s = 2).
+        if self.lr * self.lambda_s > 1.0:
+            raise ValueError(
+                f"lr × lambda_s must be at most 1 (got {self.lr:g} × {self.lambda_s:g} = "
+                f"{self.lr * self.lambda_s:g}): beyond, gradient descent on the roughness term "
+                "diverges (its curvature reaches 2·lambda_s); lower lr or lambda_s")
         self._set_params(lambda_s=self.lambda_s, lr=self.lr, halve_every=self.halve_every,
                          max_iter=self.max_iter, sigma_h=self.sigma_h, loss=self.loss)
 
