@@ -286,3 +286,49 @@ def test_experiments_readme_scoreboard_is_the_generated_one():
     table = sb.render(sb.score(sb.load_claims(claims), claims.parent), link_root="results")
     assert sb.sync_readme(ROOT / "experiments" / "README.md", table, write=False), \
         "experiments/README.md's scoreboard is stale: run `advsmooth scoreboard --write`"
+
+
+def _interrupting(params, ctx):
+    flag = Path(params["flag"])
+    if flag.exists():
+        if flag.read_text() == "term":  # SIGTERM, as a batch system stopping the job sends
+            import signal
+            import time
+
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        raise KeyboardInterrupt  # what Ctrl-C raises
+    return [{"k": 1}]
+
+
+def test_an_interrupted_run_is_recorded_with_what_it_computed(tmp_path):
+    """Ctrl-C during `advsmooth run` exits 130 and still appends the command to
+    invocations.jsonl, flagged as interrupted, with the work items it committed before."""
+    register_task("test-squares", _squares, replace=True)
+    register_task("test-interrupt", _interrupting, replace=True)
+    flag = tmp_path / "stop"
+    flag.write_text("")
+    spec = tmp_path / "two.toml"
+    spec.write_text(f"""
+name = "two"
+[[studies]]
+task = "test-squares"
+label = "sq"
+params = {{ n = 2 }}
+[[studies]]
+task = "test-interrupt"
+label = "stop"
+params = {{ flag = "{flag}" }}
+""")
+    run = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(run), "--no-progress"]) == 130
+    (inv,) = read_invocations(run)
+    assert inv["interrupted"] is True and inv["computed"] == 1
+    flag.write_text("term")
+    assert main(["run", str(spec), "--out", str(run), "--no-progress"]) == 130
+    assert read_invocations(run)[1]["interrupted"] is True
+    assert read_invocations(run)[1]["computed"] == 0
+    flag.unlink()
+    assert main(["run", str(spec), "--out", str(run), "--no-progress"]) == 0
+    third = read_invocations(run)[2]
+    assert "interrupted" not in third and third["computed"] == 1

@@ -7,8 +7,13 @@ the N processes and rank 0 writes the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def _main(args: argparse.Namespace) -> int:
     from ..experiments import SpecError, expand_cells, load_spec, run_spec
+    from ..experiments.store import batches_committed
     from ..report.results import git_info, record_invocation
 
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -69,12 +75,23 @@ def _main(args: argparse.Namespace) -> int:
         resolve_device(args.device)
     else:
         resolve_device(spec.device, option="the spec's device")
-    check_out_dir(args.out if args.out is not None else Path("runs") / spec.name)
-    with models_dir_env(args.models_dir):
-        result = run_spec(spec if args.sample is not None else args.spec, args.out,
-                          device=args.device, data_root=args.data_root,
-                          progress=not args.no_progress,
-                          save_adversarial=args.save_adversarial, spec_text=spec_text)
+    out = Path(args.out) if args.out is not None else Path("runs") / spec.name
+    check_out_dir(out)
+    before = batches_committed(out)
+    try:
+        with models_dir_env(args.models_dir), _sigterm_interrupts():
+            result = run_spec(spec if args.sample is not None else args.spec, args.out,
+                              device=args.device, data_root=args.data_root,
+                              progress=not args.no_progress,
+                              save_adversarial=args.save_adversarial, spec_text=spec_text)
+    except KeyboardInterrupt:
+        # an interrupted run (Ctrl-C, SIGTERM) still leaves the record of what it computed, so
+        # the provenance of a long, resumed experiment names every command and commit behind it
+        if os.environ.get("RANK", "0") == "0" and out.is_dir():
+            record_invocation(out, getattr(args, "argv", None) or sys.argv[1:], started=started,
+                              wall_seconds=time.perf_counter() - t0, code=code,
+                              computed=batches_committed(out) - before, interrupted=True)
+        raise
     if result.rank == 0:
         print(result)
         record_invocation(result.out_dir, getattr(args, "argv", None) or sys.argv[1:],
@@ -88,6 +105,23 @@ def _main(args: argparse.Namespace) -> int:
             if paths.get("note"):
                 print(f"advsmooth run: note: {paths['note']}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While running, SIGTERM raises ``KeyboardInterrupt`` like Ctrl-C (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def with_sample(spec: Any, n: int) -> Any:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Store", "SAMPLE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS", "summarize",
-           "STORE_NAME", "ARTEFACTS_SCHEMA"]
+__all__ = ["Store", "batches_committed", "SAMPLE_COLUMNS", "SUMMARY_COLUMNS", "TIMING_COLUMNS",
+           "summarize", "STORE_NAME", "ARTEFACTS_SCHEMA"]
 
 STORE_NAME = "results.sqlite"
 
@@ -156,6 +156,21 @@ def _os_error(exc: sqlite3.Error, path: Path) -> OSError | None:
     if base == "SQLITE_READONLY":
         message = f"the result store is read-only ({message})"
     return OSError(_SQLITE_OS_ERRORS[base], message, str(path))
+
+
+def batches_committed(out_dir: str | os.PathLike[str]) -> int:
+    """How many work items (attack batches, study steps) the store in ``out_dir`` has committed;
+    0 when there is no store yet. Read-only; used to count what an interrupted run computed."""
+    path = Path(out_dir) / STORE_NAME
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
+    except sqlite3.OperationalError:  # no batches table yet
+        return 0
+    finally:
+        conn.close()
 
 
 class Store:

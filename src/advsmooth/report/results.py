@@ -96,7 +96,7 @@ def _now() -> str:
 def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
                       started: str, wall_seconds: float,
                       code: Mapping[str, Any] | None = None,
-                      computed: int | None = None) -> dict[str, Any]:
+                      computed: int | None = None, interrupted: bool = False) -> dict[str, Any]:
     """Append one finished ``advsmooth`` command to ``run_dir/invocations.jsonl``.
 
     Args:
@@ -108,6 +108,8 @@ def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
             taken now.
         computed: work items (batches, study steps) the command computed; 0 for a run that
             found everything done, so that the provenance does not credit it with the results.
+        interrupted: the command was stopped (Ctrl-C, SIGTERM) before it finished; what it
+            computed until then is in the store and is credited like any other work.
 
     Returns:
         The record written: command, started, wall_seconds, commit, dirty, machine[, computed].
@@ -119,6 +121,8 @@ def record_invocation(run_dir: str | os.PathLike[str], argv: Sequence[str], *,
            "machine": machine_info()}
     if computed is not None:
         rec["computed"] = int(computed)
+    if interrupted:
+        rec["interrupted"] = True
     path = Path(run_dir) / INVOCATIONS
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -188,7 +192,8 @@ def write_results(run_dir: str | os.PathLike[str], results_dir: str | os.PathLik
         "generated": _now(), "code": code,
         "machine": last.get("machine") or machine_info(),
         "commands": [{k: inv.get(k) for k in ("command", "started", "wall_seconds", "commit",
-                                              "source_tree", "dirty", "computed") if k in inv}
+                                              "source_tree", "dirty", "computed",
+                                              "interrupted") if k in inv}
                      for inv in invocations],
         "wall_seconds": round(sum(float(inv.get("wall_seconds") or 0) for inv in invocations),
                               3) if invocations else None,
