@@ -263,7 +263,7 @@ def test_iterative_smooth_rejects_a_diverging_step():
             r = r.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(roughness(r).sum(), r)
             r = r - step * g  # step = lr·λ_s
-        return float(r.norm()) / start
+        return float(r.detach().norm()) / start
 
     assert descend(0.95) <= 1.0   # every pattern decays or stays
     assert descend(1.2) > 1e6     # the finest patterns blow up
