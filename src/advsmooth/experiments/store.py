@@ -164,7 +164,7 @@ def batches_committed(out_dir: str | os.PathLike[str]) -> int:
     path = Path(out_dir) / STORE_NAME
     if not path.is_file():
         return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    conn = Store._open_readonly(path)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
     except sqlite3.OperationalError:  # no batches table yet
