@@ -272,14 +272,22 @@ def run_plan(steps: Sequence[Step], ctx: StudyContext) -> list[dict[str, Any]]:
 def plan_rows(steps: Sequence[Step], artefacts: Artefacts) -> list[dict[str, Any]]:
     """The study table of a finished plan: the rows of its ``rows`` steps, in plan order."""
     out: list[dict[str, Any]] = []
+    for s in _row_steps(steps):
+        done = artefacts.load(s)
+        if done is None:
+            raise RuntimeError(f"step {s.kind} ({s.key}) has no valid artefact")
+        out.extend(dict(r) for r in done.rows)
+    return out
+
+
+def _row_steps(steps: Sequence[Step]) -> list[Step]:
+    """The steps of a plan that give table rows, each once, in plan order."""
+    out: list[Step] = []
     seen: set[str] = set()
     for s in steps:
         if s.rows and s.key not in seen:
             seen.add(s.key)
-            done = artefacts.load(s)
-            if done is None:
-                raise RuntimeError(f"step {s.kind} ({s.key}) has no valid artefact")
-            out.extend(dict(r) for r in done.rows)
+            out.append(s)
     return out
 
 
@@ -295,22 +303,19 @@ def plan_progress(cell: Mapping[str, Any], root: str | Path
     if task.plan is None:
         return [], 0, 0
     steps = task.plan(dict(cell["params"]), batch_seed(cell["seed"], cell["cell_id"], 0))
+    wanted = _row_steps(steps)
     arts = Artefacts(root, readonly=True)
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
     done = 0
     try:
-        for s in steps:
-            if not s.rows or s.key in seen:
-                continue
-            seen.add(s.key)
+        for s in wanted:
             rec = arts.record(s.key)
             if rec is not None and rec["kind"] == s.kind:
                 done += 1
                 rows.extend(dict(r) for r in rec["rows"])
     finally:
         arts.close()
-    return rows, done, len(seen)
+    return rows, done, len(wanted)
 
 
 _TASKS: dict[str, Task] = {}

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .tables import LOWER_BOUND
+
 __all__ = ["Claim", "Score", "load_claims", "score", "verdict", "render", "sync_readme", "BEGIN",
            "END"]
 
@@ -150,11 +152,11 @@ def _rows(root: Path, ref: Mapping[str, Any]) -> list[dict[str, str]] | None:
 
 
 def _number(v: str | None) -> float:
-    return float(v.removeprefix("≥").strip()) if v not in (None, "") else math.nan
+    return float(v.removeprefix(LOWER_BOUND).strip()) if v not in (None, "") else math.nan
 
 
 def _is_bound(v: str | None) -> bool:
-    return bool(v) and v.startswith("≥")  # type: ignore[union-attr]
+    return bool(v) and v.startswith(LOWER_BOUND)  # type: ignore[union-attr]
 
 
 def verdict(rule: Mapping[str, Any], measured: float, paper: float, *,
@@ -215,7 +217,7 @@ def render(scores: Sequence[Score], *, link_root: str = "results") -> str:
         else:
             measured = f"{_fmt(statistics.fmean(s.values))} ± {_fmt(statistics.stdev(s.values))}"
         if s.lower_bound and s.values:
-            measured = f"≥ {measured}"
+            measured = f"{LOWER_BOUND} {measured}"
         if c.ref is not None and s.values:
             measured = f"[{measured}]({link_root}/{c.ref['results']})"
         n = "–"

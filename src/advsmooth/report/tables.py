@@ -304,27 +304,42 @@ def sigma_threshold_table(cells: Sequence[Mapping[str, Any]], *, param: str = "s
                                          "“≥ v” may end where they end." if unfinished else ""))
 
 
+#: prefix of a table cell holding a lower bound ("≥ v"; the scoreboard reads it back)
+LOWER_BOUND = "≥"
+
+
 def _censored(value: float, censored: bool) -> float | str:
     """A σ^A% cell: the number, or ``"≥ v"`` when the grid ends before the fooling rate drops
     below A (the threshold is only known to be at least the grid maximum)."""
-    return f"≥ {value:g}" if censored else value
+    return f"{LOWER_BOUND} {value:g}" if censored else value
 
 
 def study_rows_for(store: Any, cells: Sequence[Mapping[str, Any]], source: str,
                    where: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """All rows of the study cells labelled ``source``, each with its grid point's values
     (only those whose fields equal ``where``)."""
-    out = []
+    return _study_data(store, cells, source, where)[0]
+
+
+def _study_data(store: Any, cells: Sequence[Mapping[str, Any]], source: str,
+                where: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], str]:
+    """:func:`study_rows_for` and, for cells that have not finished, a note saying how far each
+    got ("" when every cell is done)."""
+    out, notes = [], []
     for c in _study_cells(cells, source):
         grid = c.get("config", {}).get("grid", {})
         rows = store.study_rows(c["cell_id"])
-        if not rows and c.get("status") != "done":  # a planned study still running
-            rows = _progress(store, c)[0]
+        if c.get("status") != "done":  # a planned study still running: its finished steps
+            part, done, total = _progress(store, c)
+            rows = rows or part
+            what = (f"{done} of its {total} row-giving steps finished; the rows shown are "
+                    "theirs" if total else "no rows yet")
+            notes.append(f"“{c['label']}” has not finished: {what}.")
         for r in rows:
             row = {**grid, **r}
             if all(row.get(k) == v for k, v in (where or {}).items()):
                 out.append(row)
-    return out
+    return out, " ".join(notes)
 
 
 def _study_cells(cells: Sequence[Mapping[str, Any]], source: str) -> list[Mapping[str, Any]]:
@@ -344,19 +359,6 @@ def _progress(store: Any, cell: Mapping[str, Any]) -> tuple[list[dict[str, Any]]
     return plan_progress(cell, Path(store.path).parent)
 
 
-def study_progress_note(store: Any, cells: Sequence[Mapping[str, Any]], source: str) -> str:
-    """A note for a study table whose cells have not all finished ("" when they have)."""
-    notes = []
-    for c in _study_cells(cells, source):
-        if c.get("status") == "done":
-            continue
-        _, done, total = _progress(store, c)
-        what = (f"{done} of its {total} row-giving steps finished; the rows shown are "
-                "theirs" if total else "no rows yet")
-        notes.append(f"“{c['label']}” has not finished: {what}.")
-    return " ".join(notes)
-
-
 def filter_cells(cells: Sequence[Mapping[str, Any]], where: Mapping[str, Any] | None
                  ) -> list[Mapping[str, Any]]:
     """The cells whose fields (see :func:`cell_field`) equal ``where``."""
@@ -371,8 +373,7 @@ def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
                 where: Mapping[str, Any] | None = None) -> Table:
     """The rows of a study; with ``rows``, ``columns`` and ``value`` pivoted into a matrix
     (e.g. a transfer matrix: sources down, targets across)."""
-    data = study_rows_for(store, cells, source, where)
-    note = study_progress_note(store, cells, source)
+    data, note = _study_data(store, cells, source, where)
     name = name or f"study_{source}"
     sc = dict(scale or {})
 
