@@ -403,6 +403,27 @@ def test_keyword_only():
         DeepFool(2)  # type: ignore[misc]
 
 
+def test_one_channel_conv_model_runs_on_a_channels_last_copy():
+    """Without a BatchNorm to fold, a CPU conv model is still attacked through a copy whose
+    convolution tensors are channels-last (one-channel inputs cannot carry the layout; the
+    weights make the activations channels-last), with the same results up to rounding."""
+    from advsmooth.attacks.execution import fold_batchnorm
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 3 * 3, 10)).double().eval()
+    x = _x(8, (1, 6, 6), seed=12)
+    fast = fold_batchnorm(model, x[:2], channels_last=True)
+    assert fast is not model
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a = DeepFool()(model, x)
+    b = DeepFool(fold_batchnorm=False)(model, x)
+    assert a.success.all() and torch.allclose(a.x_adv, b.x_adv, atol=1e-8)
+    assert torch.equal(a.iterations, b.iterations)
+    with torch.no_grad():  # success is the given model's verdict
+        assert torch.equal(a.adv_pred, model(a.x_adv).argmax(1))
+
+
 def test_fold_batchnorm_option():
     from advsmooth.attacks.execution import fold_batchnorm
 

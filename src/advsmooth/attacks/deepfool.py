@@ -245,10 +245,11 @@ class DeepFool(Attack):
             (see :class:`~advsmooth.attacks.execution.LayoutHint`). ``None`` (default): on CPU,
             try it and fall back to the input's layout for the rest of the run if the model
             rejects it; ``True``: require it; ``False``: never.
-        fold_batchnorm: attack a copy of the model with eval-mode Conv→BatchNorm pairs folded
-            into single convolutions (:func:`~advsmooth.attacks.execution.fold_batchnorm`; the same
-            function up to float rounding), when the model qualifies; the success of the result
-            is always verified on the original model. ``False``: attack the model as given.
+        fold_batchnorm: differentiate a fast copy of the model, when it qualifies: eval-mode
+            Conv→BatchNorm pairs folded into single convolutions and, on CPU, convolution
+            tensors in channels-last layout (:func:`~advsmooth.attacks.execution.fold_batchnorm`;
+            the same function up to float rounding); the stopping checks, and so the success of
+            the result, run on the original model. ``False``: attack the model as given.
         seed: unused (DeepFool is deterministic); kept for the common signature.
 
     Targeted mode (``attack(model, x, y, target=t)``): each iteration uses only the face between
@@ -345,7 +346,8 @@ class DeepFool(Attack):
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         z0 = as_logits(ctx.clean_logits)
         k0 = z0.argmax(dim=1)
-        model = fold_batchnorm(ctx.model, ctx.x[:4]) if self.fold_batchnorm else ctx.model
+        model = (fold_batchnorm(ctx.model, ctx.x[:4], channels_last=True) if self.fold_batchnorm
+                 else ctx.model)
         # the stopping checks run on the caller's model itself, so the last check of each sample
         # is the verification of its x_adv and the base class need not run one more forward
         run = self.run(
