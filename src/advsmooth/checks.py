@@ -51,7 +51,6 @@ __all__ = ["Check", "DefenseReport", "DefenseCheckSettings", "evaluate_defense",
            "STATUSES"]
 
 STATUSES = ("pass", "warn", "fail", "skip")
-_ORDER = {"fail": 0, "warn": 1, "pass": 2, "skip": 3}
 
 
 @dataclass

@@ -101,14 +101,13 @@ class Execution:
             return 1
         return max(1, min(want, x.shape[0] // MIN_IMAGES_PER_THREAD))
 
-    def gradient_model(self, model: nn.Module, probe: Tensor, *,
-                       channels_last: bool = True) -> nn.Module:
+    def gradient_model(self, model: nn.Module, probe: Tensor) -> nn.Module:
         """The model the gradient passes differentiate: the fast copy of ``model``
         (:func:`fold_batchnorm` checked on ``probe``) or, with ``fast_model=False`` or where
         the copy does not apply, ``model`` itself."""
         if not self.fast_model:
             return model
-        return fold_batchnorm(model, probe, channels_last=channels_last)
+        return fold_batchnorm(model, probe, channels_last=True)
 
     def layout(self) -> LayoutHint:
         """A fresh layout hint for one attack call (it remembers a fallback)."""

@@ -42,6 +42,7 @@ from .._utils import (
     progress,
 )
 from .base import Attack
+from .smoothfool import SmoothFool, smooth_clip
 
 __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "project_l2"]
 
@@ -168,24 +169,7 @@ def _materialise(data: Any) -> Tensor:
     return x.detach()
 
 
-def _is_smoothfool(base: Attack) -> bool:
-    try:
-        from .smoothfool import SmoothFool
-    except ImportError:  # pragma: no cover - SmoothFool ships with advsmooth
-        return False
-    return isinstance(base, SmoothFool)
-
-
-def _filter_of(base: Attack) -> Any:
-    """The low-pass filter g of a SmoothFool attack."""
-    for name in ("filter", "g", "lowpass"):
-        f = getattr(base, name, None)
-        if f is not None and callable(f):
-            return f
-    raise ValueError(f"cannot find the low-pass filter of {base!r} (expected a .filter attribute)")
-
-
-def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, bool]:
+def _smooth_clip_unit(u: Tensor, base: SmoothFool, step: float) -> tuple[Tensor, bool]:
     """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (SmoothFool Alg. 3), returning the
     clipped ``u``.
 
@@ -193,13 +177,9 @@ def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, boo
     mask normalisation) with the step ``step``. Also returns whether SmoothClip had to fall
     back to pixel-wise clamping (its iteration cap was hit).
     """
-    from .smoothfool import smooth_clip
-
-    kwargs = {k: getattr(base, a) for k, a in (("max_iter", "clip_max_iter"),
-                                                ("min_step", "clip_min_step"),
-                                                ("normalize_mask", "normalize_mask"))
-              if hasattr(base, a)}
-    r_c, _, fallback = smooth_clip(torch.zeros_like(u), u, _filter_of(base), step, **kwargs)
+    r_c, _, fallback = smooth_clip(torch.zeros_like(u), u, base.filter, step,
+                                   max_iter=base.clip_max_iter, min_step=base.clip_min_step,
+                                   normalize_mask=base.normalize_mask)
     return r_c, bool(fallback.any())
 
 
@@ -286,7 +266,7 @@ class UniversalPerturbation:
         self.batch_size = check_int_at_least("batch_size", batch_size, 1)
         self.progress_bar = progress_bar
         self.seed = int(seed)
-        self.smooth = _is_smoothfool(base)
+        self.smooth = isinstance(base, SmoothFool)
         if self.smooth and self.norm != "inf":
             raise ValueError("smooth UAP (SmoothFool base) projects with SmoothClip onto "
                              "|v| <= xi; use norm='inf'")
@@ -404,11 +384,3 @@ class UniversalPerturbation:
         check_images(x)
         return (x + _check_v(self.perturbation_, x)).clamp(0.0, 1.0)
 
-    def norm_of(self, v: Tensor | None = None) -> float:
-        """``||v||_p`` of the fitted (or given) perturbation in this object's norm."""
-        v = self.perturbation_ if v is None else v
-        if v is None:
-            raise RuntimeError("call fit(model, data) first")
-        if self.norm == "inf":
-            return float(v.abs().max())
-        return float(torch.linalg.vector_norm(v))
