@@ -36,6 +36,7 @@ __all__ = [
     "check_nonnegative",
     "check_int_at_least",
     "check_choice",
+    "check_bool",
     "NonFiniteModelOutput",
     "check_model_output",
     "check_finite_gradient",
@@ -327,6 +328,13 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Raise ``ValueError`` unless ``value`` is a ``bool``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
     return value
 
 

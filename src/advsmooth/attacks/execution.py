@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite_gradient, check_int_at_least
+from .._utils import check_bool, check_finite_gradient, check_int_at_least
 
 if TYPE_CHECKING:  # gradients imports this module
     from .base import AttackContext
@@ -81,8 +81,7 @@ class Execution:
     def __post_init__(self) -> None:
         if self.threads is not None:
             check_int_at_least("threads", self.threads, 1)
-        if not isinstance(self.fast_model, bool):
-            raise ValueError(f"fast_model must be a bool, got {self.fast_model!r}")
+        check_bool("fast_model", self.fast_model)
         LayoutHint(self.channels_last)  # validates
         if self.chunk is not None:
             check_int_at_least("chunk", self.chunk, 1)

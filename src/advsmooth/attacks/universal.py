@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .._tensors import check_images, check_model_compat, frozen_model, predict
 from .._utils import (
+    check_bool,
     check_choice,
     check_int_at_least,
     check_nonnegative,
@@ -255,8 +256,7 @@ class UniversalPerturbation:
         self.max_passes = check_int_at_least("max_passes", max_passes, 1)
         for name, val in (("eval_clamp", eval_clamp), ("attack_clean", attack_clean),
                           ("progress_bar", progress_bar)):
-            if not isinstance(val, bool):
-                raise ValueError(f"{name} must be a bool, got {val!r}")
+            check_bool(name, val)
         self.eval_clamp = eval_clamp
         self.batch_update = None if batch_update is None else check_int_at_least(
             "batch_update", batch_update, 1)
