@@ -338,6 +338,18 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def search_dirs(given: str | os.PathLike[str] | None, env_var: str,
+                defaults: tuple[str, ...]) -> list[Path]:
+    """The folders to search for files, in order: ``[given]`` if not None, else
+    ``[$env_var]`` if set and non-empty, else ``defaults`` (``~`` expanded in the first two)."""
+    if given is not None:
+        return [Path(given).expanduser()]
+    env = os.environ.get(env_var)
+    if env:
+        return [Path(env).expanduser()]
+    return [Path(d) for d in defaults]
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run ``model`` in eval mode inside the block; every submodule's ``training`` flag is

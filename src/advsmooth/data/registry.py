@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._utils import check_int_at_least, optional_import, warn_caller
+from .._utils import check_int_at_least, optional_import, search_dirs, warn_caller
 
 __all__ = [
     "DataInfo",
@@ -124,12 +124,7 @@ def names() -> list[str]:
 
 def data_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The directories searched for data files, in order (see the module docstring)."""
-    if root is not None:
-        return [Path(root).expanduser()]
-    env = os.environ.get("ADVSMOOTH_DATA")
-    if env:
-        return [Path(env).expanduser()]
-    return [Path("data"), Path("..") / "shared" / "data"]
+    return search_dirs(root, "ADVSMOOTH_DATA", ("data", "../shared/data"))
 
 
 def _find(candidates: Sequence[str], root: str | os.PathLike[str] | None, what: str) -> Path:
