@@ -31,14 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._tensors import check_images, check_model_compat, frozen_model, predict
+from .._tensors import check_images, check_model_compat, frozen_model, predict, predict_chunks
 from .._utils import (
     check_bool,
     check_choice,
     check_int_at_least,
     check_nonnegative,
     check_positive,
-    input_mismatch,
     make_generator,
     progress,
 )
@@ -51,17 +50,6 @@ __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "p
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    out = []
-    with frozen_model(model), torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size]
-            with input_mismatch(x):
-                z = model(xb)
-            out.append(predict(z, xb.shape[0]))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
-
 
 def _check_v(v: Tensor, x: Tensor) -> Tensor:
     if not isinstance(v, Tensor):
@@ -98,7 +86,7 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
     if x.shape[0] == 0:
         return float("nan")
     if clean_pred is None:
-        clean_pred = _predict(model, x, batch_size)
+        clean_pred = predict_chunks(model, x, batch_size)[0]
     z = x + v
     if clamp:
         z = z.clamp(0.0, 1.0)
@@ -318,7 +306,7 @@ class UniversalPerturbation:
         x = _materialise(data)
         check_model_compat(model, x)
         m = x.shape[0]
-        clean_pred = _predict(model, x, self.batch_size)
+        clean_pred = predict_chunks(model, x, self.batch_size)[0]
         forward = m
         grad = 0
         calls = 0

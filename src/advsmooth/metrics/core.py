@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._tensors import check_images, check_model_compat, frozen_model, predict
+from .._tensors import check_images, check_model_compat, frozen_model, predict_chunks
 from .._utils import check_int_at_least, input_mismatch
 from ..attacks.gradients import AttackObjective, PlainGradient, check_logits
 
@@ -83,17 +83,7 @@ def _predict_classes(model: nn.Module, x: Tensor, batch_size: int,
     if check:
         check_images(x)
     check_model_compat(model, x)
-    out = []
-    k = None
-    with frozen_model(model), torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            with input_mismatch(x):
-                z = model(x[s:s + batch_size])
-            out.append(predict(z, x[s:s + batch_size].shape[0]))
-            k = 2 if z.ndim == 1 or z.shape[1] == 1 else int(z.shape[1])
-    if not out:
-        return torch.zeros(0, dtype=torch.long, device=x.device), k
-    return torch.cat(out), k
+    return predict_chunks(model, x, batch_size)
 
 
 def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
