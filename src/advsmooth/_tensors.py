@@ -4,7 +4,7 @@
   passes (one clear ``TypeError``/``ValueError`` line saying what is wrong and what is accepted);
 * :func:`frozen_model` puts a model in eval mode with parameter gradients off and restores every
   flag afterwards;
-* :func:`predict` turns model outputs into labels.
+* :func:`predict` turns model outputs into labels (:func:`predict_chunks`: of a whole batch).
 
 They sit below :mod:`advsmooth.attacks` and :mod:`advsmooth.defenses` so that attacks, defences,
 metrics and checks share them without importing one another.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._utils import check_model_output
+from ._utils import check_model_output, input_mismatch
 
 __all__ = ["check_images", "check_labels", "check_model_compat", "frozen_model", "predict"]
 
@@ -157,5 +157,22 @@ def predict(logits: Tensor, n: int | None = None) -> Tensor:
         raise ValueError("model output must have shape N×K (or N for a binary score), "
                          f"got {tuple(logits.shape)}")
     return logits.argmax(dim=1)
+
+
+def predict_chunks(model: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor, int | None]:
+    """Labels ``(N,)`` of ``model`` on ``x`` (forward passes of ``batch_size`` images, frozen
+    model, no grad; a wrong input shape raises :func:`~advsmooth._utils.input_mismatch`'s
+    ``ValueError``) and the model's class count (``None`` for an empty ``x``)."""
+    out = []
+    k = None
+    with frozen_model(model), torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            with input_mismatch(x):
+                z = model(x[s:s + batch_size])
+            out.append(predict(z, x[s:s + batch_size].shape[0]))
+            k = 2 if z.ndim == 1 or z.shape[1] == 1 else int(z.shape[1])
+    if not out:
+        return torch.zeros(0, dtype=torch.long, device=x.device), k
+    return torch.cat(out), k
 
 

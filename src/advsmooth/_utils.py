@@ -36,6 +36,7 @@ __all__ = [
     "check_nonnegative",
     "check_int_at_least",
     "check_choice",
+    "check_bool",
     "NonFiniteModelOutput",
     "check_model_output",
     "check_finite_gradient",
@@ -328,6 +329,25 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Raise ``ValueError`` unless ``value`` is a ``bool``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def search_dirs(given: str | os.PathLike[str] | None, env_var: str,
+                defaults: tuple[str, ...]) -> list[Path]:
+    """The folders to search for files, in order: ``[given]`` if not None, else
+    ``[$env_var]`` if set and non-empty, else ``defaults`` (``~`` expanded in the first two)."""
+    if given is not None:
+        return [Path(given).expanduser()]
+    env = os.environ.get(env_var)
+    if env:
+        return [Path(env).expanduser()]
+    return [Path(d) for d in defaults]
 
 
 @contextmanager

@@ -45,13 +45,12 @@ import torch
 from torch import Tensor, nn
 
 from ._tensors import check_images, check_labels, frozen_model, predict
-from ._utils import check_int_at_least, check_positive, make_generator
+from ._utils import check_choice, check_int_at_least, check_positive, make_generator
 
 __all__ = ["Check", "DefenseReport", "DefenseCheckSettings", "evaluate_defense", "is_randomized",
            "STATUSES"]
 
 STATUSES = ("pass", "warn", "fail", "skip")
-_ORDER = {"fail": 0, "warn": 1, "pass": 2, "skip": 3}
 
 
 @dataclass
@@ -75,8 +74,7 @@ class Check:
     remedy: str = ""
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        check_choice("status", self.status, STATUSES)
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import warn_caller
+from ._utils import check_choice, check_positive, warn_caller
 
 __all__ = ["LowPassFilter", "gaussian_kernel1d", "roughness", "PADDINGS", "KINDS", "METHODS"]
 
@@ -90,9 +90,7 @@ def gaussian_kernel1d(sigma: float, size: int | None = None, *, dtype: torch.dty
 
 
 def _check_sigma(name: str, sigma: Any) -> float:
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 \
-            or not math.isfinite(sigma):
-        raise ValueError(f"{name} must be a finite number > 0, got {sigma!r}")
+    check_positive(name, sigma)
     if sigma > MAX_SIGMA:
         raise ValueError(f"{name} = {sigma:g} pixels is absurdly wide: it must be <= {MAX_SIGMA:g} "
                          "(a Gaussian that wide is flat over any image; kernels are truncated to "
@@ -150,15 +148,9 @@ class LowPassFilter:
 
     def __init__(self, kind: str | Tensor = "gaussian", param: float | None = None, *,
                  padding: str = "zeros", size_rule: str = "odd", method: str = "auto") -> None:
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.method = method
-        if size_rule not in SIZE_RULES:
-            raise ValueError(f"size_rule must be one of {SIZE_RULES}, got {size_rule!r}")
-        self.padding = padding
-        self.size_rule = size_rule
+        self.padding = check_choice("padding", padding, PADDINGS)
+        self.method = check_choice("method", method, METHODS)
+        self.size_rule = check_choice("size_rule", size_rule, SIZE_RULES)
         self._cache: dict[tuple[Any, ...], tuple[Tensor, ...]] = {}
         self._separable = True
         if isinstance(kind, Tensor):

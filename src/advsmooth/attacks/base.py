@@ -87,6 +87,12 @@ class CostCounter:
 # results
 # ----------------------------------------------------------------------------------------------
 
+#: the per-sample tensor fields of :class:`AttackResult` (first dimension ``N``; ``target`` may
+#: be ``None``)
+_PER_SAMPLE = ("x", "x_adv", "success", "iterations", "forward_evals", "grad_evals", "labels",
+               "target", "clean_pred", "adv_pred")
+
+
 @dataclass
 class AttackResult:
     """The outcome of an attack on a batch of ``N`` images.
@@ -148,30 +154,25 @@ class AttackResult:
             return self.clean_pred != self.labels
         return self.clean_pred == self.target
 
+    def _mean_attacked(self, counts: Tensor) -> float:
+        att = ~self.skipped
+        return float(counts[att].double().mean()) if bool(att.any()) else 0.0
+
     @property
     def mean_forward_evals(self) -> float:
         """Mean forward evaluations per attacked image (``~skipped``; 0 when none was)."""
-        att = ~self.skipped
-        return float(self.forward_evals[att].double().mean()) if bool(att.any()) else 0.0
+        return self._mean_attacked(self.forward_evals)
 
     @property
     def mean_grad_evals(self) -> float:
         """Mean gradient evaluations per attacked image (``~skipped``; 0 when none was)."""
-        att = ~self.skipped
-        return float(self.grad_evals[att].double().mean()) if bool(att.any()) else 0.0
+        return self._mean_attacked(self.grad_evals)
 
     def __getitem__(self, index: Tensor | slice | Sequence[int]) -> AttackResult:
         """A result restricted to the samples selected by ``index`` (mask, indices or slice)."""
-        def sel(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[index]
-        return replace(
-            self,
-            x=self.x[index], x_adv=self.x_adv[index], success=self.success[index],
-            iterations=self.iterations[index], forward_evals=self.forward_evals[index],
-            grad_evals=self.grad_evals[index], labels=self.labels[index], target=sel(self.target),
-            clean_pred=self.clean_pred[index], adv_pred=self.adv_pred[index],
-            extras={k: v[index] for k, v in self.extras.items()}, info=dict(self.info),
-        )
+        picked = {k: None if (t := getattr(self, k)) is None else t[index] for k in _PER_SAMPLE}
+        return replace(self, **picked, extras={k: v[index] for k, v in self.extras.items()},
+                       info=dict(self.info))
 
     @staticmethod
     def cat(results: Sequence[AttackResult]) -> AttackResult:
@@ -179,16 +180,11 @@ class AttackResult:
         if not results:
             raise ValueError("cannot concatenate an empty list of results")
         first = results[0]
-
-        def c(name: str) -> Tensor:
-            return torch.cat([getattr(r, name) for r in results])
-
+        joined = {k: None if getattr(first, k) is None
+                  else torch.cat([getattr(r, k) for r in results]) for k in _PER_SAMPLE}
         keys = set(first.extras)
         return AttackResult(
-            x=c("x"), x_adv=c("x_adv"), success=c("success"), iterations=c("iterations"),
-            forward_evals=c("forward_evals"), grad_evals=c("grad_evals"), labels=c("labels"),
-            target=None if first.target is None else c("target"),
-            clean_pred=c("clean_pred"), adv_pred=c("adv_pred"),
+            **joined,
             extras={k: torch.cat([r.extras[k] for r in results]) for k in keys
                     if all(k in r.extras for r in results)},
             info=dict(first.info), elapsed=sum(r.elapsed for r in results), attack=first.attack,
@@ -423,13 +419,11 @@ class Attack(abc.ABC):
             check_labels(y, 0, None, x.device)
         if target is not None:
             check_labels(target, 0, None, x.device, name="target")
-        empty = torch.zeros(0, dtype=torch.long, device=x.device)
-        return AttackResult(
-            x=x, x_adv=x.clone(), success=torch.zeros(0, dtype=torch.bool, device=x.device),
-            iterations=empty, forward_evals=empty.clone(), grad_evals=empty.clone(),
-            labels=empty.clone(), target=None if target is None else empty.clone(),
-            clean_pred=empty.clone(), adv_pred=empty.clone(), attack=repr(self),
-        )
+        def empty(dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.zeros(0, dtype=dtype, device=x.device)
+        counts = {k: empty() for k in _PER_SAMPLE[3:] if k != "target"}
+        return AttackResult(x=x, x_adv=x.clone(), success=empty(torch.bool), **counts,
+                            target=None if target is None else empty(), attack=repr(self))
 
     def _check_finite(self, out: AttackOutput) -> None:
         """Raise :class:`NonFiniteModelOutput` if some adversarial image has a NaN/Inf pixel."""

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import (
+    check_bool,
     check_choice,
     check_finite_gradient,
     check_int_at_least,
@@ -284,8 +285,7 @@ class DeepFool(Attack):
         self.stabilizer = check_nonnegative("stabilizer", stabilizer)
         for name, flag in (("clip", clip), ("linearize_with_overshoot", linearize_with_overshoot),
                            ("fold_batchnorm", fold_batchnorm)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool, got {flag!r}")
+            check_bool(name, flag)
         self.clip = clip
         self.box = check_choice("box", box, BOX_METHODS)
         self.faces = check_choice("faces", faces, FACE_METHODS)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite_gradient, check_int_at_least
+from .._utils import check_bool, check_finite_gradient, check_int_at_least
 
 if TYPE_CHECKING:  # gradients imports this module
     from .base import AttackContext
@@ -81,8 +81,7 @@ class Execution:
     def __post_init__(self) -> None:
         if self.threads is not None:
             check_int_at_least("threads", self.threads, 1)
-        if not isinstance(self.fast_model, bool):
-            raise ValueError(f"fast_model must be a bool, got {self.fast_model!r}")
+        check_bool("fast_model", self.fast_model)
         LayoutHint(self.channels_last)  # validates
         if self.chunk is not None:
             check_int_at_least("chunk", self.chunk, 1)
@@ -101,14 +100,13 @@ class Execution:
             return 1
         return max(1, min(want, x.shape[0] // MIN_IMAGES_PER_THREAD))
 
-    def gradient_model(self, model: nn.Module, probe: Tensor, *,
-                       channels_last: bool = True) -> nn.Module:
+    def gradient_model(self, model: nn.Module, probe: Tensor) -> nn.Module:
         """The model the gradient passes differentiate: the fast copy of ``model``
         (:func:`fold_batchnorm` checked on ``probe``) or, with ``fast_model=False`` or where
         the copy does not apply, ``model`` itself."""
         if not self.fast_model:
             return model
-        return fold_batchnorm(model, probe, channels_last=channels_last)
+        return fold_batchnorm(model, probe, channels_last=True)
 
     def layout(self) -> LayoutHint:
         """A fresh layout hint for one attack call (it remembers a fallback)."""

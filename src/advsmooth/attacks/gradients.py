@@ -71,7 +71,6 @@ call so the caller can account it (:class:`GradientEstimate`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +94,6 @@ __all__ = [
     "PlainGradient",
     "SmoothedGradient",
     "LOSSES",
-    "log_mean_exp",
 ]
 
 #: supported per-copy losses
@@ -473,8 +471,3 @@ class SmoothedGradient(GradientEstimator):
         if self.clip_noisy and noise is not None:
             xin = xin.clamp(0.0, 1.0)
         return xin
-
-
-def log_mean_exp(t: Tensor, dim: int = 0) -> Tensor:
-    """``log(mean(exp(t), dim))`` computed stably (helper for probability-averaging estimators)."""
-    return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])

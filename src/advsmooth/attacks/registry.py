@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._utils import check_choice
+
 __all__ = ["AttackEntry", "REGISTRY", "register", "build", "names", "entry", "KINDS", "GRADIENTS",
            "build_gradient"]
 
@@ -187,8 +189,7 @@ def register(name: str, entry_: AttackEntry, *, overwrite: bool = False) -> None
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if not isinstance(entry_, AttackEntry):
         raise TypeError(f"entry must be an AttackEntry, got {type(entry_).__name__}")
-    if entry_.kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {entry_.kind!r}")
+    check_choice("kind", entry_.kind, KINDS)
     if name in REGISTRY and not overwrite:
         raise ValueError(f"attack {name!r} is already registered")
     REGISTRY[name] = entry_

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._utils import (
+    check_bool,
     check_choice,
     check_finite_gradient,
     check_int_at_least,
@@ -195,14 +196,10 @@ class SmoothFool(Attack):
         self.filter = g
         self.clip_step = check_positive("clip_step", clip_step)
         self.max_iter = check_int_at_least("max_iter", max_iter, 1)
-        if not isinstance(use_smoothclip, bool):
-            raise ValueError(f"use_smoothclip must be a bool, got {use_smoothclip!r}")
-        self.use_smoothclip = use_smoothclip
+        self.use_smoothclip = check_bool("use_smoothclip", use_smoothclip)
         self.clip_max_iter = check_int_at_least("clip_max_iter", clip_max_iter, 0)
         self.clip_min_step = check_nonnegative("clip_min_step", clip_min_step)
-        if not isinstance(normalize_mask, bool):
-            raise ValueError(f"normalize_mask must be a bool, got {normalize_mask!r}")
-        self.normalize_mask = normalize_mask
+        self.normalize_mask = check_bool("normalize_mask", normalize_mask)
         self.xp_scale = check_positive("xp_scale", xp_scale)
         self.step_scale = check_positive("step_scale", step_scale)
         if deepfool is None:
@@ -212,9 +209,7 @@ class SmoothFool(Attack):
         self.deepfool = deepfool
         self.grad_budget = (None if grad_budget is None
                             else check_int_at_least("grad_budget", grad_budget, 1))
-        if not isinstance(progress_bar, bool):
-            raise ValueError(f"progress_bar must be a bool, got {progress_bar!r}")
-        self.progress_bar = progress_bar
+        self.progress_bar = check_bool("progress_bar", progress_bar)
         self._set_params(filter=g, clip_step=self.clip_step, max_iter=self.max_iter,
                          use_smoothclip=use_smoothclip, clip_max_iter=self.clip_max_iter,
                          clip_min_step=self.clip_min_step, normalize_mask=normalize_mask,

@@ -31,17 +31,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._tensors import check_images, check_model_compat, frozen_model, predict
+from .._tensors import check_images, check_model_compat, frozen_model, predict, predict_chunks
 from .._utils import (
+    check_bool,
     check_choice,
     check_int_at_least,
     check_nonnegative,
     check_positive,
-    input_mismatch,
     make_generator,
     progress,
 )
 from .base import Attack
+from .smoothfool import SmoothFool, smooth_clip
 
 __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "project_l2"]
 
@@ -49,17 +50,6 @@ __all__ = ["UniversalPerturbation", "universal_fooling_rate", "project_linf", "p
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
-
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    out = []
-    with frozen_model(model), torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size]
-            with input_mismatch(x):
-                z = model(xb)
-            out.append(predict(z, xb.shape[0]))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
-
 
 def _check_v(v: Tensor, x: Tensor) -> Tensor:
     if not isinstance(v, Tensor):
@@ -96,7 +86,7 @@ def universal_fooling_rate(model: nn.Module, x: Tensor, v: Tensor, *, clamp: boo
     if x.shape[0] == 0:
         return float("nan")
     if clean_pred is None:
-        clean_pred = _predict(model, x, batch_size)
+        clean_pred = predict_chunks(model, x, batch_size)[0]
     z = x + v
     if clamp:
         z = z.clamp(0.0, 1.0)
@@ -168,24 +158,7 @@ def _materialise(data: Any) -> Tensor:
     return x.detach()
 
 
-def _is_smoothfool(base: Attack) -> bool:
-    try:
-        from .smoothfool import SmoothFool
-    except ImportError:  # pragma: no cover - SmoothFool ships with advsmooth
-        return False
-    return isinstance(base, SmoothFool)
-
-
-def _filter_of(base: Attack) -> Any:
-    """The low-pass filter g of a SmoothFool attack."""
-    for name in ("filter", "g", "lowpass"):
-        f = getattr(base, name, None)
-        if f is not None and callable(f):
-            return f
-    raise ValueError(f"cannot find the low-pass filter of {base!r} (expected a .filter attribute)")
-
-
-def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, bool]:
+def _smooth_clip_unit(u: Tensor, base: SmoothFool, step: float) -> tuple[Tensor, bool]:
     """SmoothClip of ``u`` into ``[0, 1]`` from ``x = 0`` (SmoothFool Alg. 3), returning the
     clipped ``u``.
 
@@ -193,13 +166,9 @@ def _smooth_clip_unit(u: Tensor, base: Attack, step: float) -> tuple[Tensor, boo
     mask normalisation) with the step ``step``. Also returns whether SmoothClip had to fall
     back to pixel-wise clamping (its iteration cap was hit).
     """
-    from .smoothfool import smooth_clip
-
-    kwargs = {k: getattr(base, a) for k, a in (("max_iter", "clip_max_iter"),
-                                                ("min_step", "clip_min_step"),
-                                                ("normalize_mask", "normalize_mask"))
-              if hasattr(base, a)}
-    r_c, _, fallback = smooth_clip(torch.zeros_like(u), u, _filter_of(base), step, **kwargs)
+    r_c, _, fallback = smooth_clip(torch.zeros_like(u), u, base.filter, step,
+                                   max_iter=base.clip_max_iter, min_step=base.clip_min_step,
+                                   normalize_mask=base.normalize_mask)
     return r_c, bool(fallback.any())
 
 
@@ -275,8 +244,7 @@ class UniversalPerturbation:
         self.max_passes = check_int_at_least("max_passes", max_passes, 1)
         for name, val in (("eval_clamp", eval_clamp), ("attack_clean", attack_clean),
                           ("progress_bar", progress_bar)):
-            if not isinstance(val, bool):
-                raise ValueError(f"{name} must be a bool, got {val!r}")
+            check_bool(name, val)
         self.eval_clamp = eval_clamp
         self.batch_update = None if batch_update is None else check_int_at_least(
             "batch_update", batch_update, 1)
@@ -286,7 +254,7 @@ class UniversalPerturbation:
         self.batch_size = check_int_at_least("batch_size", batch_size, 1)
         self.progress_bar = progress_bar
         self.seed = int(seed)
-        self.smooth = _is_smoothfool(base)
+        self.smooth = isinstance(base, SmoothFool)
         if self.smooth and self.norm != "inf":
             raise ValueError("smooth UAP (SmoothFool base) projects with SmoothClip onto "
                              "|v| <= xi; use norm='inf'")
@@ -338,7 +306,7 @@ class UniversalPerturbation:
         x = _materialise(data)
         check_model_compat(model, x)
         m = x.shape[0]
-        clean_pred = _predict(model, x, self.batch_size)
+        clean_pred = predict_chunks(model, x, self.batch_size)[0]
         forward = m
         grad = 0
         calls = 0
@@ -404,11 +372,3 @@ class UniversalPerturbation:
         check_images(x)
         return (x + _check_v(self.perturbation_, x)).clamp(0.0, 1.0)
 
-    def norm_of(self, v: Tensor | None = None) -> float:
-        """``||v||_p`` of the fitted (or given) perturbation in this object's norm."""
-        v = self.perturbation_ if v is None else v
-        if v is None:
-            raise RuntimeError("call fit(model, data) first")
-        if self.norm == "inf":
-            return float(v.abs().max())
-        return float(torch.linalg.vector_norm(v))

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._utils import optional_import, warn_caller
+from .._utils import check_int_at_least, optional_import, search_dirs, warn_caller
 
 __all__ = [
     "DataInfo",
@@ -124,12 +124,7 @@ def names() -> list[str]:
 
 def data_roots(root: str | os.PathLike[str] | None = None) -> list[Path]:
     """The directories searched for data files, in order (see the module docstring)."""
-    if root is not None:
-        return [Path(root).expanduser()]
-    env = os.environ.get("ADVSMOOTH_DATA")
-    if env:
-        return [Path(env).expanduser()]
-    return [Path("data"), Path("..") / "shared" / "data"]
+    return search_dirs(root, "ADVSMOOTH_DATA", ("data", "../shared/data"))
 
 
 def _find(candidates: Sequence[str], root: str | os.PathLike[str] | None, what: str) -> Path:
@@ -534,8 +529,7 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
     if len(given) > 1:
         raise ValueError(f"give at most one of n=, sample=, indices= (got {given})")
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        check_int_at_least("n", n, 0)
         if labels is not None and n < total and len(labels) > 1 and n > 0:
             if bool((labels[1:] >= labels[:-1]).all()) and labels[0] != labels[-1]:
                 warn_caller(
@@ -543,8 +537,7 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
                     f"classes); use sample={n}, seed=... for a seeded random subset")
         return torch.arange(min(n, total))
     if sample is not None:
-        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-            raise ValueError(f"sample must be an integer >= 0, got {sample!r}")
+        check_int_at_least("sample", sample, 0)
         if sample > total:
             raise ValueError(f"sample={sample} exceeds the {total} available samples of {name}")
         return random_subset(total, sample, seed)

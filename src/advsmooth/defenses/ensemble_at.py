@@ -115,8 +115,6 @@ class EnsembleAdversarialTraining(RobustMethod):
         super().__init__(holdout=names, eps=float(eps), w=_unit("w", w), attack=attack,
                          alpha=float(alpha), schedule=schedule,
                          include_current=bool(include_current))
-        self.eps, self.w, self.attack, self.alpha = float(eps), float(w), attack, float(alpha)
-        self.schedule, self.include_current = schedule, bool(include_current)
         self.models_dir = models_dir
         self._holdout: list[nn.Module | str] = holdout
         self.source_names: list[str] = (["current"] if self.include_current else []) + names

@@ -151,11 +151,18 @@ def _fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 class RobustMethod(TrainingMethod):
-    """Base class of the methods here: stores hyper-parameters for ``config()`` and ``repr``,
-    and puts noise parameters in a parameter group without weight decay."""
+    """Base class of the methods here: stores hyper-parameters for ``config()`` and ``repr``
+    (and as attributes of the same names), and puts noise parameters in a parameter group
+    without weight decay."""
 
     def __init__(self, **params: Any) -> None:
-        self._params = params
+        self._params: dict[str, Any] = {}
+        self._set(**params)
+
+    def _set(self, **params: Any) -> None:
+        """Record ``params`` for ``config()`` and set them as attributes."""
+        self._params.update(params)
+        vars(self).update(params)
 
     def config(self) -> dict[str, Any]:
         return {k: (repr(v) if isinstance(v, Attack) else v) for k, v in self._params.items()}
@@ -194,7 +201,6 @@ class GaussianAugmentation(RobustMethod):
 
     def __init__(self, *, sigma: float = 0.25, clip: bool = False) -> None:
         super().__init__(sigma=_budget("sigma", sigma), clip=bool(clip))
-        self.sigma, self.clip = float(sigma), bool(clip)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -224,8 +230,6 @@ class PGDTraining(RobustMethod):
                          steps=check_int_at_least("steps", steps, 1),
                          random_start=bool(random_start), w=_unit("w", w),
                          attack=_attack_arg(attack))
-        self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
-        self.random_start, self.w, self.attack = bool(random_start), float(w), attack
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         if self.attack is not None:
@@ -252,7 +256,6 @@ class TRADES(RobustMethod):
                  steps: int = 10) -> None:
         super().__init__(beta=check_nonnegative("beta", beta), eps=_budget("eps", eps),
                          alpha=_budget("alpha", alpha), steps=check_int_at_least("steps", steps, 1))
-        self.beta, self.eps, self.alpha, self.steps = float(beta), float(eps), float(alpha), steps
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -281,8 +284,6 @@ class NoiseAdversarialTraining(RobustMethod):
         super().__init__(sigma=_budget("sigma", sigma), q=_unit("q", q), eps=_budget("eps", eps),
                          alpha=_budget("alpha", alpha), steps=check_int_at_least("steps", steps, 1),
                          random_start=bool(random_start))
-        self.sigma, self.q, self.eps, self.alpha = float(sigma), float(q), float(eps), float(alpha)
-        self.steps, self.random_start = int(steps), bool(random_start)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -315,13 +316,10 @@ class EPGDTraining(PGDTraining):
                  random_start: bool = True, w: float = 1.0, noisy_loss: bool = False) -> None:
         variant = self.default_variant if variant is None else variant
         super().__init__(eps=eps, alpha=alpha, steps=steps, random_start=random_start, w=w)
-        self._params.update(sigma=_budget("sigma", sigma),
-                            samples=check_int_at_least("samples", samples, 1),
-                            variant=check_choice("variant", variant, EPGD_VARIANTS),
-                            noisy_loss=bool(noisy_loss))
+        self._set(sigma=_budget("sigma", sigma), samples=check_int_at_least("samples", samples, 1),
+                  variant=check_choice("variant", variant, EPGD_VARIANTS),
+                  noisy_loss=bool(noisy_loss))
         del self._params["attack"]
-        self.sigma, self.samples, self.variant = float(sigma), int(samples), variant
-        self.noisy_loss = bool(noisy_loss)
 
     def craft(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
         return pgd_linf(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
@@ -377,7 +375,6 @@ class FGSMTraining(RobustMethod):
 
     def __init__(self, *, eps: float = 8 / 255, w: float = 0.5) -> None:
         super().__init__(eps=_budget("eps", eps), w=_unit("w", w))
-        self.eps, self.w = float(eps), float(w)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -406,9 +403,6 @@ class SmoothAdversarialTraining(RobustMethod):
                          clip_step=check_nonnegative("clip_step", clip_step),
                          max_iter=check_int_at_least("max_iter", max_iter, 1),
                          attack=_attack_arg(attack))
-        self.sigma_g, self.w, self.clip_step, self.max_iter = (
-            float(sigma_g), float(w), float(clip_step), int(max_iter))
-        self.attack = attack
 
     def _smoothfool(self) -> Attack:
         if self.attack is None:
@@ -522,17 +516,14 @@ class DeepFoolFineTuning(_PreparedFineTuning):
                          overshoot=check_nonnegative("overshoot", overshoot),
                          max_iter=check_int_at_least("max_iter", max_iter, 1),
                          candidates=check_int_at_least("candidates", candidates, 2), clip=clip)
-        self.alpha = float(alpha)
         self._attack: Attack | None = None
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self._attack is None:
             from ..attacks import DeepFool
 
-            self._attack = DeepFool(norm=2, overshoot=self._params["overshoot"],
-                                    max_iter=self._params["max_iter"],
-                                    candidates=self._params["candidates"],
-                                    clip=self._params["clip"])
+            self._attack = DeepFool(norm=2, overshoot=self.overshoot, max_iter=self.max_iter,
+                                    candidates=self.candidates, clip=self.clip)
         res = self._attack(model, x, y)
         return x + self.alpha * res.perturbation.detach()
 
@@ -545,7 +536,6 @@ class FGSMFineTuning(_PreparedFineTuning):
 
     def __init__(self, *, eps: float = 0.1) -> None:
         super().__init__(eps=_budget("eps", eps))
-        self.eps = float(eps)
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return _fgsm(model, x, y, self.eps)

@@ -171,6 +171,15 @@ class NoiseModule(nn.Module):
         dev = state.get("device_type", "")
         self._pending_state = (str(dev), rng.clone()) if rng is not None and rng.numel() else None
 
+    def noise(self, t: Tensor) -> Tensor:
+        """One draw of the noise added to ``t``."""
+        raise NotImplementedError
+
+    def forward(self, t: Tensor) -> Tensor:
+        if not self.noise_enabled:
+            return t
+        return t + self.noise(t)
+
     def extra_repr(self) -> str:
         return f"enabled={self.noise_enabled}, seed={self._seed}"
 
@@ -219,11 +228,6 @@ class PNINoise(NoiseModule):
         shape = t.shape[1:] if self.batched else t.shape
         nu = self._randn(shape, t) * _scalar_std(t).to(t.dtype)
         return self.alpha.to(t.dtype) * nu
-
-    def forward(self, t: Tensor) -> Tensor:
-        if not self.noise_enabled:
-            return t
-        return t + self.noise(t)
 
     def extra_repr(self) -> str:
         return (f"granularity={self.granularity!r}, alpha_shape={tuple(self.alpha.shape)}, "
@@ -280,11 +284,6 @@ class CNINoise(NoiseModule):
         m = diag * n_d + self.factor.to(t.dtype) @ n_f
         return m.reshape(shape)
 
-    def forward(self, t: Tensor) -> Tensor:
-        if not self.noise_enabled:
-            return t
-        return t + self.noise(t)
-
     def extra_repr(self) -> str:
         return (f"size={self.alpha_d.shape[0]}, rank={self.rank}, batched={self.batched}, "
                 f"{super().extra_repr()}")
@@ -323,11 +322,10 @@ class InputNoise(NoiseModule):
         else:
             self.register_buffer("sigma", torch.tensor(float(sigma)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.noise_enabled:
-            return x
-        nu = self._randn(x.shape, x)
-        return x + self.sigma.abs().to(x.dtype) * self.channel_scale.to(x.dtype) * nu
+    def noise(self, t: Tensor) -> Tensor:
+        """One draw of ``σ·ν`` (per-channel scaled) for ``t``."""
+        nu = self._randn(t.shape, t)
+        return self.sigma.abs().to(t.dtype) * self.channel_scale.to(t.dtype) * nu
 
     def extra_repr(self) -> str:
         return (f"sigma={float(self.sigma.detach()):.4g}, space={self.space!r}, "
@@ -391,44 +389,43 @@ class NoisyLinear(_NoisyLayerMixin, nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
-class PNIConv2d(NoisyConv2d):
+class _PNIWeights:
+    """Mixin: a noisy layer with PNI weight noise (keyword args ``granularity``, ``init``)."""
+
+    def __init__(self, *args: Any, granularity: str = "channelwise", init: float = 0.25,
+                 seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        w = self.weight  # type: ignore[attr-defined]
+        self.weight_noise = PNINoise(w.shape, granularity=granularity, init=init,
+                                     seed=seed).to(w.device)
+
+
+class _CNIWeights:
+    """Mixin: a noisy layer with CNI weight noise (keyword args ``rank``, ``init_diag``,
+    ``init_factor``)."""
+
+    def __init__(self, *args: Any, rank: int = 5, init_diag: float = 0.0625,
+                 init_factor: float = 0.01, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        w = self.weight  # type: ignore[attr-defined]
+        self.weight_noise = CNINoise(w.shape, rank=rank, init_diag=init_diag,
+                                     init_factor=init_factor, seed=seed).to(w.device)
+
+
+class PNIConv2d(_PNIWeights, NoisyConv2d):
     """Conv2d with PNI weight noise: ``PNIConv2d(in, out, k, ..., granularity=, init=0.25)``."""
 
-    def __init__(self, *args: Any, granularity: str = "channelwise", init: float = 0.25,
-                 seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.weight_noise = PNINoise(self.weight.shape, granularity=granularity, init=init,
-                                     seed=seed).to(self.weight.device)
 
-
-class PNILinear(NoisyLinear):
+class PNILinear(_PNIWeights, NoisyLinear):
     """Linear with PNI weight noise: ``PNILinear(in, out, ..., granularity=, init=0.25)``."""
 
-    def __init__(self, *args: Any, granularity: str = "channelwise", init: float = 0.25,
-                 seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.weight_noise = PNINoise(self.weight.shape, granularity=granularity, init=init,
-                                     seed=seed).to(self.weight.device)
 
-
-class CNIConv2d(NoisyConv2d):
+class CNIConv2d(_CNIWeights, NoisyConv2d):
     """Conv2d with CNI (low-rank coloured) weight noise: ``CNIConv2d(in, out, k, ..., rank=5)``."""
 
-    def __init__(self, *args: Any, rank: int = 5, init_diag: float = 0.0625,
-                 init_factor: float = 0.01, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.weight_noise = CNINoise(self.weight.shape, rank=rank, init_diag=init_diag,
-                                     init_factor=init_factor, seed=seed).to(self.weight.device)
 
-
-class CNILinear(NoisyLinear):
+class CNILinear(_CNIWeights, NoisyLinear):
     """Linear with CNI (low-rank coloured) weight noise: ``CNILinear(in, out, ..., rank=5)``."""
-
-    def __init__(self, *args: Any, rank: int = 5, init_diag: float = 0.0625,
-                 init_factor: float = 0.01, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.weight_noise = CNINoise(self.weight.shape, rank=rank, init_diag=init_diag,
-                                     init_factor=init_factor, seed=seed).to(self.weight.device)
 
 
 # ----------------------------------------------------------------------------------------------

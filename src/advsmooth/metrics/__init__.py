@@ -14,7 +14,7 @@ __all__: list[str] = []
 __all__ += ["FoolingRate", "fooling_rate", "per_class_fooling_rate", "robustness", "sigma_at",
             "fgsm_rho", "predict_batched"]
 
-from .roughness import roughness  # noqa: E402
+from ..filters import roughness  # noqa: E402
 
 __all__ += ["roughness"]
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._tensors import check_images, check_model_compat, frozen_model, predict
-from .._utils import input_mismatch
+from .._tensors import check_images, check_model_compat, frozen_model, predict_chunks
+from .._utils import check_int_at_least, input_mismatch
 from ..attacks.gradients import AttackObjective, PlainGradient, check_logits
 
 __all__ = [
@@ -67,12 +67,6 @@ class FoolingRate:
                 "n_fooled": self.n_fooled}
 
 
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
-
-
 def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256,
                     check: bool = True) -> Tensor:
     """Predicted labels ``(N,)`` of ``model`` on ``x`` (``N×C×H×W``), in batches, in eval mode.
@@ -85,21 +79,11 @@ def predict_batched(model: nn.Module, x: Tensor, *, batch_size: int = 256,
 def _predict_classes(model: nn.Module, x: Tensor, batch_size: int,
                      check: bool) -> tuple[Tensor, int | None]:
     """:func:`predict_batched` and the model's number of classes (``None`` for no input)."""
-    _check_batch_size(batch_size)
+    check_int_at_least("batch_size", batch_size, 1)
     if check:
         check_images(x)
     check_model_compat(model, x)
-    out = []
-    k = None
-    with frozen_model(model), torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            with input_mismatch(x):
-                z = model(x[s:s + batch_size])
-            out.append(predict(z, x[s:s + batch_size].shape[0]))
-            k = 2 if z.ndim == 1 or z.shape[1] == 1 else int(z.shape[1])
-    if not out:
-        return torch.zeros(0, dtype=torch.long, device=x.device), k
-    return torch.cat(out), k
+    return predict_chunks(model, x, batch_size)
 
 
 def _check_pair(x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -279,7 +263,7 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
         bracketing grid points (up to ``eps_max``) reaches ``target_rate`` (and the two extra
         keys are then absent).
     """
-    _check_batch_size(batch_size)
+    check_int_at_least("batch_size", batch_size, 1)
     check_images(x)
     y = torch.as_tensor(y, device=x.device).long()
     if y.shape != (x.shape[0],):
@@ -288,8 +272,7 @@ def fgsm_rho(model: nn.Module, x: Tensor, y: Tensor, *, p: float | str = 2,
         raise ValueError(f"target_rate must be in (0, 1], got {target_rate!r}")
     if not eps_max > 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max!r}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
+    check_int_at_least("grid", grid, 1)
     signs = []
     with frozen_model(model):
         if y.numel():  # the class count, to refuse labels the model cannot have

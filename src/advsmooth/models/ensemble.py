@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._utils import check_choice
+
 __all__ = ["Ensemble", "COMBINE_MODES"]
 
 COMBINE_MODES = ("mean_logits", "sum_logits", "mean_probs", "mean_loss")
@@ -49,10 +51,8 @@ class Ensemble(nn.Module):
         for i, m in enumerate(models):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"models[{i}] must be a torch.nn.Module, got {type(m).__name__}")
-        if combine not in COMBINE_MODES:
-            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
         self.members = nn.ModuleList(models)
-        self.combine = combine
+        self.combine = check_choice("combine", combine, COMBINE_MODES)
         if weights is None:
             w = torch.full((len(models),), 1.0 / len(models), dtype=torch.float64)
         else:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .._utils import atomic_path, cache_dir, optional_import
+from .._utils import atomic_path, cache_dir, optional_import, search_dirs
 from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
@@ -101,12 +101,7 @@ def spec(name: str) -> ModelSpec:
 
 def models_dirs(models_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Folders searched for pretrained checkpoint files, in order (see module docstring)."""
-    if models_dir is not None:
-        return [Path(models_dir).expanduser()]
-    env = os.environ.get("ADVSMOOTH_MODELS")
-    if env:
-        return [Path(env).expanduser()]
-    return [Path("models"), Path("..") / "shared" / "models"]
+    return search_dirs(models_dir, "ADVSMOOTH_MODELS", ("models", "../shared/models"))
 
 
 def _find_checkpoint(file: str, models_dir: Any) -> Path:
@@ -185,29 +180,16 @@ def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
           schedule=recipe.get("schedule"), show_progress=verbose)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, test_xy)
-    meta_path = pt.with_name(pt.name + ".json")
-    # weights are renamed into place first, then the metadata that validates them
-    with atomic_path(meta_path) as meta_tmp, atomic_path(pt) as tmp:
-        torch.save(model.state_dict(), tmp)
-        meta = {
-            "name": s.name,
-            "arch": s.arch,
-            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
-            "data": "digits",
-            "train_split": "train",
-            "n_train": len(train_xy[1]),
-            "n_test": len(test_xy[1]),
-            "test_accuracy": round(100.0 * acc, 3),
-            "seed": seed,
-            "recipe": recipe,
-            "recipe_version": DIGITS_RECIPE_VERSION,
-            "train_seconds": round(seconds, 2),
-            "advsmooth": __version__,
-            "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sha256": file_sha256(tmp),
-        }
-        meta_tmp.write_text(json.dumps(meta, indent=2))
+    # the weights and the metadata that validates them (sha256), as save_model writes any model
+    save_model(model, pt, arch=s.arch, in_shape=s.in_shape, num_classes=s.num_classes,
+               mean=s.mean, std=s.std, name=s.name,
+               kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
+               data="digits", train_split="train", n_train=len(train_xy[1]),
+               n_test=len(test_xy[1]), test_accuracy=round(100.0 * acc, 3), seed=seed,
+               recipe=recipe, recipe_version=DIGITS_RECIPE_VERSION,
+               train_seconds=round(seconds, 2), torch=torch.__version__,
+               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    meta = json.loads(pt.with_name(pt.name + ".json").read_text())
     if verbose:
         print(f"advsmooth: {s.name}: test accuracy {meta['test_accuracy']:.2f} % on "
               f"{meta['n_test']} digits ({seconds:.1f} s); cached at {pt}",

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._utils import (
     atomic_path,
+    check_choice,
     check_int_at_least,
     check_nonnegative,
     check_positive,
@@ -243,8 +244,7 @@ class _Settings:
         check_int_at_least("batch_size", self.batch_size, 1)
         check_nonnegative("weight_decay", self.weight_decay)
         check_nonnegative("momentum", self.momentum)
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be one of ('adam', 'sgd'), got {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, ("adam", "sgd"))
         if self.schedule not in (None, "cosine"):
             raise ValueError(f"schedule must be None or 'cosine', got {self.schedule!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

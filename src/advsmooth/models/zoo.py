@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils import check_int_at_least
+
 __all__ = [
     "Normalize",
     "Normalized",
@@ -300,8 +302,7 @@ class WideResNet(nn.Module):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n+4 with n >= 1 (16, 22, 28, 34, ...), got {depth}")
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be an integer >= 1, got {width!r}")
+        check_int_at_least("width", width, 1)
         n = (depth - 4) // 6
         w = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_shape[0], w[0], 3, padding=1, bias=False)
@@ -351,8 +352,7 @@ def create(arch: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 
     shape = tuple(int(v) for v in in_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"in_shape must be (C, H, W) with positive entries, got {in_shape!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_int_at_least("num_classes", num_classes, 2)
     a = arch.lower().replace("_", "-")
     net: nn.Module
     if a in ("mlp", "fc"):
