@@ -171,10 +171,6 @@ def nonnegative_number(text: str) -> float:
     return v
 
 
-#: older name of :func:`positive_number`
-positive_float = positive_number
-
-
 def _int_at_least(text: str, low: int) -> int:
     try:
         v: int | None = int(text)

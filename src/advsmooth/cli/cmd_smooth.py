@@ -48,9 +48,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-_nonneg_float = nonnegative_number
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "smooth", help="smoothed inference: base vs smoothed accuracy, clean and attacked",
@@ -64,22 +61,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=200,
                    help="seeded random subset size (default: 200)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the subset (default: 0)")
-    p.add_argument("--sigma", type=_nonneg_float, default=0.25, help="noise std σ (0.25)")
+    p.add_argument("--sigma", type=nonnegative_number, default=0.25, help="noise std σ (0.25)")
     p.add_argument("--smooth-samples", type=positive_int, default=64, dest="samples",
                    help="noisy copies per smoothed prediction, M (64)")
     hidden_alias(p, "--samples", "samples", type=positive_int)
     p.add_argument("--vote", default="prediction,weighted,soft",
                    help="comma-separated votes: prediction, weighted, weighted_c, soft, "
                         "logit_mean (default: prediction,weighted,soft)")
-    p.add_argument("--C", type=_nonneg_float, default=0.5, help="runner-up weight of weighted_c")
+    p.add_argument("--C", type=nonnegative_number, default=0.5,
+                   help="runner-up weight of weighted_c")
     p.add_argument("--noise-space", choices=("pixel", "normalized"), default="pixel")
     p.add_argument("--attack", default="none,pgd",
                    help="comma-separated: none, pgd, epgd, epgd_ref, smoothadv, transfer_pgd, "
                         "transfer_pgd_s, nattack (default: none,pgd)")
-    p.add_argument("--eps", type=_nonneg_float, default=0.3,
+    p.add_argument("--eps", type=nonnegative_number, default=0.3,
                    help="l_inf radius, a number or a fraction such as 8/255 (0.3)")
     p.add_argument("--steps", type=positive_int, default=40, help="PGD steps k (40)")
-    p.add_argument("--alpha", type=_nonneg_float, default=None,
+    p.add_argument("--alpha", type=nonnegative_number, default=None,
                    help="step size (default 2.5*eps/steps)")
     p.add_argument("--m-backward", type=positive_int, default=8,
                    help="noisy copies per EPGD/SmoothAdv step (8)")
