@@ -154,14 +154,10 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.n < 0:
-        raise UserError(f"--n must be >= 0, got {args.n}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.grid_n < 1:
-        raise UserError(f"--grid-n must be >= 1, got {args.grid_n}")
-    if args.fit_n < 1:
-        raise UserError(f"--fit-n must be >= 1, got {args.fit_n}")
+    for dest, low in (("n", 0), ("batch_size", 1), ("grid_n", 1), ("fit_n", 1)):
+        if getattr(args, dest) < low:
+            raise UserError(f"--{dest.replace('_', '-')} must be >= {low}, got "
+                            f"{getattr(args, dest)}")
     if args.magnify != "auto":
         try:
             m = float(args.magnify)
@@ -217,46 +213,25 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 # summaries
 # ----------------------------------------------------------------------------------------------
 
-def _nanfloat(v: Any) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
-def _spec_name(args: argparse.Namespace) -> str:
+def _one_cell_spec(args: argparse.Namespace, **body: Any) -> Any:
+    """The validated one-cell spec ``body`` of ``advsmooth attack`` (name, description, seed)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}")
+    from ..experiments import parse_spec
+
+    return parse_spec({"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}"),
+                       "description": f"advsmooth attack {args.name} on {args.model}",
+                       "seed": args.seed, **body}, source=f"attack {args.name}")
 
 
 def attack_spec(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The one-cell experiment spec of ``advsmooth attack`` (validated)."""
-    from ..experiments import parse_spec
-
     ds: dict[str, Any] = {"name": args.data, "split": args.split}
     if args.n:
         ds.update(sample=args.n, seed=args.seed)
-    return parse_spec({
-        "name": _spec_name(args), "description": f"advsmooth attack {args.name} on {args.model}",
-        "seed": args.seed, "batch_size": args.batch_size, "save_adversarial": True,
-        "datasets": [ds], "models": [{"name": args.model}],
-        "attacks": [{"name": args.name, "params": params}]}, source=f"attack {args.name}")
-
-
-def _read_artefacts(out: Path, cell_id: str, n: int) -> dict[str, np.ndarray]:
-    """``x`` and ``x_adv`` of a cell from its saved batches, in sample order."""
-    parts: dict[str, list[np.ndarray]] = {"idx": [], "x": [], "x_adv": []}
-    for f in sorted((out / "artefacts" / cell_id).glob("batch_*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            for k in parts:
-                parts[k].append(z[k])
-    if not parts["idx"]:
-        raise FileNotFoundError(f"{out}: no saved adversarial examples of cell {cell_id}")
-    idx = np.concatenate(parts["idx"])
-    order = np.argsort(idx, kind="stable")
-    if len(idx) != n or not np.array_equal(idx[order], np.arange(n)):
-        raise FileNotFoundError(f"{out / 'artefacts' / cell_id}: saved batches do not cover the "
-                                f"{n} samples (remove the folder to recompute them)")
-    return {k: np.concatenate(v)[order] for k, v in parts.items() if k != "idx"}
+    return _one_cell_spec(args, batch_size=args.batch_size, save_adversarial=True,
+                          datasets=[ds], models=[{"name": args.model}],
+                          attacks=[{"name": args.name, "params": params}])
 
 
 def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Path,
@@ -264,6 +239,7 @@ def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Pa
     """Run the one-cell spec into the run folder ``out``; the summary comes from the store."""
     from ..attacks.summary import summarize
     from ..experiments import Store, expand_cells, run_spec
+    from ..experiments.runner import read_adversarial
 
     spec = attack_spec(args, params)
     run_spec(spec, out, device=device, data_root=args.data_root,
@@ -281,7 +257,13 @@ def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Pa
         "mean_iterations": s["iterations"], "forward_evals_per_image": s["forward_evals"],
         "grad_evals_per_image": s["grad_evals"], "seconds": s["seconds"],
     }
-    images = _read_artefacts(out, cell_id, len(cols["label"]))
+    images = read_adversarial(out, cell_id, ("x", "x_adv"))
+    if images is None:
+        raise FileNotFoundError(f"{out}: no saved adversarial examples of cell {cell_id}")
+    if not np.array_equal(images["idx"], np.arange(len(cols["label"]))):
+        raise FileNotFoundError(f"{out / 'artefacts' / cell_id}: saved batches do not cover the "
+                                f"{len(cols['label'])} samples (remove the folder to recompute "
+                                "them)")
     arrays = {"x": images["x"], "x_adv": images["x_adv"], "y": cols["label"],
               "clean_pred": cols["clean_pred"], "pred": cols["adv_pred"],
               "success": cols["success"].astype(bool), "iterations": cols["iterations"],
@@ -293,17 +275,14 @@ def _run_universal(args: argparse.Namespace, params: dict[str, Any], out: Path,
                    device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run the one-cell ``universal_attack`` study into ``out``; summary and arrays come from
     its stored row and artefact."""
-    from ..experiments import expand_cells, parse_spec, run_spec
+    from ..experiments import expand_cells, run_spec
     from ..experiments.artefacts import Artefacts, Step
     from ..experiments.attack_universal import STEP_KIND
 
     study = {"dataset": args.data, "split": args.split, "n": args.n, "seed": args.seed,
              "fit_split": args.fit_split, "fit_n": args.fit_n, "batch_size": args.batch_size,
              "model": args.model, "attack": args.name, "attack_params": params}
-    spec = parse_spec({"name": _spec_name(args), "seed": args.seed,
-                       "description": f"advsmooth attack {args.name} on {args.model}",
-                       "studies": [{"task": "universal_attack", "params": study}]},
-                      source=f"attack {args.name}")
+    spec = _one_cell_spec(args, studies=[{"task": "universal_attack", "params": study}])
     run_spec(spec, out, device=device, data_root=args.data_root,
              progress=not args.no_progress)
     step = Step(STEP_KIND, dict(expand_cells(spec)[0].params))
@@ -359,7 +338,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, float):
-        return _nanfloat(obj)
+        return None if math.isnan(obj) else float(obj)
     if isinstance(obj, (int, str, bool)) or obj is None:
         return obj
     return repr(obj)

@@ -341,6 +341,26 @@ def _artefact_path(out_dir: Path, cell_id: str, batch: int) -> Path:
     return out_dir / ARTEFACTS_DIR / cell_id / f"batch_{batch:05d}.npz"
 
 
+def read_adversarial(out_dir: Path, cell_id: str, keys: tuple[str, ...],
+                     limit: int | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` (and ``idx``) of a cell's saved batches in sample order — the first
+    ``limit`` samples when given (fewer batch files are read) — or ``None`` when none is saved."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("idx", *keys)}
+    total = 0
+    for f in sorted((Path(out_dir) / ARTEFACTS_DIR / cell_id).glob("batch_*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            for k in parts:
+                parts[k].append(z[k])
+        total += len(parts["idx"][-1])
+        if limit is not None and total >= limit:
+            break
+    if not parts["idx"]:
+        return None
+    idx = np.concatenate(parts.pop("idx"))
+    order = np.argsort(idx, kind="stable")[:limit]
+    return {"idx": idx[order], **{k: np.concatenate(v)[order] for k, v in parts.items()}}
+
+
 def _write_artefact(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)

@@ -29,8 +29,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._utils import MissingDependency, atomic_path, optional_import
 from .tables import (
     METRIC_DISPLAY,
@@ -118,23 +116,6 @@ def _study_image(out_dir: Path, cells: Sequence[Mapping[str, Any]], source: str,
         print(f"advsmooth report: image {file!r} of study {source!r} not found under "
               f"{', '.join(str(b) for b in bases)}; left out", file=sys.stderr)
     return None
-
-
-def _load_artefacts(out_dir: Path, cell_id: str, k: int) -> dict[str, np.ndarray] | None:
-    folder = out_dir / "artefacts" / cell_id
-    files = sorted(folder.glob("batch_*.npz")) if folder.is_dir() else []
-    if not files:
-        return None
-    parts: dict[str, list[np.ndarray]] = {}
-    total = 0
-    for f in files:
-        with np.load(f) as z:
-            for key in ("x", "x_adv", "label", "adv_pred"):
-                parts.setdefault(key, []).append(z[key])
-            total += len(z["label"])
-        if total >= k:
-            break
-    return {key: np.concatenate(v)[:k] for key, v in parts.items()}
 
 
 def _default_plots(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -291,12 +272,13 @@ def _perturbation_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Map
                           ) -> list[Figure]:
     """Clean, adversarial and perturbation images of the first ``samples`` saved adversarial
     examples of every attack cell."""
+    from ..experiments.runner import read_adversarial
     from .figures import perturbation_grid
 
     k = int(p.get("samples") or 4)
     figures: list[Figure] = []
     for c in attack_cells(cells):
-        art = _load_artefacts(d.out_dir, c["cell_id"], k)
+        art = read_adversarial(d.out_dir, c["cell_id"], ("x", "x_adv", "label", "adv_pred"), k)
         if art is None:
             continue
         name = d.unique((p.get("name") or "perturbations") + "_" + c["cell_id"][:8])
