@@ -120,13 +120,12 @@ def _smooth(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import VOTES
     from ..studies.smoothing import ATTACKS
 
-    for v in votes:
-        if v not in VOTES:
-            raise ValueError(f"--vote: unknown vote {v!r}; expected one of {', '.join(VOTES)}")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise ValueError(f"--attack: unknown attack {a!r}; expected one of "
-                             f"{', '.join(ATTACKS)}")
+    # SmoothingSettings checks these too, but in spec terms: here they name the options
+    for opt, names, known in (("vote", votes, VOTES), ("attack", attacks, ATTACKS)):
+        for v in names:
+            if v not in known:
+                raise ValueError(f"--{opt}: unknown {opt} {v!r}; expected one of "
+                                 f"{', '.join(known)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     shape = data_shape(args.data, args.split, args.data_root)
@@ -136,8 +135,7 @@ def _smooth(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {
         "model": args.model, "data": args.data, "split": args.split, "n": args.n,
         "data_seed": args.data_seed, "sigma": args.sigma, "samples": args.samples,
-        "votes": [v.strip() for v in args.vote.split(",") if v.strip()], "C": args.C,
-        "attacks": [a.strip() for a in args.attack.split(",") if a.strip()], "eps": args.eps,
+        "votes": votes, "C": args.C, "attacks": attacks, "eps": args.eps,
         "steps": args.steps, "alpha": args.alpha, "m_backward": args.m_backward,
         "source": args.source,
         "nattack": {"population": args.population, "max_iter": args.nattack_iters},
