@@ -38,6 +38,7 @@ from ._common import (
     number,
     parse_number,
     resolve_device,
+    write_report,
 )
 
 #: named flags → parameter (dest) names; the registry entry says which ones an attack takes
@@ -418,12 +419,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.out is None:
             return 0
         files = _write_files(args, out, attack, params, summary, arrays)
-    from ..report import build_report
-
-    paths = build_report(out)
+    paths = write_report(out, "attack")
     written = ", ".join(str(out / f) for f in files)
-    written += f"; run store {out / 'results.sqlite'}, report {paths['html']}"
-    if paths.get("note"):
-        print(f"advsmooth attack: note: {paths['note']}", file=sys.stderr)
-    print(f"wrote {written}", file=sys.stderr)
+    print(f"wrote {written}; run store {out / 'results.sqlite'}, report {paths['html']}",
+          file=sys.stderr)
     return 0
