@@ -174,21 +174,15 @@ def _check_args(args: argparse.Namespace) -> None:
 # data and model
 # ----------------------------------------------------------------------------------------------
 
-def _load_model(args: argparse.Namespace, device: str) -> tuple[Any, torch.dtype]:
-    """The model (``--models-dir`` honoured), after checking it takes the data's images."""
+def _probe_model(args: argparse.Namespace, device: str) -> None:
+    """Load the model (``--models-dir`` honoured) and run it once on one image of the data: a
+    model/data mismatch is a one-line error before any work, as are labels the model has no
+    output for."""
     import advsmooth as asm
 
     model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
                             verbose=False)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return model, dtype
-
-
-def _probe(args: argparse.Namespace, model: Any, dtype: torch.dtype, device: str) -> None:
-    """One forward pass on one image of the data: a model/data mismatch is a one-line error
-    before any work, as are labels the model has no output for."""
-    import advsmooth as asm
-
     x, _ = asm.data.load(args.data, split=args.split, root=args.data_root, indices=[0])
     check_model_input(args.model, args.data, tuple(x.shape[1:]), model=model,
                       probe=x.to(device=device, dtype=dtype))
@@ -406,9 +400,7 @@ def _main(args: argparse.Namespace) -> int:
     with models_dir_env(args.models_dir), tempfile.TemporaryDirectory(
             prefix="advsmooth-attack-") as scratch:
         out = Path(args.out) if args.out is not None else Path(scratch)
-        model, dtype = _load_model(args, device)
-        _probe(args, model, dtype, device)
-        del model
+        _probe_model(args, device)
         run = _run_universal if e.kind == "universal" else _run_sample_attack
         summary, arrays = run(args, params, out, device)
         print(f"{args.name} on {args.model} / {args.data}:{args.split}  ({attack!r})")
