@@ -348,6 +348,24 @@ def register_task(name: str,
     return task
 
 
+def check_params(p: Mapping[str, Any], allowed: Sequence[str] | None = None,
+                 required: Sequence[str] = (), ints: Sequence[tuple[str, int]] = ()) -> None:
+    """A task's parameter check: ``ValueError`` for a parameter not in ``allowed`` (when given),
+    a missing ``required`` one, or one named in ``ints`` (``(name, low)`` pairs) that is given
+    but not an integer >= ``low``, in that order."""
+    from .._utils import check_int_at_least
+
+    unknown = sorted(set(p) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
+    missing = [k for k in required if k not in p]
+    if missing:
+        raise ValueError(f"missing parameter(s) {missing}")
+    for key, low in ints:
+        if p.get(key) is not None:
+            check_int_at_least(key, p[key], low)
+
+
 def get_task(name: str) -> Task:
     """The study task registered as ``name`` (``ValueError`` naming the known ones)."""
     if name not in _TASKS:
