@@ -142,9 +142,9 @@ def expand_cells(spec: Spec) -> list[Cell]:
             ident = {"kind": "study", "task": s.task, "params": point, "seed": spec.seed}
             cell = Cell(cell_id=_hash(ident), kind="study", label=_point_label(s.key, grid),
                         params=point, seed=spec.seed, study=s, grid=grid)
-            task = tasks.get_task(s.task)
-            if task.plan is not None:
-                cell.plan = task.plan(dict(point), tasks.batch_seed(spec.seed, cell.cell_id, 0))
+            cell.plan = tasks.cell_plan({"task": s.task, "params": point, "seed": spec.seed,
+                                         "cell_id": cell.cell_id})
+            if cell.plan is not None:
                 cell.steps = plan_order(cell.plan)
             cells.append(cell)
     return cells

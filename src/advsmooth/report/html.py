@@ -33,6 +33,7 @@ from .._utils import MissingDependency, atomic_path, optional_import
 from .tables import (
     METRIC_DISPLAY,
     Table,
+    _study_cells,
     attack_cells,
     build_tables,
     cell_field,
@@ -102,9 +103,7 @@ def _study_image(out_dir: Path, cells: Sequence[Mapping[str, Any]], source: str,
     A relative ``out_dir`` is looked up from the working directory (where ``advsmooth run``
     resolved it), then from the run directory and its parent; a missing file is reported on
     stderr and the figure left out (the tables still render)."""
-    for c in cells:
-        if c["kind"] != "study" or c.get("config", {}).get("study") != source:
-            continue
+    for c in _study_cells(cells, source):
         od = (c.get("params") or {}).get("out_dir")
         if not isinstance(od, str):
             continue
