@@ -33,6 +33,7 @@ from .._utils import MissingDependency, atomic_path, optional_import
 from .tables import (
     METRIC_DISPLAY,
     Table,
+    _pivot,
     _study_cells,
     attack_cells,
     build_tables,
@@ -204,18 +205,9 @@ def _heatmap_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[
                 facets.append(r.get(facet))
     figures: list[Figure] = []
     for fv in facets:
-        rl: list[str] = []
-        cl: list[str] = []
-        vals: dict[tuple[str, str], Any] = {}
-        for r in records:
-            if fv is not None and r.get(facet) != fv:
-                continue
-            rk, ck = str(r.get(rows_f)), str(r.get(cols_f))
-            if rk not in rl:
-                rl.append(rk)
-            if ck not in cl:
-                cl.append(ck)
-            vals[(rk, ck)] = r.get(val_f)
+        rl, cl, vals = _pivot([r for r in records if fv is None or r.get(facet) == fv],
+                              lambda r: str(r.get(rows_f)), lambda r: str(r.get(cols_f)),
+                              lambda r: r.get(val_f))
         if not rl or not cl:
             continue
         base = p.get("name") or f"{source or 'cells'}_{val_f}_heatmap"
