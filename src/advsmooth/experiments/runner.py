@@ -571,10 +571,9 @@ class _Run:
                 rows = tasks.plan_rows(c.plan, arts)
             finally:
                 arts.close()
-            secs = store.conn.execute("SELECT COALESCE(SUM(seconds),0) FROM batches WHERE "
-                                      "cell_id=?", (c.cell_id,)).fetchone()[0]
-            store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0, seconds=float(secs),
-                               meta=self.meta_common, planned=True)
+            store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0,
+                               seconds=store.cell_seconds(c.cell_id), meta=self.meta_common,
+                               planned=True)
         else:
             assert c.dataset is not None and c.model is not None
             meta = dict(self.meta_common, data_hash=self.res.data_hash(c.dataset),
