@@ -25,26 +25,17 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
+from .._utils import MissingDependency
 
-__all__ = ["main", "build_parser", "UserError", "UsageError", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "UserError", "USER_ERRORS"]
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit status 2."""
 
 
-#: the name the CLI documentation uses for :class:`UserError`
-UsageError = UserError
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .._utils import MissingDependency
-
-    return (UserError, ValueError, OSError, MissingDependency)
-
-
 #: exceptions that mean "the user asked for something impossible": one line, exit 2
-USER_ERRORS = _user_errors()
+USER_ERRORS = (UserError, ValueError, OSError, MissingDependency)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,17 @@ def print_listing(rows: list[dict[str, Any]], as_json: bool, header: list[str],
     else:
         print_table([row(r) for r in rows], header)
     return 0
+
+
+def write_report(out: str | os.PathLike[str], command: str, **kwargs: Any) -> dict[str, Any]:
+    """``build_report(out, **kwargs)``; its note (figures left out) goes to stderr as
+    ``advsmooth COMMAND: note: ...``."""
+    from ..report import build_report
+
+    paths = build_report(out, **kwargs)
+    if paths.get("note"):
+        print(f"advsmooth {command}: note: {paths['note']}", file=sys.stderr)
+    return paths
 
 
 def require_dir(path: str | None, option: str) -> None:
@@ -169,10 +181,6 @@ def nonnegative_number(text: str) -> float:
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return v
-
-
-#: older name of :func:`positive_number`
-positive_float = positive_number
 
 
 def _int_at_least(text: str, low: int) -> int:

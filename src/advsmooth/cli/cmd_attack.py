@@ -38,6 +38,7 @@ from ._common import (
     number,
     parse_number,
     resolve_device,
+    write_report,
 )
 
 #: named flags → parameter (dest) names; the registry entry says which ones an attack takes
@@ -154,14 +155,10 @@ def attack_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.n < 0:
-        raise UserError(f"--n must be >= 0, got {args.n}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.grid_n < 1:
-        raise UserError(f"--grid-n must be >= 1, got {args.grid_n}")
-    if args.fit_n < 1:
-        raise UserError(f"--fit-n must be >= 1, got {args.fit_n}")
+    for dest, low in (("n", 0), ("batch_size", 1), ("grid_n", 1), ("fit_n", 1)):
+        if getattr(args, dest) < low:
+            raise UserError(f"--{dest.replace('_', '-')} must be >= {low}, got "
+                            f"{getattr(args, dest)}")
     if args.magnify != "auto":
         try:
             m = float(args.magnify)
@@ -177,21 +174,15 @@ def _check_args(args: argparse.Namespace) -> None:
 # data and model
 # ----------------------------------------------------------------------------------------------
 
-def _load_model(args: argparse.Namespace, device: str) -> tuple[Any, torch.dtype]:
-    """The model (``--models-dir`` honoured), after checking it takes the data's images."""
+def _probe_model(args: argparse.Namespace, device: str) -> None:
+    """Load the model (``--models-dir`` honoured) and run it once on one image of the data: a
+    model/data mismatch is a one-line error before any work, as are labels the model has no
+    output for."""
     import advsmooth as asm
 
     model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
                             verbose=False)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return model, dtype
-
-
-def _probe(args: argparse.Namespace, model: Any, dtype: torch.dtype, device: str) -> None:
-    """One forward pass on one image of the data: a model/data mismatch is a one-line error
-    before any work, as are labels the model has no output for."""
-    import advsmooth as asm
-
     x, _ = asm.data.load(args.data, split=args.split, root=args.data_root, indices=[0])
     check_model_input(args.model, args.data, tuple(x.shape[1:]), model=model,
                       probe=x.to(device=device, dtype=dtype))
@@ -217,46 +208,25 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
 # summaries
 # ----------------------------------------------------------------------------------------------
 
-def _nanfloat(v: Any) -> float | None:
-    v = float(v)
-    return None if math.isnan(v) else v
-
-
-def _spec_name(args: argparse.Namespace) -> str:
+def _one_cell_spec(args: argparse.Namespace, **body: Any) -> Any:
+    """The validated one-cell spec ``body`` of ``advsmooth attack`` (name, description, seed)."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}")
+    from ..experiments import parse_spec
+
+    return parse_spec({"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"attack-{args.name}"),
+                       "description": f"advsmooth attack {args.name} on {args.model}",
+                       "seed": args.seed, **body}, source=f"attack {args.name}")
 
 
 def attack_spec(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The one-cell experiment spec of ``advsmooth attack`` (validated)."""
-    from ..experiments import parse_spec
-
     ds: dict[str, Any] = {"name": args.data, "split": args.split}
     if args.n:
         ds.update(sample=args.n, seed=args.seed)
-    return parse_spec({
-        "name": _spec_name(args), "description": f"advsmooth attack {args.name} on {args.model}",
-        "seed": args.seed, "batch_size": args.batch_size, "save_adversarial": True,
-        "datasets": [ds], "models": [{"name": args.model}],
-        "attacks": [{"name": args.name, "params": params}]}, source=f"attack {args.name}")
-
-
-def _read_artefacts(out: Path, cell_id: str, n: int) -> dict[str, np.ndarray]:
-    """``x`` and ``x_adv`` of a cell from its saved batches, in sample order."""
-    parts: dict[str, list[np.ndarray]] = {"idx": [], "x": [], "x_adv": []}
-    for f in sorted((out / "artefacts" / cell_id).glob("batch_*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            for k in parts:
-                parts[k].append(z[k])
-    if not parts["idx"]:
-        raise FileNotFoundError(f"{out}: no saved adversarial examples of cell {cell_id}")
-    idx = np.concatenate(parts["idx"])
-    order = np.argsort(idx, kind="stable")
-    if len(idx) != n or not np.array_equal(idx[order], np.arange(n)):
-        raise FileNotFoundError(f"{out / 'artefacts' / cell_id}: saved batches do not cover the "
-                                f"{n} samples (remove the folder to recompute them)")
-    return {k: np.concatenate(v)[order] for k, v in parts.items() if k != "idx"}
+    return _one_cell_spec(args, batch_size=args.batch_size, save_adversarial=True,
+                          datasets=[ds], models=[{"name": args.model}],
+                          attacks=[{"name": args.name, "params": params}])
 
 
 def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Path,
@@ -264,6 +234,7 @@ def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Pa
     """Run the one-cell spec into the run folder ``out``; the summary comes from the store."""
     from ..attacks.summary import summarize
     from ..experiments import Store, expand_cells, run_spec
+    from ..experiments.runner import read_adversarial
 
     spec = attack_spec(args, params)
     run_spec(spec, out, device=device, data_root=args.data_root,
@@ -281,7 +252,13 @@ def _run_sample_attack(args: argparse.Namespace, params: dict[str, Any], out: Pa
         "mean_iterations": s["iterations"], "forward_evals_per_image": s["forward_evals"],
         "grad_evals_per_image": s["grad_evals"], "seconds": s["seconds"],
     }
-    images = _read_artefacts(out, cell_id, len(cols["label"]))
+    images = read_adversarial(out, cell_id, ("x", "x_adv"))
+    if images is None:
+        raise FileNotFoundError(f"{out}: no saved adversarial examples of cell {cell_id}")
+    if not np.array_equal(images["idx"], np.arange(len(cols["label"]))):
+        raise FileNotFoundError(f"{out / 'artefacts' / cell_id}: saved batches do not cover the "
+                                f"{len(cols['label'])} samples (remove the folder to recompute "
+                                "them)")
     arrays = {"x": images["x"], "x_adv": images["x_adv"], "y": cols["label"],
               "clean_pred": cols["clean_pred"], "pred": cols["adv_pred"],
               "success": cols["success"].astype(bool), "iterations": cols["iterations"],
@@ -293,17 +270,14 @@ def _run_universal(args: argparse.Namespace, params: dict[str, Any], out: Path,
                    device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run the one-cell ``universal_attack`` study into ``out``; summary and arrays come from
     its stored row and artefact."""
-    from ..experiments import expand_cells, parse_spec, run_spec
+    from ..experiments import expand_cells, run_spec
     from ..experiments.artefacts import Artefacts, Step
     from ..experiments.attack_universal import STEP_KIND
 
     study = {"dataset": args.data, "split": args.split, "n": args.n, "seed": args.seed,
              "fit_split": args.fit_split, "fit_n": args.fit_n, "batch_size": args.batch_size,
              "model": args.model, "attack": args.name, "attack_params": params}
-    spec = parse_spec({"name": _spec_name(args), "seed": args.seed,
-                       "description": f"advsmooth attack {args.name} on {args.model}",
-                       "studies": [{"task": "universal_attack", "params": study}]},
-                      source=f"attack {args.name}")
+    spec = _one_cell_spec(args, studies=[{"task": "universal_attack", "params": study}])
     run_spec(spec, out, device=device, data_root=args.data_root,
              progress=not args.no_progress)
     step = Step(STEP_KIND, dict(expand_cells(spec)[0].params))
@@ -359,7 +333,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, float):
-        return _nanfloat(obj)
+        return None if math.isnan(obj) else float(obj)
     if isinstance(obj, (int, str, bool)) or obj is None:
         return obj
     return repr(obj)
@@ -426,9 +400,7 @@ def _main(args: argparse.Namespace) -> int:
     with models_dir_env(args.models_dir), tempfile.TemporaryDirectory(
             prefix="advsmooth-attack-") as scratch:
         out = Path(args.out) if args.out is not None else Path(scratch)
-        model, dtype = _load_model(args, device)
-        _probe(args, model, dtype, device)
-        del model
+        _probe_model(args, device)
         run = _run_universal if e.kind == "universal" else _run_sample_attack
         summary, arrays = run(args, params, out, device)
         print(f"{args.name} on {args.model} / {args.data}:{args.split}  ({attack!r})")
@@ -439,12 +411,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.out is None:
             return 0
         files = _write_files(args, out, attack, params, summary, arrays)
-    from ..report import build_report
-
-    paths = build_report(out)
+    paths = write_report(out, "attack")
     written = ", ".join(str(out / f) for f in files)
-    written += f"; run store {out / 'results.sqlite'}, report {paths['html']}"
-    if paths.get("note"):
-        print(f"advsmooth attack: note: {paths['note']}", file=sys.stderr)
-    print(f"wrote {written}", file=sys.stderr)
+    print(f"wrote {written}; run store {out / 'results.sqlite'}, report {paths['html']}",
+          file=sys.stderr)
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import positive_float, positive_int
+from ._common import positive_int, positive_number
 from ._model_data import add_model_data, eps_list, load_model_data, print_and_write
 
 
@@ -18,12 +18,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "CERTIFY (N0 selection samples, N estimation samples, level alpha) on every "
                     "input; print certified accuracy per radius and the abstentions.")
     add_model_data(p, default_n=100)
-    p.add_argument("--sigma", type=positive_float, required=True,
+    p.add_argument("--sigma", type=positive_number, required=True,
                    help="Gaussian noise std in pixel units (e.g. 0.25)")
     p.add_argument("--n0", type=positive_int, default=100, help="selection samples (100)")
     p.add_argument("--N", dest="n_samples", type=positive_int, default=1000,
                    help="estimation samples (default 1000; Cohen et al. use 100000)")
-    p.add_argument("--alpha", type=positive_float, default=0.001, help="failure probability")
+    p.add_argument("--alpha", type=positive_number, default=0.001, help="failure probability")
     p.add_argument("--radii", default=None,
                    help="L2 radii of the table (default: 0 .. the largest certified radius)")
     p.add_argument("--batch-size", type=positive_int, default=64)

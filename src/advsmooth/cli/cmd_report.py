@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ..report.html import build_report
     from . import UserError
-    from ._common import check_out_dir
+    from ._common import check_out_dir, write_report
 
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{args.dir}: no such experiment folder")
     check_out_dir(args.out if args.out is not None else folder / "report",
                   "--out" if args.out is not None else "report folder")
-    paths = build_report(args.dir, report_dir=args.out, figures=not args.no_figures)
+    paths = write_report(args.dir, "report", report_dir=args.out, figures=not args.no_figures)
     print(f"{len(paths['tables']) // 3} table(s), {len(paths['figures']) // 2} figure(s) -> "
           f"{paths['dir']}")
     print(f"open {paths['html']}")
-    if paths.get("note"):
-        print(f"advsmooth report: note: {paths['note']}", file=sys.stderr)
     if args.results is not None:
         from ..report.results import write_results
 

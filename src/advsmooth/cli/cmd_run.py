@@ -22,6 +22,7 @@ from ._common import (
     check_out_dir,
     models_dir_env,
     resolve_device,
+    write_report,
 )
 
 
@@ -98,12 +99,7 @@ def _main(args: argparse.Namespace) -> int:
                           started=started, wall_seconds=time.perf_counter() - t0, code=code,
                           computed=result.computed_batches)
         if args.report:
-            from ..report import build_report
-
-            paths = build_report(result.out_dir)
-            print(f"report: {paths['html']}")
-            if paths.get("note"):
-                print(f"advsmooth run: note: {paths['note']}", file=sys.stderr)
+            print(f"report: {write_report(result.out_dir, 'run')['html']}")
     return 0
 
 

@@ -48,9 +48,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-_nonneg_float = nonnegative_number
-
-
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "smooth", help="smoothed inference: base vs smoothed accuracy, clean and attacked",
@@ -64,22 +61,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=200,
                    help="seeded random subset size (default: 200)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the subset (default: 0)")
-    p.add_argument("--sigma", type=_nonneg_float, default=0.25, help="noise std σ (0.25)")
+    p.add_argument("--sigma", type=nonnegative_number, default=0.25, help="noise std σ (0.25)")
     p.add_argument("--smooth-samples", type=positive_int, default=64, dest="samples",
                    help="noisy copies per smoothed prediction, M (64)")
     hidden_alias(p, "--samples", "samples", type=positive_int)
     p.add_argument("--vote", default="prediction,weighted,soft",
                    help="comma-separated votes: prediction, weighted, weighted_c, soft, "
                         "logit_mean (default: prediction,weighted,soft)")
-    p.add_argument("--C", type=_nonneg_float, default=0.5, help="runner-up weight of weighted_c")
+    p.add_argument("--C", type=nonnegative_number, default=0.5,
+                   help="runner-up weight of weighted_c")
     p.add_argument("--noise-space", choices=("pixel", "normalized"), default="pixel")
     p.add_argument("--attack", default="none,pgd",
                    help="comma-separated: none, pgd, epgd, epgd_ref, smoothadv, transfer_pgd, "
                         "transfer_pgd_s, nattack (default: none,pgd)")
-    p.add_argument("--eps", type=_nonneg_float, default=0.3,
+    p.add_argument("--eps", type=nonnegative_number, default=0.3,
                    help="l_inf radius, a number or a fraction such as 8/255 (0.3)")
     p.add_argument("--steps", type=positive_int, default=40, help="PGD steps k (40)")
-    p.add_argument("--alpha", type=_nonneg_float, default=None,
+    p.add_argument("--alpha", type=nonnegative_number, default=None,
                    help="step size (default 2.5*eps/steps)")
     p.add_argument("--m-backward", type=positive_int, default=8,
                    help="noisy copies per EPGD/SmoothAdv step (8)")
@@ -122,13 +120,12 @@ def _smooth(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import VOTES
     from ..studies.smoothing import ATTACKS
 
-    for v in votes:
-        if v not in VOTES:
-            raise ValueError(f"--vote: unknown vote {v!r}; expected one of {', '.join(VOTES)}")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise ValueError(f"--attack: unknown attack {a!r}; expected one of "
-                             f"{', '.join(ATTACKS)}")
+    # SmoothingSettings checks these too, but in spec terms: here they name the options
+    for opt, names, known in (("vote", votes, VOTES), ("attack", attacks, ATTACKS)):
+        for v in names:
+            if v not in known:
+                raise ValueError(f"--{opt}: unknown {opt} {v!r}; expected one of "
+                                 f"{', '.join(known)}")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     shape = data_shape(args.data, args.split, args.data_root)
@@ -138,8 +135,7 @@ def _smooth(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {
         "model": args.model, "data": args.data, "split": args.split, "n": args.n,
         "data_seed": args.data_seed, "sigma": args.sigma, "samples": args.samples,
-        "votes": [v.strip() for v in args.vote.split(",") if v.strip()], "C": args.C,
-        "attacks": [a.strip() for a in args.attack.split(",") if a.strip()], "eps": args.eps,
+        "votes": votes, "C": args.C, "attacks": attacks, "eps": args.eps,
         "steps": args.steps, "alpha": args.alpha, "m_backward": args.m_backward,
         "source": args.source,
         "nattack": {"population": args.population, "max_iter": args.nattack_iters},

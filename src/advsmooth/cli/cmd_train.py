@@ -16,8 +16,8 @@ from ._common import (
     check_out_dir,
     nonnegative_int,
     nonnegative_number,
-    positive_float,
     positive_int,
+    positive_number,
     resolve_device,
 )
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="hyper-parameter of the method, repeatable (VALUE parsed as JSON when "
                         "possible, e.g. eps=0.3 steps=7 variant=prob_average)")
     p.add_argument("--epochs", type=nonnegative_int, default=10, help="epochs (default: 10)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (1e-3)")
+    p.add_argument("--lr", type=positive_number, default=1e-3, help="learning rate (1e-3)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--schedule", choices=("none", "cosine"), default="none",
                    help="learning-rate schedule (default: none)")
@@ -65,8 +65,6 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.method not in METHODS:
         raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}")
-    if args.weight_decay < 0:
-        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     method_kwargs = _method_params(args.method_param)
     from ..defenses import get_method
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .artefacts import Step, StepOutput, register_step
-from .tasks import register_task
+from .tasks import check_params, register_task
 
 __all__ = ["STEP_KIND", "select", "universal_step"]
 
@@ -42,18 +42,12 @@ def select(total: int, n: int, seed: int, offset: int = 0) -> Tensor:
 def _check(p: dict[str, Any]) -> None:
     from ..attacks import registry
 
-    unknown = sorted(set(p) - set(_KEYS))
-    if unknown or "model" not in p or "dataset" not in p:
-        raise ValueError(f"universal_attack takes {list(_KEYS)} (model and dataset required); "
-                         f"got {sorted(p)}")
+    check_params(p, _KEYS, ("model", "dataset"))
     name = p.get("attack", "uap")
     if registry.entry(name).kind != "universal":
         raise ValueError(f"attack {name!r} is not a universal perturbation (use uap or "
                          "smooth-uap)")
-    for key, low in (("n", 0), ("fit_n", 1), ("batch_size", 1), ("seed", 0)):
-        v = p.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    check_params(p, ints=(("n", 0), ("fit_n", 1), ("batch_size", 1), ("seed", 0)))
     registry.build(name, **dict(p.get("attack_params", {})))
 
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..metrics.evaluation import STAGES, evaluate, stage_names
-from .tasks import StudyContext, register_task
+from .tasks import StudyContext, check_params, register_task
 
 __all__ = ["combine_rows"]
 
@@ -48,16 +48,7 @@ _INTS = (("n", 1), ("sample", 1), ("data_seed", 0), ("shards", 1), ("shard", 0),
 
 
 def _check(p: dict[str, Any]) -> None:
-    unknown = sorted(set(p) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(_KEYS)}")
-    for key in ("model", "dataset", "eps"):
-        if key not in p:
-            raise ValueError(f"missing parameter {key!r}")
-    for key, low in _INTS:
-        v = p.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+    check_params(p, _KEYS, ("model", "dataset", "eps"), _INTS)
     eps = p["eps"] if isinstance(p["eps"], list) else [p["eps"]]
     if not eps or any(isinstance(e, bool) or not isinstance(e, int | float) or e < 0
                       or not math.isfinite(e) for e in eps):

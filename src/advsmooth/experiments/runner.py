@@ -142,9 +142,9 @@ def expand_cells(spec: Spec) -> list[Cell]:
             ident = {"kind": "study", "task": s.task, "params": point, "seed": spec.seed}
             cell = Cell(cell_id=_hash(ident), kind="study", label=_point_label(s.key, grid),
                         params=point, seed=spec.seed, study=s, grid=grid)
-            task = tasks.get_task(s.task)
-            if task.plan is not None:
-                cell.plan = task.plan(dict(point), tasks.batch_seed(spec.seed, cell.cell_id, 0))
+            cell.plan = tasks.cell_plan({"task": s.task, "params": point, "seed": spec.seed,
+                                         "cell_id": cell.cell_id})
+            if cell.plan is not None:
                 cell.steps = plan_order(cell.plan)
             cells.append(cell)
     return cells
@@ -339,6 +339,26 @@ class RunResult:
 
 def _artefact_path(out_dir: Path, cell_id: str, batch: int) -> Path:
     return out_dir / ARTEFACTS_DIR / cell_id / f"batch_{batch:05d}.npz"
+
+
+def read_adversarial(out_dir: Path, cell_id: str, keys: tuple[str, ...],
+                     limit: int | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` (and ``idx``) of a cell's saved batches in sample order — the first
+    ``limit`` samples when given (fewer batch files are read) — or ``None`` when none is saved."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("idx", *keys)}
+    total = 0
+    for f in sorted((Path(out_dir) / ARTEFACTS_DIR / cell_id).glob("batch_*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            for k in parts:
+                parts[k].append(z[k])
+        total += len(parts["idx"][-1])
+        if limit is not None and total >= limit:
+            break
+    if not parts["idx"]:
+        return None
+    idx = np.concatenate(parts.pop("idx"))
+    order = np.argsort(idx, kind="stable")[:limit]
+    return {"idx": idx[order], **{k: np.concatenate(v)[order] for k, v in parts.items()}}
 
 
 def _write_artefact(path: Path, **arrays: np.ndarray) -> None:
@@ -551,10 +571,9 @@ class _Run:
                 rows = tasks.plan_rows(c.plan, arts)
             finally:
                 arts.close()
-            secs = store.conn.execute("SELECT COALESCE(SUM(seconds),0) FROM batches WHERE "
-                                      "cell_id=?", (c.cell_id,)).fetchone()[0]
-            store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0, seconds=float(secs),
-                               meta=self.meta_common, planned=True)
+            store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0,
+                               seconds=store.cell_seconds(c.cell_id), meta=self.meta_common,
+                               planned=True)
         else:
             assert c.dataset is not None and c.model is not None
             meta = dict(self.meta_common, data_hash=self.res.data_hash(c.dataset),

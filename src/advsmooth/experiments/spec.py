@@ -183,7 +183,24 @@ def _grid_points(params: dict[str, Any], grid: dict[str, list[Any]]) -> list[dic
     return [{**params, **dict(zip(keys, c))} for c in combos]
 
 
-class AttackSpec(_Strict):
+class _Gridded(_Strict):
+    """What attacks and studies share: ``params`` and a ``grid`` of value lists (no key in
+    both), expanded into one parameter set per grid point. The fields are declared by each
+    subclass (their order is part of the canonical spec)."""
+
+    _v_params = field_validator("params", "grid", check_fields=False)(_check_params)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> _Gridded:
+        _check_overlap(self.params, self.grid)  # type: ignore[attr-defined]
+        return self
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every parameter combination of the grid (grid order: first key varies slowest)."""
+        return _grid_points(self.params, self.grid)  # type: ignore[attr-defined]
+
+
+class AttackSpec(_Gridded):
     """An attack (registry name or ``module:Class``), fixed ``params`` and a ``grid`` of
     parameter lists whose Cartesian product gives one cell per combination."""
 
@@ -194,20 +211,9 @@ class AttackSpec(_Strict):
     models: list[StrictStr] | None = None
     batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
 
-    _v_params = field_validator("params", "grid")(_check_params)
-
-    @model_validator(mode="after")
-    def _no_overlap(self) -> AttackSpec:
-        _check_overlap(self.params, self.grid)
-        return self
-
     @property
     def key(self) -> str:
         return self.label or self.name
-
-    def points(self) -> list[dict[str, Any]]:
-        """Every parameter combination of the grid (grid order: first key varies slowest)."""
-        return _grid_points(self.params, self.grid)
 
 
 def _plan_kinds(tasks: Any, study: StudySpec) -> set[str]:
@@ -223,7 +229,7 @@ def _plan_kinds(tasks: Any, study: StudySpec) -> set[str]:
     return {s.kind for s, _ in plan_order(steps)}
 
 
-class StudySpec(_Strict):
+class StudySpec(_Gridded):
     """A registered study task (``advsmooth.experiments.tasks``) with ``params`` and an optional
     ``grid``; each grid point is one cell whose result is a table of rows."""
 
@@ -232,20 +238,9 @@ class StudySpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 
-    _v_params = field_validator("params", "grid")(_check_params)
-
-    @model_validator(mode="after")
-    def _no_overlap(self) -> StudySpec:
-        _check_overlap(self.params, self.grid)
-        return self
-
     @property
     def key(self) -> str:
         return self.label or self.task
-
-    def points(self) -> list[dict[str, Any]]:
-        """Every parameter combination of the grid (grid order: first key varies slowest)."""
-        return _grid_points(self.params, self.grid)
 
 
 class TableSpec(_Strict):
@@ -320,7 +315,6 @@ class PlotSpec(_Strict):
     file: StrictStr | None = Field(default=None,
                                    pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.png$")
     where: dict[str, Scalar] = Field(default_factory=dict)
-    step: StrictStr | None = None
 
     @model_validator(mode="after")
     def _fields(self) -> PlotSpec:

@@ -173,6 +173,25 @@ def batches_committed(out_dir: str | os.PathLike[str]) -> int:
         conn.close()
 
 
+def _batch_insert(cell_id: str, batch: int, start: int, stop: int, run_id: int, rank: int,
+                  seconds: float) -> tuple[str, Any, bool]:
+    """The ``_tx`` statement recording batch (or step) ``batch`` of a cell, samples
+    ``[start, stop)``, as committed."""
+    return ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
+            (cell_id, int(batch), int(start), int(stop), int(stop) - int(start), run_id, rank,
+             float(seconds), _now()), False)
+
+
+def _mark_done(cell_id: str, meta: Mapping[str, Any], **values: Any) -> tuple[str, Any, bool]:
+    """The ``_tx`` statement marking a cell done with the provenance ``meta`` and ``values``."""
+    cols = {k: meta.get(k) for k in ("spec_hash", "advsmooth_version", "torch_version", "device",
+                                     "data_hash", "checkpoint_hash")}
+    cols.update(values)
+    sets = ", ".join(f"{c}=?" for c in cols)
+    return (f"UPDATE cells SET status='done', {sets} WHERE cell_id=?", (*cols.values(), cell_id),
+            False)
+
+
 class Store:
     """A result store at ``path`` (a ``results.sqlite`` file, or a directory holding one).
 
@@ -342,36 +361,26 @@ class Store:
         marks = ",".join("?" * (3 + len(SAMPLE_COLUMNS)))
         self._tx([
             (f"INSERT INTO samples VALUES ({marks})", rows, True),
-            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
-             (cell_id, int(batch), int(start), int(start + n), n, run_id, rank, float(seconds),
-              _now()), False),
+            _batch_insert(cell_id, batch, start, start + n, run_id, rank, seconds),
         ])
 
     def commit_step(self, cell_id: str, step: int, *, run_id: int, rank: int,
                     seconds: float) -> None:
         """Record step ``step`` of a planned study cell as done (its output is an artefact)."""
-        self._tx([("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
-                   (cell_id, int(step), int(step), int(step) + 1, 1, run_id, rank,
-                    float(seconds), _now()), False)])
+        self._tx([_batch_insert(cell_id, step, step, step + 1, run_id, rank, seconds)])
 
     def commit_study(self, cell_id: str, rows: Sequence[Mapping[str, Any]], *, run_id: int,
                      rank: int, seconds: float, meta: Mapping[str, Any],
                      planned: bool = False) -> None:
         """Commit the rows of a study cell and mark it done, atomically. ``planned``: the cell's
         steps were recorded one by one (:meth:`commit_step`), so no batch row is added."""
-        batch = [] if planned else [
-            ("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?)",
-             (cell_id, 0, 0, len(rows), len(rows), run_id, rank, float(seconds), _now()), False)]
+        batch = [] if planned else [_batch_insert(cell_id, 0, 0, len(rows), run_id, rank, seconds)]
         self._tx([
             ("INSERT INTO study_rows VALUES (?,?,?)",
              [(cell_id, i, json.dumps(dict(r), default=_json_default))
               for i, r in enumerate(rows)], True),
             *batch,
-            ("UPDATE cells SET status='done', spec_hash=?, advsmooth_version=?, torch_version=?, "
-             "device=?, data_hash=?, checkpoint_hash=?, seconds=?, finished=? WHERE cell_id=?",
-             (meta.get("spec_hash"), meta.get("advsmooth_version"), meta.get("torch_version"),
-              meta.get("device"), meta.get("data_hash"), meta.get("checkpoint_hash"),
-              float(seconds), _now(), cell_id), False),
+            _mark_done(cell_id, meta, seconds=float(seconds), finished=_now()),
         ])
 
     def finalize_cell(self, cell_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,18 +390,17 @@ class Store:
                                  "FROM batches WHERE cell_id=?", (cell_id,)).fetchone()
         summary = summarize(cols)
         n = len(cols["label"])
-        sets = ", ".join(f"{c}=?" for c in SUMMARY_COLUMNS)
-        self._tx([(
-            f"UPDATE cells SET status='done', {sets}, spec_hash=?, advsmooth_version=?, "
-            "torch_version=?, device=?, data_hash=?, checkpoint_hash=?, seconds=?, "
-            "seconds_per_sample=?, started=?, finished=? WHERE cell_id=?",
-            (*[summary[c] for c in SUMMARY_COLUMNS], meta.get("spec_hash"),
-             meta.get("advsmooth_version"), meta.get("torch_version"), meta.get("device"),
-             meta.get("data_hash"), meta.get("checkpoint_hash"), float(secs[0]),
-             float(secs[0]) / n if n else None, secs[1], secs[2], cell_id), False)])
+        self._tx([_mark_done(cell_id, meta, **{c: summary[c] for c in SUMMARY_COLUMNS},
+                             seconds=float(secs[0]), seconds_per_sample=float(secs[0]) / n
+                             if n else None, started=secs[1], finished=secs[2])])
         return summary
 
     # -- reading -------------------------------------------------------------------------------
+    def cell_seconds(self, cell_id: str) -> float:
+        """Seconds spent on the committed batches (or steps) of a cell."""
+        return float(self.conn.execute("SELECT COALESCE(SUM(seconds),0) FROM batches WHERE "
+                                       "cell_id=?", (cell_id,)).fetchone()[0])
+
     def cells(self, spec_hash: str | None = None) -> list[dict[str, Any]]:
         """Cells of ``spec_hash`` (default: the current spec) in spec order, as dicts with
         ``params`` and ``config`` decoded."""

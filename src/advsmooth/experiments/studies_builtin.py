@@ -32,27 +32,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .tasks import StudyContext, build_attack, register_task
+from .tasks import StudyContext, build_attack, check_params, register_task
 
 __all__ = ["transfer_study_spec", "smoothing_spec"]
-
-
-def _require(params: dict[str, Any], allowed: Sequence[str], required: Sequence[str]) -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
-    missing = [k for k in required if k not in params]
-    if missing:
-        raise ValueError(f"missing parameter(s) {missing}")
-
-
-def _check_ints(p: dict[str, Any], bounds: Sequence[tuple[str, int]]) -> None:
-    """``ValueError`` unless every parameter named in ``bounds`` that is given is an integer of
-    at least its bound."""
-    for key, low in bounds:
-        v = p.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
 
 
 def _selection(p: dict[str, Any]) -> dict[str, Any]:
@@ -96,13 +78,13 @@ def _members_of(name: str) -> list[str]:
 
 
 def _check_transfer(p: dict[str, Any]) -> None:
-    _require(p, _TRANSFER_KEYS, ("sources", "targets", "attack"))
+    check_params(p, _TRANSFER_KEYS, ("sources", "targets", "attack"))
     _check_models([m for n in _model_names(p["sources"], "sources") for m in _members_of(n)])
     _check_models(_model_names(p["targets"], "targets"))
     if not isinstance(p.get("attack_params", {}), dict):
         raise ValueError("attack_params must be a table of attack parameters")
     build_attack(p["attack"], dict(p.get("attack_params", {})))
-    _check_ints(p, (("n", 1), ("sample", 1), ("data_seed", 0)))
+    check_params(p, ints=(("n", 1), ("sample", 1), ("data_seed", 0)))
     r = p.get("rescale_linf")
     if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or r <= 0):
         raise ValueError(f"rescale_linf must be a number > 0 (pixel units), got {r!r}")
@@ -158,7 +140,7 @@ def _smoothing_settings(p: dict[str, Any], seed: int | None = None) -> Any:
     study ``seed`` defaults to the cell's seed)."""
     from ..studies.smoothing import SmoothingSettings
 
-    _require(p, SmoothingSettings.fields(), ("model",))
+    check_params(p, SmoothingSettings.fields(), ("model",))
     kw = dict(p)
     if seed is not None:
         kw.setdefault("seed", seed % 2**31)
@@ -216,8 +198,7 @@ _UAP_KEYS = ("dataset", "split", "sample", "data_seed", "n_fit", "n_eval", "fit_
 
 
 def _check_uap(p: dict[str, Any]) -> None:
-    _require(p, _UAP_KEYS, ("fit_model",))
-    _check_ints(p, (("sample", 1), ("data_seed", 0)))
+    check_params(p, _UAP_KEYS, ("fit_model",), (("sample", 1), ("data_seed", 0)))
     _check_models(_model_names(p["fit_model"], "fit_model"))
     _check_models(_model_names(p.get("models", p["fit_model"]), "models"))
     from ..attacks import registry
@@ -304,7 +285,7 @@ def _transfer_study_settings(p: dict[str, Any]) -> Any:
     report draws every table and figure from the store."""
     from ..studies.transfer import TransferStudySettings
 
-    _require(p, (*TransferStudySettings.fields(), "out_dir"), ("preset",))
+    check_params(p, (*TransferStudySettings.fields(), "out_dir"), ("preset",))
     kw = {k: v for k, v in p.items() if k != "out_dir"}
     try:
         return TransferStudySettings(**kw)
@@ -383,9 +364,10 @@ _FGSM_RHO_KEYS = ("dataset", "split", "n", "sample", "data_seed", "models", "tar
 
 
 def _check_fgsm_rho(p: dict[str, Any]) -> None:
-    _require(p, _FGSM_RHO_KEYS, ("models",))
+    check_params(p, _FGSM_RHO_KEYS, ("models",))
     _check_models(_model_names(p["models"], "models"))
-    _check_ints(p, (("n", 1), ("sample", 1), ("data_seed", 0), ("grid", 1), ("batch_size", 1)))
+    check_params(p, ints=(("n", 1), ("sample", 1), ("data_seed", 0), ("grid", 1),
+                          ("batch_size", 1)))
     rate, eps_max = p.get("target_rate", 0.9), p.get("eps_max", 0.5)
     for key, v in (("target_rate", rate), ("eps_max", eps_max)):
         if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:

@@ -291,6 +291,15 @@ def _row_steps(steps: Sequence[Step]) -> list[Step]:
     return out
 
 
+def cell_plan(cell: Mapping[str, Any]) -> list[Step] | None:
+    """The plan of a study cell (``task``, ``params``, ``seed``, ``cell_id``: a store cell
+    record), built as the runner builds it; ``None`` when its task has no plan."""
+    task = get_task(cell["task"])
+    if task.plan is None:
+        return None
+    return task.plan(dict(cell["params"]), batch_seed(cell["seed"], cell["cell_id"], 0))
+
+
 def plan_progress(cell: Mapping[str, Any], root: str | Path
                   ) -> tuple[list[dict[str, Any]], int, int]:
     """A planned study cell of the store in ``root`` that has not finished: the rows its finished
@@ -299,10 +308,9 @@ def plan_progress(cell: Mapping[str, Any], root: str | Path
     task without a plan. ``cell`` is a store cell record (``task``, ``params``, ``seed``,
     ``cell_id``); the plan is rebuilt exactly as the runner builds it. Only the rows recorded in
     the store are read, never an artefact file."""
-    task = get_task(cell["task"])
-    if task.plan is None:
+    steps = cell_plan(cell)
+    if steps is None:
         return [], 0, 0
-    steps = task.plan(dict(cell["params"]), batch_seed(cell["seed"], cell["cell_id"], 0))
     wanted = _row_steps(steps)
     arts = Artefacts(root, readonly=True)
     rows: list[dict[str, Any]] = []
@@ -346,6 +354,24 @@ def register_task(name: str,
     task = Task(name, fn, check or (lambda params: None), description, plan)
     _TASKS[name] = task
     return task
+
+
+def check_params(p: Mapping[str, Any], allowed: Sequence[str] | None = None,
+                 required: Sequence[str] = (), ints: Sequence[tuple[str, int]] = ()) -> None:
+    """A task's parameter check: ``ValueError`` for a parameter not in ``allowed`` (when given),
+    a missing ``required`` one, or one named in ``ints`` (``(name, low)`` pairs) that is given
+    but not an integer >= ``low``, in that order."""
+    from .._utils import check_int_at_least
+
+    unknown = sorted(set(p) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
+    missing = [k for k in required if k not in p]
+    if missing:
+        raise ValueError(f"missing parameter(s) {missing}")
+    for key, low in ints:
+        if p.get(key) is not None:
+            check_int_at_least(key, p[key], low)
 
 
 def get_task(name: str) -> Task:

@@ -16,11 +16,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ..experiments.artefacts import Artefacts, Step, StepOutput, plan_order
+from ..experiments.artefacts import StepOutput
 from . import transfer_plots
 from .plots_store import file_stem
 
-__all__ = ["DRAWERS", "study_steps", "artefact_figures"]
+__all__ = ["DRAWERS", "artefact_figures"]
 
 
 def _boundary(out: StepOutput, path: Path, title: str | None) -> None:
@@ -63,22 +63,6 @@ DRAWERS: dict[str, Callable[[StepOutput, Path, str | None], None]] = {
 }
 
 
-def study_steps(cell: Mapping[str, Any]) -> list[Step]:
-    """Every step (prerequisites included) of the plan of a planned study ``cell`` (a store
-    ``cells`` row); ``[]`` for a cell whose task has no plan."""
-    from ..experiments import tasks
-
-    task = tasks.get_task(cell["task"])
-    if task.plan is None:
-        return []
-    seed = tasks.batch_seed(cell["seed"], cell["cell_id"], 0)  # the runner's plan seed
-    return [s for s, _ in plan_order(task.plan(dict(cell["params"]), seed))]
-
-
-def _matches(settings: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
-    return all(settings.get(k) == v for k, v in where.items())
-
-
 def artefact_figures(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Mapping[str, Any],
                      fig_dir: Path, unique: Callable[[str], str]
                      ) -> list[tuple[str, str, list[Path]]]:
@@ -89,24 +73,14 @@ def artefact_figures(out_dir: Path, cells: Sequence[Mapping[str, Any]], plot: Ma
     if kind not in DRAWERS:
         raise ValueError(f"no drawing for artefacts of step kind {kind!r}; expected one of "
                          f"{sorted(DRAWERS)}")
-    arts = Artefacts(out_dir, readonly=True)
+    from .study_figures import study_step_outputs
+
     base = file_stem(plot.get("name") or f"{plot['source']}_{kind}")
     drawn: list[tuple[str, str, list[Path]]] = []
-    try:
-        for c in cells:
-            if c["kind"] != "study" or c.get("config", {}).get("study") != plot["source"]:
-                continue
-            for step in study_steps(c):
-                if step.kind != kind or not _matches(step.settings, plot.get("where") or {}):
-                    continue
-                out = arts.load(step)
-                if out is None:
-                    continue
-                fig_dir.mkdir(parents=True, exist_ok=True)
-                name = unique(base)
-                DRAWERS[kind](out, fig_dir / f"{name}.png", plot.get("title"))
-                drawn.append((name, plot.get("title") or f"{plot['source']}: {kind}",
-                               [fig_dir / f"{name}.png"]))
-    finally:
-        arts.close()
+    for out in study_step_outputs(out_dir, cells, plot["source"], kind, plot.get("where")):
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        name = unique(base)
+        DRAWERS[kind](out, fig_dir / f"{name}.png", plot.get("title"))
+        drawn.append((name, plot.get("title") or f"{plot['source']}: {kind}",
+                      [fig_dir / f"{name}.png"]))
     return drawn

@@ -18,15 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import atomic_path, optional_import
+from .plots_store import _pyplot, save_figure
 
 __all__ = ["perturbation_grid", "fooling_rate_vs_sigma"]
-
-
-def _pyplot() -> Any:
-    mpl = optional_import("matplotlib")
-    mpl.use("Agg", force=True)
-    return optional_import("matplotlib.pyplot")
 
 
 def _np(a: Any, name: str) -> np.ndarray:
@@ -54,16 +48,12 @@ def _show(ax: Any, img: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _save(plt: Any, fig: Any, path: str | Path, dpi: int) -> Path:
+def _save(fig: Any, path: str | Path, dpi: int) -> Path:
     """Lay out ``fig``, write it to ``path`` (format from the suffix; folders created), close
     it and return ``Path(path)``."""
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    return out
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path, dpi=dpi)[0]
 
 
 def perturbation_grid(x: Any, x_adv: Any, clean_pred: Any, adv_pred: Any, path: str | Path, *,
@@ -125,7 +115,7 @@ def perturbation_grid(x: Any, x_adv: Any, clean_pred: Any, adv_pred: Any, path: 
     axes[2, 0].set_ylabel("perturbation", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(plt, fig, path, dpi)
+    return _save(fig, path, dpi)
 
 
 def fooling_rate_vs_sigma(sigmas: Sequence[float] | Any,
@@ -176,4 +166,4 @@ def fooling_rate_vs_sigma(sigmas: Sequence[float] | Any,
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(plt, fig, path, dpi)
+    return _save(fig, path, dpi)

@@ -29,12 +29,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._utils import MissingDependency, atomic_path, optional_import
 from .tables import (
     METRIC_DISPLAY,
     Table,
+    _pivot,
+    _study_cells,
     attack_cells,
     build_tables,
     cell_field,
@@ -104,9 +104,7 @@ def _study_image(out_dir: Path, cells: Sequence[Mapping[str, Any]], source: str,
     A relative ``out_dir`` is looked up from the working directory (where ``advsmooth run``
     resolved it), then from the run directory and its parent; a missing file is reported on
     stderr and the figure left out (the tables still render)."""
-    for c in cells:
-        if c["kind"] != "study" or c.get("config", {}).get("study") != source:
-            continue
+    for c in _study_cells(cells, source):
         od = (c.get("params") or {}).get("out_dir")
         if not isinstance(od, str):
             continue
@@ -118,23 +116,6 @@ def _study_image(out_dir: Path, cells: Sequence[Mapping[str, Any]], source: str,
         print(f"advsmooth report: image {file!r} of study {source!r} not found under "
               f"{', '.join(str(b) for b in bases)}; left out", file=sys.stderr)
     return None
-
-
-def _load_artefacts(out_dir: Path, cell_id: str, k: int) -> dict[str, np.ndarray] | None:
-    folder = out_dir / "artefacts" / cell_id
-    files = sorted(folder.glob("batch_*.npz")) if folder.is_dir() else []
-    if not files:
-        return None
-    parts: dict[str, list[np.ndarray]] = {}
-    total = 0
-    for f in files:
-        with np.load(f) as z:
-            for key in ("x", "x_adv", "label", "adv_pred"):
-                parts.setdefault(key, []).append(z[key])
-            total += len(z["label"])
-        if total >= k:
-            break
-    return {key: np.concatenate(v)[:k] for key, v in parts.items()}
 
 
 def _default_plots(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -224,18 +205,9 @@ def _heatmap_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Mapping[
                 facets.append(r.get(facet))
     figures: list[Figure] = []
     for fv in facets:
-        rl: list[str] = []
-        cl: list[str] = []
-        vals: dict[tuple[str, str], Any] = {}
-        for r in records:
-            if fv is not None and r.get(facet) != fv:
-                continue
-            rk, ck = str(r.get(rows_f)), str(r.get(cols_f))
-            if rk not in rl:
-                rl.append(rk)
-            if ck not in cl:
-                cl.append(ck)
-            vals[(rk, ck)] = r.get(val_f)
+        rl, cl, vals = _pivot([r for r in records if fv is None or r.get(facet) == fv],
+                              lambda r: str(r.get(rows_f)), lambda r: str(r.get(cols_f)),
+                              lambda r: r.get(val_f))
         if not rl or not cl:
             continue
         base = p.get("name") or f"{source or 'cells'}_{val_f}_heatmap"
@@ -291,12 +263,13 @@ def _perturbation_figures(d: _Drawing, p: Mapping[str, Any], cells: Sequence[Map
                           ) -> list[Figure]:
     """Clean, adversarial and perturbation images of the first ``samples`` saved adversarial
     examples of every attack cell."""
+    from ..experiments.runner import read_adversarial
     from .figures import perturbation_grid
 
     k = int(p.get("samples") or 4)
     figures: list[Figure] = []
     for c in attack_cells(cells):
-        art = _load_artefacts(d.out_dir, c["cell_id"], k)
+        art = read_adversarial(d.out_dir, c["cell_id"], ("x", "x_adv", "label", "adv_pred"), k)
         if art is None:
             continue
         name = d.unique((p.get("name") or "perturbations") + "_" + c["cell_id"][:8])

@@ -7,6 +7,7 @@ matplotlib is imported lazily (optional extra ``plot``). Every function writes `
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,19 +33,23 @@ def _pyplot() -> Any:
     return optional_import("matplotlib.pyplot")
 
 
+def save_figure(fig: Any, *paths: str | os.PathLike[str], dpi: int, **savefig: Any
+                ) -> list[Path]:
+    """Write ``fig`` to every path (atomically, format from the suffix), close it, return the
+    paths."""
+    for p in paths:
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=dpi, **savefig)
+    _pyplot().close(fig)
+    return [Path(p) for p in paths]
+
+
 def save_both(fig: Any, stem: str | Path, *, dpi: int = 110) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.svg`` (folders created), close it, return paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    out = []
-    for fmt in FORMATS:
-        p = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=fmt)
-        out.append(p)
-    _pyplot().close(fig)
-    return out
+    return save_figure(fig, *(stem.with_name(f"{stem.name}.{fmt}") for fmt in FORMATS), dpi=dpi)
 
 
 def _num(v: Any) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .plots_store import _num, _pyplot, save_both
-from .tables import study_rows_for
+from .tables import _study_cells, study_rows_for
 
 __all__ = ["bar_plot", "image_grid", "study_step_outputs", "study_figure"]
 
@@ -70,24 +70,21 @@ def image_grid(images: Any, stem: str | Path, *, titles: Sequence[str] = (),
 
 
 def study_step_outputs(out_dir: str | Path, cells: Sequence[Mapping[str, Any]], source: str,
-                       kind: str) -> Iterator[Any]:
+                       kind: str, where: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """The stored outputs (:class:`~advsmooth.experiments.artefacts.StepOutput`) of the steps
-    of kind ``kind`` in the plans of the study cells labelled ``source`` (missing or
-    invalid artefacts are skipped)."""
-    from ..experiments import tasks
+    of kind ``kind`` (whose settings match ``where``) in the plans of the study cells labelled
+    ``source`` (missing or invalid artefacts are skipped)."""
     from ..experiments.artefacts import Artefacts, plan_order
+    from ..experiments.tasks import cell_plan
 
     arts = Artefacts(out_dir, readonly=True)
     try:
-        for c in cells:
-            if c["kind"] != "study" or c.get("config", {}).get("study") != source:
-                continue
-            task = tasks.get_task(c["task"])
-            if task.plan is None:
-                continue
-            steps = task.plan(dict(c["params"]), tasks.batch_seed(c["seed"], c["cell_id"], 0))
-            for s, _ in plan_order(steps):
-                out = arts.load(s) if s.kind == kind else None
+        for c in _study_cells(cells, source):
+            for s, _ in plan_order(cell_plan(c) or []):
+                if s.kind != kind or any(s.settings.get(k) != v
+                                         for k, v in (where or {}).items()):
+                    continue
+                out = arts.load(s)
                 if out is not None:
                     yield out
     finally:

@@ -24,7 +24,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,21 @@ def _key(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _pivot(items: Iterable[Any], row_of: Callable[[Any], Any], col_of: Callable[[Any], Any],
+           value_of: Callable[[Any], Any]) -> tuple[list[Any], list[Any], dict[Any, Any]]:
+    """Row keys and column keys of ``items`` in first-seen order, and ``{(row, column):
+    value}`` (a later item of the same pair wins)."""
+    rks: dict[Any, None] = {}
+    cks: dict[Any, None] = {}
+    values: dict[Any, Any] = {}
+    for it in items:
+        rk, ck = row_of(it), col_of(it)
+        rks.setdefault(rk)
+        cks.setdefault(ck)
+        values[(rk, ck)] = value_of(it)
+    return list(rks), list(cks), values
+
+
 # ----------------------------------------------------------------------------------------------
 # table builders
 # ----------------------------------------------------------------------------------------------
@@ -190,18 +205,9 @@ def pivot_table(cells: Sequence[Mapping[str, Any]], *, rows: Sequence[str] | Non
     rows = list(rows or ["dataset", "model"])
     columns = list(columns or ["label"])
     metrics = list(metrics or ["fooling_rate"])
-    acs = attack_cells(cells)
-    row_keys: list[tuple[str, ...]] = []
-    col_keys: list[tuple[str, ...]] = []
-    values: dict[tuple[tuple[str, ...], tuple[str, ...]], Mapping[str, Any]] = {}
-    for c in acs:
-        rk = tuple(_key(cell_field(c, f)) for f in rows)
-        ck = tuple(_key(cell_field(c, f)) for f in columns)
-        if rk not in row_keys:
-            row_keys.append(rk)
-        if ck not in col_keys:
-            col_keys.append(ck)
-        values[(rk, ck)] = c
+    row_keys, col_keys, values = _pivot(
+        attack_cells(cells), lambda c: tuple(_key(cell_field(c, f)) for f in rows),
+        lambda c: tuple(_key(cell_field(c, f)) for f in columns), lambda c: c)
     headers = list(rows)
     for ck in col_keys:
         for m in metrics:
@@ -384,17 +390,9 @@ def study_table(store: Any, cells: Sequence[Mapping[str, Any]], source: str, *,
         return v
 
     if rows and columns and value:
-        rk_list: list[tuple[str, ...]] = []
-        ck_list: list[tuple[str, ...]] = []
-        cellv: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
-        for r in data:
-            rk = tuple(_key(r.get(f)) for f in rows)
-            ck = tuple(_key(r.get(f)) for f in columns)
-            if rk not in rk_list:
-                rk_list.append(rk)
-            if ck not in ck_list:
-                ck_list.append(ck)
-            cellv[(rk, ck)] = val(r, value)
+        rk_list, ck_list, cellv = _pivot(
+            data, lambda r: tuple(_key(r.get(f)) for f in rows),
+            lambda r: tuple(_key(r.get(f)) for f in columns), lambda r: val(r, value))
         headers = [*rows, *[" ".join(ck) for ck in ck_list]]
         out = [[*rk, *[cellv.get((rk, ck)) for ck in ck_list]] for rk in rk_list]
         return Table(name, title or f"{source}: {value} ({', '.join(rows)} × "

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .._utils import atomic_path, optional_import
+from .._utils import optional_import
+from .plots_store import _pyplot, save_figure
 
 __all__ = [
     "plot_transfer_matrix",
@@ -27,19 +28,12 @@ __all__ = [
 ]
 
 
-def _plt() -> Any:
-    mpl = optional_import("matplotlib")
-    if mpl.get_backend().lower() != "agg":
-        mpl.use("Agg", force=True)
-    return optional_import("matplotlib.pyplot")
-
-
-def _finish(fig: Any, path: str | os.PathLike[str] | None) -> Any:
-    fig.tight_layout()
+def _finish(fig: Any, path: str | os.PathLike[str] | None, layout: bool = True,
+            **savefig: Any) -> Any:
+    if layout:
+        fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-        _plt().close(fig)
+        save_figure(fig, path, dpi=120, **savefig)
     return fig
 
 
@@ -47,7 +41,7 @@ def plot_transfer_matrix(tm: Any, metric: str = "top1", *, title: str | None = N
                          path: str | os.PathLike[str] | None = None) -> Any:
     """Heat-map of a :class:`~advsmooth.metrics.TransferMatrix` (success in %, white-box cells
     hatched and annotated with ``*``)."""
-    plt = _plt()
+    plt = _pyplot()
     mat = tm.matrix(metric) * 100
     s, t = mat.shape
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * t, 1.0 + 0.8 * s))
@@ -79,7 +73,7 @@ def plot_destruction_curves(curves: Mapping[str, Sequence[float]], strengths: Se
                             kind: str, *, title: str | None = None,
                             path: str | os.PathLike[str] | None = None) -> Any:
     """Destruction rate vs transform strength, one line per attack (``{name: rates}``)."""
-    plt = _plt()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     xs = np.asarray(strengths, dtype=float)
     if kind == "noise":
@@ -103,7 +97,7 @@ def plot_gradient_similarity(sims: Mapping[str, Any] | Any, *, title: str | None
     """Mean ``cos(G_A^{(m)}, g_B)`` vs ``m`` (log x-axis) for one or several
     :class:`~advsmooth.metrics.GradientSimilarity` (``{pair name: result}``); dotted lines mark
     the plain-gradient baselines ``cos(g_A, g_B)``."""
-    plt = _plt()
+    plt = _pyplot()
     if not isinstance(sims, Mapping):
         sims = {"A→B": sims}
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -125,7 +119,7 @@ def plot_decision_boundary(dbm: Any, *, title: str | None = None, num_classes: i
                            path: str | os.PathLike[str] | None = None) -> Any:
     """One panel per target model: predicted class on the ``(u, v)`` plane; the clean image at the
     origin (white cross); the true class region outlined."""
-    plt = _plt()
+    plt = _pyplot()
     colors = optional_import("matplotlib.colors")
     names = list(dbm.labels)
     cols = min(len(names), 5)
@@ -159,11 +153,7 @@ def plot_decision_boundary(dbm: Any, *, title: str | None = None, num_classes: i
                      fraction=0.03)
     fig.suptitle(title or f"decision boundaries around one image (true class {dbm.y})",
                  fontsize=10)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-    return fig
+    return _finish(fig, path, layout=False, bbox_inches="tight")
 
 
 def plot_model_factors(names: Sequence[str], errors: Sequence[float], params: Sequence[float],
@@ -172,7 +162,7 @@ def plot_model_factors(names: Sequence[str], errors: Sequence[float], params: Se
                        path: str | os.PathLike[str] | None = None) -> Any:
     """Seed 001 Figure 1: x = top-1 test error (%), y = number of parameters (log), colour and
     marker size = transfer success (%) of each source model against ``target``."""
-    plt = _plt()
+    plt = _pyplot()
     err = np.asarray(errors, dtype=float)
     par = np.asarray(params, dtype=float)
     suc = np.asarray(success, dtype=float)
@@ -196,7 +186,7 @@ def plot_success_curves(xs: Sequence[float], curves: Mapping[str, Sequence[float
                         title: str | None = None,
                         path: str | os.PathLike[str] | None = None) -> Any:
     """Success rate (%) vs a swept parameter, one line per setting (sg transfer paper Figure 4)."""
-    plt = _plt()
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, vals in curves.items():
         ax.plot(list(xs), list(vals), marker="o", ms=3, label=name)
@@ -214,7 +204,7 @@ def plot_saliency_grid(cols: Sequence[tuple[str, Any]], labels: Sequence[int], *
     """A grid of maps: one column per ``(name, maps)`` (``maps``: ``(rows, H, W)``), one row per
     image (``labels``: its class). The first column is shown on [0, 1] as it is (the image), every
     other panel scaled to its maximum (saliency maps, paper Figure 6)."""
-    plt = _plt()
+    plt = _pyplot()
     rows = len(labels)
     fig, axes = plt.subplots(rows, len(cols), figsize=(1.45 * len(cols), 1.5 * rows + 0.5),
                              squeeze=False)
@@ -234,8 +224,4 @@ def plot_saliency_grid(cols: Sequence[tuple[str, Any]], labels: Sequence[int], *
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-    return fig
+    return _finish(fig, path, layout=False)
