@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import attacks, filters
+from .._utils import check_int_at_least
 from ..attacks import registry
 from ..attacks.base import Attack
 from .artefacts import Artefacts, Step, StepOutput, plan_order
@@ -361,8 +362,6 @@ def check_params(p: Mapping[str, Any], allowed: Sequence[str] | None = None,
     """A task's parameter check: ``ValueError`` for a parameter not in ``allowed`` (when given),
     a missing ``required`` one, or one named in ``ints`` (``(name, low)`` pairs) that is given
     but not an integer >= ``low``, in that order."""
-    from .._utils import check_int_at_least
-
     unknown = sorted(set(p) - set(allowed)) if allowed is not None else []
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; expected some of {sorted(allowed)}")
