@@ -1,4 +1,4 @@
-"""deepfool suite (issue 3 item 8): DeepFool L2 in advsmooth vs Foolbox, torchattacks and ART, and
+"""deepfool suite: DeepFool L2 in advsmooth vs Foolbox, torchattacks and ART, and
 SmoothFool (σg = 2, 5) vs advsmooth's DeepFool.
 
 Cases: (a) every correctly classified digits test image, ``digits-lenet`` and ``digits-resnet20``;

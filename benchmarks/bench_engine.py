@@ -1,4 +1,4 @@
-"""engine suite (issue 4 targets): the iterative gradient engine against its bare lower bound and
+"""engine suite: the iterative gradient engine against its bare lower bound and
 against the peers.
 
 1. PGD, 10 steps, L∞, no random start vs a bare loop of 10 × (forward + backward) of the summed

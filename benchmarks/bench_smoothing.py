@@ -1,4 +1,4 @@
-"""smoothing suite (issue 5 targets).
+"""smoothing suite.
 
 1. ``SmoothedClassifier`` throughput vs the ideal ``base images/s ÷ M`` for M ∈ {8, 64, 512}
    (target ≥ 0.85). Every contestant evaluates the same number of model rows (``rows`` noisy

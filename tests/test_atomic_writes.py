@@ -1,4 +1,4 @@
-"""Atomic writes (issue 8, item 4): every output goes through ``advsmooth._utils.atomic_path``.
+"""Atomic writes: every output goes through ``advsmooth._utils.atomic_path``.
 
 * a failure in the middle of a write (a full disk inside the serializer, a failing rename)
   leaves the previous file byte-identical and no temporary file behind: report writer,

@@ -1,6 +1,6 @@
 """``advsmooth.demo.demo_spec`` is the single source of the demo experiment:
-``experiments/digits_demo.toml`` is generated from it and must not drift (issue 7 item 6,
-issue 3: the demo runs σg ∈ {1, 2, 5, 10})."""
+``experiments/digits_demo.toml`` is generated from it and must not drift (the demo runs
+σg ∈ {1, 2, 5, 10})."""
 
 from __future__ import annotations
 
