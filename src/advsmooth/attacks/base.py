@@ -421,7 +421,9 @@ class Attack(abc.ABC):
             check_labels(target, 0, None, x.device, name="target")
         def empty(dtype: torch.dtype = torch.long) -> Tensor:
             return torch.zeros(0, dtype=dtype, device=x.device)
-        counts = {k: empty() for k in _PER_SAMPLE[3:] if k != "target"}
+
+        counts = {k: empty() for k in ("iterations", "forward_evals", "grad_evals", "labels",
+                                        "clean_pred", "adv_pred")}
         return AttackResult(x=x, x_adv=x.clone(), success=empty(torch.bool), **counts,
                             target=None if target is None else empty(), attack=repr(self))
 
