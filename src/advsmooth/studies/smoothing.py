@@ -25,20 +25,25 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative
+from .._utils import check_choice, check_int_at_least, check_nonnegative, check_positive
 from ..attacks import PGD, ExpectationGradient, NAttack, SmoothAdvGradient
+from ..defenses import get_method, inject_noise, noise_parameters
+from ..defenses import train as fit
 from ..defenses.smoothing import VOTES, SmoothedClassifier, votes_from_logits
 from ..experiments.artefacts import Step, StepOutput, register_step
+from ._settings import load_module_tensors, module_tensors
+from .training import sample_split
 
 __all__ = [
     "ATTACKS",
@@ -51,6 +56,9 @@ __all__ = [
     "SmoothingSettings",
     "plan",
     "MAIN_COLUMNS",
+    "TRAIN_DEFAULTS",
+    "train_recipe",
+    "train_base",
 ]
 
 #: attack names understood by :func:`craft`
@@ -219,6 +227,70 @@ def budget_study(model: nn.Module, x: Tensor, y: Tensor, *, budgets: Sequence[in
 
 
 # ----------------------------------------------------------------------------------------------
+# a noise-trained base model (the smoothed-inference paper trains its bases with noise injection
+# and adversarial training before smoothing them)
+# ----------------------------------------------------------------------------------------------
+
+#: the trainer's settings of a ``train`` recipe and their defaults: PNI-W (channel-wise learned
+#: weight noise in every convolution and linear layer) trained with method ``"pni"``; every other
+#: key of the recipe is a keyword of the training method (``eps``, ``alpha``, ``steps``, ``w``, ...)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method": "pni",
+    "noise": {"where": "weights", "kind": "pni", "granularity": "channelwise"},
+    "n_train": 10000, "epochs": 1, "lr": 1e-4, "batch_size": 100,
+}
+
+
+def _method_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if k not in TRAIN_DEFAULTS}
+
+
+def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``train`` with :data:`TRAIN_DEFAULTS` filled in (``None`` stays ``None``: the model is
+    used as it is). ``noise`` is a table of :func:`advsmooth.defenses.inject_noise` keywords
+    (``None``: no noise layers, e.g. for ``method = "noise_adv"``). ``ValueError`` for a wrong
+    type, an unknown method, a keyword the method or ``inject_noise`` does not take, or a bad
+    value (both are tried on a one-layer model)."""
+    if train is None:
+        return None
+    if not isinstance(train, Mapping):
+        raise ValueError(f"train must be a table of training settings, got {train!r}")
+    r = {**TRAIN_DEFAULTS, **train}
+    for k in ("n_train", "epochs", "batch_size"):
+        check_int_at_least(f"train.{k}", r[k], 1)
+    check_positive("train.lr", r["lr"])
+    if r["noise"] is not None and not isinstance(r["noise"], Mapping):
+        raise ValueError(f"train.noise must be a table of inject_noise settings or absent, got "
+                         f"{r['noise']!r}")
+    try:
+        if r["noise"] is not None:
+            inject_noise(nn.Sequential(nn.Linear(2, 2)), **r["noise"])
+        get_method(r["method"], **_method_kwargs(r))
+    except TypeError as exc:  # a keyword the method or inject_noise does not take
+        raise ValueError(f"train: {exc}") from None
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in r.items()}
+
+
+def _noisy_copy(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> nn.Module:
+    """A copy of ``model`` with the recipe's noise layers (generators seeded with ``seed``)."""
+    if recipe["noise"] is None:
+        return copy.deepcopy(model)
+    return inject_noise(model, **recipe["noise"], seed=seed)
+
+
+def train_base(model: nn.Module, x: Tensor, y: Tensor, recipe: Mapping[str, Any],
+               seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with the ``recipe``'s noise layers (:func:`train_recipe`), trained on
+    ``(x, y)`` (pixels ``N×C×H×W`` in ``[0, 1]``, labels ``N``) with its method for its epochs
+    (Adam, seed ``seed``); returned in eval mode, ``model`` untouched."""
+    r = train_recipe(recipe)
+    assert r is not None
+    m = _noisy_copy(model, r, seed)
+    return fit(m, (x, y), method=r["method"], epochs=r["epochs"], lr=r["lr"],
+               batch_size=r["batch_size"], seed=seed, show_progress=False, **_method_kwargs(r))
+
+
+# ----------------------------------------------------------------------------------------------
 # the whole study: settings, parts and steps
 # ----------------------------------------------------------------------------------------------
 
@@ -254,8 +326,11 @@ class SmoothingSettings:
     ``model`` / ``source`` are zoo names or checkpoint paths, ``data`` a dataset name of
     :func:`advsmooth.data.load` (a seeded random subset of ``n`` images of ``split``, seed
     ``data_seed``; ``n=None``: the whole split). σ, ``eps`` and ``alpha`` are in pixel units
-    unless ``noise_space="normalized"``. See :func:`run_smoothing_study` for the meaning of the
-    other fields.
+    unless ``noise_space="normalized"``. ``train`` (a recipe, :func:`train_recipe`) makes the
+    base a copy of ``model`` with noise layers trained on ``train.n_train`` seeded images of
+    ``data``'s training split (seed ``seed``) before anything is attacked: a store artefact of
+    its own (step ``smoothing.train``), so the study never trains it twice. See
+    :func:`run_smoothing_study` for the meaning of the other fields.
     """
 
     model: str
@@ -286,8 +361,10 @@ class SmoothingSettings:
     sweep_attack: str = "pgd"
     sweep_draws: int | None = None
     budgets: tuple[int, ...] = ()
+    train: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "train", train_recipe(self.train))
         for key in ("votes", "attacks", "sweep_sigmas", "sweep_samples", "budgets"):
             v = getattr(self, key)
             if isinstance(v, str) or not isinstance(v, Sequence):
@@ -414,6 +491,10 @@ def run_smoothing_study(model: nn.Module | str, data: str | tuple[Tensor, Tensor
         x, y = _load_data(s, data_root)
     else:
         x, y = data
+    if s.train is not None:
+        if not isinstance(data, str):
+            raise ValueError("train needs data given by name (its training split is used)")
+        base = train_base(base, *_train_data(s, data_root), s.train, s.seed).to(device)
     x, y = x.to(device), y.to(device)
     rows: list[dict[str, Any]] = []
     adv: dict[str, Tensor] = {}
@@ -439,6 +520,12 @@ def _load_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
     return data_mod.load(s.data, s.split, root=root, **kw)
 
 
+def _train_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
+    """The recipe's ``n_train`` seeded images of the training split of ``s.data``."""
+    assert s.train is not None
+    return sample_split(s.data, "train", s.train["n_train"], s.seed, root)
+
+
 # ----------------------------------------------------------------------------------------------
 # store steps (task ``smoothing`` of the experiment runner)
 # ----------------------------------------------------------------------------------------------
@@ -447,9 +534,42 @@ def _inputs(st: dict[str, Any], ctx: Any) -> tuple[SmoothingSettings, nn.Module,
                                                    nn.Module | None, Tensor, Tensor]:
     s = SmoothingSettings(**st["study"])
     base = ctx.load_model(s.model)
+    if s.train is not None:
+        weights = ctx.step(train_step(s)).tensors
+        base = load_module_tensors(_noisy_copy(base, s.train, s.seed), weights).to(ctx.device)
     src = ctx.load_model(s.source) if s.source is not None else None
     x, y = _load_data(s, ctx.data_root)
     return s, base, src, x.to(ctx.device), y.to(ctx.device)
+
+
+def train_step(s: SmoothingSettings) -> Step:
+    """The step training the study's noise-trained base (settings: the model, the data, the
+    recipe and the seed only, so that changing an attack never retrains it)."""
+    return Step("smoothing.train", {"model": s.model, "data": s.data, "train": s.train,
+                                    "seed": s.seed})
+
+
+@register_step("smoothing.train")
+def _train_step(st: dict[str, Any], ctx: Any) -> StepOutput:
+    """The trained base's weights and one row (``table = "train"``): the recipe, the training
+    time (s), the accuracy on the clean training images and the mean learned noise scale |α|
+    over the noise layers (info: |α| per layer)."""
+    s = SmoothingSettings(model=st["model"], data=st["data"], train=st["train"], seed=st["seed"])
+    x, y = _train_data(s, ctx.data_root)
+    x, y = x.to(ctx.device), y.to(ctx.device)
+    start = time.perf_counter()
+    model = train_base(ctx.load_model(s.model), x, y, st["train"], s.seed)
+    seconds = time.perf_counter() - start
+    alphas = [float(p.detach().abs().mean()) for p in noise_parameters(model)]
+    r = st["train"]
+    row = {"table": "train", "model": s.model, "method": r["method"],
+           "noise": "none" if r["noise"] is None else ", ".join(
+               f"{k}={v}" for k, v in sorted(r["noise"].items())),
+           "n_train": int(y.shape[0]), "epochs": r["epochs"], "lr": r["lr"],
+           "method_params": ", ".join(f"{k}={v}" for k, v in sorted(_method_kwargs(r).items())),
+           "train_seconds": round(seconds, 1), "train_accuracy": _base_accuracy(model, x, y),
+           "mean_abs_alpha": sum(alphas) / len(alphas) if alphas else float("nan")}
+    return StepOutput(rows=[row], tensors=module_tensors(model), info={"abs_alpha": alphas})
 
 
 @register_step("smoothing.craft")
@@ -491,7 +611,8 @@ def _budget_step(st: dict[str, Any], ctx: Any) -> StepOutput:
 def craft_step(s: SmoothingSettings, kind: str) -> Step:
     """The step crafting the adversarial set of attack ``kind`` (shared by the main table and
     the sweep)."""
-    return Step("smoothing.craft", {"study": s.to_json(), "attack": kind}, rows=False)
+    return Step("smoothing.craft", {"study": s.to_json(), "attack": kind}, rows=False,
+                after=() if s.train is None else (train_step(s),))
 
 
 def plan(s: SmoothingSettings) -> list[Step]:
@@ -499,12 +620,15 @@ def plan(s: SmoothingSettings) -> list[Step]:
     sweep on clean and attacked inputs, one step per budget."""
     steps = []
     study = s.to_json()
+    trained = () if s.train is None else (train_step(s),)
+    steps += trained
     for kind in s.attacks:
         steps.append(Step("smoothing.main", {"study": study, "attack": kind},
                           after=(craft_step(s, kind),)))
     if s.sweep:
-        steps.append(Step("smoothing.sweep", {"study": study, "input": "clean"}))
+        steps.append(Step("smoothing.sweep", {"study": study, "input": "clean"}, after=trained))
         steps.append(Step("smoothing.sweep", {"study": study, "input": s.sweep_attack},
                           after=(craft_step(s, s.sweep_attack),)))
-    steps += [Step("smoothing.budget", {"study": study, "budget": int(b)}) for b in s.budgets]
+    steps += [Step("smoothing.budget", {"study": study, "budget": int(b)}, after=trained)
+              for b in s.budgets]
     return steps
