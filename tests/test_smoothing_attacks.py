@@ -230,3 +230,81 @@ def test_cli_smooth_runs_a_one_study_spec_into_a_store_and_report(tmp_path, caps
         assert f"| {r['attack']} | {r['classifier']} |" in printed
     page = (out / "report" / "report.html").read_text()
     assert page.count("<img ") == 1 and "accuracy vs sigma" in page
+
+
+def test_train_recipe_fills_defaults_and_rejects_what_the_trainer_cannot_take():
+    from advsmooth.studies.smoothing import TRAIN_DEFAULTS, SmoothingSettings, train_recipe
+
+    assert train_recipe(None) is None
+    r = train_recipe({"eps": 0.1, "steps": 2})
+    assert r == {**TRAIN_DEFAULTS, "eps": 0.1, "steps": 2}
+    assert train_recipe(r) == r  # idempotent: a step re-validates its stored recipe
+    bad = [({"method": "nope"}, "unknown training method"),
+           ({"stpes": 3}, "stpes"),                      # a keyword the method does not take
+           ({"noise": {"kind": "xyz"}}, "kind"),          # a bad inject_noise value
+           ({"noise": {"wherever": 1}}, "wherever"),      # a keyword inject_noise does not take
+           ({"noise": "pni"}, "train.noise"),
+           ({"epochs": 0}, "train.epochs"),
+           ({"lr": 0.0}, "train.lr")]
+    for recipe, match in bad:
+        with pytest.raises(ValueError, match=match):
+            train_recipe(recipe)
+    with pytest.raises(ValueError, match="train must be a table"):
+        SmoothingSettings(model="m", train=[1, 2])
+
+
+def test_noise_trained_base_is_one_shared_store_step(tmp_path):
+    """``train``: the base is the zoo model with PNI layers trained by the recipe, once for the
+    two studies that share the recipe, and a re-run trains nothing."""
+    from advsmooth.experiments import Store, parse_spec, run_spec
+    from advsmooth.studies.smoothing import SmoothingSettings, plan
+
+    recipe = {"n_train": 48, "epochs": 1, "eps": 0.1, "steps": 1, "batch_size": 16}
+    params = {"model": "digits-lenet", "data": "digits", "n": 8, "sigma": 0.1, "samples": 2,
+              "votes": ["prediction"], "attacks": ["none", "pgd"], "eps": 0.1, "steps": 2,
+              "draws": 1, "seed": 1, "train": recipe}
+    spec = {"name": "nt", "seed": 0, "studies": [
+        {"task": "smoothing", "label": "a", "params": params},
+        {"task": "smoothing", "label": "b", "params": {**params, "attacks": ["none"]}}]}
+    run_spec(parse_spec(spec), tmp_path, progress=False)
+    run_spec(parse_spec(spec), tmp_path, progress=False)  # resumes: nothing to do
+    with Store(tmp_path, readonly=True) as st:
+        trained = st.conn.execute("SELECT COUNT(*) FROM artefacts "
+                                  "WHERE kind='smoothing.train'").fetchone()[0]
+        cells = {c["label"]: c["cell_id"] for c in st.cells()}
+        rows = st.study_rows(cells["a"])
+    assert trained == 1
+    (train_row,) = [r for r in rows if r["table"] == "train"]
+    assert train_row["n_train"] == 48 and train_row["method"] == "pni"
+    assert train_row["mean_abs_alpha"] > 0  # the PNI-W scales exist
+    steps = plan(SmoothingSettings(**params))
+    assert steps[0].kind == "smoothing.train"
+    assert all(st.kind == "smoothing.train" or st.after for st in steps)
+
+
+def test_noise_trained_base_rows_match_the_in_memory_study(tmp_path):
+    """A deterministic recipe (Gaussian + adversarial training, no noise layers): the store's
+    rows equal :func:`run_smoothing_study`'s, and the trained base is not the zoo model."""
+    from advsmooth import models
+    from advsmooth.experiments import Store, parse_spec, run_spec
+    from advsmooth.studies.smoothing import run_smoothing_study
+
+    recipe = {"method": "noise_adv", "noise": None, "sigma": 0.1, "q": 0.5, "eps": 0.1,
+              "steps": 1, "n_train": 48, "epochs": 1, "batch_size": 16, "lr": 0.01}
+    params = {"model": "digits-lenet", "data": "digits", "n": 8, "sigma": 0.1, "samples": 2,
+              "votes": ["prediction"], "attacks": ["none", "pgd"], "eps": 0.1, "steps": 2,
+              "draws": 1, "seed": 1, "train": recipe}
+    run_spec(parse_spec({"name": "nt", "seed": 0, "studies": [
+        {"task": "smoothing", "label": "a", "params": params}]}), tmp_path, progress=False)
+    with Store(tmp_path, readonly=True) as st:
+        rows = st.study_rows(st.cells()[0]["cell_id"])
+    zoo = models.load("digits-lenet", verbose=False)
+    kw = {k: v for k, v in params.items() if k not in ("model", "data")}
+    ref = run_smoothing_study(zoo, "digits", **kw)
+    untrained = run_smoothing_study(zoo, "digits", **{**kw, "train": None})
+
+    def strip(rs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "attack_seconds"}
+                for r in rs if r["table"] == "main"]
+    assert strip(rows) == strip(ref)
+    assert strip(ref) != strip(untrained)
