@@ -1,4 +1,4 @@
-"""Low-pass filters and the roughness metric (ALGORITHMS.md §1, §2)."""
+"""Low-pass filters and the roughness metric (docs/algorithms.md: low-pass filters, roughness)."""
 
 from __future__ import annotations
 

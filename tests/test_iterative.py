@@ -43,7 +43,7 @@ def _attack_all(model, x, y, atk):
 
 
 # ---------------------------------------------------------------------------------------------
-# equivalences (ALGORITHMS.md §8)
+# equivalences (docs/algorithms.md: gradient-sign attacks)
 # ---------------------------------------------------------------------------------------------
 
 def test_sg_with_one_sample_and_zero_sigma_equals_igsm(cnn64, batch):

@@ -1,4 +1,4 @@
-"""SmoothFool and SmoothClip (ALGORITHMS.md §4, §5)."""
+"""SmoothFool and SmoothClip (docs/algorithms.md: SmoothClip, SmoothFool)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of universal perturbations (plain UAP §6.1, smooth UAP §6.2) and their fooling rate."""
+"""Tests of universal perturbations (plain UAP and smooth UAP, docs/algorithms.md) and their fooling rate."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_projections_are_exact():
     small = torch.full((1, 1, 2, 2), 0.01)
     assert torch.equal(project_l2(small, 1.0), small)            # inside: unchanged
     assert float(torch.linalg.vector_norm(project_l2(small, 1.0, sphere=True))) == \
-        pytest.approx(1.0)                                          # REF: rescaled to the sphere
+        pytest.approx(1.0)                                          # rescaled to the sphere
 
 
 def test_uap_reaches_target_on_easy_affine_model_and_generalises():

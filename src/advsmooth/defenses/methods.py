@@ -11,10 +11,10 @@ arguments of :func:`train` go to the method) as does ``advsmooth train --method 
 name                    loss of one batch (``A`` = attack crafted in eval mode)
 ======================  ===================================================================
 ``gaussian``            ``CE(f(x + σν), y)``, ``ν ~ N(0, I)`` per sample (not clipped)
-``pgd``                 ``(1−w)·CE(f(x)) + w·CE(f(x_adv))`` (seed Eq. 6; Madry: ``w = 1``),
+``pgd``                 ``(1−w)·CE(f(x)) + w·CE(f(x_adv))`` (Madry: ``w = 1``; PNI: ``w = 0.5``),
                         ``x_adv`` = ℓ∞ PGD (ε, α, k, random start)
 ``trades``              ``CE(f(x)) + β·KL(softmax f(x) ‖ softmax f(x̂))`` (batchmean)
-``noise_adv``           ``CE(f(x + σν + B·δ))``, ``B ~ Bernoulli(q)`` per sample (seed Eq. 23)
+``noise_adv``           ``CE(f(x + σν + B·δ))``, ``B ~ Bernoulli(q)`` per sample (noise + adversarial training, docs/algorithms.md)
 ``epgd`` / ``smoothadv`` Eq. 6 with EPGD: PGD on a smoothed surrogate over ``samples`` noisy
                         copies (EPGD; ``variant``)
 ``pni``                 Eq. 6 (``w = 0.5``) with PGD-7 on a noise-injected model (learned
@@ -213,7 +213,7 @@ class GaussianAugmentation(RobustMethod):
 
 
 class PGDTraining(RobustMethod):
-    """Madry PGD adversarial training with the mixing weight ``w`` (seed Eq. 6).
+    """Madry PGD adversarial training with the mixing weight ``w``: ``(1−w)·CE(f(x)) + w·CE(f(x_adv))``.
 
     Args:
         eps, alpha, steps, random_start: ℓ∞ PGD (defaults 8/255, 2/255, 7, True).
@@ -270,7 +270,7 @@ class TRADES(RobustMethod):
 
 
 class NoiseAdversarialTraining(RobustMethod):
-    """Noise + adversarial mixing (seed Eq. 23): ``CE(f(x + σν + B·δ), y)``.
+    """Noise + adversarial mixing (the smoothed-inference paper's noisy adversarial training): ``CE(f(x + σν + B·δ), y)``.
 
     ``ν ~ N(0, I)``, ``B ~ Bernoulli(q)`` per sample, ``δ`` the ℓ∞ PGD perturbation of ``x`` on
     the current model (computed only for the samples with ``B = 1``). ``q = 0`` is Gaussian
@@ -303,7 +303,7 @@ class EPGDTraining(PGDTraining):
     """Adversarial training (Eq. 6) with EPGD: PGD on a smoothed surrogate (EPGD).
 
     Each PGD step averages over ``samples`` Gaussian copies ``x + σν`` (pixel units) with the
-    ``variant`` surrogate: ``"prob_average"`` (seed Eq. 25, default), ``"logit_average"``
+    ``variant`` surrogate: ``"prob_average"`` (EPGD as the smoothed-inference paper prints it, default), ``"logit_average"``
     (SmoothAdv as printed, Eq. 24) or ``"expected_loss"`` (authors' EPGD). ``noisy_loss=True`` also
     adds fresh ``σ`` noise to the training inputs of the loss (SmoothAdv-style training).
     """
@@ -406,7 +406,7 @@ class SmoothAdversarialTraining(RobustMethod):
 
     def _smoothfool(self) -> Attack:
         if self.attack is None:
-            from ..attacks import SmoothFool  # H2's attack; imported lazily
+            from ..attacks import SmoothFool  # imported when first needed
 
             self.attack = SmoothFool(sigma=self.sigma_g, clip_step=self.clip_step,
                                      max_iter=self.max_iter)

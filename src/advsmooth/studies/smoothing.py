@@ -6,7 +6,7 @@
 * :func:`sigma_samples_sweep` — accuracy vs σ for ``M = 1, 2, 4, …`` (the paper's Figs 1, 2,
   B.1): per σ and draw one pass with the largest ``M``; smaller ``M`` use its first copies.
 * :func:`craft` — adversarial examples by name: ``"pgd"`` (on the base model), ``"epgd"``
-  (:class:`~advsmooth.attacks.ExpectationGradient`, seed Eq. 25), ``"epgd_ref"`` (expected loss),
+  (:class:`~advsmooth.attacks.ExpectationGradient`, EPGD), ``"epgd_ref"`` (expected loss),
   ``"smoothadv"`` (:class:`~advsmooth.attacks.SmoothAdvGradient`), ``"transfer_pgd"`` /
   ``"transfer_pgd_s"`` (PGD / EPGD-style PGD on an independently trained source model),
   ``"nattack"`` (score-based, querying the smoothed classifier).
