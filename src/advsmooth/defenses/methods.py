@@ -14,7 +14,8 @@ name                    loss of one batch (``A`` = attack crafted in eval mode)
 ``pgd``                 ``(1−w)·CE(f(x)) + w·CE(f(x_adv))`` (Madry: ``w = 1``; PNI: ``w = 0.5``),
                         ``x_adv`` = ℓ∞ PGD (ε, α, k, random start)
 ``trades``              ``CE(f(x)) + β·KL(softmax f(x) ‖ softmax f(x̂))`` (batchmean)
-``noise_adv``           ``CE(f(x + σν + B·δ))``, ``B ~ Bernoulli(q)`` per sample (noise + adversarial training, docs/algorithms.md)
+``noise_adv``           ``CE(f(x + σν + B·δ))``, ``B ~ Bernoulli(q)`` per sample (noise +
+                        adversarial training)
 ``epgd`` / ``smoothadv`` Eq. 6 with EPGD: PGD on a smoothed surrogate over ``samples`` noisy
                         copies (EPGD; ``variant``)
 ``pni``                 Eq. 6 (``w = 0.5``) with PGD-7 on a noise-injected model (learned
@@ -213,7 +214,7 @@ class GaussianAugmentation(RobustMethod):
 
 
 class PGDTraining(RobustMethod):
-    """Madry PGD adversarial training with the mixing weight ``w``: ``(1−w)·CE(f(x)) + w·CE(f(x_adv))``.
+    """Madry PGD adversarial training, mixed: ``(1−w)·CE(f(x)) + w·CE(f(x_adv))``.
 
     Args:
         eps, alpha, steps, random_start: ℓ∞ PGD (defaults 8/255, 2/255, 7, True).
@@ -270,7 +271,7 @@ class TRADES(RobustMethod):
 
 
 class NoiseAdversarialTraining(RobustMethod):
-    """Noise + adversarial mixing (the smoothed-inference paper's noisy adversarial training): ``CE(f(x + σν + B·δ), y)``.
+    """Noise + adversarial mixing (smoothed-inference paper): ``CE(f(x + σν + B·δ), y)``.
 
     ``ν ~ N(0, I)``, ``B ~ Bernoulli(q)`` per sample, ``δ`` the ℓ∞ PGD perturbation of ``x`` on
     the current model (computed only for the samples with ``B = 1``). ``q = 0`` is Gaussian
@@ -303,8 +304,9 @@ class EPGDTraining(PGDTraining):
     """Adversarial training (Eq. 6) with EPGD: PGD on a smoothed surrogate (EPGD).
 
     Each PGD step averages over ``samples`` Gaussian copies ``x + σν`` (pixel units) with the
-    ``variant`` surrogate: ``"prob_average"`` (EPGD as the smoothed-inference paper prints it, default), ``"logit_average"``
-    (SmoothAdv as printed, Eq. 24) or ``"expected_loss"`` (authors' EPGD). ``noisy_loss=True`` also
+    ``variant`` surrogate: ``"prob_average"`` (EPGD as the smoothed-inference paper prints it,
+    default), ``"logit_average"`` (SmoothAdv as printed there, Eq. 24) or ``"expected_loss"``
+    (the authors' EPGD code). ``noisy_loss=True`` also
     adds fresh ``σ`` noise to the training inputs of the loss (SmoothAdv-style training).
     """
 

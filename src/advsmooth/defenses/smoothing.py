@@ -234,7 +234,8 @@ class SmoothedClassifier(SmoothedModel):
         samples: number ``M`` ≥ 1 of noisy copies per forward call.
         vote: ``"prediction"`` (hard votes), ``"weighted"`` (``2^(1−rank)`` over all ranks),
             ``"weighted_c"`` (1 for the top class, ``C`` for the runner-up), ``"soft"`` (mean
-            softmax, the smoothed-inference paper's Eq. 13) or ``"logit_mean"`` (mean logits, the authors' ``mcepredict``).
+            softmax, the smoothed-inference paper's Eq. 13) or ``"logit_mean"`` (mean logits,
+            the authors' ``mcepredict``).
         C: runner-up weight of ``"weighted_c"`` (≥ 0; C = 0 is prediction smoothing).
         noise_space: ``"pixel"`` or ``"normalized"`` (needs ``std`` or a ``Normalize`` layer).
         std: per-channel std of the model's normalisation (only for ``noise_space="normalized"``).
