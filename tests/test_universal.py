@@ -1,4 +1,4 @@
-"""Tests of universal perturbations (plain UAP and smooth UAP, docs/algorithms.md) and their fooling rate."""
+"""Tests of universal perturbations (plain and smooth UAP) and their fooling rate."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Study functions that reproduce tables and figures of the four papers (docs/algorithms.md) (called by specs)."""
+"""Study functions that reproduce tables and figures of the four papers (called by specs)."""
