@@ -308,3 +308,30 @@ def test_noise_trained_base_rows_match_the_in_memory_study(tmp_path):
                 for r in rs if r["table"] == "main"]
     assert strip(rows) == strip(ref)
     assert strip(ref) != strip(untrained)
+
+
+def test_normalized_noise_on_a_batchnorm_model_with_a_normalize_layer():
+    """The engine differentiates a BatchNorm-folded copy; its Normalize layer survives the fold,
+    so EPGD with σ in the normalised space finds the std there (it used to raise) and gives
+    the attack of the unfolded model up to float rounding."""
+    from advsmooth.attacks.execution import fold_batchnorm
+    from advsmooth.attacks.noise_space import find_std
+    from advsmooth.models import Normalize
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]),
+                          nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
+    model[2].running_mean.uniform_(-0.5, 0.5)
+    model[2].running_var.uniform_(0.5, 2.0)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    copy = fold_batchnorm(model, x[:4], channels_last=True)
+    assert copy is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert torch.equal(find_std(copy).flatten(), torch.tensor([0.2, 0.25, 0.3]))
+    grad = ExpectationGradient(0.25, 4, noise_space="normalized")
+    fast = PGD(eps=0.05, steps=3, seed=0, gradient=grad)(model, x, y)
+    plain = PGD(eps=0.05, steps=3, seed=0, gradient=grad, fast_model=False)(model, x, y)
+    assert torch.allclose(fast.x_adv, plain.x_adv, atol=1e-5)

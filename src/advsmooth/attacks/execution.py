@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_bool, check_finite_gradient, check_int_at_least
+from ..models.zoo import Normalize
 
 if TYPE_CHECKING:  # gradients imports this module
     from .base import AttackContext
@@ -220,6 +221,13 @@ def _tensor_signature(model: nn.Module) -> tuple[Any, ...]:
                  for t in (*model.parameters(), *model.buffers()))
 
 
+class _KeepNormalize(torch.fx.Tracer):
+    """A tracer that keeps :class:`~advsmooth.models.Normalize` layers as modules."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+
+
 def fold_batchnorm(model: nn.Module, probe: Tensor | None = None, *,
                    channels_last: bool = False) -> nn.Module:
     """A copy of ``model`` with every eval-mode Conv→BatchNorm pair folded into one convolution
@@ -258,7 +266,10 @@ def fold_batchnorm(model: nn.Module, probe: Tensor | None = None, *,
         if has_bn:
             from torch.fx.experimental.optimization import fuse
 
-            fused = fuse(fused)
+            # Normalize layers stay modules of the copy: the noise-space logic of the smoothed
+            # gradients reads their std from the model it differentiates
+            graph = _KeepNormalize().trace(fused)
+            fused = fuse(torch.fx.GraphModule(fused, graph), inplace=True, no_trace=True)
         if to_cl:
             fused = fused.to(memory_format=torch.channels_last)
         for p in fused.parameters():
