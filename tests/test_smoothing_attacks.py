@@ -238,6 +238,7 @@ def test_train_recipe_fills_defaults_and_rejects_what_the_trainer_cannot_take():
     assert train_recipe(None) is None
     r = train_recipe({"eps": 0.1, "steps": 2})
     assert r == {**TRAIN_DEFAULTS, "eps": 0.1, "steps": 2}
+    assert r["seed"] == 0 and "seed" not in TRAIN_DEFAULTS["noise"]
     assert train_recipe(r) == r  # idempotent: a step re-validates its stored recipe
     bad = [({"method": "nope"}, "unknown training method"),
            ({"stpes": 3}, "stpes"),                      # a keyword the method does not take
@@ -245,6 +246,7 @@ def test_train_recipe_fills_defaults_and_rejects_what_the_trainer_cannot_take():
            ({"noise": {"wherever": 1}}, "wherever"),      # a keyword inject_noise does not take
            ({"noise": "pni"}, "train.noise"),
            ({"epochs": 0}, "train.epochs"),
+           ({"seed": -1}, "train.seed"),
            ({"lr": 0.0}, "train.lr")]
     for recipe, match in bad:
         with pytest.raises(ValueError, match=match):
@@ -265,7 +267,8 @@ def test_noise_trained_base_is_one_shared_store_step(tmp_path):
               "draws": 1, "seed": 1, "train": recipe}
     spec = {"name": "nt", "seed": 0, "studies": [
         {"task": "smoothing", "label": "a", "params": params},
-        {"task": "smoothing", "label": "b", "params": {**params, "attacks": ["none"]}}]}
+        {"task": "smoothing", "label": "b",
+         "params": {**params, "attacks": ["none"], "seed": 2}}]}  # the recipe's seed decides
     run_spec(parse_spec(spec), tmp_path, progress=False)
     run_spec(parse_spec(spec), tmp_path, progress=False)  # resumes: nothing to do
     with Store(tmp_path, readonly=True) as st:

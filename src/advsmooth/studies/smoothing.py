@@ -232,12 +232,14 @@ def budget_study(model: nn.Module, x: Tensor, y: Tensor, *, budgets: Sequence[in
 # ----------------------------------------------------------------------------------------------
 
 #: the trainer's settings of a ``train`` recipe and their defaults: PNI-W (channel-wise learned
-#: weight noise in every convolution and linear layer) trained with method ``"pni"``; every other
-#: key of the recipe is a keyword of the training method (``eps``, ``alpha``, ``steps``, ``w``, ...)
+#: weight noise in every convolution and linear layer) trained with method ``"pni"``; ``seed``
+#: seeds the training subset, the noise layers and the training (its own, not the study's, so
+#: that studies of one spec share the trained base); every other key of the recipe is a keyword
+#: of the training method (``eps``, ``alpha``, ``steps``, ``w``, ...)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "method": "pni",
     "noise": {"where": "weights", "kind": "pni", "granularity": "channelwise"},
-    "n_train": 10000, "epochs": 1, "lr": 1e-4, "batch_size": 100,
+    "n_train": 10000, "epochs": 1, "lr": 1e-4, "batch_size": 100, "seed": 0,
 }
 
 
@@ -258,6 +260,7 @@ def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
     r = {**TRAIN_DEFAULTS, **train}
     for k in ("n_train", "epochs", "batch_size"):
         check_int_at_least(f"train.{k}", r[k], 1)
+    check_int_at_least("train.seed", r["seed"], 0)
     check_positive("train.lr", r["lr"])
     if r["noise"] is not None and not isinstance(r["noise"], Mapping):
         raise ValueError(f"train.noise must be a table of inject_noise settings or absent, got "
@@ -278,16 +281,16 @@ def _noisy_copy(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> nn.Mo
     return inject_noise(model, **recipe["noise"], seed=seed)
 
 
-def train_base(model: nn.Module, x: Tensor, y: Tensor, recipe: Mapping[str, Any],
-               seed: int = 0) -> nn.Module:
+def train_base(model: nn.Module, x: Tensor, y: Tensor, recipe: Mapping[str, Any]) -> nn.Module:
     """A copy of ``model`` with the ``recipe``'s noise layers (:func:`train_recipe`), trained on
     ``(x, y)`` (pixels ``N×C×H×W`` in ``[0, 1]``, labels ``N``) with its method for its epochs
-    (Adam, seed ``seed``); returned in eval mode, ``model`` untouched."""
+    (Adam, the recipe's seed); returned in eval mode, ``model`` untouched."""
     r = train_recipe(recipe)
     assert r is not None
-    m = _noisy_copy(model, r, seed)
+    m = _noisy_copy(model, r, r["seed"])
     return fit(m, (x, y), method=r["method"], epochs=r["epochs"], lr=r["lr"],
-               batch_size=r["batch_size"], seed=seed, show_progress=False, **_method_kwargs(r))
+               batch_size=r["batch_size"], seed=r["seed"], show_progress=False,
+               **_method_kwargs(r))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ class SmoothingSettings:
     ``data_seed``; ``n=None``: the whole split). σ, ``eps`` and ``alpha`` are in pixel units
     unless ``noise_space="normalized"``. ``train`` (a recipe, :func:`train_recipe`) makes the
     base a copy of ``model`` with noise layers trained on ``train.n_train`` seeded images of
-    ``data``'s training split (seed ``seed``) before anything is attacked: a store artefact of
+    ``data``'s training split (seed ``train.seed``) before anything is attacked: a store artefact of
     its own (step ``smoothing.train``), so the study never trains it twice. See
     :func:`run_smoothing_study` for the meaning of the other fields.
     """
@@ -494,7 +497,7 @@ def run_smoothing_study(model: nn.Module | str, data: str | tuple[Tensor, Tensor
     if s.train is not None:
         if not isinstance(data, str):
             raise ValueError("train needs data given by name (its training split is used)")
-        base = train_base(base, *_train_data(s, data_root), s.train, s.seed).to(device)
+        base = train_base(base, *_train_data(s, data_root), s.train).to(device)
     x, y = x.to(device), y.to(device)
     rows: list[dict[str, Any]] = []
     adv: dict[str, Tensor] = {}
@@ -523,7 +526,7 @@ def _load_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
 def _train_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
     """The recipe's ``n_train`` seeded images of the training split of ``s.data``."""
     assert s.train is not None
-    return sample_split(s.data, "train", s.train["n_train"], s.seed, root)
+    return sample_split(s.data, "train", s.train["n_train"], s.train["seed"], root)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -543,10 +546,9 @@ def _inputs(st: dict[str, Any], ctx: Any) -> tuple[SmoothingSettings, nn.Module,
 
 
 def train_step(s: SmoothingSettings) -> Step:
-    """The step training the study's noise-trained base (settings: the model, the data, the
-    recipe and the seed only, so that changing an attack never retrains it)."""
-    return Step("smoothing.train", {"model": s.model, "data": s.data, "train": s.train,
-                                    "seed": s.seed})
+    """The step training the study's noise-trained base (settings: the model, the data and the
+    recipe only, so that changing an attack or the study's seed never retrains it)."""
+    return Step("smoothing.train", {"model": s.model, "data": s.data, "train": s.train})
 
 
 @register_step("smoothing.train")
@@ -554,11 +556,11 @@ def _train_step(st: dict[str, Any], ctx: Any) -> StepOutput:
     """The trained base's weights and one row (``table = "train"``): the recipe, the training
     time (s), the accuracy on the clean training images and the mean learned noise scale |α|
     over the noise layers (info: |α| per layer)."""
-    s = SmoothingSettings(model=st["model"], data=st["data"], train=st["train"], seed=st["seed"])
+    s = SmoothingSettings(model=st["model"], data=st["data"], train=st["train"])
     x, y = _train_data(s, ctx.data_root)
     x, y = x.to(ctx.device), y.to(ctx.device)
     start = time.perf_counter()
-    model = train_base(ctx.load_model(s.model), x, y, st["train"], s.seed)
+    model = train_base(ctx.load_model(s.model), x, y, st["train"])
     seconds = time.perf_counter() - start
     alphas = [float(p.detach().abs().mean()) for p in noise_parameters(model)]
     r = st["train"]
