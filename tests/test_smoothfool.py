@@ -183,3 +183,60 @@ def test_targeted_not_supported():
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="targeted"):
         SmoothFool()(model, x, target=torch.tensor([0, 1]))
+
+
+def test_face_memory_saves_gradients_and_changes_nothing_else(monkeypatch):
+    """The inner DeepFool of each outer iteration starts from what the last one learnt about the
+    faces: the perturbations are bit for bit those of fresh inner runs, with fewer gradients."""
+    from advsmooth import data, models
+
+    model = models.load("digits-lenet", verbose=False)
+    x, y = data.load("digits", "test", sample=40, seed=0)
+    attack = SmoothFool(sigma=5.0, clip_step=0.5, progress_bar=False)
+    fast = attack(model, x, y)
+    run = DeepFool.run
+
+    def fresh(self, *args, memory=None, **kwargs):  # every inner run from scratch
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeepFool, "run", fresh)
+    slow = attack(model, x, y)
+    assert torch.equal(fast.x_adv, slow.x_adv)
+    assert torch.equal(fast.success, slow.success)
+    assert torch.equal(fast.iterations, slow.iterations)
+    assert fast.grad_evals.sum() < 0.7 * slow.grad_evals.sum()
+
+
+def test_deepfool_run_with_a_face_memory():
+    """A second run from the same points, given the first run's memory, returns the same
+    perturbation at no more gradients (its first iteration may differentiate only the nearest
+    faces; here the norms' ages make it fall back to all of them); the memory counts the
+    iterations and keeps the norms by class."""
+    from advsmooth import data, models
+    from advsmooth.attacks.deepfool import FaceMemory
+
+    model = models.load("digits-lenet", verbose=False)
+    x, _ = data.load("digits", "test", sample=16, seed=1)
+    with torch.no_grad():
+        z0 = model(x)
+    df = DeepFool()
+    grads = torch.zeros(16)
+
+    def count(idx, k):
+        grads[idx] += k
+
+    mem = FaceMemory.empty(16, 10)
+    first = df.run(model, x, z0, count_grad=count, memory=mem)
+    assert torch.equal(mem.clock, first.iterations)
+    k0 = z0.argmax(1)
+    assert bool(torch.isinf(mem.norm.gather(1, k0[:, None])).all())  # no face of a class to itself
+    known = torch.isfinite(mem.norm)
+    assert bool((known.sum(1) == 9).all())
+    g_first = grads.clone()
+    grads.zero_()
+    second = df.run(model, x, z0, count_grad=count, memory=mem)
+    assert torch.equal(second.r_tot, first.r_tot)
+    assert bool((grads <= g_first).all())
+    assert torch.equal(mem.clock, 2 * first.iterations)
+    with pytest.raises(IndexError):
+        mem.rows(torch.tensor([16]))

@@ -47,7 +47,7 @@ from .hyperplane import box_solve as _box_solve
 from .hyperplane import holder_direction as _direction
 from .hyperplane import lp_norm as _lp
 
-__all__ = ["DeepFool", "JACOBIAN_METHODS", "BOX_METHODS", "FACE_METHODS"]
+__all__ = ["DeepFool", "FaceMemory", "JACOBIAN_METHODS", "BOX_METHODS", "FACE_METHODS"]
 
 #: how the candidate-face gradients are computed: ``"loop"`` (one backward pass per face through
 #: one retained graph), ``"threads"`` (the same, the chunks of an iteration in parallel threads),
@@ -153,6 +153,41 @@ class _State:
     wnorm: Tensor
     wnorm_at: Tensor
     adv_logits: Tensor
+
+
+@dataclass
+class FaceMemory:
+    """What runs of :meth:`DeepFool.run` learnt about each sample's faces, carried from one run
+    to the next from a nearby point (SmoothFool's outer iterations restart DeepFool from the last
+    iterate). ``norm`` (N, K): the face normal norm ``‖w'_k‖_q`` last computed for class ``k``
+    (∞: never); ``at`` (N, K): the value of ``clock`` then; ``clock`` (N,): the DeepFool
+    iterations run so far. Rows follow the batch given to ``run``; :meth:`rows` / :meth:`put`
+    move a subset in and out.
+
+    With ``faces="nearest"``, a run whose memory knows every candidate face of its samples
+    chooses the faces to differentiate from its first iteration on, with the acceptance test
+    and fallback of a later iteration (DeepFool._faces), instead of differentiating all of them.
+    """
+
+    norm: Tensor
+    at: Tensor
+    clock: Tensor
+
+    @classmethod
+    def empty(cls, n: int, num_classes: int, *, device: torch.device | str | None = None,
+              dtype: torch.dtype = torch.float32) -> FaceMemory:
+        """A memory of ``n`` samples that knows no face yet."""
+        return cls(norm=torch.full((n, num_classes), math.inf, dtype=dtype, device=device),
+                   at=torch.zeros(n, num_classes, dtype=torch.long, device=device),
+                   clock=torch.zeros(n, dtype=torch.long, device=device))
+
+    def rows(self, idx: Tensor) -> FaceMemory:
+        """A copy of the rows ``idx``."""
+        return FaceMemory(self.norm[idx], self.at[idx], self.clock[idx])
+
+    def put(self, idx: Tensor, other: FaceMemory) -> None:
+        """Write ``other`` (from :meth:`rows`, updated by a run) back into the rows ``idx``."""
+        self.norm[idx], self.at[idx], self.clock[idx] = other.norm, other.at, other.clock
 
 
 @dataclass
@@ -365,14 +400,16 @@ class DeepFool(Attack):
     # ------------------------------------------------------------------------------------------
     def run(self, model: nn.Module, x: Tensor, z0: Tensor, *, target: Tensor | None = None,
             count_forward: Counter | None = None, count_grad: Counter | None = None,
-            check_model: nn.Module | None = None) -> DeepFoolRun:
+            check_model: nn.Module | None = None,
+            memory: FaceMemory | None = None) -> DeepFoolRun:
         """DeepFool on every sample of ``x`` (no input checks, no model hygiene: the caller's job).
 
         ``z0`` are the logits at ``x`` (``N×K``, see :func:`as_logits`); the clean label is
         ``argmax z0``. ``count_forward(idx, k)`` / ``count_grad(idx, k)`` receive indices into
         ``x``. ``check_model`` evaluates the stopping checks (default ``model``; e.g. the
-        original of a BN-folded ``model``). Used by :class:`DeepFool` and by SmoothFool's inner
-        loop.
+        original of a BN-folded ``model``). ``memory`` (untargeted runs): the face norms of
+        earlier runs from nearby points, read at the start and updated at the end (see
+        :class:`FaceMemory`). Used by :class:`DeepFool` and by SmoothFool's inner loop.
         """
         n, dev = x.shape[0], x.device
         z0 = as_logits(z0.detach())
@@ -391,6 +428,10 @@ class DeepFool(Attack):
                     wnorm=torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev),
                     wnorm_at=torch.zeros(n, cand.shape[1] - 1, dtype=torch.long, device=dev),
                     adv_logits=torch.zeros_like(z0))
+        faces = cand[:, 1:]  # the classes of the faces, in the order of st.wnorm's columns
+        if memory is not None and target is None:
+            st.wnorm = memory.norm.gather(1, faces).to(x.dtype)
+            st.wnorm_at = memory.at.gather(1, faces) - memory.clock[:, None]  # ≤ 0: earlier runs
         hint, check_hint = LayoutHint(self.channels_last), LayoutHint(self.channels_last)
         checker = model if check_model is None else check_model
         ex = _Exec(forward=lambda xs: check_model_output(hint(model, xs), xs.shape[0]),
@@ -411,6 +452,10 @@ class DeepFool(Attack):
             done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
+        if memory is not None and target is None:
+            memory.norm.scatter_(1, faces, st.wnorm.to(memory.norm.dtype))
+            memory.at.scatter_(1, faces, st.wnorm_at + memory.clock[:, None])
+            memory.clock += st.iters
         # line 12: the overshoot multiplies the total perturbation
         x_adv = x + (1.0 + self.overshoot) * st.r_tot
         if self.clip:
@@ -431,7 +476,8 @@ class DeepFool(Attack):
         """Iteration ``it`` (0-based) of Algorithm 2's loop body on the samples ``idx`` (updates
         ``st`` in place); returns which of them are finished (fooled, or every face normal
         vanished)."""
-        first = it == 0
+        # the first iteration differentiates every face, unless a FaceMemory knows them all
+        first = it == 0 and not bool(torch.isfinite(st.wnorm[idx]).all())
         eta = self.overshoot
         xa, ra = st.x[idx], st.r_tot[idx]
         xo = xa + (1.0 + eta) * ra  # the overshot point (checked by the previous iteration)

@@ -37,7 +37,7 @@ from .._utils import (
 )
 from ..filters import LowPassFilter
 from .base import Attack, AttackContext, AttackOutput
-from .deepfool import DeepFool, as_logits
+from .deepfool import DeepFool, FaceMemory, as_logits
 
 __all__ = ["SmoothFool", "smooth_clip"]
 
@@ -261,6 +261,8 @@ class SmoothFool(Attack):
         failed = torch.zeros(n, dtype=torch.bool, device=dev)
         exhausted = torch.zeros(n, dtype=torch.bool, device=dev)
         act = torch.arange(n, device=dev)
+        # what each inner DeepFool learnt about the faces, for the next one from the new iterate
+        memory = FaceMemory.empty(n, z_cur.shape[1], device=dev, dtype=x.dtype)
         bar = progress(total=self.max_iter, desc="SmoothFool", enabled=self.progress_bar,
                        delay=2.0)
         for _ in range(self.max_iter):
@@ -275,7 +277,10 @@ class SmoothFool(Attack):
                 ctx.count_grad(a[sub], k)
 
             # 1. DeepFool from x_i (candidates from the logits at x_i, already known)
-            run = self.deepfool.run(model, xa, z_cur[act], count_forward=cf, count_grad=cg)
+            mem = memory.rows(act)
+            run = self.deepfool.run(model, xa, z_cur[act], count_forward=cf, count_grad=cg,
+                                    memory=mem)
+            memory.put(act, mem)
             df_iters[act] += run.iterations
             r_p = self.xp_scale * (run.x_adv - xa)
             x_p = xa + r_p
