@@ -26,10 +26,12 @@ CIFAR-10 defences (ε = 8/255, SmoothClip step 0.5): the same recipes around the
 ``cifar10-resnet20``, except PGD-AT (ResNet-20 fine-tuned here with method ``"pgd"``: ε = 8/255,
 α = 2/255, 7 steps), Ens-AT (holdouts ``cifar10-resnet32`` and ``cifar10-resnet44``) and MagNet
 (one autoencoder without pooling as reformer, detectors L1 reconstruction error + Jensen–Shannon
-divergence at T = 10 and 40; denoising noise 0.025). **Data split**: only the 10,000 CIFAR-10
-*test* images are available, so one seeded permutation of them is cut into an evaluation part
-(its first ``n_clean`` images; the first ``n_test`` of them are attacked) and disjoint training
-slices for the defences (:func:`table3_split`).
+divergence at T = 10 and 40; denoising noise 0.025). **Data split** (:func:`table3_split`):
+with ``train_split="train"`` (the default) the defences' disjoint training slices come from one
+seeded permutation of the 50,000 CIFAR-10 training images and the evaluation images (the first
+``n_clean``, of which the first ``n_test`` are attacked) from the test split; ``"test"`` cuts both
+from one permutation of the 10,000 test images (the setting of the runs made before the training
+split was available).
 
 Fooling rate: over the test images the defended model classifies correctly, the fraction whose
 adversarial version it misclassifies; against MagNet an adversarial image counts only when it is
