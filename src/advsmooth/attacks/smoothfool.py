@@ -89,16 +89,21 @@ def smooth_clip(x: Tensor, r: Tensor, filter: LowPassFilter, step: float, *, lo:
     iters = torch.zeros(n, dtype=torch.long, device=x.device)
     fallback = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-    def violating(z: Tensor) -> Tensor:
-        return ((z > hi) | (z < lo)).flatten(1).any(dim=1)
-
-    act = torch.nonzero(violating(x + r_c)).flatten()
-    for _ in range(max_iter):
-        if act.numel() == 0:
-            break
-        xa, ra = x[act], r_c[act]
+    # the active samples' images, perturbations and range masks stay gathered between iterations;
+    # a sample's row is written back to r_c when it leaves (in range, or out of iterations)
+    act = torch.arange(n, device=x.device)
+    xa, ra = x, r_c
+    for it in range(max_iter + 1):
         z = xa + ra
         over, under = z > hi, z < lo
+        bad = (over | under).flatten(1).any(dim=1)
+        if not bool(bad.all()):
+            done = ~bad
+            r_c[act[done]] = ra[done]
+            act, xa, ra, z = act[bad], xa[bad], ra[bad], z[bad]
+            over, under = over[bad], under[bad]
+        if act.numel() == 0 or it == max_iter:
+            break
         masks = filter(torch.cat([over, under]).to(r_c.dtype))
         m1, m0 = masks[: act.numel()], masks[act.numel():]
         if normalize_mask:
@@ -113,13 +118,10 @@ def smooth_clip(x: Tensor, r: Tensor, filter: LowPassFilter, step: float, *, lo:
         a0 = torch.where(any0, (lo - z).flatten(1).amax(dim=1).clamp_min(min_step),
                          torch.zeros_like(any0, dtype=r_c.dtype))
         ra = ra - step * _view(a1, m1) * m1 + step * _view(a0, m0) * m0
-        r_c[act] = ra
         iters[act] += 1
-        act = act[violating(xa + ra)]
-    if act.numel() and final_clamp:
-        xa = x[act]
-        r_c[act] = (xa + r_c[act]).clamp(lo, hi) - xa
-        fallback[act] = True
+    if act.numel():
+        r_c[act] = (xa + ra).clamp(lo, hi) - xa if final_clamp else ra
+        fallback[act] = final_clamp
     return r_c, iters, fallback
 
 
