@@ -251,6 +251,12 @@ def test_train_recipe_fills_defaults_and_rejects_what_the_trainer_cannot_take():
     for recipe, match in bad:
         with pytest.raises(ValueError, match=match):
             train_recipe(recipe)
+    # valid noise settings of other shapes pass (CNI-W on convolutions only; element-wise
+    # activation noise sized by input_shape)
+    for noise in ({"kind": "cni", "layers": "conv"},
+                  {"where": "activations", "granularity": "elementwise",
+                   "input_shape": [3, 32, 32]}):
+        assert train_recipe({"noise": noise})["noise"] == noise
     with pytest.raises(ValueError, match="train must be a table"):
         SmoothingSettings(model="m", train=[1, 2])
 

@@ -252,7 +252,7 @@ def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
     used as it is). ``noise`` is a table of :func:`advsmooth.defenses.inject_noise` keywords
     (``None``: no noise layers, e.g. for ``method = "noise_adv"``). ``ValueError`` for a wrong
     type, an unknown method, a keyword the method or ``inject_noise`` does not take, or a bad
-    value (both are tried on a one-layer model)."""
+    value (both are tried: the noise on a convolution + linear probe of ``noise.input_shape``)."""
     if train is None:
         return None
     if not isinstance(train, Mapping):
@@ -267,11 +267,18 @@ def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
                          f"{r['noise']!r}")
     try:
         if r["noise"] is not None:
-            inject_noise(nn.Sequential(nn.Linear(2, 2)), **r["noise"])
+            inject_noise(_probe(r["noise"].get("input_shape")), **r["noise"])
         get_method(r["method"], **_method_kwargs(r))
-    except TypeError as exc:  # a keyword the method or inject_noise does not take
+    except (TypeError, RuntimeError) as exc:  # a keyword they do not take, a shape that fails
         raise ValueError(f"train: {exc}") from None
     return {k: dict(v) if isinstance(v, Mapping) else v for k, v in r.items()}
+
+
+def _probe(shape: Sequence[int] | None) -> nn.Module:
+    """A convolution and a linear layer for inputs of ``shape`` ``(C, H, W)`` (default 1×4×4):
+    the model a recipe's noise settings are tried on."""
+    c, h, w = (int(v) for v in (shape if shape is not None else (1, 4, 4)))
+    return nn.Sequential(nn.Conv2d(c, 2, 1), nn.Flatten(), nn.Linear(2 * h * w, 2))
 
 
 def _noisy_copy(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> nn.Module:
