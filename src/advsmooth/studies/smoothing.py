@@ -25,25 +25,30 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_int_at_least, check_nonnegative, check_positive
+from .._utils import check_choice, check_int_at_least, check_nonnegative
 from ..attacks import PGD, ExpectationGradient, NAttack, SmoothAdvGradient
-from ..defenses import get_method, inject_noise, noise_parameters
-from ..defenses import train as fit
+from ..defenses import noise_parameters
 from ..defenses.smoothing import VOTES, SmoothedClassifier, votes_from_logits
 from ..experiments.artefacts import Step, StepOutput, register_step
 from ._settings import load_module_tensors, module_tensors
-from .training import sample_split
+from .training import (
+    TRAIN_DEFAULTS,
+    _method_kwargs,
+    _noisy_copy,
+    sample_split,
+    train_base,
+    train_recipe,
+)
 
 __all__ = [
     "ATTACKS",
@@ -56,7 +61,7 @@ __all__ = [
     "SmoothingSettings",
     "plan",
     "MAIN_COLUMNS",
-    "TRAIN_DEFAULTS",
+    "TRAIN_DEFAULTS",  # the recipe helpers live in studies/training.py (shared with the PNI study)
     "train_recipe",
     "train_base",
 ]
@@ -230,75 +235,6 @@ def budget_study(model: nn.Module, x: Tensor, y: Tensor, *, budgets: Sequence[in
 # a noise-trained base model (the smoothed-inference paper trains its bases with noise injection
 # and adversarial training before smoothing them)
 # ----------------------------------------------------------------------------------------------
-
-#: the trainer's settings of a ``train`` recipe and their defaults: PNI-W (channel-wise learned
-#: weight noise in every convolution and linear layer) trained with method ``"pni"``; ``seed``
-#: seeds the training subset, the noise layers and the training (its own, not the study's, so
-#: that studies of one spec share the trained base); every other key of the recipe is a keyword
-#: of the training method (``eps``, ``alpha``, ``steps``, ``w``, ...)
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "method": "pni",
-    "noise": {"where": "weights", "kind": "pni", "granularity": "channelwise"},
-    "n_train": 10000, "epochs": 1, "lr": 1e-4, "batch_size": 100, "seed": 0,
-}
-
-
-def _method_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in recipe.items() if k not in TRAIN_DEFAULTS}
-
-
-def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``train`` with :data:`TRAIN_DEFAULTS` filled in (``None`` stays ``None``: the model is
-    used as it is). ``noise`` is a table of :func:`advsmooth.defenses.inject_noise` keywords
-    (``None``: no noise layers, e.g. for ``method = "noise_adv"``). ``ValueError`` for a wrong
-    type, an unknown method, a keyword the method or ``inject_noise`` does not take, or a bad
-    value (both are tried: the noise on a convolution + linear probe of ``noise.input_shape``)."""
-    if train is None:
-        return None
-    if not isinstance(train, Mapping):
-        raise ValueError(f"train must be a table of training settings, got {train!r}")
-    r = {**TRAIN_DEFAULTS, **train}
-    for k in ("n_train", "epochs", "batch_size"):
-        check_int_at_least(f"train.{k}", r[k], 1)
-    check_int_at_least("train.seed", r["seed"], 0)
-    check_positive("train.lr", r["lr"])
-    if r["noise"] is not None and not isinstance(r["noise"], Mapping):
-        raise ValueError(f"train.noise must be a table of inject_noise settings or absent, got "
-                         f"{r['noise']!r}")
-    try:
-        if r["noise"] is not None:
-            inject_noise(_probe(r["noise"].get("input_shape")), **r["noise"])
-        get_method(r["method"], **_method_kwargs(r))
-    except (TypeError, RuntimeError) as exc:  # a keyword they do not take, a shape that fails
-        raise ValueError(f"train: {exc}") from None
-    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in r.items()}
-
-
-def _probe(shape: Sequence[int] | None) -> nn.Module:
-    """A convolution and a linear layer for inputs of ``shape`` ``(C, H, W)`` (default 1×4×4):
-    the model a recipe's noise settings are tried on."""
-    c, h, w = (int(v) for v in (shape if shape is not None else (1, 4, 4)))
-    return nn.Sequential(nn.Conv2d(c, 2, 1), nn.Flatten(), nn.Linear(2 * h * w, 2))
-
-
-def _noisy_copy(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> nn.Module:
-    """A copy of ``model`` with the recipe's noise layers (generators seeded with ``seed``)."""
-    if recipe["noise"] is None:
-        return copy.deepcopy(model)
-    return inject_noise(model, **recipe["noise"], seed=seed)
-
-
-def train_base(model: nn.Module, x: Tensor, y: Tensor, recipe: Mapping[str, Any]) -> nn.Module:
-    """A copy of ``model`` with the ``recipe``'s noise layers (:func:`train_recipe`), trained on
-    ``(x, y)`` (pixels ``N×C×H×W`` in ``[0, 1]``, labels ``N``) with its method for its epochs
-    (Adam, the recipe's seed); returned in eval mode, ``model`` untouched."""
-    r = train_recipe(recipe)
-    assert r is not None
-    m = _noisy_copy(model, r, r["seed"])
-    return fit(m, (x, y), method=r["method"], epochs=r["epochs"], lr=r["lr"],
-               batch_size=r["batch_size"], seed=r["seed"], show_progress=False,
-               **_method_kwargs(r))
-
 
 # ----------------------------------------------------------------------------------------------
 # the whole study: settings, parts and steps

@@ -32,8 +32,10 @@ Example (a tiny run without a store)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,8 @@ from .._utils import check_choice, check_int_at_least, check_nonnegative, check_
 from ..experiments.artefacts import Step, StepOutput, register_step
 from ._settings import from_params, load_module_tensors, module_tensors, step_settings
 
-__all__ = ["FinetuneSettings", "PNISettings", "finetune_plan", "pni_plan", "magnified_example",
+__all__ = ["TRAIN_DEFAULTS", "train_recipe", "train_base",
+           "FinetuneSettings", "PNISettings", "finetune_plan", "pni_plan", "magnified_example",
            "accuracy", "sample_split"]
 
 
@@ -306,6 +309,86 @@ def _ft_example(s: dict[str, Any], ctx: Any) -> StepOutput:
 
 
 # ----------------------------------------------------------------------------------------------
+# a model with noise layers trained by a recipe (the PNI study's and the smoothing study's base)
+# ----------------------------------------------------------------------------------------------
+
+def _defenses() -> Any:
+    from .. import defenses
+
+    return defenses
+
+
+#: the trainer's settings of a ``train`` recipe and their defaults: PNI-W (channel-wise learned
+#: weight noise in every convolution and linear layer) trained with method ``"pni"``; ``seed``
+#: seeds the training subset, the noise layers and the training (its own, not the study's, so
+#: that studies of one spec share the trained base); every other key of the recipe is a keyword
+#: of the training method (``eps``, ``alpha``, ``steps``, ``w``, ...)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "method": "pni",
+    "noise": {"where": "weights", "kind": "pni", "granularity": "channelwise"},
+    "n_train": 10000, "epochs": 1, "lr": 1e-4, "batch_size": 100, "seed": 0,
+}
+
+
+def _method_kwargs(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if k not in TRAIN_DEFAULTS}
+
+
+def train_recipe(train: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``train`` with :data:`TRAIN_DEFAULTS` filled in (``None`` stays ``None``: the model is
+    used as it is). ``noise`` is a table of :func:`advsmooth.defenses.inject_noise` keywords
+    (``None``: no noise layers, e.g. for ``method = "noise_adv"``). ``ValueError`` for a wrong
+    type, an unknown method, a keyword the method or ``inject_noise`` does not take, or a bad
+    value (both are tried: the noise on a convolution + linear probe of ``noise.input_shape``)."""
+    if train is None:
+        return None
+    if not isinstance(train, Mapping):
+        raise ValueError(f"train must be a table of training settings, got {train!r}")
+    r = {**TRAIN_DEFAULTS, **train}
+    for k in ("n_train", "epochs", "batch_size"):
+        check_int_at_least(f"train.{k}", r[k], 1)
+    check_int_at_least("train.seed", r["seed"], 0)
+    check_positive("train.lr", r["lr"])
+    if r["noise"] is not None and not isinstance(r["noise"], Mapping):
+        raise ValueError(f"train.noise must be a table of inject_noise settings or absent, got "
+                         f"{r['noise']!r}")
+    try:
+        if r["noise"] is not None:
+            with torch.random.fork_rng(devices=[]):  # the probe's init leaves the global RNG be
+                _defenses().inject_noise(_probe(r["noise"].get("input_shape")), **r["noise"])
+        _defenses().get_method(r["method"], **_method_kwargs(r))
+    except (TypeError, RuntimeError) as exc:  # a keyword they do not take, a shape that fails
+        raise ValueError(f"train: {exc}") from None
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in r.items()}
+
+
+def _probe(shape: Sequence[int] | None) -> nn.Module:
+    """A convolution and a linear layer for inputs of ``shape`` ``(C, H, W)`` (default 1×4×4):
+    the model a recipe's noise settings are tried on."""
+    c, h, w = (int(v) for v in (shape if shape is not None else (1, 4, 4)))
+    return nn.Sequential(nn.Conv2d(c, 2, 1), nn.Flatten(), nn.Linear(2 * h * w, 2))
+
+
+def _noisy_copy(model: nn.Module, recipe: Mapping[str, Any], seed: int) -> nn.Module:
+    """A copy of ``model`` with the recipe's noise layers (generators seeded with ``seed``)."""
+    if recipe["noise"] is None:
+        return copy.deepcopy(model)
+    return _defenses().inject_noise(model, **recipe["noise"], seed=seed)
+
+
+def train_base(model: nn.Module, x: Tensor, y: Tensor, recipe: Mapping[str, Any]) -> nn.Module:
+    """A copy of ``model`` with the ``recipe``'s noise layers (:func:`train_recipe`), trained on
+    ``(x, y)`` (pixels ``N×C×H×W`` in ``[0, 1]``, labels ``N``) with its method for its epochs
+    (Adam, the recipe's seed); returned in eval mode, ``model`` untouched."""
+    r = train_recipe(recipe)
+    assert r is not None
+    m = _noisy_copy(model, r, r["seed"])
+    return _defenses().train(m, (x, y), method=r["method"], epochs=r["epochs"], lr=r["lr"],
+               batch_size=r["batch_size"], seed=r["seed"], show_progress=False,
+               **_method_kwargs(r))
+
+
+# ----------------------------------------------------------------------------------------------
 # PNI LeNet + smoothed inference under PGD / EPGD
 # ----------------------------------------------------------------------------------------------
 
@@ -361,24 +444,25 @@ def pni_plan(params: dict[str, Any], seed: int = 0) -> list[Step]:
             for m in MODEL_NAMES]
 
 
-def _pni_model(s: dict[str, Any]) -> nn.Module:
-    from .. import defenses
+def _pni_recipe(s: dict[str, Any]) -> dict[str, Any]:
+    """The PNI LeNet's training recipe (:func:`train_recipe`): PNI-W, method ``"pni"``."""
+    r = train_recipe({"method": "pni", "n_train": s["n_train"], "epochs": s["epochs"],
+                      "lr": s["lr"], "batch_size": 100, "seed": s["seed"], "eps": s["eps"],
+                      "alpha": s["eps"] / 4, "steps": s["steps"]})
+    assert r is not None
+    return r
 
-    return defenses.inject_noise(_load("mnist-lenet-pgd", s["models_dir"]), where="weights",
-                                 kind="pni", granularity="channelwise", seed=s["seed"])
+
+def _pni_model(s: dict[str, Any]) -> nn.Module:
+    return _noisy_copy(_load("mnist-lenet-pgd", s["models_dir"]), _pni_recipe(s), s["seed"])
 
 
 @register_step("pni.train")
 def _pni_train(s: dict[str, Any], ctx: Any) -> StepOutput:
     """The PNI LeNet trained with PNI-PGD: its weights and the learned mean |α| per layer."""
-    from .. import defenses
-
     x_tr, y_tr = sample_split("mnist", "train", s["n_train"], s["seed"], ctx.data_root)
-    pni = _pni_model(s)
-    defenses.train(pni, (x_tr, y_tr), method="pni", eps=s["eps"], alpha=s["eps"] / 4,
-                   steps=s["steps"], epochs=s["epochs"], lr=s["lr"], batch_size=100,
-                   seed=s["seed"], show_progress=False)
-    alphas = [float(p.detach().abs().mean()) for p in defenses.noise_parameters(pni)]
+    pni = train_base(_load("mnist-lenet-pgd", s["models_dir"]), x_tr, y_tr, _pni_recipe(s))
+    alphas = [float(p.detach().abs().mean()) for p in _defenses().noise_parameters(pni)]
     return StepOutput(tensors=module_tensors(pni), info={"mean_abs_alpha": alphas})
 
 
