@@ -270,7 +270,7 @@ def test_shared_model_reaches_readme_accuracy(name, dataset, expected):
 
 def test_digits_lenet_accuracy_cached_and_reused(digits_env, capsys):
     model = models.load("digits-lenet")
-    path = models.digits_model_path("digits-lenet")
+    path = models.trained_model_path("digits-lenet")
     meta_path = path.with_name(path.name + ".json")
     assert path.parent.parent == digits_env
     meta = json.loads(meta_path.read_text())
@@ -293,10 +293,57 @@ def test_digits_lenet_accuracy_cached_and_reused(digits_env, capsys):
     assert row["cached"] is True and row["accuracy"] == meta["test_accuracy"]
 
 
+def test_first_use_training_reads_its_own_dataset(tmp_path, monkeypatch):
+    """The CIFAR-10 zoo models train on CIFAR-10's train split (here a patched 64-image stand-in,
+    so the test needs no data), are cached with their recipe, reused, and listed as available
+    only where that split is found."""
+    import dataclasses
+
+    from advsmooth.models import registry
+
+    monkeypatch.setenv("ADVSMOOTH_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    fake = {"train": (torch.rand(64, 3, 32, 32, generator=g), torch.arange(64) % 10),
+            "test": (torch.rand(32, 3, 32, 32, generator=g), torch.arange(32) % 10)}
+    asked = []
+
+    def load(name, split="test", **kw):
+        asked.append((name, split))
+        return fake[split]
+
+    monkeypatch.setattr(data, "load", load)
+    spec = dataclasses.replace(registry.ZOO["cifar10-vgg"], name="cifar10-vgg-test",
+                               recipe={**registry.ZOO["cifar10-vgg"].recipe, "epochs": 1})
+    monkeypatch.setitem(registry.ZOO, spec.name, spec)
+    model = models.load(spec.name, verbose=False)
+    assert asked == [("cifar10", "train"), ("cifar10", "test")]
+    path = models.trained_model_path(spec.name)
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert meta["data"] == "cifar10" and meta["n_train"] == 64 and meta["n_test"] == 32
+    assert meta["recipe"]["optimizer"] == "sgd" and meta["recipe"]["weight_decay"] == 5e-4
+    assert isinstance(model, models.Normalized) and not model.training
+    again = models.load(spec.name, verbose=False)  # cached: no second training
+    assert len(asked) == 2
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values()))
+    # a changed recipe is a different model: retrained, never the stale cache
+    monkeypatch.setitem(registry.ZOO, spec.name, dataclasses.replace(
+        spec, recipe={**spec.recipe, "lr": 0.01}))
+    models.load(spec.name, verbose=False)
+    assert len(asked) == 4
+    with pytest.raises(ValueError, match="not trained on first use"):
+        models.trained_model_path("cifar10-resnet20")
+    # listed as trainable only where the train split is found
+    monkeypatch.setattr(registry, "_trainable_here", lambda name: False)
+    rows = {r["name"]: r for r in models.available(models_dir=tmp_path)}
+    assert rows["cifar10-wrn16-2"]["available"] is False
+    assert rows[spec.name]["available"] is True and rows[spec.name]["cached"] is True
+
+
 def test_digits_cache_corruption_triggers_retrain(digits_env, tmp_path, monkeypatch):
     # a tampered metadata file (sha mismatch) is not trusted
     models.load("digits-lenet")
-    path = models.digits_model_path("digits-lenet")
+    path = models.trained_model_path("digits-lenet")
     meta_path = path.with_name(path.name + ".json")
     from advsmooth.models.registry import _read_meta
 
@@ -308,7 +355,7 @@ def test_digits_cache_corruption_triggers_retrain(digits_env, tmp_path, monkeypa
     meta["sha256"] = "0" * 64
     (fake / "models" / meta_path.name).write_text(json.dumps(meta))
     monkeypatch.setenv("ADVSMOOTH_CACHE", str(fake))
-    assert _read_meta(models.digits_model_path("digits-lenet")) is None
+    assert _read_meta(models.trained_model_path("digits-lenet")) is None
 
 
 @pytest.mark.slow

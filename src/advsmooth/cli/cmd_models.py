@@ -12,8 +12,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return add_listing(
         subparsers, "models", _main, add_models_dir,
         help="list the model zoo (architecture, dataset, input, available here?)",
-        description="List named models. cifar10-*/mnist-* need their checkpoint files "
-                    "(--models-dir); digits-* are trained on first use and cached. "
+        description="List named models. cifar10-resnet*/mnist-* need their checkpoint files "
+                    "(--models-dir); digits-*, cifar10-vgg and cifar10-wrn16-2 are trained on "
+                    "first use from their dataset's train split and cached. "
                     "torchvision:NAME and timm:NAME are accepted wherever a model name is.")
 
 
@@ -21,7 +22,8 @@ def _row(r: dict[str, Any]) -> list[Any]:
     if r["source"] == "shared":
         avail = "yes" if r["available"] else "no (checkpoint missing)"
     else:
-        avail = "yes (cached)" if r["cached"] else "yes (trains on first use)"
+        avail = ("yes (cached)" if r["cached"] else "yes (trains on first use)"
+                 if r["available"] else "no (train split missing)")
     acc = f"{r['accuracy']:.2f}" if r["accuracy"] is not None else "-"
     shape = "x".join(str(v) for v in r["in_shape"])
     return [r["name"], r["arch"], r["dataset"], shape, acc, avail]

@@ -7,7 +7,11 @@ convenience, ``../shared/models`` relative to the current working directory.
 
 ``digits-*`` models are trained on the embedded digits train split the first time they are
 asked for (seeded, deterministic, seconds on a CPU) and cached in
-``advsmooth._utils.cache_dir() / "models"`` with a metadata JSON; later loads reuse the cache.
+``advsmooth._utils.cache_dir() / "models"`` with a metadata JSON (recipe, test accuracy, training
+time, the weights' sha256, checked before every reuse); later loads reuse the cache.
+``cifar10-vgg`` and ``cifar10-wrn16-2`` are trained the same way on the CIFAR-10 training split
+(``../shared/data``): architectures of other families than the shared ResNets, for transfer
+studies; their first use takes most of an hour on one CPU core.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
 __all__ = ["ModelSpec", "ZOO", "load", "available", "spec", "models_dirs", "save_model",
-           "digits_model_path"]
+           "trained_model_path"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class ModelSpec:
     dataset: str
     in_shape: tuple[int, int, int]
     num_classes: int
-    source: str  # "shared" (checkpoint file) or "digits" (trained on first use)
+    source: str  # "shared" (checkpoint file) or "trained" (on first use, from dataset's train split)
     file: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -71,8 +75,8 @@ ZOO["mnist-mlp"] = ModelSpec(
     "mnist-mlp", "mlp", "mnist", (1, 28, 28), 10, "shared", "mnist_mlp300_100.pt",
     kwargs={"hidden": (300, 100)}, accuracy=98.17, description="advertorch MLP 784-300-100-10")
 
-#: bump when a digits recipe changes: cached models of another version are retrained
-DIGITS_RECIPE_VERSION = 1
+#: bump when the first-use training changes: cached models of another version are retrained
+RECIPE_VERSION = 1
 _DIGITS_RECIPES = {
     "digits-fc": ("mlp", {"hidden": (300, 100)},
                   {"epochs": 20, "lr": 1e-3, "batch_size": 32, "optimizer": "adam", "seed": 0,
@@ -86,8 +90,26 @@ _DIGITS_RECIPES = {
 }
 for _name, (_arch, _kw, _recipe) in _DIGITS_RECIPES.items():
     ZOO[_name] = ModelSpec(
-        _name, _arch, "digits", (1, 28, 28), 10, "digits", kwargs=_kw, recipe=_recipe,
+        _name, _arch, "digits", (1, 28, 28), 10, "trained", kwargs=_kw, recipe=_recipe,
         description=f"{_arch} trained on the embedded digits train split on first use "
+                    f"({_recipe['epochs']} epochs, seed {_recipe['seed']}), cached")
+# CIFAR-10 models of two other families, trained on the 50,000-image training split (no
+# augmentation; SGD with momentum, cosine schedule): budgets that fit one CPU core in under an
+# hour each (measured in docs/models.md)
+_CIFAR_RECIPES = {
+    "cifar10-vgg": ("vgg-small", {},
+                    {"epochs": 10, "lr": 0.05, "batch_size": 128, "optimizer": "sgd",
+                     "momentum": 0.9, "weight_decay": 5e-4, "seed": 0, "schedule": "cosine"}),
+    "cifar10-wrn16-2": ("wrn-16-2", {},
+                        {"epochs": 4, "lr": 0.05, "batch_size": 128, "optimizer": "sgd",
+                         "momentum": 0.9, "weight_decay": 5e-4, "seed": 0,
+                         "schedule": "cosine"}),
+}
+for _name, (_arch, _kw, _recipe) in _CIFAR_RECIPES.items():
+    ZOO[_name] = ModelSpec(
+        _name, _arch, "cifar10", (3, 32, 32), 10, "trained", mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, kwargs=_kw, recipe=_recipe,
+        description=f"{_arch} trained on the CIFAR-10 training split on first use "
                     f"({_recipe['epochs']} epochs, seed {_recipe['seed']}), cached")
 
 
@@ -120,13 +142,15 @@ def _build(s: ModelSpec) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------------------
-# digits models: trained on first use, cached
+# models trained on first use (digits, CIFAR-10), cached
 # ----------------------------------------------------------------------------------------------
 
-def digits_model_path(name: str) -> Path:
-    """Cache path of the weights of a digits model (its metadata is the same path + ``.json``)."""
-    spec(name)
-    return cache_dir() / "models" / f"{name}-v{DIGITS_RECIPE_VERSION}.pt"
+def trained_model_path(name: str) -> Path:
+    """Cache path of the weights of a model trained on first use (its metadata is the same path
+    + ``.json``)."""
+    if spec(name).source != "trained":
+        raise ValueError(f"{name} is not trained on first use (its weights come from a file)")
+    return cache_dir() / "models" / f"{name}-v{RECIPE_VERSION}.pt"
 
 
 def _file_lock(path: Path) -> Any:
@@ -152,31 +176,32 @@ def _read_meta(pt: Path, recipe: dict[str, Any] | None = None) -> dict[str, Any]
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("recipe_version") != DIGITS_RECIPE_VERSION or meta.get("sha256") != file_sha256(pt):
+    if meta.get("recipe_version") != RECIPE_VERSION or meta.get("sha256") != file_sha256(pt):
         return None
     if recipe is not None and meta.get("recipe") != json.loads(json.dumps(dict(recipe))):
         return None
     return meta
 
 
-def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
+def _train_first_use(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
     from .. import data as data_mod
     from .training import evaluate, train
 
     recipe = dict(s.recipe)
     seed = recipe["seed"]
-    train_xy = data_mod.load("digits", split="train")
-    test_xy = data_mod.load("digits", split="test")
+    train_xy = data_mod.load(s.dataset, split="train")
+    test_xy = data_mod.load(s.dataset, split="test")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _build(s)
     t0 = time.perf_counter()
     if verbose:
-        print(f"advsmooth: training {s.name} on the digits train split "
+        print(f"advsmooth: training {s.name} on the {s.dataset} train split "
               f"({len(train_xy[1])} images, {recipe['epochs']} epochs; first use only)...",
               file=sys.stderr, flush=True)
     train(model, train_xy, epochs=recipe["epochs"], lr=recipe["lr"],
           batch_size=recipe["batch_size"], optimizer=recipe["optimizer"], seed=seed,
+          momentum=recipe.get("momentum", 0.9), weight_decay=recipe.get("weight_decay", 0.0),
           schedule=recipe.get("schedule"), show_progress=verbose)
     seconds = time.perf_counter() - t0
     acc = evaluate(model, test_xy)
@@ -184,28 +209,28 @@ def _train_digits(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
     save_model(model, pt, arch=s.arch, in_shape=s.in_shape, num_classes=s.num_classes,
                mean=s.mean, std=s.std, name=s.name,
                kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in s.kwargs.items()},
-               data="digits", train_split="train", n_train=len(train_xy[1]),
+               data=s.dataset, train_split="train", n_train=len(train_xy[1]),
                n_test=len(test_xy[1]), test_accuracy=round(100.0 * acc, 3), seed=seed,
-               recipe=recipe, recipe_version=DIGITS_RECIPE_VERSION,
+               recipe=recipe, recipe_version=RECIPE_VERSION,
                train_seconds=round(seconds, 2), torch=torch.__version__,
                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta = json.loads(pt.with_name(pt.name + ".json").read_text())
     if verbose:
         print(f"advsmooth: {s.name}: test accuracy {meta['test_accuracy']:.2f} % on "
-              f"{meta['n_test']} digits ({seconds:.1f} s); cached at {pt}",
+              f"{meta['n_test']} {s.dataset} test images ({seconds:.1f} s); cached at {pt}",
               file=sys.stderr, flush=True)
     return meta
 
 
-def _load_digits(s: ModelSpec, *, retrain: bool, verbose: bool) -> tuple[nn.Module, dict]:
-    pt = digits_model_path(s.name)
+def _load_trained(s: ModelSpec, *, retrain: bool, verbose: bool) -> tuple[nn.Module, dict]:
+    pt = trained_model_path(s.name)
     meta = None if retrain else _read_meta(pt, s.recipe)
     if meta is None:
         with _file_lock(pt.with_name(pt.name + ".lock")):
             # another process may have trained it meanwhile
             meta = None if retrain else _read_meta(pt, s.recipe)
             if meta is None:
-                meta = _train_digits(s, pt, verbose)
+                meta = _train_first_use(s, pt, verbose)
     model = _build(s)
     load_checkpoint(model, pt)
     return model, meta
@@ -325,8 +350,9 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
 
     ``name`` is a zoo name (see :func:`available`): ``cifar10-resnet20/32/44/56``,
     ``mnist-lenet``, ``mnist-lenet-pgd``, ``mnist-mlp`` (checkpoints in ``models_dir``),
-    ``digits-fc``, ``digits-lenet``, ``digits-resnet20`` (trained on first use, cached;
-    ``retrain=True`` forces training); ``torchvision:NAME`` / ``timm:NAME`` (optional extras;
+    ``digits-fc``, ``digits-lenet``, ``digits-resnet20``, ``cifar10-vgg``, ``cifar10-wrn16-2``
+    (trained on first use from their dataset's train split, cached; ``retrain=True`` forces
+    training); ``torchvision:NAME`` / ``timm:NAME`` (optional extras;
     pretrained weights only from the local cache unless ``allow_download=True``, or from
     ``checkpoint=``); or the path of a model saved with :func:`save_model` (``advsmooth train``).
     ``checkpoint=`` loads user weights (``weights_only=True``) into a zoo architecture.
@@ -352,14 +378,22 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
             assert s.file is not None
             model = load_checkpoint(_build(s), _find_checkpoint(s.file, models_dir))
         else:
-            model, _ = _load_digits(s, retrain=retrain, verbose=verbose)
+            model, _ = _load_trained(s, retrain=retrain, verbose=verbose)
     return model.to(device).eval()
+
+
+def _trainable_here(dataset: str) -> bool:
+    """Whether ``dataset``'s train split is found here (a model trained on first use needs it)."""
+    from .. import data as data_mod
+
+    return any(d["name"] == dataset and d["available"].get("train")
+               for d in data_mod.available())
 
 
 def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """One dict per zoo model: name, arch, dataset, in_shape, num_classes, source, accuracy,
     description, ``available`` (weights present here, or trainable on first use) and
-    ``cached`` (digits models: already trained and cached)."""
+    ``cached`` (models trained on first use: already trained and cached)."""
     rows = []
     for s in ZOO.values():
         row = {k: v for k, v in asdict(s).items() if k not in ("kwargs", "recipe", "mean", "std")}
@@ -375,10 +409,10 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str
                 row["available"] = False
             row["cached"] = None
         else:
-            meta = _read_meta(digits_model_path(s.name), s.recipe)
-            row["available"] = True
+            meta = _read_meta(trained_model_path(s.name), s.recipe)
+            row["available"] = meta is not None or _trainable_here(s.dataset)
             row["cached"] = meta is not None
-            row["path"] = str(digits_model_path(s.name)) if meta is not None else None
+            row["path"] = str(trained_model_path(s.name)) if meta is not None else None
             if meta is not None:
                 row["accuracy"] = meta["test_accuracy"]
         rows.append(row)
