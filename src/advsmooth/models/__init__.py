@@ -14,11 +14,11 @@ from .registry import (
     ZOO,
     ModelSpec,
     available,
-    trained_model_path,
     load,
     models_dirs,
     save_model,
     spec,
+    trained_model_path,
 )
 from .zoo import (
     ARCHITECTURES,

@@ -46,7 +46,7 @@ class ModelSpec:
     dataset: str
     in_shape: tuple[int, int, int]
     num_classes: int
-    source: str  # "shared" (checkpoint file) or "trained" (on first use, from dataset's train split)
+    source: str  # "shared" (a checkpoint file) or "trained" (on first use, train split)
     file: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
