@@ -11,7 +11,7 @@ asked for (seeded, deterministic, seconds on a CPU) and cached in
 time, the weights' sha256, checked before every reuse); later loads reuse the cache.
 ``cifar10-vgg`` and ``cifar10-wrn16-2`` are trained the same way on the CIFAR-10 training split
 (``../shared/data``): architectures of other families than the shared ResNets, for transfer
-studies; their first use takes most of an hour on one CPU core.
+studies; their first use trains each in about half an hour on one CPU core.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ for _name, (_arch, _kw, _recipe) in _DIGITS_RECIPES.items():
         description=f"{_arch} trained on the embedded digits train split on first use "
                     f"({_recipe['epochs']} epochs, seed {_recipe['seed']}), cached")
 # CIFAR-10 models of two other families, trained on the 50,000-image training split (no
-# augmentation; SGD with momentum, cosine schedule): budgets that fit one CPU core in under an
-# hour each (measured in docs/models.md)
+# augmentation; SGD with momentum, cosine schedule): budgets of about half an hour each on one
+# CPU core (measured in docs/models.md)
 _CIFAR_RECIPES = {
     "cifar10-vgg": ("vgg-small", {},
                     {"epochs": 10, "lr": 0.05, "batch_size": 128, "optimizer": "sgd",
