@@ -55,6 +55,13 @@ def test_models_lists_zoo(capsys, tmp_path, monkeypatch):
     assert "digits-lenet" in out and "trains on first use" in out
     assert main(["models", "--json"]) == 0
     assert any(r["name"] == "mnist-mlp" for r in json.loads(capsys.readouterr().out))
+    # models trained on first use from a dataset whose train split is not found here
+    from advsmooth.models import registry
+
+    monkeypatch.setattr(registry, "_trainable_here", lambda name: False)
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cifar10-vgg"))
+    assert "no (train split missing)" in row
 
 
 @pytest.mark.parametrize("argv,needle", [
