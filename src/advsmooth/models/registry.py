@@ -201,8 +201,8 @@ def _train_first_use(s: ModelSpec, pt: Path, verbose: bool) -> dict[str, Any]:
               file=sys.stderr, flush=True)
     train(model, train_xy, epochs=recipe["epochs"], lr=recipe["lr"],
           batch_size=recipe["batch_size"], optimizer=recipe["optimizer"], seed=seed,
-          momentum=recipe.get("momentum", 0.9), weight_decay=recipe.get("weight_decay", 0.0),
-          schedule=recipe.get("schedule"), show_progress=verbose)
+          schedule=recipe.get("schedule"), show_progress=verbose,
+          **{k: recipe[k] for k in ("momentum", "weight_decay") if k in recipe})
     seconds = time.perf_counter() - t0
     acc = evaluate(model, test_xy)
     # the weights and the metadata that validates them (sha256), as save_model writes any model
@@ -395,6 +395,7 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str
     description, ``available`` (weights present here, or trainable on first use) and
     ``cached`` (models trained on first use: already trained and cached)."""
     rows = []
+    trainable: dict[str, bool] = {}  # dataset -> train split found here (probed once per dataset)
     for s in ZOO.values():
         row = {k: v for k, v in asdict(s).items() if k not in ("kwargs", "recipe", "mean", "std")}
         row["normalization"] = ({"mean": list(s.mean), "std": list(s.std)}
@@ -410,7 +411,9 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict[str
             row["cached"] = None
         else:
             meta = _read_meta(trained_model_path(s.name), s.recipe)
-            row["available"] = meta is not None or _trainable_here(s.dataset)
+            if meta is None and s.dataset not in trainable:
+                trainable[s.dataset] = _trainable_here(s.dataset)
+            row["available"] = meta is not None or trainable[s.dataset]
             row["cached"] = meta is not None
             row["path"] = str(trained_model_path(s.name)) if meta is not None else None
             if meta is not None:
