@@ -415,7 +415,7 @@ def test_one_channel_conv_model_runs_on_a_channels_last_copy():
     x = _x(8, (1, 6, 6), seed=12)
     fast = fold_batchnorm(model, x[:2], channels_last=True)
     assert fast is not model
-    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.get_submodule("0").weight.is_contiguous(memory_format=torch.channels_last)
     a = DeepFool()(model, x)
     b = DeepFool(fold_batchnorm=False)(model, x)
     assert a.success.all() and torch.allclose(a.x_adv, b.x_adv, atol=1e-8)

@@ -3,6 +3,8 @@ computes."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -83,3 +85,59 @@ def test_layout_hint_falls_back_for_a_model_that_rejects_channels_last():
     assert hint.mode is False and hint(Viewer(), x.contiguous()).shape == (2, 4)
     with pytest.raises(RuntimeError):
         LayoutHint(True)(Viewer(), torch.rand(2, 3, 4, 4))
+
+
+class _ReluPool(nn.Module):
+    """Every spelling of ReLU → max-pooling that the fast copy rewrites, and one it must not
+    (the ReLU's output also feeds the head: a second user)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.pool = nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1)
+        self.head = nn.Linear(4 * 2 * 2 + 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(torch.nn.functional.relu(self.conv1(x)), 2)
+        x = self.pool(self.act(self.conv2(x)))
+        r = torch.relu(self.conv3(x))
+        kept = torch.nn.functional.max_pool2d(r, 2)
+        return self.head(torch.cat([kept.flatten(1), r.mean(dim=(2, 3))], dim=1))
+
+
+def _same_values_and_gradients(model: nn.Module, other: nn.Module, x: torch.Tensor) -> None:
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    za, zb = model(xa), other(xb)
+    assert torch.equal(za, zb)
+    for k in range(za.shape[1]):
+        ga, = torch.autograd.grad(za[:, k].sum(), xa, retain_graph=True)
+        gb, = torch.autograd.grad(zb[:, k].sum(), xb, retain_graph=True)
+        assert torch.equal(ga, gb)
+
+
+def test_pool_before_relu_gives_the_same_values_and_gradients():
+    from advsmooth.attacks.execution import fold_batchnorm, pool_before_relu
+    from advsmooth.models.zoo import LeNet
+
+    torch.manual_seed(3)
+    model = _ReluPool().double().eval()
+    gm = torch.fx.symbolic_trace(model)
+    assert pool_before_relu(gm) == 2  # the third ReLU also feeds the mean: left alone
+    order = [n.name for n in gm.graph.nodes if n.op != "placeholder"]
+    assert order.index("max_pool2d") < order.index("relu_3")  # pooled, then rectified
+    x = torch.rand(6, 1, 16, 16, dtype=torch.double)
+    x[:, :, :4] = 0.0  # flat regions: ties and all-negative windows
+    _same_values_and_gradients(model, gm, x)
+    # the fast copy of a zoo LeNet (F.relu → F.max_pool2d twice) gets the rewrite, and its
+    # values and gradients are bit for bit those of the same model in the same layout
+    lenet = LeNet(in_shape=(1, 16, 16), num_classes=3).double().eval()
+    assert fold_batchnorm(lenet, x[:2]) is lenet  # no copy for the rewrite alone
+    fast = fold_batchnorm(lenet, x[:2], channels_last=True)
+    assert fast is not lenet and isinstance(fast, torch.fx.GraphModule)
+    pools = [n for n in fast.graph.nodes if n.target is torch.nn.functional.max_pool2d]
+    assert len(pools) == 2
+    assert all([u.target for u in p.users] == [torch.nn.functional.relu] for p in pools)
+    _same_values_and_gradients(copy.deepcopy(lenet).to(memory_format=torch.channels_last),
+                               fast, x)

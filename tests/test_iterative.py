@@ -398,7 +398,7 @@ def test_fast_model_copy_channels_last_and_verification(batch):
     assert fold_batchnorm(model, x[:2]) is model
     fast = fold_batchnorm(model, x[:2], channels_last=True)
     assert fast is not model and fold_batchnorm(model, x[:2], channels_last=True) is fast
-    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.get_submodule("0").weight.is_contiguous(memory_format=torch.channels_last)
     assert model[0].weight.is_contiguous()  # the model itself is left as it was
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-12)
