@@ -263,7 +263,7 @@ def pool_before_relu(gm: torch.fx.GraphModule) -> int:
     the maximum of a window), and have the same gradient: where the window's maximum is positive
     both send it to the same (first) maximal element, and where it is ≤ 0 both give zero. The
     ReLU then runs, forward and backward, on a tensor a window's size smaller (4× for 2×2
-    pooling; on the MNIST LeNet ReLU's backward was 17 % of DeepFool's time). Applied only where
+    pooling; on the digits LeNet ReLU's backward was 17 % of DeepFool's time). Applied only where
     the ReLU's input and output each feed nothing else.
     """
     count = 0
@@ -327,9 +327,10 @@ def fold_batchnorm(model: nn.Module, probe: Tensor | None = None, *,
     if hit is not None and hit[0] == sig:
         return hit[1]
     try:
-        fused = _rewritten(copy.deepcopy(model), has_bn)
+        clone = copy.deepcopy(model)
+        fused = _rewritten(clone, has_bn)
         if fused is None:
-            fused = copy.deepcopy(model)
+            fused = clone
         if to_cl:
             fused = fused.to(memory_format=torch.channels_last)
         for p in fused.parameters():
@@ -349,8 +350,8 @@ def fold_batchnorm(model: nn.Module, probe: Tensor | None = None, *,
 
 def _rewritten(model: nn.Module, has_bn: bool) -> nn.Module | None:
     """``model`` (a private copy) traced, with its BatchNorms folded and its poolings moved
-    before the ReLUs; ``None`` when there is nothing to rewrite or it cannot be traced (which
-    is an error only when a BatchNorm had to be folded)."""
+    before the ReLUs; ``None`` (``model`` left as it was) when there is nothing to rewrite or it
+    cannot be traced (which is an error only when a BatchNorm had to be folded)."""
     try:
         # Normalize layers stay modules of the copy: the noise-space logic of the smoothed
         # gradients reads their std from the model it differentiates
