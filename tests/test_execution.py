@@ -88,8 +88,8 @@ def test_layout_hint_falls_back_for_a_model_that_rejects_channels_last():
 
 
 class _ReluPool(nn.Module):
-    """Every spelling of ReLU → max-pooling that the fast copy rewrites, and one it must not
-    (the ReLU's output also feeds the head: a second user)."""
+    """ReLU → max-pooling as functions and as modules (rewritten), and a ReLU whose output also
+    feeds the head (a second user: left alone)."""
 
     def __init__(self) -> None:
         super().__init__()
