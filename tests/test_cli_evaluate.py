@@ -45,6 +45,12 @@ def test_evaluate_writes_table_json_html(tmp_path, capsys) -> None:
     page = (out / "evaluation.html").read_text()
     assert "<svg" in page and "Gradient-masking flags" in page
     assert (out / "evaluation.md").read_text().startswith("12 samples")
+    assert rep["config"]["square_all"] is False
+    assert main(["evaluate", "--model", "digits-fc", "--data", "digits", "--n", "12",
+                 "--eps", "0.1", "--out", str(out), "--square-all", *FAST]) == 0
+    rep = json.loads((out / "evaluation.json").read_text())
+    assert rep["config"]["square_all"] is True
+    assert all(s.get("not_attacked", 0) == 0 for s in rep["stages"])
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -382,3 +382,79 @@ def test_evaluate_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="eps"):
         evaluate(model, x, y, eps=[-0.1])
     assert asm.evaluate is evaluate
+
+
+def _square_recorder(monkeypatch, fool_batches: int) -> list[dict]:
+    """Replace the Square stage's attack calls by a recorder that fools every sample of its
+    first ``fool_batches`` calls and nobody after; the other stages run for real."""
+    import advsmooth.metrics.evaluation as ev
+
+    seen: list[dict] = []
+    real = ev._Cascade._attack_stage
+
+    def fake(self, rows, e, name, seed):
+        if name != "square":
+            return real(self, rows, e, name, seed)
+        todo = self.correct & ~self.fooled
+        seen.append({"rows": rows.clone(), "survivors": torch.nonzero(todo).flatten(),
+                     "df_norm": self.df_norm.clone()})
+        hit = torch.full_like(rows, len(seen) <= fool_batches, dtype=torch.bool)
+        return hit, self.x[rows], 0.0, float(rows.numel())
+
+    monkeypatch.setattr(ev._Cascade, "_attack_stage", fake)
+    return seen
+
+
+def test_evaluate_square_attacks_the_nearest_survivors_first_and_stops(monkeypatch) -> None:
+    model, x, y = _setup(n=24)
+    seen = _square_recorder(monkeypatch, fool_batches=0)
+    rep = evaluate(model, x, y, eps=[0.01], stages=["deepfool", "square"], batch_size=4)
+    surv, norm = seen[0]["survivors"], seen[0]["df_norm"]
+    assert surv.numel() > 8
+    sq = [s for s in rep.stages if s["stage"] == "square"][0]
+    # one batch of 4, the survivors nearest by DeepFool (a failed DeepFool counts as nearest)
+    assert len(seen) == 1 and sq["attacked"] == 4
+    assert sq["not_attacked"] == surv.numel() - 4 and sq["fooled"] == 0
+    key = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, -1.0))
+    first = seen[0]["rows"]
+    rest = surv[~torch.isin(surv, first)]
+    assert float(key[first].max()) <= float(key[rest].min())
+    # square_all: every survivor at once, as AutoAttack
+    seen.clear()
+    rep_all = evaluate(model, x, y, eps=[0.01], stages=["deepfool", "square"], batch_size=4,
+                       square_all=True)
+    sq_all = [s for s in rep_all.stages if s["stage"] == "square"][0]
+    assert len(seen) == 1 and seen[0]["rows"].numel() == surv.numel()
+    assert sq_all["attacked"] == surv.numel() and sq_all["not_attacked"] == 0
+    assert rep_all.config["square_all"] and not rep.config["square_all"]
+    with pytest.raises(ValueError, match="square_all"):
+        evaluate(model, x, y, eps=[0.01], square_all=1)
+
+
+def test_evaluate_square_attacks_every_survivor_once_it_has_fooled_one(monkeypatch) -> None:
+    model, x, y = _setup(n=24)
+    seen = _square_recorder(monkeypatch, fool_batches=1)
+    rep = evaluate(model, x, y, eps=[0.01, 0.02], stages=["deepfool", "square"], batch_size=4)
+    sq = [s for s in rep.stages if s["stage"] == "square"]
+    surv = seen[0]["survivors"].numel()
+    # the first batch fooled all four: every batch after it, though they fool nobody
+    assert sq[0]["fooled"] == 4 and sq[0]["attacked"] == surv and sq[0]["not_attacked"] == 0
+    batches = -(-surv // 4)
+    assert len(seen) >= batches
+    rows = torch.cat([s["rows"] for s in seen[:batches]])
+    assert rows.numel() == surv and rows.unique().numel() == surv
+    # at the next ε, all the survivors in one call (Square has shown it finds what the gradient
+    # stages miss)
+    assert len(seen) == batches + 1 and sq[1]["not_attacked"] == 0
+    assert seen[-1]["rows"].numel() == sq[1]["attacked"]
+
+
+def test_evaluate_black_box_flag_looks_at_every_eps() -> None:
+    """Over a grid whose largest ε has nothing left to attack, the flag still reports the ε
+    where Square alone fooled samples."""
+    model, x, y = _masked_setup()
+    rep = evaluate(model, x, y, eps=[0.3, 1.0], **_FAST)
+    flag = {f.name: f for f in rep.flags}["blackbox_beats_whitebox"]
+    last = [s for s in rep.stages if s["eps"] == 1.0 and s["stage"] == "square"][0]
+    assert last["fooled"] == 0
+    assert flag.raised and "ε = 0.3 " in flag.detail

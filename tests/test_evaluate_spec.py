@@ -101,3 +101,14 @@ def test_sigkill_after_a_shard_resumes_to_the_same_rows(tmp_path) -> None:
     with Store(killed, readonly=True) as a, Store(ref, readonly=True) as b:
         assert a.snapshot() == b.snapshot()
         assert len({r["run_id"] for r in a.batch_log()}) == 2   # killed run + resumed run
+
+
+def test_evaluate_task_checks_its_flags() -> None:
+    from advsmooth.experiments.tasks import get_task
+
+    check = get_task("evaluate").check
+    base = {"model": "digits-lenet", "dataset": "digits", "eps": [0.1]}
+    check({**base, "square_all": True, "deepfool": False})
+    for key in ("square_all", "deepfool"):
+        with pytest.raises(ValueError, match=key):
+            check({**base, key: 1})

@@ -34,6 +34,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fab-steps", type=positive_int, default=100)
     p.add_argument("--fab-targets", type=positive_int, default=3)
     p.add_argument("--square-queries", type=positive_int, default=2000)
+    p.add_argument("--square-all", action="store_true",
+                   help="Square attacks every survivor, as AutoAttack (default: batches of "
+                        "the survivors nearest by DeepFool, until a batch fools nobody)")
     p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
     p.add_argument("--no-deepfool", action="store_true", help="skip the DeepFool distribution")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         apgd_steps=args.apgd_steps, apgd_restarts=args.apgd_restarts,
         apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
         fab_targets=args.fab_targets, square_queries=args.square_queries,
-        deepfool=not args.no_deepfool, smoothness=smoothness,
+        square_all=args.square_all, deepfool=not args.no_deepfool, smoothness=smoothness,
         batch_size=args.batch_size, seed=args.seed, progress=args.progress)
     print_and_write(report, args.out, write_evaluation,
                     f"Robustness of {args.model} on {args.data}")

@@ -41,7 +41,7 @@ __all__ = ["combine_rows"]
 
 _KEYS = ("model", "checkpoint", "dataset", "split", "n", "sample", "data_seed", "norm", "eps",
          "shards", "shard", "stages", "pgd_steps", "apgd_steps", "apgd_restarts", "apgd_targets",
-         "fab_steps", "fab_targets", "square_queries", "batch_size", "deepfool")
+         "fab_steps", "fab_targets", "square_queries", "square_all", "batch_size", "deepfool")
 _INTS = (("n", 1), ("sample", 1), ("data_seed", 0), ("shards", 1), ("shard", 0),
          ("pgd_steps", 1), ("apgd_steps", 1), ("apgd_restarts", 1), ("apgd_targets", 1),
          ("fab_steps", 1), ("fab_targets", 1), ("square_queries", 1), ("batch_size", 1))
@@ -53,6 +53,9 @@ def _check(p: dict[str, Any]) -> None:
     if not eps or any(isinstance(e, bool) or not isinstance(e, int | float) or e < 0
                       or not math.isfinite(e) for e in eps):
         raise ValueError(f"eps must be a number >= 0 or a list of them, got {p['eps']!r}")
+    for key in ("square_all", "deepfool"):
+        if not isinstance(p.get(key, False), bool):
+            raise ValueError(f"{key} must be true or false, got {p[key]!r}")
     shards = p.get("shards", 1)
     if p.get("shard", 0) >= shards:
         raise ValueError(f"shard must be in [0, {shards - 1}], got {p.get('shard')}")
@@ -100,6 +103,7 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
                    apgd_targets=p.get("apgd_targets", 3), fab_steps=p.get("fab_steps", 100),
                    fab_targets=p.get("fab_targets", 3),
                    square_queries=p.get("square_queries", 2000),
+                   square_all=p.get("square_all", False),
                    deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 128),
                    seed=ctx.seed % (2**31))
     n = rep.n
