@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .. import __version__
 from .._utils import atomic_path
 from .._utils import progress as progress_bar
+from ..models import registry as model_registry
 from . import tasks
 from .artefacts import Artefacts, Step, plan_order
 from .lock import FolderLock
@@ -375,6 +376,10 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
         gen = torch.Generator(device=res.device)
         gen.manual_seed(seed)
         t0 = time.perf_counter()
+        mark = len(model_registry.loaded_names())
+
+        def loaded() -> list[str]:  # the zoo models this item loaded
+            return sorted(set(model_registry.loaded_names()[mark:]))
         if cell.steps is not None:
             step = cell.steps[batch][0]
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
@@ -385,7 +390,7 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
             finally:
                 ctx.artefacts.close()
             return {"cell": cell.cell_id, "batch": batch, "step": True, "rank": rank,
-                    "seconds": time.perf_counter() - t0}
+                    "seconds": time.perf_counter() - t0, "models": loaded()}
         if cell.kind == "study":
             assert cell.study is not None
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
@@ -395,7 +400,7 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
             rows = [dict(r) for r in rows]
             json.loads(dumps(rows))  # must be JSON-serialisable
             return {"cell": cell.cell_id, "batch": 0, "rows": rows, "rank": rank,
-                    "seconds": time.perf_counter() - t0}
+                    "seconds": time.perf_counter() - t0, "models": loaded()}
         assert cell.dataset is not None and cell.model is not None
         # loading (and first-use training) is not part of the batch's time
         x, y, sel = res.data(cell.dataset)
@@ -567,19 +572,30 @@ class _Run:
         ts = time.perf_counter()
         if c.plan is not None:  # a planned study: its table from the steps' artefacts
             arts = Artefacts(self.out)
+            mark = len(model_registry.loaded_names())
             try:
                 rows = tasks.plan_rows(c.plan, arts)
             finally:
                 arts.close()
+            store.add_cell_models(c.cell_id, sorted(set(model_registry.loaded_names()[mark:])))
             store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0,
-                               seconds=store.cell_seconds(c.cell_id), meta=self.meta_common,
-                               planned=True)
+                               seconds=store.cell_seconds(c.cell_id),
+                               meta=self.study_meta(c.cell_id), planned=True)
         else:
             assert c.dataset is not None and c.model is not None
             meta = dict(self.meta_common, data_hash=self.res.data_hash(c.dataset),
                         checkpoint_hash=self.res.model_hash(c.model))
             store.finalize_cell(c.cell_id, meta)
         self.store_seconds += time.perf_counter() - ts
+
+    def study_meta(self, cell_id: str) -> dict[str, Any]:
+        """The provenance of a study cell: the common one, with ``checkpoint_hash`` naming each
+        zoo model its work loaded and the hash of that model's weights (as attack cells'),
+        ``"name=hash; …"``."""
+        assert self.store is not None
+        names = self.store.cell_models(cell_id)
+        hashes = "; ".join(f"{n}={self.res.model_hash(ModelSpec(name=n))}" for n in names)
+        return dict(self.meta_common, checkpoint_hash=hashes or None)
 
     def commit(self, p: dict[str, Any]) -> int:
         """Commit one computed work item; finalize its cell when it was the last. Returns the
@@ -589,12 +605,14 @@ class _Run:
         ci = next(i for i, c in enumerate(self.cells) if c.cell_id == p["cell"])
         c = self.cells[ci]
         ts = time.perf_counter()
+        if p.get("models"):
+            store.add_cell_models(c.cell_id, p["models"])
         if p.get("step"):
             store.commit_step(c.cell_id, p["batch"], run_id=self.run_id, rank=p["rank"],
                               seconds=p["seconds"])
         elif c.kind == "study":
             store.commit_study(c.cell_id, p["rows"], run_id=self.run_id, rank=p["rank"],
-                               seconds=p["seconds"], meta=self.meta_common)
+                               seconds=p["seconds"], meta=self.study_meta(c.cell_id))
         else:
             store.commit_batch(c.cell_id, p["batch"], p["start"], p["cols"],
                                run_id=self.run_id, rank=p["rank"], seconds=p["seconds"])

@@ -342,6 +342,17 @@ def _load_saved(path: Path) -> nn.Module:
 # public API
 # ----------------------------------------------------------------------------------------------
 
+#: zoo names loaded with their own weights by :func:`load` in this process, in order
+_LOADED: list[str] = []
+
+
+def loaded_names() -> list[str]:
+    """The zoo models :func:`load` has loaded with their zoo weights in this process, in order
+    (repeats included; a copy). The experiment runner reads it around a study's work to record
+    which models, and so which weights, the study's rows come from."""
+    return list(_LOADED)
+
+
 def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
          device: torch.device | str = "cpu", pretrained: bool = True,
          checkpoint: str | os.PathLike[str] | None = None, allow_download: bool = False,
@@ -377,8 +388,10 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
         elif s.source == "shared":
             assert s.file is not None
             model = load_checkpoint(_build(s), _find_checkpoint(s.file, models_dir))
+            _LOADED.append(name)
         else:
             model, _ = _load_trained(s, retrain=retrain, verbose=verbose)
+            _LOADED.append(name)
     return model.to(device).eval()
 
 
