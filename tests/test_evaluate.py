@@ -415,6 +415,7 @@ def test_evaluate_square_attacks_the_nearest_survivors_first_and_stops(monkeypat
     # one batch of 4, the survivors nearest by DeepFool (a failed DeepFool counts as nearest)
     assert len(seen) == 1 and sq["attacked"] == 4
     assert sq["not_attacked"] == surv.numel() - 4 and sq["fooled"] == 0
+    assert f"Square left {surv.numel() - 4} survivor(s) unattacked" in rep.summary()
     key = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, -1.0))
     first = seen[0]["rows"]
     rest = surv[~torch.isin(surv, first)]

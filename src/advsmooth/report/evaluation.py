@@ -117,7 +117,9 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
               "PGD-CE alone": [report.pgd_robust_accuracy[e] for e in report.eps]}
     if within:
         curves["DeepFool bound"] = [report.clean_accuracy - within[e] for e in report.eps]
-    stage_rows = [[_fmt_eps(s["eps"]), s["stage"], s["attacked"], s["fooled"],
+    stage_rows = [[_fmt_eps(s["eps"]), s["stage"],
+                   f"{s['attacked']}" + (f" (+{s['not_attacked']} left)"
+                                         if s.get("not_attacked") else ""), s["fooled"],
                    _pct(s["robust_accuracy"]), f"{s['seconds']:.1f}",
                    f"{s['grad_evals']:.0f}", f"{s['forward_evals']:.0f}"]
                   for s in report.stages]
@@ -137,6 +139,11 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
                                  [[f"{r['sigma']:g}", _pct(r["fooling_rate"]),
                                    f"{r['median_l2']:.4g}", r["n"]]
                                   for r in report.smoothness]))
+    left = sum(s.get("not_attacked", 0) for s in report.stages)
+    note = (f"<p>\"left\": {left} survivor(s) in all the Square stage did not attack: it "
+            "attacks the survivors nearest by DeepFool first and stopped after a batch in which "
+            "it fooled nobody (<code>square_all=True</code> attacks them all).</p>"
+            if left else "")
     body = (f"<p>{report.n} samples, {norm} threat model, clean accuracy "
             f"{_pct(report.clean_accuracy)}, {report.seconds:.1f} s"
             + (", randomised model (EOT gradients, majority verdicts)" if report.randomized
@@ -150,7 +157,7 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
             + f"<h2>Gradient-masking flags</h2><ul>{flags}</ul>" + df_html
             + "<h2>Stages</h2>"
             + _html_table(["ε", "stage", "attacked", "fooled", "robust after", "seconds",
-                           "gradients", "forwards"], stage_rows) + sm_html)
+                           "gradients", "forwards"], stage_rows) + note + sm_html)
     return _write(out, name, report.to_dict(), report.summary(), _page(title, body))
 
 
