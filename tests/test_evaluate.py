@@ -385,8 +385,9 @@ def test_evaluate_rejects_bad_arguments() -> None:
 
 
 def _square_recorder(monkeypatch, fool_batches: int) -> list[dict]:
-    """Replace the Square stage's attack calls by a recorder that fools every sample of its
-    first ``fool_batches`` calls and nobody after; the other stages run for real."""
+    """Replace the Square stage's attack calls by a recorder that, in each of its first
+    ``fool_batches`` calls, fools the first sample of the call with a slightly darkened image
+    (and nobody after); the other stages run for real."""
     import advsmooth.metrics.evaluation as ev
 
     seen: list[dict] = []
@@ -396,10 +397,14 @@ def _square_recorder(monkeypatch, fool_batches: int) -> list[dict]:
         if name != "square":
             return real(self, rows, e, name, seed)
         todo = self.correct & ~self.fooled
+        images = self.x[rows].clone()
+        hit = torch.zeros_like(rows, dtype=torch.bool)
+        if len(seen) < fool_batches:
+            hit[0] = True
+            images[0] *= 0.999
         seen.append({"rows": rows.clone(), "survivors": torch.nonzero(todo).flatten(),
-                     "df_norm": self.df_norm.clone()})
-        hit = torch.full_like(rows, len(seen) <= fool_batches, dtype=torch.bool)
-        return hit, self.x[rows], 0.0, float(rows.numel())
+                     "df_norm": self.df_norm.clone(), "image": images[0].clone()})
+        return hit, images, 0.0, float(rows.numel())
 
     monkeypatch.setattr(ev._Cascade, "_attack_stage", fake)
     return seen
@@ -415,7 +420,7 @@ def test_evaluate_square_attacks_the_nearest_survivors_first_and_stops(monkeypat
     # one batch of 4, the survivors nearest by DeepFool (a failed DeepFool counts as nearest)
     assert len(seen) == 1 and sq["attacked"] == 4
     assert sq["not_attacked"] == surv.numel() - 4 and sq["fooled"] == 0
-    assert f"Square left {surv.numel() - 4} survivor(s) unattacked" in rep.summary()
+    assert f"{surv.numel() - 4} at ε = 0.01 (square_all=True" in rep.summary()
     key = torch.where(torch.isfinite(norm), norm, torch.full_like(norm, -1.0))
     first = seen[0]["rows"]
     rest = surv[~torch.isin(surv, first)]
@@ -435,11 +440,17 @@ def test_evaluate_square_attacks_the_nearest_survivors_first_and_stops(monkeypat
 def test_evaluate_square_attacks_every_survivor_once_it_has_fooled_one(monkeypatch) -> None:
     model, x, y = _setup(n=24)
     seen = _square_recorder(monkeypatch, fool_batches=1)
-    rep = evaluate(model, x, y, eps=[0.01, 0.02], stages=["deepfool", "square"], batch_size=4)
+    rep = evaluate(model, x, y, eps=[0.01, 0.02], stages=["deepfool", "square"], batch_size=4,
+                   keep_images=True)
     sq = [s for s in rep.stages if s["stage"] == "square"]
     surv = seen[0]["survivors"].numel()
-    # the first batch fooled all four: every batch after it, though they fool nobody
-    assert sq[0]["fooled"] == 4 and sq[0]["attacked"] == surv and sq[0]["not_attacked"] == 0
+    # the first batch fooled one: every batch after it, though they fool nobody
+    assert sq[0]["fooled"] == 1 and sq[0]["attacked"] == surv and sq[0]["not_attacked"] == 0
+    # the verdict and the image land on the sample that was fooled, and on no other
+    first = int(seen[0]["rows"][0])
+    by_square = rep.fooled_by[0] == rep.stage_list.index("square")
+    assert torch.nonzero(by_square).flatten().tolist() == [first]
+    assert torch.equal(rep.images[0][first], seen[0]["image"])
     batches = -(-surv // 4)
     assert len(seen) >= batches
     rows = torch.cat([s["rows"] for s in seen[:batches]])

@@ -11,6 +11,7 @@ import advsmooth as asm
 from advsmooth.cli import main
 from advsmooth.experiments import Store, run_spec
 from advsmooth.experiments.runner import model_hash
+from advsmooth.experiments.spec import Spec
 from advsmooth.models import registry
 
 SPEC = """
@@ -34,8 +35,8 @@ def test_study_cell_records_its_models_weights(tmp_path) -> None:
     run_spec(spec, tmp_path / "out", progress=False)
     with Store(tmp_path / "out", readonly=True) as st:
         (cell,) = st.cells()
-        assert st.cell_models(cell["cell_id"]) == ["digits-lenet"]
-    want = model_hash(asm.models.load("digits-lenet"))
+        want = model_hash(asm.models.load("digits-lenet"))
+        assert st.cell_weights(cell["cell_id"]) == {"digits-lenet": want}
     assert cell["checkpoint_hash"] == f"digits-lenet={want}"
 
 
@@ -49,14 +50,41 @@ def test_planned_study_keeps_the_models_of_its_steps(tmp_path) -> None:
     assert cell["checkpoint_hash"] == f"digits-fc={model_hash(asm.models.load('digits-fc'))}"
 
 
+def test_reused_steps_still_name_their_models(tmp_path) -> None:
+    """A run killed after a step stored its result but before the cell was committed: the
+    resumed run reuses the stored step (loading no model) and still records its weights."""
+    import sqlite3
+
+    out = tmp_path / "u"
+    assert main(["attack", "uap", "--model", "digits-fc", "--data", "digits", "--n", "3",
+                 "--fit-n", "3", "--eps", "0.1", "--param", "max_passes=1", "--out", str(out),
+                 "--no-progress"]) == 0
+    want = f"digits-fc={model_hash(asm.models.load('digits-fc'))}"
+    db = sqlite3.connect(out / "results.sqlite")
+    with db:  # forget everything but the stored step
+        for table in ("cell_weights", "batches", "study_rows"):
+            db.execute(f"DELETE FROM {table}")
+        db.execute("UPDATE cells SET status='pending', checkpoint_hash=NULL")
+    db.close()
+    with Store(out, readonly=True) as st:
+        (cell,) = st.cells()
+        assert cell["status"] != "done" and cell["checkpoint_hash"] is None
+    with Store(out, readonly=True) as st:
+        spec = Spec.model_validate(st.current_spec()[1])
+    run_spec(spec, out, progress=False)
+    with Store(out, readonly=True) as st:
+        (cell,) = st.cells()
+    assert cell["status"] == "done" and cell["checkpoint_hash"] == want
+
+
 def test_registry_logs_zoo_weights_only(tmp_path) -> None:
-    before = len(registry.loaded_names())
+    before = len(registry.loaded_weights())
     model = asm.models.load("digits-fc")
-    assert registry.loaded_names()[before:] == ["digits-fc"]
+    assert registry.loaded_weights()[before:] == [("digits-fc", model_hash(model))]
     # the zoo architecture with a user's weights is not the zoo model: not logged
     path = tmp_path / "w.pt"
     torch.save(model.state_dict(), path)
     asm.models.load("digits-fc", checkpoint=path)
     with pytest.raises(ValueError):
         asm.models.load("no-such-zoo-model")
-    assert registry.loaded_names()[before:] == ["digits-fc"]
+    assert len(registry.loaded_weights()) == before + 1

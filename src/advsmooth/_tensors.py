@@ -12,6 +12,7 @@ metrics and checks share them without importing one another.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -176,3 +177,20 @@ def predict_chunks(model: nn.Module, x: Tensor, batch_size: int) -> tuple[Tensor
     return torch.cat(out), k
 
 
+def tensor_hash(*tensors: Tensor) -> str:
+    """SHA-256 (16 hex chars) of the dtypes, shapes and bytes of ``tensors``."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_hash(model: nn.Module) -> str:
+    """SHA-256 (16 hex chars) of a model's state dict (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(tensor_hash(v).encode())
+    return h.hexdigest()[:16]

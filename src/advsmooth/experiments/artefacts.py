@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .._utils import atomic_path
+from ..models import registry as model_registry
 from .store import ARTEFACTS_SCHEMA, STORE_NAME
 
 __all__ = ["Step", "StepOutput", "Artefacts", "register_step", "step_kinds", "step_key",
@@ -56,6 +57,8 @@ __all__ = ["Step", "StepOutput", "Artefacts", "register_step", "step_kinds", "st
 
 #: folder of step artefacts inside an experiment directory
 STEPS_DIR = Path("artefacts") / "steps"
+#: the key of a step's ``info`` holding the zoo models it used (name → weight hash)
+WEIGHTS_KEY = "zoo_weights"
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -226,6 +229,8 @@ class Artefacts:
         registered step function (with ``ctx``) and stored."""
         out = self.load(step)
         if out is not None:
+            # the models behind the stored result count as used (provenance of the cell)
+            model_registry.note_weights(out.info.get(WEIGHTS_KEY) or {})
             return out
         if step.kind not in _STEPS:
             raise ValueError(f"unknown step kind {step.kind!r}; registered: {step_kinds()}")
@@ -234,12 +239,16 @@ class Artefacts:
         # same output wherever and whenever it is computed: by the runner, on another rank, or
         # inline because a later step needs it.
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        mark = len(model_registry.loaded_weights())
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(step.key[:15], 16))
             out = _STEPS[step.kind](dict(step.settings), ctx)
         if not isinstance(out, StepOutput):
             raise TypeError(f"step {step.kind!r} must return a StepOutput, got "
                             f"{type(out).__name__}")
+        # the zoo models it used (its own loads and those behind the steps it reused), kept
+        # with the artefact so that a run reusing it still knows them
+        out.info[WEIGHTS_KEY] = dict(model_registry.loaded_weights()[mark:])
         self.save(step, out, time.perf_counter() - t0)
         self.computed.append(step.key)
         return out

@@ -116,6 +116,9 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
                                "pgd_robust": round(rep.pgd_robust_accuracy[e] * n)}
         for si, name in enumerate(rep.stage_list):
             row[f"fooled_{name}"] = int((rep.fooled_by[i] == si).sum())
+        if "square" in rep.stage_list:  # survivors Square left after a batch that fooled nobody
+            row["square_not_attacked"] = sum(st.get("not_attacked", 0) for st in rep.stages
+                                             if st["eps"] == e and st["stage"] == "square")
         if within:
             row["deepfool_within"] = round(within[e] * n)
         rows.append(row)

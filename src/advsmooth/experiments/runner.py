@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
+from .._tensors import model_hash, tensor_hash
 from .._utils import atomic_path
 from .._utils import progress as progress_bar
 from ..models import registry as model_registry
@@ -191,25 +192,6 @@ def select_indices(ds: DatasetSpec, spec_seed: int, root: str | None = None) -> 
         seed = spec_seed if ds.seed is None else ds.seed
         return data.random_subset(total, ds.sample, seed)
     return torch.arange(total)
-
-
-def tensor_hash(*tensors: Tensor) -> str:
-    """SHA-256 (16 hex chars) of the dtypes, shapes and bytes of ``tensors``."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def model_hash(model: nn.Module) -> str:
-    """SHA-256 (16 hex chars) of a model's state dict (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(tensor_hash(v).encode())
-    return h.hexdigest()[:16]
 
 
 class _Resources:
@@ -376,10 +358,10 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
         gen = torch.Generator(device=res.device)
         gen.manual_seed(seed)
         t0 = time.perf_counter()
-        mark = len(model_registry.loaded_names())
+        mark = len(model_registry.loaded_weights())
 
-        def loaded() -> list[str]:  # the zoo models this item loaded
-            return sorted(set(model_registry.loaded_names()[mark:]))
+        def loaded() -> dict[str, str]:  # the zoo models this item used, and their weights
+            return dict(model_registry.loaded_weights()[mark:])
         if cell.steps is not None:
             step = cell.steps[batch][0]
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
@@ -572,12 +554,12 @@ class _Run:
         ts = time.perf_counter()
         if c.plan is not None:  # a planned study: its table from the steps' artefacts
             arts = Artefacts(self.out)
-            mark = len(model_registry.loaded_names())
+            mark = len(model_registry.loaded_weights())
             try:
                 rows = tasks.plan_rows(c.plan, arts)
             finally:
                 arts.close()
-            store.add_cell_models(c.cell_id, sorted(set(model_registry.loaded_names()[mark:])))
+            store.add_cell_weights(c.cell_id, dict(model_registry.loaded_weights()[mark:]))
             store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0,
                                seconds=store.cell_seconds(c.cell_id),
                                meta=self.study_meta(c.cell_id), planned=True)
@@ -590,12 +572,12 @@ class _Run:
 
     def study_meta(self, cell_id: str) -> dict[str, Any]:
         """The provenance of a study cell: the common one, with ``checkpoint_hash`` naming each
-        zoo model its work loaded and the hash of that model's weights (as attack cells'),
-        ``"name=hash; …"``."""
+        zoo model its work used — loaded, or behind a stored step it reused — and the hash of
+        that model's weights (as attack cells'), ``"name=hash; …"``."""
         assert self.store is not None
-        names = self.store.cell_models(cell_id)
-        hashes = "; ".join(f"{n}={self.res.model_hash(ModelSpec(name=n))}" for n in names)
-        return dict(self.meta_common, checkpoint_hash=hashes or None)
+        weights = self.store.cell_weights(cell_id)
+        return dict(self.meta_common,
+                    checkpoint_hash="; ".join(f"{n}={h}" for n, h in weights.items()) or None)
 
     def commit(self, p: dict[str, Any]) -> int:
         """Commit one computed work item; finalize its cell when it was the last. Returns the
@@ -606,7 +588,7 @@ class _Run:
         c = self.cells[ci]
         ts = time.perf_counter()
         if p.get("models"):
-            store.add_cell_models(c.cell_id, p["models"])
+            store.add_cell_weights(c.cell_id, p["models"])
         if p.get("step"):
             store.commit_step(c.cell_id, p["batch"], run_id=self.run_id, rank=p["rank"],
                               seconds=p["seconds"])

@@ -90,8 +90,9 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS study_rows (
     cell_id TEXT NOT NULL, row INTEGER NOT NULL, data_json TEXT NOT NULL,
     PRIMARY KEY (cell_id, row));
-CREATE TABLE IF NOT EXISTS cell_models (
-    cell_id TEXT NOT NULL, model TEXT NOT NULL, PRIMARY KEY (cell_id, model));
+CREATE TABLE IF NOT EXISTS cell_weights (
+    cell_id TEXT NOT NULL, model TEXT NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (cell_id, model));
 {ARTEFACTS_SCHEMA}"""
 
 
@@ -385,20 +386,23 @@ class Store:
             _mark_done(cell_id, meta, seconds=float(seconds), finished=_now()),
         ])
 
-    def add_cell_models(self, cell_id: str, names: Sequence[str]) -> None:
-        """Record that computing ``cell_id`` loaded the zoo models ``names`` (kept over runs,
-        so a resumed study cell still knows the models of its earlier steps)."""
-        self._tx([("INSERT OR IGNORE INTO cell_models VALUES (?,?)",
-                   [(cell_id, str(n)) for n in names], True)])
+    def add_cell_weights(self, cell_id: str, weights: Mapping[str, str]) -> None:
+        """Record that computing ``cell_id`` used the zoo models ``weights`` (name → weight hash;
+        kept over runs, so a resumed study cell still knows the models of its earlier steps)."""
+        self._tx([("INSERT OR REPLACE INTO cell_weights VALUES (?,?,?)",
+                   [(cell_id, str(n), str(h)) for n, h in weights.items()], True)])
 
-    def cell_models(self, cell_id: str) -> list[str]:
-        """The zoo models recorded for ``cell_id`` (sorted; none in a store from before)."""
+    def cell_weights(self, cell_id: str) -> dict[str, str]:
+        """The zoo models recorded for ``cell_id`` and their weight hashes, by name (none in a
+        store written before the table existed)."""
         try:
-            rows = self.conn.execute("SELECT model FROM cell_models WHERE cell_id=? ORDER BY model",
-                                     (cell_id,)).fetchall()
-        except sqlite3.OperationalError:  # a read-only store written before the table existed
-            return []
-        return [r[0] for r in rows]
+            rows = self.conn.execute("SELECT model, hash FROM cell_weights WHERE cell_id=? "
+                                     "ORDER BY model", (cell_id,)).fetchall()
+        except sqlite3.OperationalError as exc:  # a read-only store from before the table
+            if "no such table" not in str(exc):
+                raise
+            return {}
+        return {m: h for m, h in rows}
 
     def finalize_cell(self, cell_id: str, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Compute the summary of an attack cell from its samples and mark it done."""

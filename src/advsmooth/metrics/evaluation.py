@@ -203,10 +203,11 @@ class RobustnessReport:
             lines += [f"flag {f.name}: {f.detail}" for f in raised]
         else:
             lines.append("no gradient-masking flag raised")
-        left = sum(s.get("not_attacked", 0) for s in self.stages)
+        left = [(s["eps"], s["not_attacked"]) for s in self.stages if s.get("not_attacked")]
         if left:
-            lines.append(f"Square left {left} survivor(s) unattacked after a batch of the "
-                         "nearest fooled nobody (square_all=True attacks them all)")
+            lines.append("Square left survivors unattacked after a batch of the nearest fooled "
+                         "nobody: " + ", ".join(f"{k} at ε = {_fmt_eps(e)}" for e, k in left)
+                         + " (square_all=True attacks them all)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

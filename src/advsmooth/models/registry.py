@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from .._tensors import model_hash
 from .._utils import atomic_path, cache_dir, optional_import, search_dirs
 from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
@@ -342,15 +343,24 @@ def _load_saved(path: Path) -> nn.Module:
 # public API
 # ----------------------------------------------------------------------------------------------
 
-#: zoo names loaded with their own weights by :func:`load` in this process, in order
-_LOADED: list[str] = []
+#: (zoo name, weight hash) of every model :func:`load` loaded with its zoo weights in this
+#: process, and of the models behind reused stored results (:func:`note_weights`), in order
+_LOADED: list[tuple[str, str]] = []
 
 
-def loaded_names() -> list[str]:
-    """The zoo models :func:`load` has loaded with their zoo weights in this process, in order
-    (repeats included; a copy). The experiment runner reads it around a study's work to record
-    which models, and so which weights, the study's rows come from."""
+def loaded_weights() -> list[tuple[str, str]]:
+    """``(name, weight hash)`` of the zoo models used in this process, in order (repeats
+    included; a copy): each model :func:`load` loaded with its zoo weights (hash:
+    :func:`advsmooth._tensors.model_hash` of its state dict) and those noted with
+    :func:`note_weights`. The experiment runner reads it around a study's work to record which
+    weights the study's rows come from."""
     return list(_LOADED)
+
+
+def note_weights(weights: Mapping[str, str]) -> None:
+    """Add ``weights`` (name → weight hash) to :func:`loaded_weights`: the models behind a stored
+    result that is reused instead of recomputed."""
+    _LOADED.extend((str(n), str(h)) for n, h in weights.items())
 
 
 def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
@@ -388,10 +398,10 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
         elif s.source == "shared":
             assert s.file is not None
             model = load_checkpoint(_build(s), _find_checkpoint(s.file, models_dir))
-            _LOADED.append(name)
+            _LOADED.append((name, model_hash(model)))
         else:
             model, _ = _load_trained(s, retrain=retrain, verbose=verbose)
-            _LOADED.append(name)
+            _LOADED.append((name, model_hash(model)))
     return model.to(device).eval()
 
 

@@ -139,11 +139,10 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
                                  [[f"{r['sigma']:g}", _pct(r["fooling_rate"]),
                                    f"{r['median_l2']:.4g}", r["n"]]
                                   for r in report.smoothness]))
-    left = sum(s.get("not_attacked", 0) for s in report.stages)
-    note = (f"<p>\"left\": {left} survivor(s) in all the Square stage did not attack: it "
-            "attacks the survivors nearest by DeepFool first and stopped after a batch in which "
-            "it fooled nobody (<code>square_all=True</code> attacks them all).</p>"
-            if left else "")
+    left = any(s.get("not_attacked") for s in report.stages)
+    note = ("<p>\"left\": survivors the Square stage did not attack: it attacks the survivors "
+            "nearest by DeepFool first and stopped after a batch in which it fooled nobody "
+            "(<code>square_all=True</code> attacks them all).</p>" if left else "")
     body = (f"<p>{report.n} samples, {norm} threat model, clean accuracy "
             f"{_pct(report.clean_accuracy)}, {report.seconds:.1f} s"
             + (", randomised model (EOT gradients, majority verdicts)" if report.randomized
