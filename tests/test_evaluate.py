@@ -392,6 +392,7 @@ def _square_recorder(monkeypatch, fool_batches: int) -> list[dict]:
 
     seen: list[dict] = []
     real = ev._Cascade._attack_stage
+    monkeypatch.setattr(ev, "SQUARE_GROUP", 4)  # groups of 4 survivors (batch_size=4 below)
 
     def fake(self, rows, e, name, seed):
         if name != "square":
@@ -470,3 +471,17 @@ def test_evaluate_black_box_flag_looks_at_every_eps() -> None:
     last = [s for s in rep.stages if s["eps"] == 1.0 and s["stage"] == "square"][0]
     assert last["fooled"] == 0
     assert flag.raised and "ε = 0.3 " in flag.detail
+
+
+def test_evaluate_square_groups_do_not_shrink_with_the_batch_size(monkeypatch) -> None:
+    """A small ``batch_size`` (memory) does not make the early stop judge one sample at a time:
+    the first group holds ``SQUARE_GROUP`` survivors."""
+    import advsmooth.metrics.evaluation as ev
+
+    model, x, y = _setup(n=24)
+    seen = _square_recorder(monkeypatch, fool_batches=0)
+    monkeypatch.setattr(ev, "SQUARE_GROUP", 8)
+    rep = evaluate(model, x, y, eps=[0.01], stages=["deepfool", "square"], batch_size=1)
+    sq = [s for s in rep.stages if s["stage"] == "square"][0]
+    assert seen[0]["survivors"].numel() > 8
+    assert len(seen) == 1 and seen[0]["rows"].numel() == 8 and sq["attacked"] == 8

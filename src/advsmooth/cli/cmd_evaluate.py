@@ -35,8 +35,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fab-targets", type=positive_int, default=3)
     p.add_argument("--square-queries", type=positive_int, default=2000)
     p.add_argument("--square-all", action="store_true",
-                   help="Square attacks every survivor, as AutoAttack (default: batches of "
-                        "the survivors nearest by DeepFool, until a batch fools nobody)")
+                   help="Square attacks every survivor, as AutoAttack (default: groups of "
+                        "128 survivors, nearest by DeepFool first, until a group fools nobody "
+                        "before Square has fooled any sample)")
     p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
     p.add_argument("--no-deepfool", action="store_true", help="skip the DeepFool distribution")

@@ -32,13 +32,13 @@ Stages (``stages="standard"``; each one attacks the samples still robust at that
 ``square``
     The Square attack (:class:`~advsmooth.attacks.Square`, ℓ∞ or ℓ2): score-based random
     search, no gradient, so it finds what gradient masking hides. It attacks the survivors in
-    batches of ``batch_size``: those DeepFool could not fool first (their gradients may
-    mislead), then the nearest by DeepFool's distance. Until Square has fooled a sample (at this
-    ε or a smaller one) it stops after a batch in which it fooled nobody; once it has, it
-    attacks every survivor, as AutoAttack does (``square_all=True``: always). On the undefended
-    MNIST LeNet of ``benchmarks/README.md`` attacking all 917 survivors of ε = 0.05 took 227 s
-    (40 % of the grid's time) and fooled none; on the PGD-trained one Square fools samples
-    every gradient stage misses, and then attacks them all.
+    groups of 128 (``batch_size`` when larger): those DeepFool could not fool first (their
+    gradients may mislead), then the nearest by DeepFool's distance. Until Square has fooled a
+    sample (at this ε or a smaller one) it stops after a group in which it fooled nobody; once it
+    has, it attacks every survivor, as AutoAttack does (``square_all=True``: always). On the
+    undefended MNIST LeNet of ``benchmarks/README.md`` attacking all 917 survivors of ε = 0.05
+    took 227 s (40 % of the grid's time) and fooled none; on the PGD-trained one Square fools
+    samples every gradient stage misses, and then attacks them all.
 
 Besides robust accuracy per ε the report holds: the DeepFool minimal-perturbation distribution
 (median ‖r‖, ρ_adv, the fraction of samples with ‖r‖ ≤ ε — an upper bound on robust accuracy
@@ -94,6 +94,9 @@ __all__ = ["evaluate", "RobustnessReport", "Flag", "STAGES", "stage_names"]
 
 #: every stage, in cascade order (``stages="standard"`` at ℓ∞ leaves out ``fab-t``)
 STAGES = ("pgd-ce", "deepfool", "fab-t", "apgd-ce", "apgd-t", "square")
+#: survivors per group of the Square stage's early stop (see the module docstring): a group
+#: that fools nobody ends the stage, so the group must not shrink with a small ``batch_size``
+SQUARE_GROUP = 128
 
 
 def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> list[str]:
@@ -141,7 +144,7 @@ class RobustnessReport:
         robust_accuracy: ε → fraction classified correctly and not fooled by any stage.
         pgd_robust_accuracy: ε → the same for PGD-CE alone (over the grid).
         stages: one row per (ε, stage): ``eps``, ``stage``, ``attacked`` (samples it attacked),
-            ``not_attacked`` (survivors the Square stage left after a batch that fooled nobody,
+            ``not_attacked`` (survivors the Square stage left after a group that fooled nobody,
             before it had fooled any sample),
             ``fooled`` (samples it fooled that no earlier stage had), ``robust_accuracy`` after
             it, ``seconds``, ``grad_evals`` and ``forward_evals`` (totals over its samples).
@@ -205,7 +208,7 @@ class RobustnessReport:
             lines.append("no gradient-masking flag raised")
         left = [(s["eps"], s["not_attacked"]) for s in self.stages if s.get("not_attacked")]
         if left:
-            lines.append("Square left survivors unattacked after a batch of the nearest fooled "
+            lines.append("Square left survivors unattacked after a group of the nearest fooled "
                          "nobody: " + ", ".join(f"{k} at ε = {_fmt_eps(e)}" for e, k in left)
                          + " (square_all=True attacks them all)")
         return "\n".join(lines)
@@ -555,12 +558,12 @@ class _Cascade:
 
     def _square_stage(self, rows: Tensor, e: float,
                       seed: int) -> tuple[Tensor, Tensor, float, float, int]:
-        """Square on ``rows`` in batches: samples DeepFool could not fool first, then by
-        DeepFool's distance, stopping after a batch in which it fools nobody as long as Square
-        has fooled no sample (every row at once with ``square_all``, once Square has fooled a
-        sample, or without the DeepFool distribution): ``(hit, images, gradients, forwards,
-        samples attacked)``."""
-        bs = self.cfg.batch_size
+        """Square on ``rows`` in groups of ``SQUARE_GROUP`` (or ``batch_size``): samples DeepFool
+        could not fool first, then by DeepFool's distance, stopping after a group in which it
+        fools nobody as long as Square has fooled no sample (every row at once with
+        ``square_all``, once Square has fooled a sample, or without the DeepFool distribution):
+        ``(hit, images, gradients, forwards, samples attacked)``."""
+        bs = max(self.cfg.batch_size, SQUARE_GROUP)
         if self.cfg.square_all or self.square_found or self.df_norm is None \
                 or rows.numel() <= bs:
             hit, images, ge, fe = self._attack_stage(rows, e, "square", seed)

@@ -141,7 +141,7 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
                                   for r in report.smoothness]))
     left = any(s.get("not_attacked") for s in report.stages)
     note = ("<p>\"left\": survivors the Square stage did not attack: it attacks the survivors "
-            "nearest by DeepFool first and stopped after a batch in which it fooled nobody "
+            "nearest by DeepFool first and stopped after a group in which it fooled nobody "
             "(<code>square_all=True</code> attacks them all).</p>" if left else "")
     body = (f"<p>{report.n} samples, {norm} threat model, clean accuracy "
             f"{_pct(report.clean_accuracy)}, {report.seconds:.1f} s"
