@@ -239,8 +239,7 @@ class Artefacts:
         # same output wherever and whenever it is computed: by the runner, on another rank, or
         # inline because a later step needs it.
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        mark = len(model_registry.loaded_weights())
-        with torch.random.fork_rng(devices=cuda):
+        with model_registry.recording_weights() as used, torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(step.key[:15], 16))
             out = _STEPS[step.kind](dict(step.settings), ctx)
         if not isinstance(out, StepOutput):
@@ -248,7 +247,7 @@ class Artefacts:
                             f"{type(out).__name__}")
         # the zoo models it used (its own loads and those behind the steps it reused), kept
         # with the artefact so that a run reusing it still knows them
-        out.info[WEIGHTS_KEY] = dict(model_registry.loaded_weights()[mark:])
+        out.info[WEIGHTS_KEY] = used
         self.save(step, out, time.perf_counter() - t0)
         self.computed.append(step.key)
         return out

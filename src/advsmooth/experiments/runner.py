@@ -358,31 +358,29 @@ def _compute(cell: Cell, batch: int, res: _Resources, out_dir: Path, save_adv: b
         gen = torch.Generator(device=res.device)
         gen.manual_seed(seed)
         t0 = time.perf_counter()
-        mark = len(model_registry.loaded_weights())
-
-        def loaded() -> dict[str, str]:  # the zoo models this item used, and their weights
-            return dict(model_registry.loaded_weights()[mark:])
         if cell.steps is not None:
             step = cell.steps[batch][0]
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
                                      progress=progress, cell_id=cell.cell_id,
                                      artefacts=Artefacts(out_dir))
-            try:
-                ctx.step(step)
-            finally:
-                ctx.artefacts.close()
+            with model_registry.recording_weights() as used:
+                try:
+                    ctx.step(step)
+                finally:
+                    ctx.artefacts.close()
             return {"cell": cell.cell_id, "batch": batch, "step": True, "rank": rank,
-                    "seconds": time.perf_counter() - t0, "models": loaded()}
+                    "seconds": time.perf_counter() - t0, "models": used}
         if cell.kind == "study":
             assert cell.study is not None
             ctx = tasks.StudyContext(seed=seed, device=res.device, data_root=res.data_root,
                                      progress=progress, cell_id=cell.cell_id,
                                      artefacts=Artefacts(out_dir))
-            rows = tasks.get_task(cell.study.task).fn(dict(cell.params), ctx)
+            with model_registry.recording_weights() as used:
+                rows = tasks.get_task(cell.study.task).fn(dict(cell.params), ctx)
             rows = [dict(r) for r in rows]
             json.loads(dumps(rows))  # must be JSON-serialisable
             return {"cell": cell.cell_id, "batch": 0, "rows": rows, "rank": rank,
-                    "seconds": time.perf_counter() - t0, "models": loaded()}
+                    "seconds": time.perf_counter() - t0, "models": used}
         assert cell.dataset is not None and cell.model is not None
         # loading (and first-use training) is not part of the batch's time
         x, y, sel = res.data(cell.dataset)
@@ -554,12 +552,12 @@ class _Run:
         ts = time.perf_counter()
         if c.plan is not None:  # a planned study: its table from the steps' artefacts
             arts = Artefacts(self.out)
-            mark = len(model_registry.loaded_weights())
-            try:
-                rows = tasks.plan_rows(c.plan, arts)
-            finally:
-                arts.close()
-            store.add_cell_weights(c.cell_id, dict(model_registry.loaded_weights()[mark:]))
+            with model_registry.recording_weights() as used:
+                try:
+                    rows = tasks.plan_rows(c.plan, arts)
+                finally:
+                    arts.close()
+            store.add_cell_weights(c.cell_id, used)
             store.commit_study(c.cell_id, rows, run_id=self.run_id, rank=0,
                                seconds=store.cell_seconds(c.cell_id),
                                meta=self.study_meta(c.cell_id), planned=True)

@@ -565,13 +565,12 @@ class _Cascade:
         ``(hit, images, gradients, forwards, samples attacked)``."""
         bs = max(self.cfg.batch_size, SQUARE_GROUP)
         if self.cfg.square_all or self.square_found or self.df_norm is None \
-                or rows.numel() <= bs:
-            hit, images, ge, fe = self._attack_stage(rows, e, "square", seed)
-            self.square_found |= bool(hit.any())
-            return hit, images, ge, fe, rows.numel()
-        key = self.df_norm[rows].clone()
-        key[~torch.isfinite(key)] = -1.0
-        order = torch.sort(key, stable=True).indices
+                or rows.numel() <= bs:  # one call on every row, in their order
+            order, bs = torch.arange(rows.numel(), device=rows.device), rows.numel()
+        else:
+            key = self.df_norm[rows].clone()
+            key[~torch.isfinite(key)] = -1.0
+            order = torch.sort(key, stable=True).indices
         hit = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
         images = self.x[rows].clone()
         ge = fe = 0.0

@@ -20,7 +20,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,17 @@ def loaded_weights() -> list[tuple[str, str]]:
     :func:`note_weights`. The experiment runner reads it around a study's work to record which
     weights the study's rows come from."""
     return list(_LOADED)
+
+
+@contextmanager
+def recording_weights() -> Iterator[dict[str, str]]:
+    """A dict that, when the block ends, holds the zoo models used inside it (name → weight
+    hash, as :func:`loaded_weights` logs them)."""
+    mark, used = len(_LOADED), {}
+    try:
+        yield used
+    finally:
+        used.update(_LOADED[mark:])
 
 
 def note_weights(weights: Mapping[str, str]) -> None:
