@@ -121,6 +121,13 @@ class Table3Settings:
     (CIFAR-10): ``"train"`` cuts the training slices from the 50,000 training images and the
     evaluation images from the test split; ``"test"`` cuts both from one permutation of the
     10,000 test images (the only way before the training split was available; disjoint parts).
+    ``n_train_pgd`` / ``epochs_pgd`` (CIFAR-10 with ``train_split = "train"``): a budget of its
+    own for PGD-AT, the costliest defence to train — the first ``n_train_pgd`` images of the
+    training permutation (up to all 50,000: the other slices are then among them, which
+    matters to no evaluation, as every attacked image comes from the test split) for
+    ``epochs_pgd`` epochs; ``None``: the ``n_train`` slice for ``epochs`` epochs, like
+    FGSM-AT. The other defences' steps keep their settings, so a store that holds them
+    reuses them.
     """
 
     dataset: str = "mnist"
@@ -146,6 +153,8 @@ class Table3Settings:
     seed: int = 0
     models_dir: str | None = None
     train_split: str = "train"
+    n_train_pgd: int | None = None
+    epochs_pgd: int | None = None
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in DATASETS.get(self.dataset, {"defaults": {}})
@@ -184,12 +193,28 @@ class Table3Settings:
                              f"{'test' if shared else 'training'} images")
         if cifar and self.n_clean > DATASETS["cifar10"]["test_pool"]:
             raise ValueError(f"n_clean ({self.n_clean}) exceeds the 10000 CIFAR-10 test images")
+        self._check_pgd_budget(cifar, shared, pool)
+
+    def _check_pgd_budget(self, cifar: bool, shared: bool, pool: int) -> None:
+        for k in _PGD_FIELDS:
+            if getattr(self, k) is None:
+                continue
+            check_int_at_least(k, getattr(self, k), 1)
+            if not cifar or shared:
+                raise ValueError(f"{k} applies to CIFAR-10 with train_split = 'train' only (MNIST "
+                                 "PGD-AT is the shared mnist-lenet-pgd; with train_split = "
+                                 "'test' the training images would overlap the evaluation)")
+        if self.n_train_pgd is not None and self.n_train_pgd > pool:
+            raise ValueError(f"n_train_pgd ({self.n_train_pgd}) exceeds the {pool} training images")
 
 
 #: the fields that decide the data and every trained defence (not the attacks)
 _MODEL_FIELDS = ("dataset", "seed", "n_clean", "n_train", "n_train_sat", "n_train_hgd", "n_ae",
                  "n_val", "epochs", "lr", "eps", "hgd_epochs", "ae_epochs", "igsm_steps",
                  "clip_step", "fpr", "models_dir", "train_split")
+#: PGD-AT's own budget: in the settings of its steps only, and only when given (so the steps of
+#: every other defence, and of a spec without them, keep their keys)
+_PGD_FIELDS = ("n_train_pgd", "epochs_pgd")
 #: the attacks' fields (besides the attack's name)
 _ATTACK_FIELDS = ("n_test", "sf_max_iter")
 #: defence -> training step kind (MNIST PGD-AT is the shared mnist-lenet-pgd: no step)
@@ -197,8 +222,17 @@ _TRAIN_KIND = {"FGSM-AT": "table3.fgsm_at", "PGD-AT": "table3.pgd_at", "Ens-AT":
                "SAT": "table3.sat", "HGD": "table3.hgd", "MagNet": "table3.magnet"}
 
 
+def _own(m: dict[str, Any], defence: str) -> dict[str, Any]:
+    """Model settings ``m`` as the steps of ``defence`` see them: PGD-AT's keep its own budget
+    (:data:`_PGD_FIELDS`, where given), every other defence's drop it."""
+    if defence == "PGD-AT":
+        return m
+    return {k: v for k, v in m.items() if k not in _PGD_FIELDS}
+
+
 def _train_step(m: dict[str, Any], defence: str) -> Step | None:
     """The training step of ``defence`` for model settings ``m`` (None: nothing to train)."""
+    m = _own(m, defence)
     if defence == "none" or (defence == "PGD-AT" and m["dataset"] != "cifar10"):
         return None
     after: tuple[Step, ...] = ()
@@ -210,7 +244,7 @@ def _train_step(m: dict[str, Any], defence: str) -> Step | None:
 def _craft_step(m: dict[str, Any], a: dict[str, Any], attack: str, on: str) -> Step:
     """The adversarial batch of ``attack`` crafted on the model of defence ``on``."""
     train = _train_step(m, on)
-    return Step("table3.craft", {**m, **a, "attack": attack, "on": on}, rows=False,
+    return Step("table3.craft", {**_own(m, on), **a, "attack": attack, "on": on}, rows=False,
                 after=() if train is None else (train,))
 
 
@@ -222,6 +256,7 @@ def table3_plan(params: dict[str, Any], seed: int = 0) -> list[Step]:
     followed by MagNet's reformer-only row."""
     s = from_params(Table3Settings, params)
     m, a = step_settings(s, _MODEL_FIELDS), step_settings(s, _ATTACK_FIELDS)
+    m.update({k: getattr(s, k) for k in _PGD_FIELDS if getattr(s, k) is not None})
     names = attack_names(s.dataset, s.sigmas_g)
     wb = [n for n in names if s.white_box_attacks is None or n in s.white_box_attacks] \
         if s.white_box else []
@@ -230,7 +265,7 @@ def table3_plan(params: dict[str, Any], seed: int = 0) -> list[Step]:
         crafts = [_craft_step(m, a, n, "none") for n in names]
         crafts += [_craft_step(m, a, n, d) for n in wb if d != "none"]
         train = _train_step(m, d)
-        steps.append(Step("table3.evaluate", {**m, **a, "defence": d, "attacks": names,
+        steps.append(Step("table3.evaluate", {**_own(m, d), **a, "defence": d, "attacks": names,
                                               "white_box": wb},
                           after=tuple(crafts) + (() if train is None else (train,))))
     return steps
@@ -293,7 +328,8 @@ def _base(s: dict[str, Any]) -> nn.Module:
 
 
 def _model_settings(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s[k] for k in _MODEL_FIELDS}
+    """The model fields of step settings ``s`` (PGD-AT's own budget included where present)."""
+    return {k: s[k] for k in _MODEL_FIELDS + _PGD_FIELDS if k in _MODEL_FIELDS or k in s}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,14 +337,20 @@ def _model_settings(s: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 def _finetuned(s: dict[str, Any], ctx: Any, method: Any, n: int | None = None,
-               **kw: Any) -> StepOutput:
-    """The base model fine-tuned ``epochs`` epochs (Adam ``lr``, batch 50, seed ``seed``) on
-    the first ``n`` (default all) images of the ``n_train`` slice with training ``method``."""
-    from .. import defenses
+               epochs: int | None = None, **kw: Any) -> StepOutput:
+    """The base model fine-tuned ``epochs`` (default ``s["epochs"]``) epochs (Adam ``lr``, batch
+    50, seed ``seed``) on the first ``n`` (default all) images of the ``n_train`` slice with
+    training ``method``; ``n`` beyond the slice reads on along the training permutation."""
+    from .. import data, defenses
 
-    d = table3_split(s, ctx.data_root)
-    x, y = d["x_train"][:n], d["y_train"][:n]
-    m = defenses.train(_base(s), (x, y), method=method, epochs=s["epochs"], lr=s["lr"],
+    if n is not None and n > s["n_train"]:
+        x_all, y_all = data.load(s["dataset"], "train", ctx.data_root)
+        idx = data.random_subset(len(y_all), None, s["seed"])[:n]  # table3_split's permutation
+        x, y = x_all[idx], y_all[idx]
+    else:
+        d = table3_split(s, ctx.data_root)
+        x, y = d["x_train"][:n], d["y_train"][:n]
+    m = defenses.train(_base(s), (x, y), method=method, epochs=epochs or s["epochs"], lr=s["lr"],
                        batch_size=50, seed=s["seed"], show_progress=False, **kw)
     return StepOutput(tensors=module_tensors(m))
 
@@ -322,7 +364,8 @@ def _fgsm_at(s: dict[str, Any], ctx: Any) -> StepOutput:
 @register_step("table3.pgd_at")
 def _pgd_at(s: dict[str, Any], ctx: Any) -> StepOutput:
     """CIFAR-10 PGD adversarial training (Madry et al.: ε, α = ε/4, 7 steps, random start)."""
-    return _finetuned(s, ctx, "pgd", eps=s["eps"], alpha=s["eps"] * CIFAR_PGD["alpha_frac"],
+    return _finetuned(s, ctx, "pgd", n=s.get("n_train_pgd"), epochs=s.get("epochs_pgd"),
+                      eps=s["eps"], alpha=s["eps"] * CIFAR_PGD["alpha_frac"],
                       steps=CIFAR_PGD["steps"], w=CIFAR_PGD["w"])
 
 
@@ -447,7 +490,7 @@ def _defended(defence: str, s: dict[str, Any], ctx: Any) -> nn.Module:
         return _base(s)
     if defence == "PGD-AT" and not cifar:
         return _load("mnist-lenet-pgd", s)
-    weights = ctx.step(Step(_TRAIN_KIND[defence], _model_settings(s))).tensors
+    weights = ctx.step(Step(_TRAIN_KIND[defence], _own(_model_settings(s), defence))).tensors
     if defence == "HGD":
         den = hgd.Denoiser(3 if cifar else 1, width=16, depth=2)
         return hgd.HGDDefended(load_module_tensors(den, weights), _base(s)).eval()
