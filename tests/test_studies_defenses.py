@@ -15,7 +15,7 @@ from advsmooth.defenses.magnet import Autoencoder
 from advsmooth.experiments import artefacts, parse_spec, run_spec, tasks
 from advsmooth.experiments.artefacts import plan_order
 from advsmooth.experiments.store import Store
-from advsmooth.studies.defenses import Table3Settings, table3_plan, table3_split
+from advsmooth.studies.defenses import Table3Settings, table3_plan, table3_split, training_images
 
 
 def test_grey_shift_is_seeded_in_the_box_and_successes_are_real():
@@ -93,6 +93,38 @@ def test_table3_rejects_bad_arguments_before_any_work():
         table3_plan({"dataset": "cifar10", "n_ae": 48000})
     with pytest.raises(ValueError, match="train_split"):
         table3_plan({"dataset": "cifar10", "train_split": "val"})
+    with pytest.raises(ValueError, match="CIFAR-10 with train_split"):   # MNIST: shared PGD model
+        table3_plan({"n_train_pgd": 5000})
+    with pytest.raises(ValueError, match="CIFAR-10 with train_split"):   # would overlap the test
+        table3_plan({"dataset": "cifar10", "train_split": "test", "epochs_pgd": 3})
+    with pytest.raises(ValueError, match="n_train_pgd .* exceeds the 50000"):
+        table3_plan({"dataset": "cifar10", "n_train_pgd": 50001})
+    with pytest.raises(ValueError, match="epochs_pgd"):
+        table3_plan({"dataset": "cifar10", "epochs_pgd": 0})
+
+
+def test_table3_pgd_budget_changes_only_the_pgd_at_steps():
+    """n_train_pgd / epochs_pgd reach PGD-AT's training, crafting and evaluation steps and no
+    other, and leave the keys of a spec without them as they were: a store keeps every other
+    defence."""
+    def keys(params):
+        return {s.key: (s.kind, s.settings.get("on"), s.settings.get("defence"))
+                for s, _ in plan_order(table3_plan(params))}
+
+    base = {"dataset": "cifar10", "n_train": 300, "white_box_attacks": ["IGSM", "DF"]}
+    before = keys(base)
+    assert keys({**base, "n_train_pgd": None, "epochs_pgd": None}) == before
+    after = keys({**base, "n_train_pgd": 400, "epochs_pgd": 3})
+    new = [v for k, v in after.items() if k not in before]
+    gone = [v for k, v in before.items() if k not in after]
+    assert sorted(new, key=str) == sorted(gone, key=str)
+    assert sorted(new, key=str) == sorted([("table3.pgd_at", None, None),
+                                           ("table3.craft", "PGD-AT", None),
+                                           ("table3.craft", "PGD-AT", None),
+                                           ("table3.evaluate", None, "PGD-AT")], key=str)
+    pgd = [s for s, _ in plan_order(table3_plan({**base, "n_train_pgd": 400}))
+           if s.kind == "table3.pgd_at"]
+    assert pgd[0].settings["n_train_pgd"] == 400 and "epochs_pgd" not in pgd[0].settings
 
 
 def _kinds(steps):
@@ -271,3 +303,9 @@ def test_table3_cifar10_trains_on_the_training_split():
     assert split["idx_te"].tolist() == split["idx_clean"][:5].tolist()
     # the seeded permutations reach beyond the first 10,000 training images
     assert max(max(p) for p in parts) >= 10000
+    # PGD-AT's larger slice (n_train_pgd) reads on along the same permutation
+    s = {"dataset": "cifar10", "seed": 0, **sizes}
+    x_big, y_big = training_images(s, 50)
+    x_small, y_small = training_images(s, 20)
+    assert x_big.shape[0] == 50 and torch.equal(x_big[:30], split["x_train"])
+    assert torch.equal(y_big[:30], split["y_train"]) and torch.equal(x_small, split["x_train"][:20])

@@ -60,7 +60,7 @@ from ._settings import from_params, load_module_tensors, module_tensors, step_se
 from .training import accuracy
 
 __all__ = ["DATASETS", "DEFENCES", "Table3Settings", "table3_settings", "table3_plan",
-           "table3_split", "attack_names"]
+           "table3_split", "training_images", "attack_names"]
 
 #: Per-dataset settings: the label, the undefended base model, the number of images the defences'
 #: training slices are cut from, and the defaults of the parameters left at ``None``.
@@ -317,6 +317,21 @@ def table3_split(s: dict[str, Any], root: Any = None) -> dict[str, Tensor]:
     return out
 
 
+def training_images(s: dict[str, Any], n: int | None = None,
+                    root: Any = None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` (default all) images of the ``n_train`` slice; ``n`` beyond the slice
+    (PGD-AT's ``n_train_pgd``, ``train_split = "train"``) reads on along the same permutation
+    of the training images, so the slice is their first ``n_train``."""
+    if n is not None and n > s["n_train"]:
+        from .. import data
+
+        x_all, y_all = data.load(s["dataset"], "train", root)
+        idx = data.random_subset(len(y_all), None, s["seed"])[:n]  # table3_split's permutation
+        return x_all[idx], y_all[idx]
+    d = table3_split(s, root)
+    return d["x_train"][:n], d["y_train"][:n]
+
+
 def _load(name: str, s: dict[str, Any]) -> nn.Module:
     from .. import models
 
@@ -341,15 +356,9 @@ def _finetuned(s: dict[str, Any], ctx: Any, method: Any, n: int | None = None,
     """The base model fine-tuned ``epochs`` (default ``s["epochs"]``) epochs (Adam ``lr``, batch
     50, seed ``seed``) on the first ``n`` (default all) images of the ``n_train`` slice with
     training ``method``; ``n`` beyond the slice reads on along the training permutation."""
-    from .. import data, defenses
+    from .. import defenses
 
-    if n is not None and n > s["n_train"]:
-        x_all, y_all = data.load(s["dataset"], "train", ctx.data_root)
-        idx = data.random_subset(len(y_all), None, s["seed"])[:n]  # table3_split's permutation
-        x, y = x_all[idx], y_all[idx]
-    else:
-        d = table3_split(s, ctx.data_root)
-        x, y = d["x_train"][:n], d["y_train"][:n]
+    x, y = training_images(s, n, ctx.data_root)
     m = defenses.train(_base(s), (x, y), method=method, epochs=epochs or s["epochs"], lr=s["lr"],
                        batch_size=50, seed=s["seed"], show_progress=False, **kw)
     return StepOutput(tensors=module_tensors(m))
