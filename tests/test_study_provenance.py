@@ -1,5 +1,6 @@
-"""Study cells record the weights they came from: ``checkpoint_hash`` names every zoo model the
-cell's work loaded with the hash of its weights (the same hash attack cells record), for plain
+"""Study cells record the weights they came from: ``checkpoint_hash`` names every model the
+cell's work loaded (zoo weights, user checkpoints, saved and factory models) with the hash of its
+weights (the same hash attack cells record), for plain
 and planned (step-by-step) studies."""
 
 from __future__ import annotations
@@ -77,14 +78,45 @@ def test_reused_steps_still_name_their_models(tmp_path) -> None:
     assert cell["status"] == "done" and cell["checkpoint_hash"] == want
 
 
-def test_registry_logs_zoo_weights_only(tmp_path) -> None:
+def test_registry_logs_every_loaded_weights_under_their_source(tmp_path, monkeypatch) -> None:
     before = len(registry.loaded_weights())
     model = asm.models.load("digits-fc")
     assert registry.loaded_weights()[before:] == [("digits-fc", model_hash(model))]
-    # the zoo architecture with a user's weights is not the zoo model: not logged
+    # the zoo architecture with a user's weights: logged under NAME@FILE with those weights' hash
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
     path = tmp_path / "w.pt"
     torch.save(model.state_dict(), path)
-    asm.models.load("digits-fc", checkpoint=path)
+    mine = asm.models.load("digits-fc", checkpoint=path)
+    assert registry.loaded_weights()[-1] == ("digits-fc@w.pt", model_hash(mine))
+    assert model_hash(mine) != registry.loaded_weights()[before][1]
+    # an architecture without weights is not logged; an unknown name logs nothing
+    asm.models.load("digits-fc", pretrained=False)
     with pytest.raises(ValueError):
         asm.models.load("no-such-zoo-model")
-    assert len(registry.loaded_weights()) == before + 1
+    assert len(registry.loaded_weights()) == before + 2
+    # a package.module:factory model, with the checkpoint's weights
+    (tmp_path / "mymodels.py").write_text(
+        "import advsmooth as asm\n"
+        "def build():\n    return asm.models.load('digits-fc', pretrained=False)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from advsmooth.models.byo import load_factory
+
+    built = load_factory("mymodels:build", checkpoint=path)
+    assert registry.loaded_weights()[-1] == ("mymodels:build@w.pt", model_hash(built))
+    assert model_hash(built) == model_hash(mine)
+
+
+def test_evaluate_cell_with_user_weights_records_them(tmp_path) -> None:
+    model = asm.models.load("digits-lenet")
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    path = tmp_path / "half.pt"
+    torch.save(model.state_dict(), path)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.replace('model = "digits-lenet"',
+                                 f'model = "digits-lenet"\ncheckpoint = "{path}"'))
+    run_spec(spec, tmp_path / "out", progress=False)
+    with Store(tmp_path / "out", readonly=True) as st:
+        (cell,) = st.cells()
+    assert cell["checkpoint_hash"] == f"digits-lenet@half.pt={model_hash(model)}"

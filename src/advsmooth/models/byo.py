@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import load_checkpoint
+from .registry import note_model
 
 __all__ = ["is_factory_spec", "load_factory", "check_input_shape"]
 
@@ -62,7 +63,7 @@ def load_factory(spec: str, *, checkpoint: str | os.PathLike[str] | None = None,
         raise ValueError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    return model.to(device).eval()
+    return note_model(spec, model, checkpoint).to(device).eval()
 
 
 def check_input_shape(model: nn.Module, x: Tensor, *, expected: tuple[int, ...] | None = None,

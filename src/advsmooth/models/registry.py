@@ -36,7 +36,7 @@ from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
 __all__ = ["ModelSpec", "ZOO", "load", "available", "spec", "models_dirs", "save_model",
-           "trained_model_path"]
+           "note_model", "trained_model_path"]
 
 
 @dataclass(frozen=True)
@@ -344,24 +344,27 @@ def _load_saved(path: Path) -> nn.Module:
 # public API
 # ----------------------------------------------------------------------------------------------
 
-#: (zoo name, weight hash) of every model :func:`load` loaded with its zoo weights in this
-#: process, and of the models behind reused stored results (:func:`note_weights`), in order
+#: (name, weight hash) of every model :func:`load` loaded with real weights in this process, and
+#: of the models behind reused stored results (:func:`note_weights`), in order
 _LOADED: list[tuple[str, str]] = []
 
 
 def loaded_weights() -> list[tuple[str, str]]:
-    """``(name, weight hash)`` of the zoo models used in this process, in order (repeats
-    included; a copy): each model :func:`load` loaded with its zoo weights (hash:
-    :func:`advsmooth._tensors.model_hash` of its state dict) and those noted with
+    """``(name, weight hash)`` of the models used in this process, in order (repeats included; a
+    copy): each model :func:`load` (or :func:`advsmooth.models.byo.load_factory`) returned with
+    real weights — zoo weights under the zoo name, user weights as ``NAME@FILE`` (the
+    checkpoint's file name), a saved model under its file name — with the hash
+    :func:`advsmooth._tensors.model_hash` of its state dict, and those noted with
     :func:`note_weights`. The experiment runner reads it around a study's work to record which
-    weights the study's rows come from."""
+    weights the study's rows come from. Architectures built without weights
+    (``pretrained=False``) are not logged."""
     return list(_LOADED)
 
 
 @contextmanager
 def recording_weights() -> Iterator[dict[str, str]]:
-    """A dict that, when the block ends, holds the zoo models used inside it (name → weight
-    hash, as :func:`loaded_weights` logs them)."""
+    """A dict that, when the block ends, holds the models used inside it (name → weight hash,
+    as :func:`loaded_weights` logs them)."""
     mark, used = len(_LOADED), {}
     try:
         yield used
@@ -373,6 +376,15 @@ def note_weights(weights: Mapping[str, str]) -> None:
     """Add ``weights`` (name → weight hash) to :func:`loaded_weights`: the models behind a stored
     result that is reused instead of recomputed."""
     _LOADED.extend((str(n), str(h)) for n, h in weights.items())
+
+
+def note_model(name: str, model: nn.Module,
+               checkpoint: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Log ``model``'s weights in :func:`loaded_weights` as ``name`` (``name@FILE`` when they
+    came from ``checkpoint``); returns ``model``."""
+    label = name if checkpoint is None else f"{name}@{Path(checkpoint).name}"
+    _LOADED.append((label, model_hash(model)))
+    return model
 
 
 def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
@@ -393,6 +405,7 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     model: nn.Module
+    weighted = pretrained or checkpoint is not None
     if name.startswith("torchvision:"):
         model = _torchvision_model(name.split(":", 1)[1], pretrained=pretrained,
                                    checkpoint=checkpoint, allow_download=allow_download)
@@ -400,7 +413,7 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
         model = _timm_model(name.split(":", 1)[1], pretrained=pretrained,
                             checkpoint=checkpoint, allow_download=allow_download)
     elif name not in ZOO and (name.endswith((".pt", ".pth")) or os.sep in name):
-        model = _load_saved(Path(name).expanduser())
+        model, name, weighted = _load_saved(Path(name).expanduser()), Path(name).name, True
     else:
         s = spec(name)
         if checkpoint is not None:
@@ -410,10 +423,10 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
         elif s.source == "shared":
             assert s.file is not None
             model = load_checkpoint(_build(s), _find_checkpoint(s.file, models_dir))
-            _LOADED.append((name, model_hash(model)))
         else:
             model, _ = _load_trained(s, retrain=retrain, verbose=verbose)
-            _LOADED.append((name, model_hash(model)))
+    if weighted:
+        note_model(name, model, checkpoint)
     return model.to(device).eval()
 
 
