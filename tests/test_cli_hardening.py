@@ -552,3 +552,63 @@ def test_smooth_models_dir_does_not_leak_into_the_process(tmp_path, monkeypatch,
     assert main(argv) == 2
     _one_line(capsys)
     assert "ADVSMOOTH_MODELS" not in os.environ
+
+
+# -- a user's audit, 2026-12-07: each of these reached the user as a traceback or a silent misread
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "mlp", "--data", "digits", "--method-param", "eps=0.3"],
+     "training method 'standard' has no parameter(s) ['eps']"),
+    (["train", "mlp", "--data", "digits", "--method", "pgd", "--method-param", "epss=0.3"],
+     "its parameters: eps, alpha"),
+    (["attack", "deepfool", "-m", "runs/typo/model.pt", "-d", "digits", "--n", "2"],
+     "no model file runs/typo/model.pt"),
+    (["attack", "deepfool", *DIGITS, "--n", "1000"], "--n 1000 exceeds the 359 images"),
+    (["evaluate", *DIGITS, "--eps", "0.1", "--n", "1000"], "--n 1000 exceeds the 359 images"),
+    (["certify", *DIGITS, "--sigma", "0.25", "--n", "1000"], "--n 1000 exceeds"),
+    (["smooth", "-m", "digits-lenet", "-d", "digits", "--n", "1000"], "--n 1000 exceeds"),
+    (["certify", *DIGITS, "--sigma", "0.25", "--N", "9"], "use --N 10 or more"),
+    (["evaluate", *DIGITS, "--eps", "0.1", "--smooth-sigma", "nan"], "--smooth-sigma"),
+    (["check-defense", *DIGITS, "--eps", "0.1", "0.05"], "--eps must be increasing"),
+    # a spec with two problems names both on its one line
+    (["attack", "deepfool", *DIGITS, "--n", "3", "--seed", "-5"],
+     "2 problem(s)): attack deepfool: seed"),
+])
+def test_audited_user_errors_are_one_line_before_work(argv, needle, capsys, no_work, tmp_path,
+                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:  # argparse's own errors exit through SystemExit(2)
+        code = main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "train" else argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    line = _one_line(capsys)
+    assert needle in line, line
+
+
+def test_run_names_a_folder_given_as_spec(tmp_path, capsys, no_work):
+    assert main(["run", str(tmp_path)]) == 2
+    assert "is a folder, not a TOML file" in _one_line(capsys)
+
+
+def test_diverging_training_and_a_resume_of_another_architecture_are_user_errors(tmp_path,
+                                                                                capsys):
+    out = tmp_path / "t"
+    assert main(["train", "mlp", "--data", "digits", "--epochs", "1", "--optimizer", "sgd",
+                 "--lr", "100", "--out", str(out), "--no-progress"]) == 2
+    assert "the training diverged; try a smaller learning rate (lr=100)" in _one_line(capsys)
+    assert main(["train", "mlp", "--data", "digits", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "lenet", "--data", "digits", "--epochs", "2", "--out", str(out),
+                 "--resume", "--no-progress"]) == 2
+    assert "its weights do not fit this model (another architecture?)" in _one_line(capsys)
+
+
+def test_smooth_refuses_labels_the_model_cannot_output(tmp_path, capsys):
+    x = (np.random.default_rng(0).random((6, 28, 28)) * 255).astype(np.uint8)
+    path = tmp_path / "y15.npz"
+    np.savez(path, x=x, y=np.array([0, 1, 2, 3, 4, 15]))
+    assert main(["smooth", "-m", "digits-lenet", "-d", f"npz:{path}", "--n", "6", "--samples",
+                 "4", "--draws", "1", "--steps", "1"]) == 2
+    assert "y must be class indices in [0, 9] for this model" in _one_line(capsys)

@@ -387,3 +387,84 @@ def test_learnable_input_noise_repr_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "sigma=0.25" in repr(noise)
+
+
+# -- a user's audit, 2026-12-07: the API side ------------------------------------------------
+
+def _digits8():
+    m = asm.models.load("digits-lenet", verbose=False)
+    x, y = asm.data.load("digits", n=8)
+    return m, x, y
+
+
+def test_hard_vote_smoothed_classifier_refuses_gradient_attacks_clearly():
+    m, x, y = _digits8()
+    for vote in ("prediction", "weighted"):
+        s = SmoothedClassifier(m, sigma=0.25, samples=4, vote=vote)
+        for atk in (asm.attacks.PGD(eps=0.1, steps=2), asm.attacks.DeepFool(max_iter=2)):
+            with pytest.raises(ValueError, match="has no input gradient.*ExpectationGradient"):
+                atk(s, x, y)
+    soft = SmoothedClassifier(m, sigma=0.25, samples=4, vote="soft")
+    assert asm.attacks.PGD(eps=0.1, steps=2)(soft, x, y).x_adv.shape == x.shape
+    with torch.no_grad():  # predictions still work with every vote
+        assert SmoothedClassifier(m, sigma=0.25, samples=4)(x).shape == (8, 10)
+
+
+def test_training_method_parameters_are_checked_by_name():
+    with pytest.raises(ValueError, match=r"'pgd' has no parameter\(s\) \['epss'\]"):
+        asm.defenses.get_method("pgd", epss=0.3)
+    with pytest.raises(ValueError, match="takes no parameters"):
+        asm.defenses.get_method("standard", eps=0.3)
+    assert asm.defenses.get_method("pgd", eps=0.2).eps == 0.2
+
+
+def test_data_indices_take_masks_and_refuse_fractions():
+    mask = torch.zeros(359, dtype=torch.bool)
+    mask[[3, 5]] = True
+    x, y = asm.data.load("digits", indices=mask)
+    x_ref, y_ref = asm.data.load("digits", indices=[3, 5])
+    assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    with pytest.raises(ValueError, match="must be integers"):
+        asm.data.load("digits", indices=[0.7, 1.9])
+    with pytest.raises(ValueError, match="one entry per sample of digits \\(359\\)"):
+        asm.data.load("digits", indices=torch.ones(10, dtype=torch.bool))
+
+
+def test_evaluate_checks_its_inputs_before_attacking():
+    m, x, y = _digits8()
+    with pytest.raises(ValueError, match="dtype torch.float64 but the model's parameters"):
+        asm.evaluate(m, x.double(), y, eps=[0.1])
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        asm.evaluate(m, x, y, eps=[0.1], batch_size=0)
+    with pytest.raises(ValueError, match="needs the true labels y"):
+        asm.evaluate(m, x, None, eps=[0.1])
+
+
+def test_model_loading_names_bad_devices_and_folders():
+    with pytest.raises(ValueError, match="device must be cpu, cuda"):
+        asm.models.load("digits-lenet", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            asm.models.load("digits-lenet", device="cuda")
+    with pytest.raises(FileNotFoundError, match="models_dir /no/such/dir: no such folder"):
+        asm.models.load("cifar10-resnet20", models_dir="/no/such/dir")
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        asm.models.load("/no/such/model.pt")
+
+
+def test_dlr_loss_refuses_two_classes_and_evaluate_leaves_apgd_t_out():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    x = torch.rand(6, 1, 4, 4)
+    y = m(x).argmax(1).detach()
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        asm.attacks.APGD(eps=0.1, loss="dlr")(m, x, y)
+    assert asm.attacks.APGD(eps=0.1, loss="ce", steps=5)(m, x, y).x_adv.shape == x.shape
+    rep = asm.evaluate(m, x, y, eps=[0.05], deepfool=False)
+    assert "apgd-t" not in rep.stage_list and "apgd-ce" in rep.stage_list
+
+
+def test_accuracy_of_no_samples_is_an_error():
+    m, x, y = _digits8()
+    with pytest.raises(ValueError, match="no samples"):
+        asm.defenses.evaluate(m, (x[:0], y[:0]))

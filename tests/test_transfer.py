@@ -223,6 +223,9 @@ def test_topk_success():
     assert bool(topk_success(z, torch.tensor([5]), k=5)[0])
     assert bool(topk_success(z, y, target=torch.tensor([0]))[0])
     assert bool(topk_success(z, y, target=torch.tensor([4]), k=5)[0])
+    for k in (0, 7, 2.0, True):  # top-0 / top-(K+1) success means nothing
+        with pytest.raises(ValueError, match="k must be an integer in \\[1, 6\\]"):
+            topk_success(z, y, k=k)
 
 
 # ---------------------------------------------------------------------------------------------

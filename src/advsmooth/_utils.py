@@ -434,3 +434,30 @@ def check_finite_gradient(grad: Tensor, name: str = "model output") -> Tensor:
             f"the input gradient of the {name} contains NaN or Inf for {bad} of "
             f"{grad.shape[0]} input(s); the model is not differentiable there")
     return grad
+
+
+def resolve_device(value: str | None, option: str = "device") -> str:
+    """Map a device name (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto`` or ``None``: CUDA when
+    available) to a torch device string; ``ValueError`` naming ``option`` for an unusable value
+    (``gpu``, ``cuda`` on a machine without CUDA, ``cuda:N`` past the last GPU)."""
+    if value in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    v = value.strip().lower()
+    if v == "cpu":
+        return "cpu"
+    if v == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{option} mps: MPS is not available on this machine "
+                             "(use cpu or auto)")
+        return "mps"
+    m = re.fullmatch(r"cuda(?::(\d+))?", v)
+    if m:
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {value}: CUDA is not available on this machine "
+                             "(use cpu or auto)")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise ValueError(f"{option} {value}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s), numbered from 0")
+        return v
+    raise ValueError(f"{option} must be cpu, cuda, cuda:N, mps or auto, got {value!r}")

@@ -81,7 +81,7 @@ class APGD(Attack):
         norm: ``"inf"`` or ``2``.
         steps: iterations ``N`` per run (≥ 1; the paper uses 100).
         restarts: runs per target (≥ 1), each from a fresh random start.
-        loss: ``"ce"`` or ``"dlr"`` (or ``"margin"``).
+        loss: ``"ce"`` or ``"dlr"`` (or ``"margin"``); ``"dlr"`` needs >= 3 classes.
         targets: ``None`` (untargeted) or ``k ≥ 1``: targeted loss against each of the ``k``
             most likely wrong classes of the clean input (APGD-T; needs ``loss="dlr"`` or
             ``"ce"``/``"margin"`` in their targeted forms). Success is still misclassification.
@@ -186,6 +186,10 @@ class APGD(Attack):
 
     # -- the attack -----------------------------------------------------------------------------
     def _attack(self, ctx: AttackContext) -> AttackOutput:
+        z0 = ctx.clean_logits
+        if self.loss == "dlr" and (z0.ndim == 1 or z0.shape[-1] < 3):
+            raise ValueError("loss='dlr' needs a model with at least 3 classes (with 2 the ratio "
+                             "is constant: no gradient); use loss='ce' or 'margin'")
         model = ctx.model
         grad_model = (fold_batchnorm(model, ctx.x[:4], channels_last=True) if self.fast_model
                       else model)

@@ -74,7 +74,12 @@ def _one_line(exc: BaseException) -> str:
         text = f"{exc.filename}: {exc.strerror}"
         if exc.filename2 is not None:
             text += f" ({exc.filename2})"
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # a multi-line message (a spec's list of problems) folded onto one line
+    head, *rest = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    rest = [ln[2:] if ln.startswith(("- ", "• ")) else ln for ln in rest]
+    return head.rstrip(":") + (": " + "; ".join(rest) if rest else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._utils import resolve_device as _resolve_device
 from . import UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -215,31 +216,8 @@ def hidden_alias(parser: Any, alias: str, dest: str, **kwargs: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def resolve_device(value: str | None, option: str = "--device") -> str:
-    """Map ``--device`` to a torch device string; :class:`UserError` for an unusable value
-    (``gpu``, ``cuda`` on a machine without CUDA, ``cuda:N`` past the last GPU)."""
-    import torch
-
-    if value in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    v = value.strip().lower()
-    if v == "cpu":
-        return "cpu"
-    if v == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UserError(f"{option} mps: MPS is not available on this machine "
-                            "(use cpu or auto)")
-        return "mps"
-    m = re.fullmatch(r"cuda(?::(\d+))?", v)
-    if m:
-        if not torch.cuda.is_available():
-            raise UserError(f"{option} {value}: CUDA is not available on this machine "
-                            "(use cpu or auto)")
-        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise UserError(f"{option} {value}: this machine has {torch.cuda.device_count()} "
-                            "CUDA device(s), numbered from 0")
-        return v
-    raise UserError(f"{option} must be cpu, cuda, cuda:N, mps or auto, got {value!r}")
+    """Map ``--device`` to a torch device string (:func:`advsmooth._utils.resolve_device`)."""
+    return _resolve_device(value, option)
 
 
 def _writable_dir(folder: Path) -> bool:
@@ -308,6 +286,19 @@ def data_shape(name: str, split: str = "test", root: str | None = None) -> tuple
             return tuple(shape)
     x, _ = data.load(name, split, root=root, indices=[0])
     return tuple(int(v) for v in x.shape[1:])
+
+
+def check_n(n: int | None, data_name: str, split: str = "test") -> None:
+    """:class:`UserError` when ``--n`` asks for more images than split ``split`` of
+    ``data_name`` holds (where the registry knows its size; 0 / ``None``: all)."""
+    from .. import data
+
+    if not n or data_name.startswith("npz:") or data_name not in data.names():
+        return
+    size = data.info(data_name).sizes.get(split)
+    if size is not None and n > size:
+        raise UserError(f"--n {n} exceeds the {size} images of {data_name} ({split}); use "
+                        f"--n {size} or 0 for all of them")
 
 
 def check_model_input(model_name: str, data_name: str, image_shape: Sequence[int] | None,

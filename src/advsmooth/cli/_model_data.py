@@ -63,13 +63,14 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     import advsmooth as asm
 
     from ..models.byo import is_factory_spec, load_factory
-    from ._common import check_model_input, check_out_dir, data_shape, resolve_device
+    from ._common import check_model_input, check_n, check_out_dir, data_shape, resolve_device
 
     device = resolve_device(args.device)
     if args.n < 0:
         raise ValueError(f"--n must be >= 0, got {args.n}")
     check_out_dir(getattr(args, "out", None))
     shape = data_shape(args.data, args.split, args.data_root)
+    check_n(args.n, args.data, args.split)
     check_model_input(args.model, args.data, shape)
     if is_factory_spec(args.model):
         model = load_factory(args.model, checkpoint=args.checkpoint, device=device)

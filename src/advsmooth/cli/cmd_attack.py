@@ -32,6 +32,7 @@ from . import UserError
 from ._common import (
     add_common,
     check_model_input,
+    check_n,
     check_out_dir,
     data_shape,
     models_dir_env,
@@ -222,6 +223,7 @@ def _one_cell_spec(args: argparse.Namespace, **body: Any) -> Any:
 def attack_spec(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     """The one-cell experiment spec of ``advsmooth attack`` (validated)."""
     ds: dict[str, Any] = {"name": args.data, "split": args.split}
+    check_n(args.n, args.data, args.split)
     if args.n:
         ds.update(sample=args.n, seed=args.seed)
     return _one_cell_spec(args, batch_size=args.batch_size, save_adversarial=True,

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     check_out_file(args.json, "--json")
+    if args.eps and any(b <= a for a, b in zip(args.eps, args.eps[1:])):
+        raise ValueError(f"--eps must be increasing, got {' '.join(map(str, args.eps))}")
     shape = data_shape(args.data, args.split, args.data_root)
     for name in (args.model, args.surrogate):
         if name:

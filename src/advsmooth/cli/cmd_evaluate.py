@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import positive_int
+from ._common import positive_int, positive_number
 from ._model_data import add_model_data, eps_list, load_model_data, print_and_write
 
 
@@ -22,18 +22,27 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_model_data(p, default_n=500)
     p.add_argument("--eps", required=True,
                    help="radii, comma separated, fractions allowed: 2/255,4/255,8/255")
-    p.add_argument("--norm", choices=("inf", "2"), default="inf", help="threat model")
+    p.add_argument("--norm", choices=("inf", "2"), default="inf",
+                   help="threat model (default: inf)")
     p.add_argument("--stages", default="standard",
                    help="standard, fast, or a comma list of "
                         "pgd-ce,deepfool,fab-t,apgd-ce,apgd-t,square (standard: all; at Linf "
                         "without fab-t)")
-    p.add_argument("--pgd-steps", type=positive_int, default=20)
-    p.add_argument("--apgd-steps", type=positive_int, default=100)
-    p.add_argument("--apgd-restarts", type=positive_int, default=1)
-    p.add_argument("--apgd-targets", type=positive_int, default=3)
-    p.add_argument("--fab-steps", type=positive_int, default=100)
-    p.add_argument("--fab-targets", type=positive_int, default=3)
-    p.add_argument("--square-queries", type=positive_int, default=2000)
+    p.add_argument("--pgd-steps", type=positive_int, default=20,
+                   help="steps of the first stage, PGD-CE with a random start (default: 20)")
+    p.add_argument("--apgd-steps", type=positive_int, default=100,
+                   help="iterations of each APGD run (default: 100)")
+    p.add_argument("--apgd-restarts", type=positive_int, default=1,
+                   help="APGD restarts from random points (default: 1)")
+    p.add_argument("--apgd-targets", type=positive_int, default=3,
+                   help="APGD-T target classes, the most likely wrong ones (default: 3)")
+    p.add_argument("--fab-steps", type=positive_int, default=100,
+                   help="iterations of FAB-T per target (L2 cascade; default: 100)")
+    p.add_argument("--fab-targets", type=positive_int, default=3,
+                   help="FAB-T target classes (default: 3)")
+    p.add_argument("--square-queries", type=positive_int, default=2000,
+                   help="model queries per sample of the gradient-free Square stage "
+                        "(default: 2000)")
     p.add_argument("--square-all", action="store_true",
                    help="Square attacks every survivor, as AutoAttack (default: groups of "
                         "128 survivors, nearest by DeepFool first, until a group fools nobody "
@@ -41,9 +50,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--smoothness", default=None, metavar="SIGMAS",
                    help="SmoothFool profile at these sigma_g values (e.g. 1,2,4; default: off)")
     p.add_argument("--no-deepfool", action="store_true", help="skip the DeepFool distribution")
-    p.add_argument("--smooth-sigma", type=float, default=None,
-                   help="evaluate the model wrapped in a SmoothedClassifier with this sigma")
-    p.add_argument("--smooth-samples", type=positive_int, default=32)
+    p.add_argument("--smooth-sigma", type=positive_number, default=None,
+                   help="evaluate the model wrapped in a SmoothedClassifier with this noise "
+                        "sigma (pixels in [0, 1]; fractions allowed)")
+    p.add_argument("--smooth-samples", type=positive_int, default=32,
+                   help="noisy copies per prediction of the smoothed model (default: 32)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per attack call (128: a pass over at most 128 images keeps "
                         "the activations in the CPU cache)")

@@ -20,6 +20,7 @@ from typing import Any
 from ._common import (
     add_common,
     check_model_input,
+    check_n,
     check_out_dir,
     data_shape,
     hidden_alias,
@@ -55,8 +56,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "on DATA: clean and under PGD, EPGD, SmoothAdv-PGD, transfer or NAttack. "
                     "σ is in pixel units (use --noise-space normalized for the paper's "
                     "normalised-input σ).")
-    p.add_argument("--model", required=True, help="zoo model name or saved model path")
-    p.add_argument("--data", required=True, help="dataset name (digits, mnist, ...) or npz:PATH")
+    p.add_argument("--model", "-m", required=True, help="zoo model name or saved model path")
+    p.add_argument("--data", "-d", required=True, help="dataset name (e.g. digits) or npz:PATH")
     p.add_argument("--split", default="test", help="split (default: test)")
     p.add_argument("--n", type=positive_int, default=200,
                    help="seeded random subset size (default: 200)")
@@ -129,6 +130,7 @@ def _smooth(args: argparse.Namespace) -> int:
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     shape = data_shape(args.data, args.split, args.data_root)
+    check_n(args.n, args.data, args.split)
     for name in (args.model, args.source):
         if name:
             check_model_input(name, args.data, shape)

@@ -542,7 +542,15 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
             raise ValueError(f"sample={sample} exceeds the {total} available samples of {name}")
         return random_subset(total, sample, seed)
     if indices is not None:
-        idx = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        raw = torch.as_tensor(indices)
+        if raw.dtype == torch.bool:  # a mask: one entry per sample
+            if raw.numel() != total:
+                raise ValueError(f"a boolean indices mask needs one entry per sample of {name} "
+                                 f"({total}), got {raw.numel()}")
+            return raw.flatten().nonzero()[:, 0]
+        if raw.is_floating_point() or raw.is_complex():
+            raise ValueError(f"indices must be integers (or a boolean mask), got {raw.dtype}")
+        idx = raw.to(torch.int64).flatten()
         if idx.numel() and (idx.min() < -total or idx.max() >= total):
             raise ValueError(f"indices out of range for {name} with {total} samples")
         return idx
@@ -579,7 +587,8 @@ def load(name: str, split: str = "test", root: str | os.PathLike[str] | None = N
         sample: keep a seeded random subset of this size (use this on class-sorted data such as
             the shared CIFAR-10 copy).
         seed: seed of ``sample``.
-        indices: explicit indices to keep.
+        indices: explicit indices to keep (integers; negative ones count from the end), or a
+            boolean mask with one entry per sample.
 
     Returns:
         ``x`` float32 ``N×C×H×W`` in ``[0, 1]`` and ``y`` int64 ``(N,)``.

@@ -435,7 +435,16 @@ class SmoothedClassifier(SmoothedModel):
         return s / (m * _vote_norm(self.vote, s.shape[-1], self.C))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Smoothed scores ``N×K`` with ``self.samples`` copies and this call's noise."""
+        """Smoothed scores ``N×K`` with ``self.samples`` copies and this call's noise.
+
+        An input that requires a gradient (a gradient attack, an input-gradient metric) with a
+        hard vote raises ``ValueError``: hard votes have no gradient."""
+        if torch.is_grad_enabled() and x.requires_grad and self.vote not in ("soft", "logit_mean"):
+            raise ValueError(
+                f"SmoothedClassifier(vote={self.vote!r}) has no input gradient (hard votes); to "
+                "attack it with gradients use vote='soft' or 'logit_mean', or give the attack "
+                "gradient=advsmooth.attacks.ExpectationGradient(sigma, samples=M) on the base "
+                "model (docs/smoothing.md)")
         return self.scores(x)
 
     def copy_logits(self, x: Tensor, *, samples: int | None = None,

@@ -473,7 +473,8 @@ def load_spec(path: str | os.PathLike[str], *, check: bool = True) -> Spec:
     """Read and validate the TOML spec at ``path`` (``SpecError``/``FileNotFoundError``)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"experiment spec not found: {p}")
+        raise FileNotFoundError(f"experiment spec {p} is a folder, not a TOML file" if p.is_dir()
+                                else f"experiment spec not found: {p}")
     try:
         with p.open("rb") as f:
             data = tomllib.load(f)

@@ -76,8 +76,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._tensors import check_images, check_labels, frozen_model, predict
-from .._utils import check_bool
+from .._tensors import check_images, check_labels, check_model_compat, frozen_model, predict
+from .._utils import check_bool, check_int_at_least
 from ..attacks.apgd import APGD
 from ..attacks.base import Attack, run_batched
 from ..attacks.deepfool import DeepFool
@@ -352,6 +352,11 @@ def evaluate(
     """
     t_start = time.perf_counter()
     check_images(x)
+    check_model_compat(model, x)
+    if y is None:
+        raise ValueError("evaluate needs the true labels y: robust accuracy counts the samples "
+                         "classified correctly under attack")
+    check_int_at_least("batch_size", batch_size, 1)
     nrm = normalize_norm(norm)
     radii = check_eps_list([eps] if isinstance(eps, (int, float)) else eps)
     names = stage_names(nrm, stages)
@@ -437,6 +442,8 @@ class _Cascade:
         # DeepFool's and FAB's linearisation of a randomised (or vote-based) classifier means
         # nothing
         self.names = [s for s in names if s not in ("deepfool", "fab-t")] if rnd else names
+        if z0.ndim == 1 or z0.shape[1] < 3:  # two classes: APGD-T's DLR loss has no gradient,
+            self.names = [s for s in self.names if s != "apgd-t"]  # and APGD-CE covers it
         self.flags: list[Flag] = []
         self.df_info: dict[str, Any] = {}
         self.df_adv: Tensor | None = None

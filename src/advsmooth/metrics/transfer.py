@@ -115,8 +115,11 @@ def random_wrong_targets(y: Tensor, num_classes: int, seed: int = 0) -> Tensor:
 
 def topk_success(logits: Tensor, y: Tensor, target: Tensor | None = None,
                  k: int = 1) -> Tensor:
-    """``(N,)`` bool success: untargeted ``y ∉ top-k``; targeted ``t ∈ top-k``."""
-    k = min(k, logits.shape[1])
+    """``(N,)`` bool success: untargeted ``y ∉ top-k``; targeted ``t ∈ top-k``; ``k`` from 1 to
+    the number of classes (``ValueError`` otherwise: top-0 or top-(K+1) success means nothing)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= logits.shape[1]:
+        raise ValueError(f"k must be an integer in [1, {logits.shape[1]}] (the number of "
+                         f"classes), got {k!r}")
     top = logits.topk(k, dim=1).indices
     if target is None:
         return ~(top == y[:, None]).any(1)
@@ -293,7 +296,7 @@ def transfer_matrix(
         for j, (_, tmodel) in enumerate(tgts):
             z = _logits(tmodel, res.x_adv, batch_size)
             top1[i, j] = float(topk_success(z, ys, tgt, 1).double().mean())
-            top5[i, j] = float(topk_success(z, ys, tgt, 5).double().mean())
+            top5[i, j] = float(topk_success(z, ys, tgt, min(5, z.shape[1])).double().mean())
     return TransferMatrix(
         sources=[s for s, _ in srcs], targets=[t for t, _ in tgts], top1=top1, top5=top5,
         white_box=wb, n=int(xs.shape[0]), targeted=targeted, attack=repr(attack),

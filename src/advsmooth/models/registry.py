@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import __version__
 from .._tensors import model_hash
-from .._utils import atomic_path, cache_dir, optional_import, search_dirs
+from .._utils import atomic_path, cache_dir, optional_import, resolve_device, search_dirs
 from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
@@ -124,7 +124,11 @@ def spec(name: str) -> ModelSpec:
 
 
 def models_dirs(models_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Folders searched for pretrained checkpoint files, in order (see module docstring)."""
+    """Folders searched for pretrained checkpoint files, in order (see module docstring);
+    ``FileNotFoundError`` when a given ``models_dir`` is not a folder (a typo would otherwise
+    fall back to the default folders unnoticed)."""
+    if models_dir is not None and not Path(models_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"models_dir {models_dir}: no such folder")
     return search_dirs(models_dir, "ADVSMOOTH_MODELS", ("models", "../shared/models"))
 
 
@@ -329,6 +333,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
 
 
 def _load_saved(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file {path}" + (" (it is a folder)" if path.is_dir()
+                                                            else ""))
     meta_path = path.with_name(path.name + ".json")
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} has no description {meta_path.name} next to it; build "
@@ -404,6 +411,8 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
     model: nn.Module
     weighted = pretrained or checkpoint is not None
     if name.startswith("torchvision:"):

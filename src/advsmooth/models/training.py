@@ -34,6 +34,7 @@ Files in ``out_dir`` (when given):
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -64,6 +65,7 @@ __all__ = [
     "StandardTraining",
     "METHODS",
     "get_method",
+    "TrainingDiverged",
     "train",
     "evaluate",
     "CHECKPOINT_FORMAT",
@@ -108,6 +110,11 @@ class StandardTraining(TrainingMethod):
 METHODS: dict[str, Callable[..., TrainingMethod]] = {"standard": StandardTraining}
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite (typically a learning rate too large); a
+    ``ValueError`` too, so the CLI reports it as a user error."""
+
+
 def get_method(method: str | TrainingMethod, **kwargs: Any) -> TrainingMethod:
     """A :class:`TrainingMethod` instance from a registered name (``kwargs`` go to it) or as is."""
     if isinstance(method, TrainingMethod):
@@ -116,7 +123,17 @@ def get_method(method: str | TrainingMethod, **kwargs: Any) -> TrainingMethod:
         return method
     if method not in METHODS:
         raise ValueError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
-    return METHODS[method](**kwargs)
+    factory = METHODS[method]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names = [n for n, p in params.items()
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise ValueError(f"training method {method!r} has no parameter(s) {unknown}; "
+                             + (f"its parameters: {', '.join(names)}" if names
+                                else "it takes no parameters"))
+    return factory(**kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +183,8 @@ def evaluate(model: nn.Module, data: Any, *, batch_size: int = 256,
     The model's train/eval mode is restored afterwards.
     """
     src = _as_source(data, "data")
+    if _length(src) == 0:
+        raise ValueError("data holds no samples: accuracy is undefined")
     dev = torch.device(device) if device is not None else _device_of(model)
     was_training = model.training
     model.eval()
@@ -349,7 +368,12 @@ def _open_out_dir(run: _Run, resume: bool) -> int:
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"cannot resume from {last}: not an advsmooth training checkpoint")
         _check_resume_config(state["config"], run.cfg, last)
-        run.model.load_state_dict(state["model"])
+        try:
+            run.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+            why = " ".join(str(exc).split())[:300]
+            raise ValueError(f"cannot resume from {last}: its weights do not fit this model "
+                             f"(another architecture?): {why}") from None
         run.opt.load_state_dict(state["optimizer"])
         if run.sched is not None and state.get("scheduler") is not None:
             run.sched.load_state_dict(state["scheduler"])
@@ -369,7 +393,12 @@ def _train_step(run: _Run, xb: Tensor, yb: Tensor, gen: torch.Generator, epoch: 
         raise ValueError(f"{run.method.name}.loss must return a scalar, got shape "
                          f"{tuple(loss.shape)}")
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss at epoch {epoch}")
+        lr = run.opt.param_groups[0].get("lr")
+        raise TrainingDiverged(f"non-finite training loss at epoch {epoch}: the training "
+                               f"diverged; try a smaller learning rate (lr={lr:g})"
+                               if isinstance(lr, float) else
+                               f"non-finite training loss at epoch {epoch}: the training "
+                               "diverged; try a smaller learning rate")
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     run.opt.step()

@@ -110,7 +110,10 @@ def _check_rule(rule: Any, where: str) -> dict[str, Any]:
 def load_claims(path: str | os.PathLike[str]) -> list[Claim]:
     """Parse and check a claims file (``ValueError`` naming the claim and what is wrong)."""
     with open(path, "rb") as f:
-        doc = tomllib.load(f)
+        try:
+            doc = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
     default = doc.get("defaults", {}).get("rule", {"kind": "rel", "tol": 0.2, "partly": 0.5})
     out = []
     for i, c in enumerate(doc.get("claims", [])):

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tensors import check_labels
 from .._utils import check_choice, check_int_at_least, check_nonnegative
 from ..attacks import PGD, ExpectationGradient, NAttack, SmoothAdvGradient
 from ..defenses import noise_parameters
@@ -442,6 +443,7 @@ def run_smoothing_study(model: nn.Module | str, data: str | tuple[Tensor, Tensor
             raise ValueError("train needs data given by name (its training split is used)")
         base = train_base(base, *_train_data(s, data_root), s.train).to(device)
     x, y = x.to(device), y.to(device)
+    _check_classes(base, x, y)
     rows: list[dict[str, Any]] = []
     adv: dict[str, Tensor] = {}
     for kind in s.attacks:
@@ -466,6 +468,15 @@ def _load_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
     return data_mod.load(s.data, s.split, root=root, **kw)
 
 
+def _check_classes(base: nn.Module, x: Tensor, y: Tensor) -> None:
+    """``ValueError`` unless every label is a class of ``base`` (a label it cannot output would
+    only count as an error, silently)."""
+    with torch.no_grad():
+        z = base(x[:1])
+    check_labels(y, x.shape[0], int(z.shape[1]) if z.ndim == 2 and z.shape[1] > 1 else 2,
+                 y.device)
+
+
 def _train_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
     """The recipe's ``n_train`` seeded images of the training split of ``s.data``."""
     assert s.train is not None
@@ -485,7 +496,9 @@ def _inputs(st: dict[str, Any], ctx: Any) -> tuple[SmoothingSettings, nn.Module,
         base = load_module_tensors(_noisy_copy(base, s.train, s.seed), weights).to(ctx.device)
     src = ctx.load_model(s.source) if s.source is not None else None
     x, y = _load_data(s, ctx.data_root)
-    return s, base, src, x.to(ctx.device), y.to(ctx.device)
+    x, y = x.to(ctx.device), y.to(ctx.device)
+    _check_classes(base, x, y)
+    return s, base, src, x, y
 
 
 def train_step(s: SmoothingSettings) -> Step:
