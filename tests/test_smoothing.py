@@ -167,7 +167,9 @@ def test_soft_is_differentiable(cnn, xs):
     (g,) = torch.autograd.grad(sm(x)[:, 0].sum(), x)
     assert g.abs().sum() > 0
     hard = SmoothedClassifier(cnn, 0.2, 4, vote="prediction")
-    assert not hard(x).requires_grad
+    with pytest.raises(ValueError, match="no input gradient"):  # a gradient attack's call
+        hard(x)
+    assert not hard(x.detach()).requires_grad  # a plain prediction
 
 
 def test_normalized_noise_space(cnn, xs):

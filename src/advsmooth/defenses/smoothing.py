@@ -254,9 +254,11 @@ class SmoothedClassifier(SmoothedModel):
             in (e.g. to train with BatchNorm statistics of the noisy inputs).
 
     Gradients flow through ``forward`` only for the differentiable votes (``"soft"``,
-    ``"logit_mean"``) when grad mode is on; hard votes are computed under ``no_grad``. To attack a
-    smoothed classifier with gradients use :class:`advsmooth.attacks.ExpectationGradient`, which
-    differentiates the base model under the same noise.
+    ``"logit_mean"``) when grad mode is on; hard votes are computed under ``no_grad``, and a hard
+    vote called on an input that requires a gradient (a gradient attack) raises ``ValueError``
+    rather than return scores no gradient can flow through. To attack a smoothed classifier with
+    gradients use :class:`advsmooth.attacks.ExpectationGradient`, which differentiates the base
+    model under the same noise.
 
     Training through the smoothed model: with ``vote="soft"`` or ``"logit_mean"`` and grad mode
     on, ``loss(smoothed(x), y).backward()`` reaches the base model's parameters in either
@@ -439,7 +441,8 @@ class SmoothedClassifier(SmoothedModel):
 
         An input that requires a gradient (a gradient attack, an input-gradient metric) with a
         hard vote raises ``ValueError``: hard votes have no gradient."""
-        if torch.is_grad_enabled() and x.requires_grad and self.vote not in ("soft", "logit_mean"):
+        if (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad
+                and self.vote not in ("soft", "logit_mean")):
             raise ValueError(
                 f"SmoothedClassifier(vote={self.vote!r}) has no input gradient (hard votes); to "
                 "attack it with gradients use vote='soft' or 'logit_mean', or give the attack "

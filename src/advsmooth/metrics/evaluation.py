@@ -351,17 +351,10 @@ def evaluate(
         A :class:`RobustnessReport`.
     """
     t_start = time.perf_counter()
-    check_images(x)
-    check_model_compat(model, x)
-    if y is None:
-        raise ValueError("evaluate needs the true labels y: robust accuracy counts the samples "
-                         "classified correctly under attack")
-    check_int_at_least("batch_size", batch_size, 1)
+    _check_inputs(model, x, y, batch_size)
     nrm = normalize_norm(norm)
     radii = check_eps_list([eps] if isinstance(eps, (int, float)) else eps)
     names = stage_names(nrm, stages)
-    if x.shape[0] == 0:
-        raise ValueError("x holds no samples")
     cfg = _Settings(norm=nrm, radii=radii, pgd_steps=pgd_steps, apgd_steps=apgd_steps,
                     apgd_restarts=apgd_restarts, apgd_targets=apgd_targets,
                     fab_steps=fab_steps, fab_targets=fab_targets,
@@ -376,6 +369,18 @@ def evaluate(
     for ie, e in enumerate(radii):
         run.walk_radius(ie, e)
     return run.report(smoothness, smoothness_n, t_start)
+
+
+def _check_inputs(model: nn.Module, x: Tensor, y: Any, batch_size: Any) -> None:
+    """One clear ``ValueError``/``TypeError`` for inputs :func:`evaluate` cannot use."""
+    check_images(x)
+    if x.shape[0] == 0:
+        raise ValueError("x holds no samples")
+    check_model_compat(model, x)
+    if y is None:
+        raise ValueError("evaluate needs the true labels y: robust accuracy counts the samples "
+                         "classified correctly under attack")
+    check_int_at_least("batch_size", batch_size, 1)
 
 
 @dataclass(frozen=True)
