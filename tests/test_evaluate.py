@@ -485,3 +485,34 @@ def test_evaluate_square_groups_do_not_shrink_with_the_batch_size(monkeypatch) -
     sq = [s for s in rep.stages if s["stage"] == "square"][0]
     assert seen[0]["survivors"].numel() > 8
     assert len(seen) == 1 and seen[0]["rows"].numel() == 8 and sq["attacked"] == 8
+
+
+def test_progress_bar_counts_every_eps_and_stage(monkeypatch) -> None:
+    """One bar step per (ε, stage) pair, enabled unless asked not to (tqdm itself stays silent
+    without a terminal); closed with the report."""
+    import advsmooth as asm
+    from advsmooth.metrics import evaluation as E
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total, enabled, **_):
+            self.total, self.enabled, self.n, self.closed = total, enabled, 0, False
+            seen.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix(self, **_):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(E, "_bar", lambda total, enabled, **kw: Bar(total, enabled))
+    m = asm.models.load("digits-lenet", verbose=False)
+    x, y = asm.data.load("digits", n=6)
+    rep = asm.evaluate(m, x, y, eps=[0.05, 0.1], stages=["pgd-ce", "deepfool"], pgd_steps=2)
+    asm.evaluate(m, x, y, eps=[0.1], stages=["pgd-ce"], pgd_steps=2, progress_bar=False)
+    assert seen[0].total == seen[0].n == 2 * len(rep.stage_list) and seen[0].enabled
+    assert seen[0].closed and not seen[1].enabled

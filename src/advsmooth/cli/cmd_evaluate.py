@@ -60,7 +60,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                         "the activations in the CPU cache)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write DIR/evaluation.json, .md and .html")
-    p.add_argument("--progress", action="store_true", help="print a line per (eps, stage)")
+    p.add_argument("--progress", action="store_true",
+                   help="print a line per (eps, stage) (for logs; a terminal shows a bar anyway)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on a terminal only)")
     p.set_defaults(func=run)
     return p
 
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         apgd_targets=args.apgd_targets, fab_steps=args.fab_steps,
         fab_targets=args.fab_targets, square_queries=args.square_queries,
         square_all=args.square_all, deepfool=not args.no_deepfool, smoothness=smoothness,
-        batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+        batch_size=args.batch_size, seed=args.seed, progress=args.progress,
+        progress_bar=not args.no_progress)
     print_and_write(report, args.out, write_evaluation,
                     f"Robustness of {args.model} on {args.data}")
     return 0

@@ -105,7 +105,7 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
                    square_queries=p.get("square_queries", 2000),
                    square_all=p.get("square_all", False),
                    deepfool=p.get("deepfool", True), batch_size=p.get("batch_size", 128),
-                   seed=ctx.seed % (2**31))
+                   seed=ctx.seed % (2**31), progress_bar=ctx.progress)
     n = rep.n
     correct = round(rep.clean_accuracy * n)
     within = rep.deepfool.get("fraction_within", {})

@@ -78,6 +78,7 @@ from torch import Tensor, nn
 
 from .._tensors import check_images, check_labels, check_model_compat, frozen_model, predict
 from .._utils import check_bool, check_int_at_least
+from .._utils import progress as _bar
 from ..attacks.apgd import APGD
 from ..attacks.base import Attack, run_batched
 from ..attacks.deepfool import DeepFool
@@ -318,6 +319,7 @@ def evaluate(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = False,
+    progress_bar: bool = True,
     keep_images: bool = False,
 ) -> RobustnessReport:
     """Evaluate the robustness of ``model`` on ``(x, y)`` over the radii ``eps``.
@@ -343,7 +345,8 @@ def evaluate(
         gap_points: percentage points of the ``pgd_gap`` / ``blackbox_beats_whitebox`` flags.
         batch_size: images per attack call (128: passes over at most 128 images keep the
             activations in the CPU cache). seed: seeds every random choice (per ε and stage).
-        progress: print a line per (ε, stage).
+        progress: print a line per (ε, stage). progress_bar: a bar over the (ε, stage) pairs
+            on a terminal (never in a log, a pipe or CI, nor with ``$ADVSMOOTH_NO_PROGRESS``).
         keep_images: keep, per ε, the image that fooled each sample (``report.images``) so that
             the verdicts can be checked independently.
 
@@ -361,7 +364,8 @@ def evaluate(
                     square_queries=square_queries, square_p_init=square_p_init,
                     square_all=check_bool("square_all", square_all), eot_samples=eot_samples,
                     draws=draws, gap_points=gap_points,
-                    batch_size=batch_size, seed=seed, progress=progress, keep_images=keep_images)
+                    batch_size=batch_size, seed=seed, progress=progress,
+                    progress_bar=check_bool("progress_bar", progress_bar), keep_images=keep_images)
     run = _Cascade(model, x.detach(), y, names, cfg, randomized)
     run.deepfool_distribution(deepfool)
     run.flags.append(_zero_gradient_flag(model, run.x, run.labels, run.correct, batch_size,
@@ -405,6 +409,7 @@ class _Settings:
     batch_size: int
     seed: int
     progress: bool
+    progress_bar: bool
     keep_images: bool
 
     def config(self, names: list[str]) -> dict[str, Any]:
@@ -450,6 +455,8 @@ class _Cascade:
         if z0.ndim == 1 or z0.shape[1] < 3:  # two classes: APGD-T's DLR loss has no gradient,
             self.names = [s for s in self.names if s != "apgd-t"]  # and APGD-CE covers it
         self.flags: list[Flag] = []
+        self.bar = _bar(total=len(cfg.radii) * len(self.names), desc="evaluate",
+                        enabled=cfg.progress_bar, unit="stage")
         self.df_info: dict[str, Any] = {}
         self.df_adv: Tensor | None = None
         self.df_norm: Tensor | None = None  # (N,) DeepFool's ‖r‖ (∞: not fooled or not run)
@@ -560,6 +567,8 @@ class _Cascade:
         if self.cfg.progress:
             print(f"eps {_fmt_eps(e)} {name}: attacked {attacked}, fooled "
                   f"{int(newly.sum())}, robust {acc:.1%}", flush=True)
+        self.bar.update(1)
+        self.bar.set_postfix(eps=_fmt_eps(e), stage=name, robust=f"{acc:.1%}", refresh=False)
 
     def _deepfool_stage(self, rows: Tensor, e: float) -> tuple[Tensor, Tensor, float]:
         """DeepFool's image projected onto the ε-ball: ``(hit, images, forwards)``."""
@@ -635,6 +644,7 @@ class _Cascade:
     def report(self, smoothness: Sequence[float] | None, smoothness_n: int,
                t_start: float) -> RobustnessReport:
         """The flags, the optional SmoothFool profile and the report."""
+        self.bar.close()
         radii = self.cfg.radii
         robust = torch.stack(self.robust_rows)
         acc = {e: float(robust[i].double().mean()) for i, e in enumerate(radii)}
