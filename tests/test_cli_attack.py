@@ -105,7 +105,7 @@ def test_smooth_uap_same_split_uses_disjoint_samples(tmp_path, capsys):
     (["deepfool", *COMMON, "--param", "oops"], "KEY=VALUE"),
     (["deepfool", *COMMON, "--norm", "banana"], "--norm"),
     (["deepfool", *COMMON, "--n", "-1"], "--n"),
-    (["deepfool", *COMMON, "--max-iter", "0"], "max_iter"),
+    (["deepfool", *COMMON, "--max-iter", "0"], "--max-iter must be"),
     (["deepfool", "--model", "digits-lenet", "--data", "nodata"], "unknown dataset"),
     (["color-shift", *COMMON, "--n", "2"], "RGB"),
     (["uap", *COMMON, "--fit-n", "0"], "--fit-n"),

@@ -612,3 +612,23 @@ def test_smooth_refuses_labels_the_model_cannot_output(tmp_path, capsys):
     assert main(["smooth", "-m", "digits-lenet", "-d", f"npz:{path}", "--n", "6", "--samples",
                  "4", "--draws", "1", "--steps", "1"]) == 2
     assert "y must be class indices in [0, 9] for this model" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["demo", "--n", "0"], "error: --n must be >= 1"),
+    (["attack", "deepfool", *DIGITS, "--n", "3", "--max-iter", "0"], "error: --max-iter must be"),
+])
+def test_library_parameter_names_become_the_commands_options(argv, needle, capsys, no_work):
+    assert main(argv) == 2
+    assert needle in _one_line(capsys)
+
+
+def test_option_naming_leaves_other_messages_alone():
+    from advsmooth.cli import _as_option
+
+    opts = {"--max-iter", "--n", "--seed"}
+    assert _as_option("max_iter must be >= 1", opts) == "--max-iter must be >= 1"
+    assert _as_option("seed: Input should be >= 0", opts) == "--seed: Input should be >= 0"
+    assert _as_option("x has dtype float64", opts) == "x has dtype float64"
+    assert _as_option("steps must be >= 1", opts) == "steps must be >= 1"  # no --steps here
+    assert _as_option("nothing to do", opts) == "nothing to do"

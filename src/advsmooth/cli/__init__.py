@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -82,6 +83,24 @@ def _one_line(exc: BaseException) -> str:
     return head.rstrip(":") + (": " + "; ".join(rest) if rest else "")
 
 
+def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The ``--long`` option strings of subcommand ``command``."""
+    for action in parser._actions:  # argparse keeps its subparsers there
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return {o for o in action.choices[command]._option_string_actions
+                    if o.startswith("--")}
+    return set()
+
+
+def _as_option(text: str, options: set[str]) -> str:
+    """A message that starts with a library parameter name (``max_iter must be ...``) names the
+    command's option instead (``--max-iter must be ...``) when the command has one."""
+    m = re.match(r"([a-z][a-z0-9_]*)(?=( must | \(|: | =))", text)
+    if m and "--" + m.group(1).replace("_", "-") in options:
+        return "--" + m.group(1).replace("_", "-") + text[m.end():]
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advsmooth`` command; returns the exit status."""
     parser = build_parser()
@@ -102,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"advsmooth {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        text = _as_option(_one_line(exc), _options(parser, args.command))
+        print(f"advsmooth {args.command}: error: {text}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug: show it, ask for a report
         traceback.print_exc()
