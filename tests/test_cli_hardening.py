@@ -570,9 +570,9 @@ def test_smooth_models_dir_does_not_leak_into_the_process(tmp_path, monkeypatch,
     (["certify", *DIGITS, "--sigma", "0.25", "--N", "9"], "use --N 10 or more"),
     (["evaluate", *DIGITS, "--eps", "0.1", "--smooth-sigma", "nan"], "--smooth-sigma"),
     (["check-defense", *DIGITS, "--eps", "0.1", "0.05"], "--eps must be increasing"),
-    # a spec with two problems names both on its one line
     (["attack", "deepfool", *DIGITS, "--n", "3", "--seed", "-5"],
-     "2 problem(s)): attack deepfool: seed"),
+     "--seed: expected an integer >= 0"),
+    (["evaluate", *DIGITS, "--eps", "0.1", "--seed", "-5"], "--seed: expected an integer >= 0"),
 ])
 def test_audited_user_errors_are_one_line_before_work(argv, needle, capsys, no_work, tmp_path,
                                                       monkeypatch):
@@ -632,3 +632,12 @@ def test_option_naming_leaves_other_messages_alone():
     assert _as_option("x has dtype float64", opts) == "x has dtype float64"
     assert _as_option("steps must be >= 1", opts) == "steps must be >= 1"  # no --steps here
     assert _as_option("nothing to do", opts) == "nothing to do"
+
+
+def test_a_multi_line_error_keeps_its_details_on_one_line():
+    from advsmooth.cli import _one_line
+    from advsmooth.experiments.spec import SpecError
+
+    exc = SpecError("attack x", [("seed", "must be >= 0"), ("datasets[0].seed", "must be >= 0")])
+    assert _one_line(exc) == ("attack x: invalid experiment spec (2 problem(s)): attack x: seed: "
+                              "must be >= 0; attack x: datasets[0].seed: must be >= 0")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_common, parse_number
+from ._common import add_common, nonnegative_int, parse_number
 
 
 def eps_list(text: str | None, flag: str = "--eps") -> list[float] | None:
@@ -42,7 +42,7 @@ def add_model_data(p: argparse.ArgumentParser, *, default_n: int) -> None:
                    help=f"samples: the first N in file order (default {default_n}; 0 = all)")
     p.add_argument("--random-subset", action="store_true",
                    help="take a seeded random subset of N samples instead of the first N")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random component")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every random component")
     add_common(p)
 
 

@@ -36,6 +36,7 @@ from ._common import (
     check_out_dir,
     data_shape,
     models_dir_env,
+    nonnegative_int,
     number,
     parse_number,
     resolve_device,
@@ -65,7 +66,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="data split to attack (default: test)")
     p.add_argument("--n", type=int, default=100,
                    help="number of samples: a seeded random subset (default 100; 0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and the attack")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the subset and the attack")
     p.add_argument("--batch-size", type=int, default=128, help="attack batch size")
     p.add_argument("--out", "-o", default=None,
                    help="run folder: store, report, npz/png/json (default: write nothing)")

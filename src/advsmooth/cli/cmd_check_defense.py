@@ -19,6 +19,7 @@ from ._common import (
     check_out_file,
     data_shape,
     hidden_alias,
+    nonnegative_int,
     nonnegative_number,
     positive_int,
     positive_number,
@@ -52,7 +53,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="NAttack iterations (default 40)")
     hidden_alias(p, "--nattack-iter", "nattack_iters", type=positive_int)
     p.add_argument("--no-nattack", action="store_true", help="skip the NAttack cross-check")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random component")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every random component")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     add_common(p)
     p.set_defaults(func=run)

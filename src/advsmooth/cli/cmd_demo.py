@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from ..demo import DEMO_N
+from ._common import nonnegative_int
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="a digits-* zoo model (default: digits-lenet)")
     p.add_argument("--n", type=int, default=DEMO_N,
                    help=f"number of digits test images (seeded random subset; default {DEMO_N})")
-    p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="experiment seed (default 0)")
     p.add_argument("--out", default="advsmooth-demo",
                    help="output directory (default ./advsmooth-demo; re-running resumes)")
     p.add_argument("--retrain", action="store_true", help="train the digits model again")

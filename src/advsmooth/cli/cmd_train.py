@@ -47,7 +47,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=nonnegative_number, default=0.0,
                    help="weight decay (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (128)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", "-o", default=None,
                    help="output directory (default: runs/train-MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import add_models_dir
+from ._common import add_models_dir, nonnegative_int
 
 #: ``advsmooth.studies.transfer.DIGITS_PARTS`` joined (kept literal: building the parser must not
 #: import torch; tests/test_transfer_study_figs.py checks they agree)
@@ -42,7 +42,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_models_dir(p)
     p.add_argument("--parts", default=DEFAULT_PARTS,
                    help=f"digits: comma-separated sections to run (default: {DEFAULT_PARTS})")
-    p.add_argument("--seed", type=int, default=0, help="seed (subset, noise, targets)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed (subset, noise, targets)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_main)
     return p
