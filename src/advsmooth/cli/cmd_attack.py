@@ -73,7 +73,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="run folder: store, report, npz/png/json (default: write nothing)")
     add_common(p, device_first=True)
     g = p.add_argument_group("attack options (each attack takes some of them)")
-    g.add_argument("--norm", default=None, help="norm of the attack: 2 or inf")
+    g.add_argument("--norm", default=None,
+                   help="norm of the attack: 2 or inf (DeepFool: any p > 1, e.g. 1.5)")
     g.add_argument("--sigma", type=number, default=None, help="smoothing σ_g in pixels")
     g.add_argument("--overshoot", type=number, default=None, help="DeepFool overshoot η")
     g.add_argument("--max-iter", dest="max_iter", type=int, default=None, help="iteration cap")

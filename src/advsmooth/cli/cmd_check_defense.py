@@ -38,9 +38,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", "-d", required=True, help="dataset name (e.g. digits) or npz:PATH")
     p.add_argument("--split", default="test", help="data split (default: test)")
     p.add_argument("--n", type=positive_int, default=64, help="samples to check (default 64)")
-    p.add_argument("--eps", type=positive_number, nargs="+", default=None,
+    p.add_argument("--eps", type=_radii, nargs="+", default=None, action=_Flat,
                    help="increasing Linf radii in pixel units, numbers or fractions such as "
-                        "8/255 (default 4/255 ... 64/255)")
+                        "8/255, separated by spaces or commas (default 4/255 ... 64/255)")
     p.add_argument("--surrogate", default=None, help="model for the transfer check")
     p.add_argument("--smooth-sigma", type=nonnegative_number, default=None,
                    help="wrap the model in a SmoothedClassifier with this sigma")
@@ -58,6 +58,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=run)
     return p
+
+
+def _radii(text: str) -> list[float]:
+    """argparse type: one radius or a comma list of them (``evaluate --eps`` style)."""
+    return [positive_number(t) for t in text.split(",") if t.strip()]
+
+
+class _Flat(argparse.Action):
+    """Store the radii of every word (``--eps 4/255 8/255`` or ``--eps 4/255,8/255``) as one
+    flat list."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, [e for part in values for e in part])
 
 
 def run(args: argparse.Namespace) -> int:
