@@ -31,7 +31,8 @@ __all__ = ["NOISE_SPACES", "SmoothedModel", "check_std", "find_std", "pixel_sigm
 NOISE_SPACES = ("pixel", "normalized")
 
 _NEEDS_STD = ("noise_space='normalized' needs std= or an advsmooth.models.Normalize layer "
-              "inside the model")
+              "inside the model (this model has none: its inputs are the pixels, so use "
+              "noise_space='pixel' / --noise-space pixel)")
 
 
 def find_std(model: nn.Module) -> Tensor | None:
