@@ -357,16 +357,15 @@ def evaluate(
     _check_inputs(model, x, y, batch_size)
     nrm = normalize_norm(norm)
     radii = check_eps_list([eps] if isinstance(eps, (int, float)) else eps)
-    names = stage_names(nrm, stages)
     cfg = _Settings(norm=nrm, radii=radii, pgd_steps=pgd_steps, apgd_steps=apgd_steps,
                     apgd_restarts=apgd_restarts, apgd_targets=apgd_targets,
                     fab_steps=fab_steps, fab_targets=fab_targets,
                     square_queries=square_queries, square_p_init=square_p_init,
                     square_all=check_bool("square_all", square_all), eot_samples=eot_samples,
-                    draws=draws, gap_points=gap_points,
-                    batch_size=batch_size, seed=seed, progress=progress,
-                    progress_bar=check_bool("progress_bar", progress_bar), keep_images=keep_images)
-    run = _Cascade(model, x.detach(), y, names, cfg, randomized)
+                    draws=draws, gap_points=gap_points, batch_size=batch_size, seed=seed,
+                    progress=progress, progress_bar=check_bool("progress_bar", progress_bar),
+                    keep_images=keep_images)
+    run = _Cascade(model, x.detach(), y, stage_names(nrm, stages), cfg, randomized)
     run.deepfool_distribution(deepfool)
     run.flags.append(_zero_gradient_flag(model, run.x, run.labels, run.correct, batch_size,
                                          run.rnd))
