@@ -28,21 +28,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="standard, fast, or a comma list of "
                         "pgd-ce,deepfool,fab-t,apgd-ce,apgd-t,square (standard: all; at Linf "
                         "without fab-t)")
-    p.add_argument("--pgd-steps", type=positive_int, default=20,
-                   help="steps of the first stage, PGD-CE with a random start (default: 20)")
-    p.add_argument("--apgd-steps", type=positive_int, default=100,
-                   help="iterations of each APGD run (default: 100)")
-    p.add_argument("--apgd-restarts", type=positive_int, default=1,
-                   help="APGD restarts from random points (default: 1)")
-    p.add_argument("--apgd-targets", type=positive_int, default=3,
-                   help="APGD-T target classes, the most likely wrong ones (default: 3)")
-    p.add_argument("--fab-steps", type=positive_int, default=100,
-                   help="iterations of FAB-T per target (L2 cascade; default: 100)")
-    p.add_argument("--fab-targets", type=positive_int, default=3,
-                   help="FAB-T target classes (default: 3)")
-    p.add_argument("--square-queries", type=positive_int, default=2000,
-                   help="model queries per sample of the gradient-free Square stage "
-                        "(default: 2000)")
+    for flag, default, what in (
+            ("--pgd-steps", 20, "steps of the first stage, PGD-CE with a random start"),
+            ("--apgd-steps", 100, "iterations of each APGD run"),
+            ("--apgd-restarts", 1, "APGD restarts from random points"),
+            ("--apgd-targets", 3, "APGD-T target classes, the most likely wrong ones"),
+            ("--fab-steps", 100, "iterations of FAB-T per target (L2 cascade)"),
+            ("--fab-targets", 3, "FAB-T target classes"),
+            ("--square-queries", 2000, "model queries per sample of the gradient-free Square "
+                                       "stage")):
+        p.add_argument(flag, type=positive_int, default=default,
+                       help=f"{what} (default: {default})")
     p.add_argument("--square-all", action="store_true",
                    help="Square attacks every survivor, as AutoAttack (default: groups of "
                         "128 survivors, nearest by DeepFool first, until a group fools nobody "
