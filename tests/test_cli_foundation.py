@@ -67,7 +67,7 @@ def test_models_lists_zoo(capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,needle", [
     (["data", "--data-root", "/nonexistent/advsmooth"], "no such directory"),
     (["models", "--models-dir", "/nonexistent/advsmooth"], "no such directory"),
-    (["train", "alexnet", "--data", "digits", "--epochs", "0"], "unknown architecture"),
+    (["train", "alexnet", "--data", "digits", "--epochs", "1"], "unknown architecture"),
     (["train", "lenet", "--data", "nope"], "unknown dataset"),
     (["train", "lenet", "--data", "npz:/nonexistent/x.npz"], "x.npz"),
     (["train", "lenet", "--data", "digits", "--method", "magic"], "unknown training method"),

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--method-param", action="append", default=[], metavar="KEY=VALUE",
                    help="hyper-parameter of the method, repeatable (VALUE parsed as JSON when "
                         "possible, e.g. eps=0.3 steps=7 variant=prob_average)")
-    p.add_argument("--epochs", type=nonnegative_int, default=10, help="epochs (default: 10)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default: 10)")
     p.add_argument("--lr", type=positive_number, default=1e-3, help="learning rate (1e-3)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--schedule", choices=("none", "cosine"), default="none",
