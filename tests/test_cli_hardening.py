@@ -568,6 +568,7 @@ def test_smooth_models_dir_does_not_leak_into_the_process(tmp_path, monkeypatch,
     (["certify", *DIGITS, "--sigma", "0.25", "--n", "1000"], "--n 1000 exceeds"),
     (["smooth", "-m", "digits-lenet", "-d", "digits", "--n", "1000"], "--n 1000 exceeds"),
     (["certify", *DIGITS, "--sigma", "0.25", "--N", "9"], "use --N 10 or more"),
+    (["certify", *DIGITS, "--sigma", "0.25", "--alpha", "0.125", "--N", "2"], "use --N 3 or more"),
     (["evaluate", *DIGITS, "--eps", "0.1", "--smooth-sigma", "nan"], "--smooth-sigma"),
     (["check-defense", *DIGITS, "--eps", "0.1", "0.05"], "--eps must be increasing"),
     (["attack", "deepfool", *DIGITS, "--n", "3", "--seed", "-5"],
@@ -632,6 +633,9 @@ def test_option_naming_leaves_other_messages_alone():
     assert _as_option("x has dtype float64", opts) == "x has dtype float64"
     assert _as_option("steps must be >= 1", opts) == "steps must be >= 1"  # no --steps here
     assert _as_option("nothing to do", opts) == "nothing to do"
+    # the filter's `param` is not the command's --param KEY=VALUE
+    msg = "param (kernel size k) = 2 gives an all-zero triangular kernel"
+    assert _as_option(msg, opts | {"--param"}) == msg
 
 
 def test_a_multi_line_error_keeps_its_details_on_one_line():

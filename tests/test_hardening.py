@@ -468,3 +468,57 @@ def test_accuracy_of_no_samples_is_an_error():
     m, x, y = _digits8()
     with pytest.raises(ValueError, match="no samples"):
         asm.defenses.evaluate(m, (x[:0], y[:0]))
+
+
+def test_smoothing_label_check_leaves_the_noise_stream_alone():
+    """The class-count probe runs on a copy: a noise layer's own generator must not advance, or a
+    noise-trained study's results would depend on the check."""
+    import copy
+
+    from advsmooth.defenses import inject_noise
+    from advsmooth.studies.smoothing import _check_classes
+
+    m, x, y = _digits8()
+    noisy = inject_noise(m, seed=0)
+    twin = copy.deepcopy(noisy)
+    _check_classes(noisy, x, y)
+    with torch.no_grad():
+        assert torch.equal(noisy(x), twin(x))
+
+
+def test_evaluate_refuses_a_stage_list_with_nothing_left_and_a_profile_of_a_noisy_model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    x = torch.rand(6, 1, 4, 4)
+    y = m(x).argmax(1).detach()
+    with pytest.raises(ValueError, match="no stage of \\['apgd-t'\\] applies"):
+        asm.evaluate(m, x, y, eps=[0.05], stages=["apgd-t"], deepfool=False)
+    base, xd, yd = _digits8()
+    smoothed = SmoothedClassifier(base, sigma=0.25, samples=4)
+    with pytest.raises(ValueError, match="needs a deterministic model"):
+        asm.evaluate(smoothed, xd, yd, eps=[0.05], stages=["pgd-ce"], smoothness=[1.0])
+
+
+def test_empty_indices_select_nothing_and_torch_device_names_pass():
+    x, y = asm.data.load("digits", indices=[])
+    assert x.shape[0] == 0 and y.shape == (0,)
+    m = asm.models.load("digits-lenet", verbose=False, device="cpu:0")
+    assert next(m.parameters()).device.type == "cpu"
+
+
+def test_weight_log_keeps_two_saved_models_with_the_same_file_name(tmp_path):
+    from advsmooth.models import registry
+    from advsmooth.models.registry import save_model
+
+    paths = []
+    for i, sub in enumerate(("a", "b")):
+        net = asm.models.load("digits-fc", verbose=False)
+        with torch.no_grad():
+            next(net.parameters()).add_(float(i))
+        (tmp_path / sub).mkdir()
+        paths.append(save_model(net, tmp_path / sub / "model.pt", arch="fc",
+                                in_shape=(1, 28, 28), num_classes=10))
+    with registry.recording_weights() as used:
+        for p in paths:
+            asm.models.load(str(p), verbose=False)
+    assert len(used) == 2 and len(set(used.values())) == 2

@@ -88,7 +88,7 @@ def test_registry_logs_every_loaded_weights_under_their_source(tmp_path, monkeyp
     path = tmp_path / "w.pt"
     torch.save(model.state_dict(), path)
     mine = asm.models.load("digits-fc", checkpoint=path)
-    assert registry.loaded_weights()[-1] == ("digits-fc@w.pt", model_hash(mine))
+    assert registry.loaded_weights()[-1] == (f"digits-fc@{path}", model_hash(mine))
     assert model_hash(mine) != registry.loaded_weights()[before][1]
     # an architecture without weights is not logged; an unknown name logs nothing
     asm.models.load("digits-fc", pretrained=False)
@@ -103,7 +103,7 @@ def test_registry_logs_every_loaded_weights_under_their_source(tmp_path, monkeyp
     from advsmooth.models.byo import load_factory
 
     built = load_factory("mymodels:build", checkpoint=path)
-    assert registry.loaded_weights()[-1] == ("mymodels:build@w.pt", model_hash(built))
+    assert registry.loaded_weights()[-1] == (f"mymodels:build@{path}", model_hash(built))
     assert model_hash(built) == model_hash(mine)
 
 
@@ -119,4 +119,4 @@ def test_evaluate_cell_with_user_weights_records_them(tmp_path) -> None:
     run_spec(spec, tmp_path / "out", progress=False)
     with Store(tmp_path / "out", readonly=True) as st:
         (cell,) = st.cells()
-    assert cell["checkpoint_hash"] == f"digits-lenet@half.pt={model_hash(model)}"
+    assert cell["checkpoint_hash"] == f"digits-lenet@{path}={model_hash(model)}"

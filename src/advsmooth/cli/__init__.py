@@ -95,7 +95,7 @@ def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
 def _as_option(text: str, options: set[str]) -> str:
     """A message that starts with a library parameter name (``max_iter must be ...``) names the
     command's option instead (``--max-iter must be ...``) when the command has one."""
-    m = re.match(r"([a-z][a-z0-9_]*)(?=( must | \(|: | =))", text)
+    m = re.match(r"([a-z][a-z0-9_]*)(?=( must |: ))", text)
     if m and "--" + m.group(1).replace("_", "-") in options:
         return "--" + m.group(1).replace("_", "-") + text[m.end():]
     return text

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
     radii = eps_list(args.radii, "--radii")
-    # N votes out of N give the lower confidence bound alpha^(1/N): above 1/2 only when
-    # N > log2(1/alpha); below that every input abstains
-    needed = math.floor(math.log2(1.0 / args.alpha)) + 1
+    # N votes out of N give the lower confidence bound alpha^(1/N), at least 1/2 (no abstention)
+    # only when N >= log2(1/alpha); below that every input abstains
+    needed = math.ceil(math.log2(1.0 / args.alpha) - 1e-12)
     if args.n_samples < needed:
         raise ValueError(f"--N {args.n_samples} is too small for --alpha {args.alpha:g}: even "
                          f"{args.n_samples} votes out of {args.n_samples} cannot certify, so every "

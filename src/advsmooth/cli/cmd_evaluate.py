@@ -57,7 +57,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write DIR/evaluation.json, .md and .html")
     p.add_argument("--progress", action="store_true",
-                   help="print a line per (eps, stage) (for logs; a terminal shows a bar anyway)")
+                   help="print a line per (eps, stage) instead of the bar (for logs)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on a terminal only)")
     p.set_defaults(func=run)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         fab_targets=args.fab_targets, square_queries=args.square_queries,
         square_all=args.square_all, deepfool=not args.no_deepfool, smoothness=smoothness,
         batch_size=args.batch_size, seed=args.seed, progress=args.progress,
-        progress_bar=not args.no_progress)
+        progress_bar=not (args.no_progress or args.progress))
     print_and_write(report, args.out, write_evaluation,
                     f"Robustness of {args.model} on {args.data}")
     return 0

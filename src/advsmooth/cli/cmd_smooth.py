@@ -61,7 +61,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split (default: test)")
     p.add_argument("--n", type=positive_int, default=200,
                    help="seeded random subset size (default: 200)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the subset (default: 0)")
+    p.add_argument("--data-seed", type=nonnegative_int, default=0,
+                   help="seed of the subset (default: 0)")
     p.add_argument("--sigma", type=nonnegative_number, default=0.25, help="noise std σ (0.25)")
     p.add_argument("--smooth-samples", type=positive_int, default=64, dest="samples",
                    help="noisy copies per smoothed prediction, M (64)")

@@ -543,6 +543,8 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
         return random_subset(total, sample, seed)
     if indices is not None:
         raw = torch.as_tensor(indices)
+        if raw.numel() == 0:  # [] reads as float32: nothing selected
+            return torch.empty(0, dtype=torch.int64)
         if raw.dtype == torch.bool:  # a mask: one entry per sample
             if raw.numel() != total:
                 raise ValueError(f"a boolean indices mask needs one entry per sample of {name} "

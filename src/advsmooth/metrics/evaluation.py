@@ -366,9 +366,7 @@ def evaluate(
                     progress=progress, progress_bar=check_bool("progress_bar", progress_bar),
                     keep_images=keep_images)
     run = _Cascade(model, x.detach(), y, stage_names(nrm, stages), cfg, randomized)
-    run.deepfool_distribution(deepfool)
-    run.flags.append(_zero_gradient_flag(model, run.x, run.labels, run.correct, batch_size,
-                                         run.rnd))
+    run.start(deepfool, smoothness)
     for ie, e in enumerate(radii):
         run.walk_radius(ie, e)
     return run.report(smoothness, smoothness_n, t_start)
@@ -453,6 +451,9 @@ class _Cascade:
         self.names = [s for s in names if s not in ("deepfool", "fab-t")] if rnd else names
         if z0.ndim == 1 or z0.shape[1] < 3:  # two classes: APGD-T's DLR loss has no gradient,
             self.names = [s for s in self.names if s != "apgd-t"]  # and APGD-CE covers it
+        if not self.names:
+            raise ValueError(f"no stage of {names} applies to this model (DeepFool and FAB-T "
+                             "need a deterministic model, APGD-T three classes or more)")
         self.flags: list[Flag] = []
         self.bar = _bar(total=len(cfg.radii) * len(self.names), desc="evaluate",
                         enabled=cfg.progress_bar, unit="stage")
@@ -472,6 +473,16 @@ class _Cascade:
         self.stage_rows: list[dict[str, Any]] = []
         self.square_only, self.square_only_eps = 0, cfg.radii[-1]
         self.square_found = False  # Square fooled a sample (at some ε so far)
+
+    def start(self, deepfool: bool, smoothness: Sequence[float] | None) -> None:
+        """Before the first radius: the DeepFool distribution and the zero-gradient flag (and a
+        SmoothFool profile of a randomised model refused before any attack)."""
+        if smoothness and self.rnd:
+            raise ValueError("smoothness (the SmoothFool profile) needs a deterministic model; "
+                             "this one is randomised: evaluate its base model for the profile")
+        self.deepfool_distribution(deepfool)
+        self.flags.append(_zero_gradient_flag(self.model, self.x, self.labels, self.correct,
+                                              self.cfg.batch_size, self.rnd))
 
     def deepfool_distribution(self, wanted: bool) -> None:
         """DeepFool once on the correctly classified samples: the minimal-perturbation

@@ -359,12 +359,13 @@ _LOADED: list[tuple[str, str]] = []
 def loaded_weights() -> list[tuple[str, str]]:
     """``(name, weight hash)`` of the models used in this process, in order (repeats included; a
     copy): each model :func:`load` (or :func:`advsmooth.models.byo.load_factory`) returned with
-    real weights — zoo weights under the zoo name, user weights as ``NAME@FILE`` (the
-    checkpoint's file name), a saved model under its file name — with the hash
+    real weights — zoo weights under the zoo name, user weights as ``NAME@PATH`` (the
+    checkpoint's path as given), a saved model under its path — with the hash
     :func:`advsmooth._tensors.model_hash` of its state dict, and those noted with
     :func:`note_weights`. The experiment runner reads it around a study's work to record which
-    weights the study's rows come from. Architectures built without weights
-    (``pretrained=False``) are not logged."""
+    weights the study's rows come from. Zoo architectures built without weights
+    (``pretrained=False``) are not logged; a ``package.module:factory`` model is, with whatever
+    weights its factory gave it."""
     return list(_LOADED)
 
 
@@ -387,11 +388,25 @@ def note_weights(weights: Mapping[str, str]) -> None:
 
 def note_model(name: str, model: nn.Module,
                checkpoint: str | os.PathLike[str] | None = None) -> nn.Module:
-    """Log ``model``'s weights in :func:`loaded_weights` as ``name`` (``name@FILE`` when they
-    came from ``checkpoint``); returns ``model``."""
-    label = name if checkpoint is None else f"{name}@{Path(checkpoint).name}"
+    """Log ``model``'s weights in :func:`loaded_weights` as ``name`` (``name@PATH`` when they
+    came from ``checkpoint``, the path as given); returns ``model``."""
+    label = name if checkpoint is None else f"{name}@{os.fspath(checkpoint)}"
     _LOADED.append((label, model_hash(model)))
     return model
+
+
+def _device(device: Any) -> torch.device:
+    """``device`` as a torch device (``"auto"``: CUDA when available); ``ValueError`` for a name
+    torch does not know, or CUDA / MPS on a machine without them."""
+    if device is None or device == "auto":
+        return torch.device(resolve_device(device))
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {device!r}") from None
+    if dev.type in ("cuda", "mps"):
+        resolve_device(dev.type)  # ValueError when this machine has none
+    return dev
 
 
 def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
@@ -411,8 +426,7 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
-    if not isinstance(device, torch.device):
-        device = resolve_device(device)
+    device = _device(device)
     model: nn.Module
     weighted = pretrained or checkpoint is not None
     if name.startswith("torchvision:"):
@@ -422,7 +436,7 @@ def load(name: str, *, models_dir: str | os.PathLike[str] | None = None,
         model = _timm_model(name.split(":", 1)[1], pretrained=pretrained,
                             checkpoint=checkpoint, allow_download=allow_download)
     elif name not in ZOO and (name.endswith((".pt", ".pth")) or os.sep in name):
-        model, name, weighted = _load_saved(Path(name).expanduser()), Path(name).name, True
+        model, weighted = _load_saved(Path(name).expanduser()), True
     else:
         s = spec(name)
         if checkpoint is not None:

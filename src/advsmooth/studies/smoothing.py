@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -470,9 +471,10 @@ def _load_data(s: SmoothingSettings, root: str | None) -> tuple[Tensor, Tensor]:
 
 def _check_classes(base: nn.Module, x: Tensor, y: Tensor) -> None:
     """``ValueError`` unless every label is a class of ``base`` (a label it cannot output would
-    only count as an error, silently)."""
+    only count as an error, silently). The probe runs on a copy: a noise layer's own generator
+    in ``base`` must not advance, or the study's noise would depend on the check."""
     with torch.no_grad():
-        z = base(x[:1])
+        z = copy.deepcopy(base)(x[:1])
     check_labels(y, x.shape[0], int(z.shape[1]) if z.ndim == 2 and z.shape[1] > 1 else 2,
                  y.device)
 
