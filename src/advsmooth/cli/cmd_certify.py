@@ -27,9 +27,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=positive_number, default=0.001, help="failure probability")
     p.add_argument("--radii", default=None,
                    help="L2 radii of the table (default: 0 .. the largest certified radius)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="inputs certified per call (memory only; default: 64)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write DIR/certification.json, .md and .html")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on a terminal only)")
     p.set_defaults(func=run)
     return p
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     smoothed = asm.defenses.SmoothedClassifier(model, sigma=args.sigma, seed=args.seed)
     report = certified_accuracy(smoothed, x, y, n0=args.n0, n=args.n_samples, alpha=args.alpha,
                                 radii=radii, batch_size=args.batch_size,
-                                noise_seed=args.seed)
+                                noise_seed=args.seed, progress_bar=not args.no_progress)
     print_and_write(report, args.out, write_certification,
                     f"Certified robustness of {args.model} on {args.data}")
     return 0

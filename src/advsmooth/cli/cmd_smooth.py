@@ -97,6 +97,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="equal k*M budget study, e.g. 8,16,32 (default: off)")
     p.add_argument("--out", "-o", default=None,
                    help="keep the result store and the report (tables, plots) in this folder")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_common(p)
     p.set_defaults(func=_main)
     return p
@@ -149,7 +150,8 @@ def _smooth(args: argparse.Namespace) -> int:
     spec = parse_spec(smoothing_spec(params))  # SpecError (a ValueError): one line, exit 2
     with tempfile.TemporaryDirectory(prefix="advsmooth-smooth-") as tmp:
         out = args.out if args.out is not None else tmp
-        run_spec(spec, out, device=str(device), data_root=args.data_root, progress=False)
+        run_spec(spec, out, device=str(device), data_root=args.data_root,
+                 progress=not args.no_progress)
         with Store(out, readonly=True) as st:
             rows = st.study_rows(st.cells()[0]["cell_id"])
         if args.out:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._tensors import check_images, check_labels
+from .._utils import progress
 from ..defenses.smoothing import SmoothedClassifier
 
 __all__ = ["CertificationReport", "certified_accuracy"]
@@ -77,7 +78,7 @@ class CertificationReport:
 def certified_accuracy(smoothed: SmoothedClassifier, x: Tensor, y: Tensor | Sequence[int], *,
                        n0: int = 100, n: int = 10000, alpha: float = 0.001,
                        radii: Sequence[float] | None = None, batch_size: int = 64,
-                       noise_seed: int = 0) -> CertificationReport:
+                       noise_seed: int = 0, progress_bar: bool = True) -> CertificationReport:
     """Certify every input of ``x`` and tabulate certified accuracy vs ℓ2 radius.
 
     Args:
@@ -87,6 +88,7 @@ def certified_accuracy(smoothed: SmoothedClassifier, x: Tensor, y: Tensor | Sequ
         radii: radii to tabulate (default: 0 to the largest certified radius in 10 steps).
         batch_size: inputs certified per call (memory only; numbers do not depend on it).
         noise_seed: seed of the noise (input ``i`` of batch ``b`` gets a seed derived from it).
+        progress_bar: a bar over the inputs on a terminal (never in a log, a pipe or CI).
 
     Returns:
         A :class:`CertificationReport`.
@@ -99,11 +101,14 @@ def certified_accuracy(smoothed: SmoothedClassifier, x: Tensor, y: Tensor | Sequ
     labels = check_labels(y, x.shape[0], None, x.device)
     t0 = time.perf_counter()
     preds, rads = [], []
+    bar = progress(total=x.shape[0], desc="certify", enabled=progress_bar, unit="image")
     for b, i in enumerate(range(0, x.shape[0], batch_size)):
         cert = smoothed.certify(x[i:i + batch_size], n0=n0, n=n, alpha=alpha,
                                 noise_seed=noise_seed * 1_000_003 + b)
         preds.append(cert.prediction)
         rads.append(cert.radius)
+        bar.update(cert.prediction.shape[0])
+    bar.close()
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     radius = torch.cat(rads) if rads else torch.zeros(0, dtype=torch.float64)
     ok = (pred == labels) & (pred >= 0)
