@@ -452,11 +452,16 @@ def test_model_loading_names_bad_devices_and_folders():
         asm.models.load("/no/such/model.pt")
 
 
-def test_dlr_loss_refuses_two_classes_and_evaluate_leaves_apgd_t_out():
+def _two_classes():
+    """A linear two-class model on six 1×4×4 images and its own predictions as labels."""
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     x = torch.rand(6, 1, 4, 4)
-    y = m(x).argmax(1).detach()
+    return m, x, m(x).argmax(1).detach()
+
+
+def test_dlr_loss_refuses_two_classes_and_evaluate_leaves_apgd_t_out():
+    m, x, y = _two_classes()
     with pytest.raises(ValueError, match="at least 3 classes"):
         asm.attacks.APGD(eps=0.1, loss="dlr")(m, x, y)
     assert asm.attacks.APGD(eps=0.1, loss="ce", steps=5)(m, x, y).x_adv.shape == x.shape
@@ -487,10 +492,7 @@ def test_smoothing_label_check_leaves_the_noise_stream_alone():
 
 
 def test_evaluate_refuses_a_stage_list_with_nothing_left_and_a_profile_of_a_noisy_model():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    x = torch.rand(6, 1, 4, 4)
-    y = m(x).argmax(1).detach()
+    m, x, y = _two_classes()
     with pytest.raises(ValueError, match="no stage of \\['apgd-t'\\] applies"):
         asm.evaluate(m, x, y, eps=[0.05], stages=["apgd-t"], deepfool=False)
     base, xd, yd = _digits8()
