@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ._tensors import check_images, check_labels, frozen_model, predict
-from ._utils import check_choice, check_int_at_least, check_positive, make_generator
+from ._utils import check_choice, check_int_at_least, check_positive, make_generator, progress
 
 __all__ = ["Check", "DefenseReport", "DefenseCheckSettings", "evaluate_defense", "is_randomized",
            "STATUSES"]
@@ -236,6 +236,7 @@ class DefenseCheckSettings:
     success_threshold: float = 0.95
     tolerance: float | None = None
     nattack: bool = True
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         check_int_at_least("n", self.n, 1)
@@ -499,7 +500,8 @@ def evaluate_defense(
             ``nattack_population``, ``nattack_iter`` — NAttack budget (small by default);
             ``success_threshold`` — success an unbounded attack must reach (default 0.95);
             ``tolerance`` — slack for the comparisons (default ``max(0.05, 2 / n_correct)``);
-            ``nattack`` — run the gradient-free cross-check.
+            ``nattack`` — run the gradient-free cross-check; ``progress_bar`` — a bar over the
+            checks on a terminal (never in a log, a pipe or CI).
 
     Returns:
         A :class:`DefenseReport` (``report.table()`` prints the verdict table).
@@ -531,11 +533,17 @@ def evaluate_defense(
                    ExpectationGradient(sigma=0.0, samples=s.epgd_samples,
                                        variant="expected_loss", chunk_size=1)),
              gen=make_generator(s.seed, x.device))
-    report.checks.append(_check_gradient_norm(r))
-    report.checks.append(_check_unbounded(r))
+    bar = progress(total=6, desc="check-defense", enabled=s.progress_bar, unit="check")
+
+    def done(checks: list[Check]) -> None:
+        report.checks.extend(checks)
+        bar.update(1)
+    done([_check_gradient_norm(r)])
+    done([_check_unbounded(r)])
     sweep = _eps_sweep(r)
-    report.checks += _sweep_checks(r, sweep)
-    report.checks.append(_check_transfer(r, surrogate, sweep["pgd"]))
-    report.checks.append(_check_randomness(r, x, y))
-    report.checks.append(_check_gradient_free(r, sweep["pgd"]))
+    done(_sweep_checks(r, sweep))
+    done([_check_transfer(r, surrogate, sweep["pgd"])])
+    done([_check_randomness(r, x, y)])
+    done([_check_gradient_free(r, sweep["pgd"])])
+    bar.close()
     return report

@@ -55,6 +55,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-nattack", action="store_true", help="skip the NAttack cross-check")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every random component")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_common(p)
     p.set_defaults(func=run)
     return p
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_defense(
         model, (x.to(device), y.to(device)), surrogate=surrogate, n=args.n, seed=args.seed,
         steps=args.steps, nattack_population=args.nattack_population,
-        nattack_iter=args.nattack_iters, nattack=not args.no_nattack, **kw)
+        nattack_iter=args.nattack_iters, nattack=not args.no_nattack,
+        progress_bar=not args.no_progress, **kw)
     print(report.table())
     if args.json:
         path = Path(args.json)
