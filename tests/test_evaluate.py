@@ -516,3 +516,17 @@ def test_progress_bar_counts_every_eps_and_stage(monkeypatch) -> None:
     asm.evaluate(m, x, y, eps=[0.1], stages=["pgd-ce"], pgd_steps=2, progress_bar=False)
     assert seen[0].total == seen[0].n == 2 * len(rep.stage_list) and seen[0].enabled
     assert seen[0].closed and not seen[1].enabled
+
+
+def test_adding_a_radius_changes_no_other_radius() -> None:
+    """Stage seeds come from the radius's value and the stage's name, not their positions: a
+    grid with an extra ε = 0 (where nothing can be fooled) gives the same verdicts at 0.1."""
+    import advsmooth as asm
+
+    m = asm.models.load("digits-lenet", verbose=False)
+    x, y = asm.data.load("digits", n=16)
+    kw = {"stages": ["pgd-ce", "apgd-ce"], "pgd_steps": 3, "apgd_steps": 3, "deepfool": False}
+    one = asm.evaluate(m, x, y, eps=[0.1], **kw)
+    two = asm.evaluate(m, x, y, eps=[0.0, 0.1], **kw)
+    assert torch.equal(one.robust[-1], two.robust[-1])
+    assert one.pgd_robust_accuracy[0.1] == two.pgd_robust_accuracy[0.1]

@@ -367,8 +367,8 @@ def evaluate(
                     keep_images=keep_images)
     run = _Cascade(model, x.detach(), y, stage_names(nrm, stages), cfg, randomized)
     run.start(deepfool, smoothness)
-    for ie, e in enumerate(radii):
-        run.walk_radius(ie, e)
+    for e in radii:
+        run.walk_radius(e)
     return run.report(smoothness, smoothness_n, t_start)
 
 
@@ -419,9 +419,11 @@ class _Settings:
                 "gap_points": self.gap_points, "seed": self.seed,
                 "batch_size": self.batch_size}
 
-    def stage_seed(self, ie: int, si: int) -> int:
-        """The seed of stage ``si`` at the ``ie``-th radius."""
-        return self.seed + 1009 * ie + 17 * si
+    def stage_seed(self, e: float, name: str) -> int:
+        """The seed of stage ``name`` at radius ``e``: from the radius's value and the stage's
+        name, not their positions, so that adding a radius to the grid or a stage to the list
+        changes no other stage's random choices."""
+        return self.seed + 1009 * round(e * 2**20) + 17 * STAGES.index(name)
 
 
 class _Cascade:
@@ -520,11 +522,11 @@ class _Cascade:
                                f"unbounded DeepFool fooled {rate:.1%} of the correctly "
                                "classified samples"))
 
-    def walk_radius(self, ie: int, e: float) -> None:
-        """Run every stage at the ``ie``-th radius ``e`` on the samples still robust, then
-        record the per-sample verdicts at ``e``."""
+    def walk_radius(self, e: float) -> None:
+        """Run every stage at radius ``e`` on the samples still robust, then record the
+        per-sample verdicts at ``e``."""
         for si, name in enumerate(self.names):
-            self._stage(ie, e, si, name)
+            self._stage(e, si, name)
         if "pgd-ce" not in self.names:
             self.pgd_acc[e] = math.nan
         self.robust_rows.append(~self.fooled)
@@ -532,7 +534,7 @@ class _Cascade:
         if self.cfg.keep_images:
             self.snapshots.append(self.adv.clone())
 
-    def _stage(self, ie: int, e: float, si: int, name: str) -> None:
+    def _stage(self, e: float, si: int, name: str) -> None:
         """One stage of the cascade at radius ``e``; books what it fooled."""
         todo = ~self.pgd_fooled if name == "pgd-ce" else ~self.fooled
         todo &= self.correct
@@ -547,10 +549,10 @@ class _Cascade:
                 hit, images, fe = self._deepfool_stage(rows, e)
             elif name == "square":
                 hit, images, ge, fe, attacked = self._square_stage(rows, e,
-                                                                   self.cfg.stage_seed(ie, si))
+                                                                   self.cfg.stage_seed(e, name))
             else:
                 hit, images, ge, fe = self._attack_stage(rows, e, name,
-                                                         self.cfg.stage_seed(ie, si))
+                                                         self.cfg.stage_seed(e, name))
             new[rows[hit]] = True
             if found is not None:
                 found[rows[hit]] = images[hit]
