@@ -402,8 +402,8 @@ def _device(device: Any) -> torch.device:
         return torch.device(resolve_device(device))
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {device!r}") from None
+    except (RuntimeError, TypeError):  # resolve_device refuses it, naming the devices it knows
+        return torch.device(resolve_device(str(device)))
     if dev.type in ("cuda", "mps"):
         resolve_device(dev.type)  # ValueError when this machine has none
     return dev

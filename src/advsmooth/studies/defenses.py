@@ -344,7 +344,7 @@ def _base(s: dict[str, Any]) -> nn.Module:
 
 def _model_settings(s: dict[str, Any]) -> dict[str, Any]:
     """The model fields of step settings ``s`` (PGD-AT's own budget included where present)."""
-    return {k: s[k] for k in _MODEL_FIELDS + _PGD_FIELDS if k in _MODEL_FIELDS or k in s}
+    return {k: s[k] for k in _MODEL_FIELDS} | {k: s[k] for k in _PGD_FIELDS if k in s}
 
 
 # ----------------------------------------------------------------------------------------------
