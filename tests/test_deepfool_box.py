@@ -105,6 +105,45 @@ def test_clamped_steps_come_first():
     assert proj.iterations[~early].sum() < clamp.iterations[~early].sum()
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("norm", [2, "inf"])
+def test_settle_takes_back_only_the_overshoot_not_needed(monkeypatch, targeted, norm):
+    """After a box-constrained step the result is pulled back along its own perturbation, by a
+    factor in [1/(1+η), 1], to a point that still fools (checked: its logits are the model's at
+    x_adv); samples fooled within the clamped steps are not touched."""
+    model = TinyCNN(num_classes=10, seed=4).double().eval()
+    x = _x(24, (1, 8, 8), seed=2)
+    x[12:, :, :4] = 0.0
+    target = None
+    if targeted:
+        with torch.no_grad():
+            target = model(x).topk(3, dim=1).indices[:, 2]  # the third most likely class
+    res = DeepFool(clip=True, norm=norm, max_iter=100)(model, x, target=target)
+    monkeypatch.setattr(DeepFool, "_settle", lambda self, st, ex, rows: None)
+    raw = DeepFool(clip=True, norm=norm, max_iter=100)(model, x, target=target)
+    assert res.success.all() and raw.success.all()
+    assert torch.equal(res.iterations, raw.iterations)
+    with torch.no_grad():
+        z = model(res.x_adv)
+    pred = z.argmax(1)
+    assert (pred == target).all() if targeted else (pred != res.labels).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    late = res.iterations > _CLAMPED_STEPS
+    assert late.sum() >= 3 and (targeted or (~late).any())
+    # r_tot scaled by t, and x_adv = clip(x + (1+η)·r_tot) still: each pixel moves back
+    d, d0 = res.extras["r_tot"].flatten(1), raw.extras["r_tot"].flatten(1)
+    t = (d * d0).sum(1) / (d0 * d0).sum(1)
+    assert torch.allclose(d, t[:, None] * d0, atol=1e-15)
+    assert torch.equal(res.x_adv, (x + 1.02 * res.extras["r_tot"]).clamp(0, 1))
+    assert (t[late] >= 1 / 1.02 - 1e-12).all() and (t <= 1 + 1e-12).all()
+    assert ((res.x_adv - x).abs() <= (raw.x_adv - x).abs()).all()
+    assert (t[late] < 1 - 1e-6).float().mean() >= 0.5  # most of them are pulled back
+    assert torch.equal(res.x_adv[~late], raw.x_adv[~late])
+    # one to three more forwards, counted, for the settled samples only
+    extra = res.forward_evals - raw.forward_evals
+    assert ((extra[late] >= 1) & (extra[late] <= 3)).all() and (extra[~late] == 0).all()
+
+
 def test_project_on_affine_model_lands_on_the_face():
     """On an affine model the first projected step (after the clamped ones) lands exactly on
     the linear face, so one iteration more always suffices when the face is reachable."""
@@ -158,9 +197,9 @@ def test_shared_project_vs_clamp(name, ds, n, files):
     assert proj.success[ok].all() and clamp.success[ok].all()
     assert proj.x_adv.min() >= 0 and proj.x_adv.max() <= 1
     ratio = (proj.norms(2)[ok] / clamp.norms(2)[ok]).median()
-    # measured: mnist-lenet 1.0007, cifar10-resnet20 1.000 (median per-image ratio;
-    # docs/deepfool.md; one clamped step gave 1.004 on the MNIST LeNet)
-    assert ratio <= 1.002, float(ratio)
+    # never larger than the plain clamp (paired, per-image median); measured 0.99994 on the
+    # MNIST LeNet (1.0007 before the box steps' overshoot was settled), 0.99977 on CIFAR-10
+    assert ratio <= 1.0, float(ratio)
     assert proj.iterations[ok].sum() <= clamp.iterations[ok].sum()
 
 

@@ -8,8 +8,9 @@ case of Algorithm 1 as the two-class logits ``[0, s]``, and a targeted mode. Rea
 next to Algorithm 2. Departures from the paper, all documented in docs/deepfool.md: the
 overshoot multiplies the total perturbation, the default linearisation point is the overshot
 point (as the authors' Python code), ``clip=True`` keeps iterates in ``[0, 1]`` with
-box-constrained steps, and after the first iteration only the nearest faces are differentiated
-unless the choice of face needs them all.
+box-constrained steps (whose result then gives back the part of the overshoot it did not need),
+and after the first iteration only the nearest faces are differentiated unless the choice of
+face needs them all.
 
 Fully batched: samples that are fooled leave the active batch, so every iteration costs only what
 the still-active samples need.
@@ -107,7 +108,8 @@ def _parse_norm(norm: float | int | str) -> float:
 class DeepFoolRun:
     """Per-sample outcome of :meth:`DeepFool.run` (first dimension = batch size).
 
-    ``r_tot``: un-overshot accumulated perturbation; ``x_adv``: ``x + (1+η)·r_tot`` (clamped to
+    ``r_tot``: un-overshot accumulated perturbation (with ``box="project"`` scaled by the
+    settle step's ``t ≤ 1``); ``x_adv``: ``x + (1+η)·r_tot`` (clamped to
     ``[0, 1]`` when ``clip``); ``label_adv``: prediction at ``x_adv``; ``fooled``: the stopping
     criterion was met; ``failed``: stopped because every face normal vanished; ``face``: class
     index of the face used in the last iteration; ``iterations``; ``adv_logits``: ``N×K``
@@ -248,9 +250,10 @@ class DeepFool(Attack):
             nearest face of the linearised classifier *inside the box*: a pixel on a bound
             that the step would push outward stays there, and the step is recomputed on the
             pixels that can move (repeated while more pixels reach a bound), so the iterate
-            lands on the linearised boundary with its overshot point in ``[0, 1]``. Projecting
-            sooner took fewer iterations but gave larger perturbations (docs/deepfool.md).
-            Ignored when ``clip=False``.
+            lands on the linearised boundary with its overshot point in ``[0, 1]``; a sample
+            that ends with such a step then gives back the part of the overshoot it did not
+            need (1–3 forwards, :meth:`_settle`). Projecting sooner took fewer iterations but
+            gave larger perturbations (docs/deepfool.md). Ignored when ``clip=False``.
         faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
             later ones differentiate the two faces nearest under the current face values and
             the normal norms last computed, and all the others too whenever a face left out
@@ -452,6 +455,9 @@ class DeepFool(Attack):
             done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
+        if self._projects and self.overshoot > 0:
+            # samples that ended with a box-constrained step (the others ended as the clamp does)
+            self._settle(st, ex, ((st.iters > _CLAMPED_STEPS) & st.fooled).nonzero()[:, 0])
         if memory is not None and target is None:
             memory.norm.scatter_(1, faces, st.wnorm.to(memory.norm.dtype))
             memory.at.scatter_(1, faces, st.wnorm_at + memory.clock[:, None])
@@ -462,6 +468,53 @@ class DeepFool(Attack):
             x_adv = x_adv.clamp(0.0, 1.0)
         return DeepFoolRun(r_tot=st.r_tot, x_adv=x_adv, fooled=st.fooled, failed=st.failed,
                            face=st.face, iterations=st.iters, adv_logits=st.adv_logits)
+
+    def _settle(self, st: _State, ex: _Exec, rows: Tensor) -> None:
+        """``box="project"`` only: take back the part of the overshoot that the samples ``rows``
+        (fooled after a box-constrained step) did not need to stay fooled.
+
+        A box-constrained step lands on the linearised face and the overshoot then carries the
+        point ≈ 10⁻³ of its norm beyond the boundary, while the clamp's short steps creep up to it
+        (docs/deepfool.md). Along ``x + (1+η)·t·r_tot``, ``t ∈ [1/(1+η), 1]`` (inside the box), the
+        margin ``g(t)`` (the clean class's logit minus the best other's; targeted: the best
+        non-target's minus the target's) is negative at ``t = 1``. One forward at ``t = 1/(1+η)``:
+        fooled there, that point is kept; else up to two secant steps between the last point not
+        fooled and ``t = 1``, each tried a tenth of the way back towards the fooled end, the first
+        one that fools kept. Every kept point was checked on the checking model, so ``adv_logits``
+        stay the logits at exactly ``x_adv``.
+        """
+        for idx in rows.split(self.chunk_size or max(rows.numel(), 1)):
+            r = st.r_tot[idx]
+            t_hi = torch.ones(idx.numel(), dtype=r.dtype, device=r.device)
+            g_hi = _margin(st, idx, st.adv_logits[idx])  # < 0 (fooled at t = 1)
+            best, z_best = t_hi.clone(), st.adv_logits[idx].clone()
+            t, live = t_hi / (1.0 + self.overshoot), torch.arange(idx.numel(), device=r.device)
+            for trial in range(3):
+                z = as_logits(self._check_at(ex, idx[live], st.x[idx[live]],
+                                             _rowwise(t[live], r) * r[live]))
+                hit = _fooled(st, idx[live], z)
+                best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
+                g_lo, live = _margin(st, idx[live], z)[~hit], live[~hit]
+                if trial == 2 or live.numel() == 0:
+                    break
+                # the secant root of g between (t, g_lo ≥ 0) and (1, g_hi < 0), then a tenth of
+                # the way on towards t = 1
+                lo, hi = t[live], t_hi[live]
+                root = lo + g_lo.clamp_min(0) * (hi - lo) / (g_lo - g_hi[live]).clamp_min(_TINY)
+                t[live] = torch.minimum(root + 0.1 * (hi - root), hi)
+            st.r_tot[idx] = _rowwise(best, r) * r
+            st.adv_logits[idx] = z_best
+
+    def _check_at(self, ex: _Exec, idx: Tensor, x: Tensor, r: Tensor) -> Tensor:
+        """Logits of the checking model at the overshot point ``x + (1+η)·r`` (clamped when
+        ``clip``), computed exactly as :meth:`run` computes ``x_adv``; one forward counted."""
+        xc = x + (1.0 + self.overshoot) * r
+        if self.clip:
+            xc = xc.clamp(0.0, 1.0)
+        with torch.no_grad():
+            z = ex.check(xc)
+        ex.counted(idx, 1, 0)
+        return z
 
     def _chunks(self, act: Tensor, workers: int) -> list[Tensor]:
         """The active set in equal chunks of at most ``chunk_size`` (400 → 4 × 100), their count
@@ -500,21 +553,12 @@ class DeepFool(Attack):
         lf = sel.gather(1, near.l[:, None])[:, 0]  # the chosen face, among the Kc − 1
         st.face[idx] = st.cand[idx].gather(1, (lf + 1)[:, None])[:, 0]
         # line 3 again: the stopping check, at the overshot point
-        xc = xa + (1.0 + eta) * ra
-        if self.clip:
-            xc = xc.clamp(0.0, 1.0)
-        with torch.no_grad():
-            zc = as_logits(ex.check(xc))
-        ex.counted(idx, 1, 0)
-        pc = zc.argmax(dim=1)
+        zc = as_logits(self._check_at(ex, idx, xa, ra))
         st.adv_logits[idx] = zc.to(st.adv_logits.dtype)
-        if st.target is None:
-            hit = pc != st.k0[idx]
-        else:
-            ta = st.cand[idx, 1]
-            hit = pc == ta
+        hit = _fooled(st, idx, zc)
+        if st.target is not None:
             # next face: target vs its strongest competitor at the checked point
-            st.cand[idx, 0] = zc.scatter(1, ta[:, None], float("-inf")).argmax(dim=1)
+            st.cand[idx, 0] = zc.scatter(1, st.cand[idx, 1:2], float("-inf")).argmax(dim=1)
         st.fooled[idx] = hit
         st.failed[idx] = near.bad & ~hit
         return hit | near.bad
@@ -663,3 +707,24 @@ def _complement(sel: Tensor, m: int) -> Tensor:
     mask = torch.ones(sel.shape[0], m, dtype=torch.bool, device=sel.device)
     mask.scatter_(1, sel, False)
     return torch.arange(m, device=sel.device).expand_as(mask)[mask].view(sel.shape[0], -1)
+
+
+def _rowwise(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (n,) shaped to broadcast over the rows of ``like`` (n, ...)."""
+    return t.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _margin(st: _State, idx: Tensor, z: Tensor) -> Tensor:
+    """(n,) how far the logits ``z`` of the samples ``idx`` are from fooling: the clean class's
+    logit minus the best other's (targeted: the best non-target's minus the target's); < 0 where
+    fooled (up to ties, which :func:`_fooled` decides as the stopping check does)."""
+    keep = st.k0[idx] if st.target is None else st.cand[idx, 1]
+    mine = z.gather(1, keep[:, None])[:, 0]
+    other = z.scatter(1, keep[:, None], float("-inf")).amax(dim=1)
+    return mine - other if st.target is None else other - mine
+
+
+def _fooled(st: _State, idx: Tensor, z: Tensor) -> Tensor:
+    """(n,) the stopping criterion of :meth:`DeepFool._iterate` on the logits ``z``."""
+    pred = z.argmax(dim=1)
+    return pred != st.k0[idx] if st.target is None else pred == st.cand[idx, 1]
