@@ -139,9 +139,9 @@ def test_settle_takes_back_only_the_overshoot_not_needed(monkeypatch, targeted, 
     assert ((res.x_adv - x).abs() <= (raw.x_adv - x).abs()).all()
     assert (t[late] < 1 - 1e-6).float().mean() >= 0.5  # most of them are pulled back
     assert torch.equal(res.x_adv[~late], raw.x_adv[~late])
-    # one to three more forwards, counted, for the settled samples only
+    # one or two more forwards, counted, for the settled samples only
     extra = res.forward_evals - raw.forward_evals
-    assert ((extra[late] >= 1) & (extra[late] <= 3)).all() and (extra[~late] == 0).all()
+    assert ((extra[late] >= 1) & (extra[late] <= 2)).all() and (extra[~late] == 0).all()
 
 
 def test_project_on_affine_model_lands_on_the_face():
@@ -197,7 +197,7 @@ def test_shared_project_vs_clamp(name, ds, n, files):
     assert proj.success[ok].all() and clamp.success[ok].all()
     assert proj.x_adv.min() >= 0 and proj.x_adv.max() <= 1
     ratio = (proj.norms(2)[ok] / clamp.norms(2)[ok]).median()
-    # never larger than the plain clamp (paired, per-image median); measured 0.99994 on the
+    # never larger than the plain clamp (paired, per-image median); measured 0.99996 on the
     # MNIST LeNet (1.0007 before the box steps' overshoot was settled), 0.99977 on CIFAR-10
     assert ratio <= 1.0, float(ratio)
     assert proj.iterations[ok].sum() <= clamp.iterations[ok].sum()

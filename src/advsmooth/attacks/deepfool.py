@@ -140,7 +140,9 @@ class _State:
     label; for targeted attacks the strongest competitor of the target, column 1); ``wnorm``
     (N, Kc−1): the normal norm ``‖w'_k‖_q`` last computed for each face (the effective one
     ``|f'_k| / distance`` under the box-constrained step) and ``wnorm_at`` (N, Kc−1) the
-    iteration it was computed in, used to pick the faces to differentiate.
+    iteration it was computed in, used to pick the faces to differentiate. ``slope`` (N,): the
+    chosen face's normal times the overshot total, ``w'_l·(1+η)·r_tot`` (the face's rate of
+    change along the returned perturbation, used by :meth:`DeepFool._settle`).
     """
 
     x: Tensor
@@ -155,6 +157,7 @@ class _State:
     wnorm: Tensor
     wnorm_at: Tensor
     adv_logits: Tensor
+    slope: Tensor
 
 
 @dataclass
@@ -214,13 +217,15 @@ class _Exec:
 class _Nearest:
     """The nearest face among ``a`` given ones, per sample: ``dist`` (n, a) distance of every
     face (∞: unreachable inside the box), ``norm`` (n, a) its (effective) normal norm, ``l`` (n,)
-    the chosen face, ``step`` the step to it (n, C, H, W), ``bad`` (n,) every normal vanished."""
+    the chosen face, ``step`` the step to it (n, C, H, W), ``bad`` (n,) every normal vanished,
+    ``normal`` (n, D) the chosen face's normal, flattened."""
 
     dist: Tensor
     norm: Tensor
     l: Tensor
     step: Tensor
     bad: Tensor
+    normal: Tensor
 
     def chosen_dist(self) -> Tensor:
         return self.dist.gather(1, self.l[:, None])[:, 0]
@@ -252,7 +257,7 @@ class DeepFool(Attack):
             pixels that can move (repeated while more pixels reach a bound), so the iterate
             lands on the linearised boundary with its overshot point in ``[0, 1]``; a sample
             that ends with such a step then gives back the part of the overshoot it did not
-            need (1–3 forwards, :meth:`_settle`). Projecting sooner took fewer iterations but
+            need (1–2 forwards, :meth:`_settle`). Projecting sooner took fewer iterations but
             gave larger perturbations (docs/deepfool.md). Ignored when ``clip=False``.
         faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
             later ones differentiate the two faces nearest under the current face values and
@@ -430,7 +435,8 @@ class DeepFool(Attack):
                     failed=torch.zeros(n, dtype=torch.bool, device=dev),
                     wnorm=torch.full((n, cand.shape[1] - 1), math.inf, dtype=x.dtype, device=dev),
                     wnorm_at=torch.zeros(n, cand.shape[1] - 1, dtype=torch.long, device=dev),
-                    adv_logits=torch.zeros_like(z0))
+                    adv_logits=torch.zeros_like(z0), slope=torch.zeros(n, dtype=x.dtype,
+                                                                         device=dev))
         faces = cand[:, 1:]  # the classes of the faces, in the order of st.wnorm's columns
         if memory is not None and target is None:
             st.wnorm = memory.norm.gather(1, faces).to(x.dtype)
@@ -475,33 +481,36 @@ class DeepFool(Attack):
 
         A box-constrained step lands on the linearised face and the overshoot then carries the
         point ≈ 10⁻³ of its norm beyond the boundary, while the clamp's short steps creep up to it
-        (docs/deepfool.md). Along ``x + (1+η)·t·r_tot``, ``t ∈ [1/(1+η), 1]`` (inside the box), the
-        margin ``g(t)`` (the clean class's logit minus the best other's; targeted: the best
-        non-target's minus the target's) is negative at ``t = 1``. One forward at ``t = 1/(1+η)``:
-        fooled there, that point is kept; else up to two secant steps between the last point not
-        fooled and ``t = 1``, each tried a tenth of the way back towards the fooled end, the first
-        one that fools kept. Every kept point was checked on the checking model, so ``adv_logits``
-        stay the logits at exactly ``x_adv``.
+        (docs/deepfool.md). Along ``x + t·(1+η)·r_tot``, ``t ∈ [1/(1+η), 1]`` (inside the box),
+        the margin ``g(t)`` (the clean class's logit minus the best other's; targeted: the best
+        non-target's minus the target's) is ≤ 0 at ``t = 1``. First guess: the root of
+        ``g(1) + (1 − t)·slope``, the slope ``w'_l·(1+η)·r_tot`` of the last linearisation's face;
+        then, where that point does not fool, the secant root between it and ``t = 1``. Each is
+        tried a tenth of the way back towards ``t = 1``, on the checking model (one forward), and
+        the first one that fools is kept with its logits, so ``adv_logits`` stay the logits at
+        exactly ``x_adv``.
         """
+        floor = 1.0 / (1.0 + self.overshoot)
         for idx in rows.split(self.chunk_size or max(rows.numel(), 1)):
-            r = st.r_tot[idx]
-            t_hi = torch.ones(idx.numel(), dtype=r.dtype, device=r.device)
-            g_hi = _margin(st, idx, st.adv_logits[idx])  # < 0 (fooled at t = 1)
-            best, z_best = t_hi.clone(), st.adv_logits[idx].clone()
-            t, live = t_hi / (1.0 + self.overshoot), torch.arange(idx.numel(), device=r.device)
-            for trial in range(3):
+            r, slope = st.r_tot[idx], st.slope[idx]
+            g_hi = _margin(st, idx, st.adv_logits[idx])  # ≤ 0: fooled at t = 1
+            best, z_best = torch.ones_like(slope), st.adv_logits[idx].clone()
+            root = torch.where(slope > _TINY, 1.0 + g_hi / slope.clamp_min(_TINY),
+                               torch.full_like(slope, floor))
+            t = (root + 0.1 * (1.0 - root)).clamp(floor, 1.0)
+            live = torch.arange(idx.numel(), device=r.device)
+            for trial in range(2):
                 z = as_logits(self._check_at(ex, idx[live], st.x[idx[live]],
                                              _rowwise(t[live], r) * r[live]))
                 hit = _fooled(st, idx[live], z)
                 best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
                 g_lo, live = _margin(st, idx[live], z)[~hit], live[~hit]
-                if trial == 2 or live.numel() == 0:
+                if trial == 1 or live.numel() == 0:
                     break
-                # the secant root of g between (t, g_lo ≥ 0) and (1, g_hi < 0), then a tenth of
-                # the way on towards t = 1
-                lo, hi = t[live], t_hi[live]
-                root = lo + g_lo.clamp_min(0) * (hi - lo) / (g_lo - g_hi[live]).clamp_min(_TINY)
-                t[live] = torch.minimum(root + 0.1 * (hi - root), hi)
+                # the secant root between (t, g_lo ≥ 0) and (1, g_hi ≤ 0)
+                lo = t[live]
+                root = lo + g_lo.clamp_min(0) * (1.0 - lo) / (g_lo - g_hi[live]).clamp_min(_TINY)
+                t[live] = (root + 0.1 * (1.0 - root)).clamp(max=1.0)
             st.r_tot[idx] = _rowwise(best, r) * r
             st.adv_logits[idx] = z_best
 
@@ -549,6 +558,7 @@ class DeepFool(Attack):
         if self.clip and not project:
             ra = (xa + ra).clamp(0.0, 1.0) - xa  # the plain clamp
         st.r_tot[idx] = ra
+        st.slope[idx] = (1.0 + eta) * (near.normal * ra.flatten(1)).sum(dim=1).to(st.slope.dtype)
         st.iters[idx] += 1
         lf = sel.gather(1, near.l[:, None])[:, 0]  # the chosen face, among the Kc − 1
         st.face[idx] = st.cand[idx].gather(1, (lf + 1)[:, None])[:, 0]
@@ -629,8 +639,10 @@ class DeepFool(Attack):
         norm[redo], dist[redo] = near_r.norm.to(norm.dtype), near_r.dist.to(dist.dtype)
         wide[redo] = sel_r
         l, step, bad = near.l.clone(), near.step.clone(), near.bad.clone()
+        normal = near.normal.clone()
         l[redo], step[redo], bad[redo] = near_r.l, near_r.step, near_r.bad
-        return _Nearest(dist=dist, norm=norm, l=l, step=step, bad=bad), wide
+        normal[redo] = near_r.normal
+        return _Nearest(dist=dist, norm=norm, l=l, step=step, bad=bad, normal=normal), wide
 
     def _nearest(self, fp: Tensor, wp: Tensor, box: tuple[Tensor, Tensor] | None) -> _Nearest:
         """Lines 7-10: the nearest of the ``a`` linearised faces ``f'_k + w'_k·r = 0`` and the
@@ -655,7 +667,8 @@ class DeepFool(Attack):
             bad = nl < _TINY
             t = (free[ar, l] + self.stabilizer).masked_fill(bad, 0.0)
             step = t[:, None] * _direction(flat[ar, l], nl, q)
-            return _Nearest(dist=free, norm=norms, l=l, step=step.view_as(wp[:, 0]), bad=bad)
+            return _Nearest(dist=free, norm=norms, l=l, step=step.view_as(wp[:, 0]), bad=bad,
+                            normal=flat[ar, l])
         u = _direction(flat, norms, q)  # (n, a, D): ‖u‖_p = 1, w'·u = ‖w'‖_q
         lo, hi = box[0].reshape(n, 1, -1), box[1].reshape(n, 1, -1)
         t, reach = _box_solve(flat, u, fp.abs(), lo, hi)
@@ -674,7 +687,7 @@ class DeepFool(Attack):
         step = torch.minimum(torch.maximum(tl[..., None] * ul, lo), hi)[:, 0].view_as(wp[:, 0])
         effective = torch.where(torch.isfinite(dist) & (dist > 0),
                                 fp.abs() / dist.clamp_min(_TINY), norms)
-        return _Nearest(dist=dist, norm=effective, l=l, step=step, bad=bad)
+        return _Nearest(dist=dist, norm=effective, l=l, step=step, bad=bad, normal=wl[:, 0])
 
 
 # ----------------------------------------------------------------------------------------------
