@@ -90,7 +90,8 @@ def test_project_takes_fewer_iterations_than_clamp_and_overshoot_on_total():
 
 def test_clamped_steps_come_first():
     """The first ``_CLAMPED_STEPS`` steps are the clamp's: a sample fooled within them gets
-    exactly the clamp's result, and the others leave that path only afterwards."""
+    the clamp's perturbation (then settled: scaled by t ≤ 1), and the others leave that path
+    only afterwards."""
     model = TinyCNN(num_classes=10, seed=4).double().eval()
     x = _x(24, (1, 8, 8), seed=2)
     x[12:, :, :4] = 0.0  # half the images with a saturated region
@@ -99,7 +100,10 @@ def test_clamped_steps_come_first():
     early = proj.iterations <= _CLAMPED_STEPS
     assert early.any() and (~early).any()
     assert torch.equal(proj.iterations[early], short.iterations[early])
-    assert torch.allclose(proj.x_adv[early], short.x_adv[early], atol=1e-12)
+    r, r0 = proj.extras["r_tot"][early].flatten(1), short.extras["r_tot"][early].flatten(1)
+    t = (r * r0).sum(1) / (r0 * r0).sum(1)
+    assert torch.allclose(r, t[:, None] * r0, atol=1e-12)
+    assert ((t >= 1 / 1.02 - 1e-12) & (t <= 1 + 1e-12)).all()
     # the projected steps then reach the face in fewer iterations than clamping on
     clamp = DeepFool(clip=True, box="clamp")(model, x)
     assert proj.iterations[~early].sum() < clamp.iterations[~early].sum()
@@ -108,9 +112,8 @@ def test_clamped_steps_come_first():
 @pytest.mark.parametrize("targeted", [False, True])
 @pytest.mark.parametrize("norm", [2, "inf"])
 def test_settle_takes_back_only_the_overshoot_not_needed(monkeypatch, targeted, norm):
-    """After a box-constrained step the result is pulled back along its own perturbation, by a
-    factor in [1/(1+η), 1], to a point that still fools (checked: its logits are the model's at
-    x_adv); samples fooled within the clamped steps are not touched."""
+    """Every fooled result is pulled back along its own perturbation, by a factor in
+    [1/(1+η), 1], to a point that still fools (checked: its logits are the model's at x_adv)."""
     model = TinyCNN(num_classes=10, seed=4).double().eval()
     x = _x(24, (1, 8, 8), seed=2)
     x[12:, :, :4] = 0.0
@@ -129,19 +132,18 @@ def test_settle_takes_back_only_the_overshoot_not_needed(monkeypatch, targeted, 
     assert (pred == target).all() if targeted else (pred != res.labels).all()
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     late = res.iterations > _CLAMPED_STEPS
-    assert late.sum() >= 3 and (targeted or (~late).any())
+    assert late.sum() >= 3 and (targeted or (~late).any())  # both kinds of sample
     # r_tot scaled by t, and x_adv = clip(x + (1+η)·r_tot) still: each pixel moves back
     d, d0 = res.extras["r_tot"].flatten(1), raw.extras["r_tot"].flatten(1)
     t = (d * d0).sum(1) / (d0 * d0).sum(1)
     assert torch.allclose(d, t[:, None] * d0, atol=1e-15)
     assert torch.equal(res.x_adv, (x + 1.02 * res.extras["r_tot"]).clamp(0, 1))
-    assert (t[late] >= 1 / 1.02 - 1e-12).all() and (t <= 1 + 1e-12).all()
+    assert (t >= 1 / 1.02 - 1e-12).all() and (t <= 1 + 1e-12).all()
     assert ((res.x_adv - x).abs() <= (raw.x_adv - x).abs()).all()
-    assert (t[late] < 1 - 1e-6).float().mean() >= 0.5  # most of them are pulled back
-    assert torch.equal(res.x_adv[~late], raw.x_adv[~late])
-    # one or two more forwards, counted, for the settled samples only
+    assert (t < 1 - 1e-6).float().mean() >= 0.5  # most of them are pulled back
+    # one or two more forwards per sample, counted
     extra = res.forward_evals - raw.forward_evals
-    assert ((extra[late] >= 1) & (extra[late] <= 2)).all() and (extra[~late] == 0).all()
+    assert ((extra >= 1) & (extra <= 2)).all()
 
 
 def test_project_on_affine_model_lands_on_the_face():
@@ -198,7 +200,7 @@ def test_shared_project_vs_clamp(name, ds, n, files):
     assert proj.x_adv.min() >= 0 and proj.x_adv.max() <= 1
     ratio = (proj.norms(2)[ok] / clamp.norms(2)[ok]).median()
     # never larger than the plain clamp (paired, per-image median); measured 0.99996 on the
-    # MNIST LeNet (1.0007 before the box steps' overshoot was settled), 0.99977 on CIFAR-10
+    # MNIST LeNet (1.0007 before the overshoot not needed was given back), 0.9982 on CIFAR-10
     assert ratio <= 1.0, float(ratio)
     assert proj.iterations[ok].sum() <= clamp.iterations[ok].sum()
 

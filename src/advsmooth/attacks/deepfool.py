@@ -255,9 +255,9 @@ class DeepFool(Attack):
             nearest face of the linearised classifier *inside the box*: a pixel on a bound
             that the step would push outward stays there, and the step is recomputed on the
             pixels that can move (repeated while more pixels reach a bound), so the iterate
-            lands on the linearised boundary with its overshot point in ``[0, 1]``; a sample
-            that ends with such a step then gives back the part of the overshoot it did not
-            need (1–2 forwards, :meth:`_settle`). Projecting sooner took fewer iterations but
+            lands on the linearised boundary with its overshot point in ``[0, 1]``; every
+            fooled sample then gives back the part of the overshoot it did not need (1–2
+            forwards, :meth:`_settle`). Projecting sooner took fewer iterations but
             gave larger perturbations (docs/deepfool.md). Ignored when ``clip=False``.
         faces: ``"nearest"`` (default): the first iteration differentiates every candidate face;
             later ones differentiate the two faces nearest under the current face values and
@@ -462,8 +462,7 @@ class DeepFool(Attack):
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
         if self._projects and self.overshoot > 0:
-            # samples that ended with a box-constrained step (the others ended as the clamp does)
-            self._settle(st, ex, ((st.iters > _CLAMPED_STEPS) & st.fooled).nonzero()[:, 0])
+            self._settle(st, ex, st.fooled.nonzero()[:, 0])
         if memory is not None and target is None:
             memory.norm.scatter_(1, faces, st.wnorm.to(memory.norm.dtype))
             memory.at.scatter_(1, faces, st.wnorm_at + memory.clock[:, None])
@@ -476,14 +475,15 @@ class DeepFool(Attack):
                            face=st.face, iterations=st.iters, adv_logits=st.adv_logits)
 
     def _settle(self, st: _State, ex: _Exec, rows: Tensor) -> None:
-        """``box="project"`` only: take back the part of the overshoot that the samples ``rows``
-        (fooled after a box-constrained step) did not need to stay fooled.
+        """``box="project"`` only: take back the part of the overshoot that the fooled samples
+        ``rows`` did not need to stay fooled.
 
         A box-constrained step lands on the linearised face and the overshoot then carries the
         point ≈ 10⁻³ of its norm beyond the boundary, while the clamp's short steps creep up to it
-        (docs/deepfool.md). Along ``x + t·(1+η)·r_tot``, ``t ∈ [1/(1+η), 1]`` (inside the box),
-        the margin ``g(t)`` (the clean class's logit minus the best other's; targeted: the best
-        non-target's minus the target's) is ≤ 0 at ``t = 1``. First guess: the root of
+        (docs/deepfool.md). Along ``clip(x + t·(1+η)·r_tot)``, ``t ∈ [1/(1+η), 1]`` (every
+        pixel moves back towards ``x`` as ``t`` falls), the margin ``g(t)`` (the clean class's
+        logit minus the best other's; targeted: the best non-target's minus the target's) is
+        ≤ 0 at ``t = 1``. First guess: the root of
         ``g(1) + (1 − t)·slope``, the slope ``w'_l·(1+η)·r_tot`` of the last linearisation's face;
         then, where that point does not fool, the secant root between it and ``t = 1``. Each is
         tried a tenth of the way back towards ``t = 1``, on the checking model (one forward), and
