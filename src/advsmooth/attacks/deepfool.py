@@ -483,12 +483,11 @@ class DeepFool(Attack):
         (docs/deepfool.md). Along ``clip(x + t·(1+η)·r_tot)``, ``t ∈ [1/(1+η), 1]`` (every
         pixel moves back towards ``x`` as ``t`` falls), the margin ``g(t)`` (the clean class's
         logit minus the best other's; targeted: the best non-target's minus the target's) is
-        ≤ 0 at ``t = 1``. First guess: the root of
-        ``g(1) + (1 − t)·slope``, the slope ``w'_l·(1+η)·r_tot`` of the last linearisation's face;
-        then, where that point does not fool, the secant root between it and ``t = 1``. Each is
-        tried a tenth of the way back towards ``t = 1``, on the checking model (one forward), and
-        the first one that fools is kept with its logits, so ``adv_logits`` stay the logits at
-        exactly ``x_adv``.
+        ≤ 0 at ``t = 1``. First guess: the root of ``g(1) + (1 − t)·slope``, with the slope
+        ``w'_l·(1+η)·r_tot`` of the last linearisation's face; then, where that point does not
+        fool, the secant root between it and ``t = 1``. Each is tried a tenth of the way back
+        towards ``t = 1``, on the checking model (one forward), and the first one that fools is
+        kept with its logits, so ``adv_logits`` stay the logits at exactly ``x_adv``.
         """
         floor = 1.0 / (1.0 + self.overshoot)
         for idx in rows.split(self.chunk_size or max(rows.numel(), 1)):
