@@ -645,3 +645,17 @@ def test_a_multi_line_error_keeps_its_details_on_one_line():
     exc = SpecError("attack x", [("seed", "must be >= 0"), ("datasets[0].seed", "must be >= 0")])
     assert _one_line(exc) == ("attack x: invalid experiment spec (2 problem(s)): attack x: seed: "
                               "must be >= 0; attack x: datasets[0].seed: must be >= 0")
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["attack", "deepfool", "--model", "digits-lenet", "--data", "Digits", "--n", "2"], "'digits'"),
+    (["attack", "deepfol", "--model", "digits-lenet", "--data", "digits", "--n", "2"],
+     "'deepfool'"),
+    (["evaluate", "--model", "digits-lenett", "--data", "digits", "--eps", "0.1", "--n", "4"],
+     "'digits-lenet'"),
+    (["train", "digits-lenet", "--data", "digits", "--method", "fgsm-at"], "'fgsm_at'"),
+])
+def test_cli_misspelt_names_get_a_suggestion(argv, hint, capsys, no_work):
+    assert main(argv) == 2
+    line = _one_line(capsys)
+    assert line.endswith(f"did you mean {hint}?"), line

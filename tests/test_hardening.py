@@ -15,6 +15,7 @@ from torch import nn
 
 import advsmooth as asm
 from advsmooth._utils import NonFiniteModelOutput
+from advsmooth.attacks import registry as attack_registry
 from advsmooth.defenses import SmoothedClassifier
 from advsmooth.filters import MAX_SIGMA, LowPassFilter, roughness
 from advsmooth.metrics import fooling_rate, robustness
@@ -524,3 +525,29 @@ def test_weight_log_keeps_two_saved_models_with_the_same_file_name(tmp_path):
         for p in paths:
             asm.models.load(str(p), verbose=False)
     assert len(used) == 2 and len(set(used.values())) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# a misspelt name gets the nearest known one
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,hint", [
+    (lambda: asm.data.info("MNIST"), "did you mean 'mnist'?"),
+    (lambda: asm.data.info("cifar-10"), "did you mean 'cifar10'?"),
+    (lambda: asm.data.load("Digits", "test"), "did you mean 'digits'?"),
+    (lambda: asm.models.registry.spec("mnist-lenet-pdg"), "did you mean 'mnist-lenet-pgd'?"),
+    (lambda: attack_registry.build("deepfol"), "did you mean 'deepfool'?"),
+    (lambda: asm.attacks.DeepFool(box="projct"), "did you mean 'project'?"),
+    (lambda: asm.evaluate(nn.Flatten(), torch.rand(2, 1, 2, 2), torch.zeros(2).long(), eps=[0.1],
+                          stages=["apgd-cee"]), "did you mean 'apgd-ce'?"),
+])
+def test_unknown_names_suggest_the_nearest_known_one(call, hint):
+    with pytest.raises(ValueError, match=r"; did you mean '[^']+'\?$") as info:
+        call()
+    assert hint in str(info.value)
+
+
+def test_no_suggestion_when_nothing_is_close():
+    with pytest.raises(ValueError) as info:
+        asm.data.info("zzzzzz")
+    assert "did you mean" not in str(info.value) and "known: digits" in str(info.value)

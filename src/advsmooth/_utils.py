@@ -6,6 +6,7 @@ Nothing here imports a heavy optional dependency at module import time.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import importlib
 import os
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -324,10 +325,22 @@ def check_int_at_least(name: str, value: int, minimum: int) -> int:
     return value
 
 
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to the string ``value`` (the same name in
+    other letter case first, then :func:`difflib.get_close_matches`), or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    names = [c for c in choices if isinstance(c, str)]
+    same = [c for c in names if c.lower() == value.lower()]
+    near = same or difflib.get_close_matches(value.lower(), names, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}"
+                         f"{did_you_mean(value, choices)}")
     return value
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._utils import check_choice
+from .._utils import check_choice, did_you_mean
 
 __all__ = ["AttackEntry", "REGISTRY", "register", "build", "names", "entry", "KINDS", "GRADIENTS",
            "build_gradient"]
@@ -205,7 +205,8 @@ def entry(name: str) -> AttackEntry:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(names())}") from None
+        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(names())}"
+                         f"{did_you_mean(name, names())}") from None
 
 
 #: ``gradient = {kind = ...}`` tables of a spec's attack parameters -> gradient estimator

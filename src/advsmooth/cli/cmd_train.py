@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .._utils import did_you_mean
 from ._common import (
     add_common,
     check_out_dir,
@@ -64,7 +65,8 @@ def _main(args: argparse.Namespace) -> int:
     from ..defenses import METHODS, evaluate, train
 
     if args.method not in METHODS:
-        raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}"
+                         f"{did_you_mean(args.method, METHODS)}")
     method_kwargs = _method_params(args.method_param)
     from ..defenses import get_method
 

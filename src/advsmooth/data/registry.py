@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .._utils import check_int_at_least, optional_import, search_dirs, warn_caller
+from .._utils import (
+    check_int_at_least,
+    did_you_mean,
+    optional_import,
+    search_dirs,
+    warn_caller,
+)
 
 __all__ = [
     "DataInfo",
@@ -438,7 +444,8 @@ def _raw(name: str, split: str, root: Any) -> tuple[Any, Any] | Dataset:
     if name.startswith("npz:"):
         return _read_npz(Path(name[4:]).expanduser())
     if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH")
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH"
+                         f"{did_you_mean(name, names())}")
     meta = REGISTRY[name]
     _check_split(meta, split)
     if name == "digits":
@@ -624,7 +631,8 @@ def load(name: str, split: str = "test", root: str | os.PathLike[str] | None = N
 def info(name: str) -> DataInfo:
     """Registry entry of a dataset (``ValueError`` for an unknown name)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH")
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH"
+                         f"{did_you_mean(name, names())}")
     return REGISTRY[name]
 
 

@@ -65,6 +65,8 @@ from pydantic import (
     model_validator,
 )
 
+from .._utils import did_you_mean
+
 __all__ = [
     "Spec",
     "SpecError",
@@ -520,7 +522,7 @@ def _dataset_errors(spec: Spec) -> Errors:
             continue
         if d.name not in data.names():
             yield (f"datasets[{i}].name", f"unknown dataset {d.name!r}; expected one of "
-                   f"{data.names()} or npz:PATH")
+                   f"{data.names()} or npz:PATH{did_you_mean(d.name, data.names())}")
             continue
         splits = data.info(d.name).splits
         if d.split not in splits:

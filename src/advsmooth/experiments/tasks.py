@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import attacks, filters
-from .._utils import check_int_at_least
+from .._utils import check_int_at_least, did_you_mean
 from ..attacks import registry
 from ..attacks.base import Attack
 from .artefacts import Artefacts, Step, StepOutput, plan_order
@@ -110,7 +110,7 @@ def attack_class(name: str) -> type:
         if _norm_name(n) == want:
             return obj
     raise ValueError(f"unknown attack {name!r}; expected one of {attack_names()} or "
-                     "'module:ClassName'")
+                     f"'module:ClassName'{did_you_mean(name, attack_names())}")
 
 
 #: ``gradient = {kind = ...}`` tables in attack parameters -> gradient estimator classes
@@ -376,7 +376,8 @@ def check_params(p: Mapping[str, Any], allowed: Sequence[str] | None = None,
 def get_task(name: str) -> Task:
     """The study task registered as ``name`` (``ValueError`` naming the known ones)."""
     if name not in _TASKS:
-        raise ValueError(f"unknown study task {name!r}; expected one of {task_names()}")
+        raise ValueError(f"unknown study task {name!r}; expected one of {task_names()}"
+                         f"{did_you_mean(name, task_names())}")
     return _TASKS[name]
 
 

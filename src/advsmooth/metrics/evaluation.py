@@ -77,7 +77,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import check_images, check_labels, check_model_compat, frozen_model, predict
-from .._utils import check_bool, check_int_at_least
+from .._utils import check_bool, check_int_at_least, did_you_mean
 from .._utils import progress as _bar
 from ..attacks.apgd import APGD
 from ..attacks.base import Attack, run_batched
@@ -117,7 +117,8 @@ def stage_names(norm: str | float, stages: str | Sequence[str] = "standard") -> 
     names = list(stages)
     for s in names:
         if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+            raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}"
+                             f"{did_you_mean(s, STAGES)}")
     if not names:
         raise ValueError("stages must name at least one stage")
     return names

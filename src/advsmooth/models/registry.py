@@ -31,7 +31,14 @@ from torch import nn
 
 from .. import __version__
 from .._tensors import model_hash
-from .._utils import atomic_path, cache_dir, optional_import, resolve_device, search_dirs
+from .._utils import (
+    atomic_path,
+    cache_dir,
+    did_you_mean,
+    optional_import,
+    resolve_device,
+    search_dirs,
+)
 from .checkpoints import file_sha256, load_checkpoint
 from .zoo import IMAGENET_MEAN, IMAGENET_STD, Normalized, create
 
@@ -119,7 +126,8 @@ def spec(name: str) -> ModelSpec:
     """The zoo entry for ``name`` (``ValueError`` listing the known names otherwise)."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(ZOO)}, torchvision:NAME, "
-                         f"timm:NAME, or a path to a model saved by advsmooth")
+                         f"timm:NAME, or a path to a model saved by advsmooth"
+                         f"{did_you_mean(name, ZOO)}")
     return ZOO[name]
 
 

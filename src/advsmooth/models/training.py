@@ -55,6 +55,7 @@ from .._utils import (
     check_int_at_least,
     check_nonnegative,
     check_positive,
+    did_you_mean,
     make_generator,
     progress,
 )
@@ -122,7 +123,8 @@ def get_method(method: str | TrainingMethod, **kwargs: Any) -> TrainingMethod:
             raise ValueError("method keyword arguments are only accepted with a method name")
         return method
     if method not in METHODS:
-        raise ValueError(f"unknown training method {method!r}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown training method {method!r}; known: {', '.join(METHODS)}"
+                         f"{did_you_mean(method, METHODS)}")
     factory = METHODS[method]
     params = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_int_at_least
+from .._utils import check_int_at_least, did_you_mean
 
 __all__ = [
     "Normalize",
@@ -372,7 +372,8 @@ def create(arch: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 
             kwargs["depth"], kwargs["width"] = int(m.group(1)), int(m.group(2))
         net = WideResNet(in_shape=shape, num_classes=num_classes, **kwargs)
     else:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
+                         f"{did_you_mean(arch, ARCHITECTURES)}")
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
     if mean is not None and std is not None:
