@@ -130,20 +130,54 @@ def test_settle_takes_back_only_the_overshoot_not_needed(monkeypatch, targeted, 
         z = model(res.x_adv)
     pred = z.argmax(1)
     assert (pred == target).all() if targeted else (pred != res.labels).all()
+    # the reported prediction is the model's at the returned point, not the one before settling
+    assert torch.equal(res.adv_pred, pred)
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     late = res.iterations > _CLAMPED_STEPS
     assert late.sum() >= 3 and (targeted or (~late).any())  # both kinds of sample
-    # r_tot scaled by t, and x_adv = clip(x + (1+η)·r_tot) still: each pixel moves back
+    # r_tot scaled by t, and each pixel moves back towards x
     d, d0 = res.extras["r_tot"].flatten(1), raw.extras["r_tot"].flatten(1)
     t = (d * d0).sum(1) / (d0 * d0).sum(1)
     assert torch.allclose(d, t[:, None] * d0, atol=1e-15)
-    assert torch.equal(res.x_adv, (x + 1.02 * res.extras["r_tot"]).clamp(0, 1))
     assert (t >= 1 / 1.02 - 1e-12).all() and (t <= 1 + 1e-12).all()
     assert ((res.x_adv - x).abs() <= (raw.x_adv - x).abs()).all()
     assert (t < 1 - 1e-6).float().mean() >= 0.5  # most of them are pulled back
     # one or two more forwards per sample, counted
     extra = res.forward_evals - raw.forward_evals
     assert ((extra >= 1) & (extra <= 2)).all()
+
+
+def test_settle_in_float32_chunks_reports_the_logits_at_x_adv():
+    """float32, chunks of 8 (the settle step runs per chunk): the logits DeepFool reports are
+    the model's at exactly the returned x_adv, row for row."""
+    model = TinyCNN(num_classes=10, seed=5).eval()
+    x = _x(40, (1, 8, 8), seed=6, dtype=torch.float32)
+    x[::2, :, :3] = 0.0
+    with torch.no_grad():
+        z0 = model(x)
+    run = DeepFool(clip=True, chunk_size=8).run(model, x, z0)
+    assert run.fooled.all()
+    with torch.no_grad():
+        z = model(run.x_adv)
+    assert torch.equal(run.adv_logits, z)
+    assert torch.equal(run.x_adv, (x + 1.02 * run.r_tot).clamp(0, 1))
+
+
+class _Flat(torch.nn.Module):
+    """A model that reshapes with view(n, -1) (fails on an empty batch) and whose logits do
+    not depend on the input: DeepFool fools nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(36, 3)
+
+    def forward(self, x):
+        return self.lin(x.view(x.size(0), -1) * 0.0)
+
+
+def test_nothing_fooled_runs_no_empty_batch():
+    res = DeepFool(clip=True, max_iter=3)(_Flat().double(), _x(4))
+    assert not res.success.any()
 
 
 def test_project_on_affine_model_lands_on_the_face():

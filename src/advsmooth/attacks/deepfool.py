@@ -461,8 +461,9 @@ class DeepFool(Attack):
             done = (in_threads(one, groups, workers) if workers > 1 and len(groups) > 1
                     else [one(idx) for idx in groups])
             act = act[~torch.cat(done)]
-        if self._projects and self.overshoot > 0:
-            self._settle(st, ex, st.fooled.nonzero()[:, 0])
+        fooled = st.fooled.nonzero()[:, 0]
+        if self._projects and self.overshoot > 0 and fooled.numel():
+            self._settle(st, ex, fooled)
         if memory is not None and target is None:
             memory.norm.scatter_(1, faces, st.wnorm.to(memory.norm.dtype))
             memory.at.scatter_(1, faces, st.wnorm_at + memory.clock[:, None])
@@ -492,7 +493,7 @@ class DeepFool(Attack):
         floor = 1.0 / (1.0 + self.overshoot)
         for idx in rows.split(self.chunk_size or max(rows.numel(), 1)):
             r, slope = st.r_tot[idx], st.slope[idx]
-            g_hi = _margin(st, idx, st.adv_logits[idx])  # ≤ 0: fooled at t = 1
+            g_hi = _margin(st, idx, st.adv_logits[idx]).to(r.dtype)  # ≤ 0: fooled at t = 1
             best, z_best = torch.ones_like(slope), st.adv_logits[idx].clone()
             root = torch.where(slope > _TINY, 1.0 + g_hi / slope.clamp_min(_TINY),
                                torch.full_like(slope, floor))
@@ -503,12 +504,13 @@ class DeepFool(Attack):
                                              _rowwise(t[live], r) * r[live]))
                 hit = _fooled(st, idx[live], z)
                 best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
-                g_lo, live = _margin(st, idx[live], z)[~hit], live[~hit]
+                g_lo, live = _margin(st, idx[live], z)[~hit].to(r.dtype), live[~hit]
                 if trial == 1 or live.numel() == 0:
                     break
                 # the secant root between (t, g_lo ≥ 0) and (1, g_hi ≤ 0)
                 lo = t[live]
-                root = lo + g_lo.clamp_min(0) * (1.0 - lo) / (g_lo - g_hi[live]).clamp_min(_TINY)
+                gap = (g_lo - g_hi[live]).clamp_min(torch.finfo(r.dtype).tiny)
+                root = lo + g_lo.clamp_min(0) * (1.0 - lo) / gap
                 t[live] = (root + 0.1 * (1.0 - root)).clamp(max=1.0)
             st.r_tot[idx] = _rowwise(best, r) * r
             st.adv_logits[idx] = z_best
