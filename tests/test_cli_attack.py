@@ -142,3 +142,26 @@ def test_registry_build_register_and_errors():
         registry.REGISTRY.pop("test-df3")
     with pytest.raises(ValueError, match="kind"):
         registry.register("x", registry.AttackEntry(lambda: None, kind="weird"))
+
+
+def test_attack_and_evaluate_random_subset_take_the_same_images():
+    """docs/cli.md: `attack --n N --seed S` and `evaluate --n N --random-subset --seed S` take
+    the same images (one seeded picker)."""
+    import torch
+
+    from advsmooth.cli import build_parser
+    from advsmooth.cli._model_data import load_model_data
+    from advsmooth.cli.cmd_attack import attack_spec
+    from advsmooth.data import load
+    from advsmooth.experiments.runner import select_indices
+
+    p = build_parser()
+    a = p.parse_args(["attack", "fgsm", "--model", "digits-lenet", "--data", "digits", "--n", "7",
+                      "--seed", "5"])
+    spec = attack_spec(a, {})
+    idx = select_indices(spec.datasets[0], spec.seed)
+    e = p.parse_args(["evaluate", "--model", "digits-lenet", "--data", "digits", "--n", "7",
+                      "--random-subset", "--seed", "5", "--eps", "0.1"])
+    _, x, _, _ = load_model_data(e)
+    x_all, _ = load("digits", "test")
+    assert torch.equal(x, x_all[idx])
