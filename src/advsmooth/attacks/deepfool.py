@@ -559,7 +559,9 @@ class DeepFool(Attack):
         if self.clip and not project:
             ra = (xa + ra).clamp(0.0, 1.0) - xa  # the plain clamp
         st.r_tot[idx] = ra
-        st.slope[idx] = (1.0 + eta) * (near.normal * ra.flatten(1)).sum(dim=1).to(st.slope.dtype)
+        if self._projects:  # for the settle step (run's end)
+            st.slope[idx] = (1.0 + eta) * (near.normal * ra.flatten(1)).sum(dim=1).to(
+                st.slope.dtype)
         st.iters[idx] += 1
         lf = sel.gather(1, near.l[:, None])[:, 0]  # the chosen face, among the Kc − 1
         st.face[idx] = st.cand[idx].gather(1, (lf + 1)[:, None])[:, 0]
