@@ -500,8 +500,7 @@ class DeepFool(Attack):
             t = (root + 0.1 * (1.0 - root)).clamp(floor, 1.0)
             live = torch.arange(idx.numel(), device=r.device)
             for trial in range(2):
-                z = as_logits(self._check_at(ex, idx[live], st.x[idx[live]],
-                                             _rowwise(t[live], r) * r[live]))
+                z = self._check_at(ex, idx[live], st.x[idx[live]], _rowwise(t[live], r) * r[live])
                 hit = _fooled(st, idx[live], z)
                 best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
                 g_lo, live = _margin(st, idx[live], z)[~hit].to(r.dtype), live[~hit]
@@ -516,13 +515,14 @@ class DeepFool(Attack):
             st.adv_logits[idx] = z_best
 
     def _check_at(self, ex: _Exec, idx: Tensor, x: Tensor, r: Tensor) -> Tensor:
-        """Logits of the checking model at the overshot point ``x + (1+η)·r`` (clamped when
-        ``clip``), computed exactly as :meth:`run` computes ``x_adv``; one forward counted."""
+        """Logits (:func:`as_logits`) of the checking model at the overshot point
+        ``x + (1+η)·r`` (clamped when ``clip``), computed exactly as :meth:`run` computes
+        ``x_adv``; one forward counted."""
         xc = x + (1.0 + self.overshoot) * r
         if self.clip:
             xc = xc.clamp(0.0, 1.0)
         with torch.no_grad():
-            z = ex.check(xc)
+            z = as_logits(ex.check(xc))
         ex.counted(idx, 1, 0)
         return z
 
@@ -566,7 +566,7 @@ class DeepFool(Attack):
         lf = sel.gather(1, near.l[:, None])[:, 0]  # the chosen face, among the Kc − 1
         st.face[idx] = st.cand[idx].gather(1, (lf + 1)[:, None])[:, 0]
         # line 3 again: the stopping check, at the overshot point
-        zc = as_logits(self._check_at(ex, idx, xa, ra))
+        zc = self._check_at(ex, idx, xa, ra)
         st.adv_logits[idx] = zc.to(st.adv_logits.dtype)
         hit = _fooled(st, idx, zc)
         if st.target is not None:

@@ -11,7 +11,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .._utils import did_you_mean
 from ._common import (
     add_common,
     check_out_dir,
@@ -62,15 +61,10 @@ def _main(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data, models
-    from ..defenses import METHODS, evaluate, train
+    from ..defenses import evaluate, get_method, train
 
-    if args.method not in METHODS:
-        raise ValueError(f"unknown training method {args.method!r}; known: {', '.join(METHODS)}"
-                         f"{did_you_mean(args.method, METHODS)}")
     method_kwargs = _method_params(args.method_param)
-    from ..defenses import get_method
-
-    get_method(args.method, **method_kwargs)  # validate before loading data
+    get_method(args.method, **method_kwargs)  # name and parameters, checked before loading data
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else Path("runs") / f"train-{args.model}-{args.data}".replace(
         ":", "_").replace("/", "_")
