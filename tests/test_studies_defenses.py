@@ -101,30 +101,58 @@ def test_table3_rejects_bad_arguments_before_any_work():
         table3_plan({"dataset": "cifar10", "n_train_pgd": 50001})
     with pytest.raises(ValueError, match="epochs_pgd"):
         table3_plan({"dataset": "cifar10", "epochs_pgd": 0})
+    with pytest.raises(ValueError, match="CIFAR-10 with train_split"):
+        table3_plan({"n_train_ens": 5000})
+    with pytest.raises(ValueError, match="n_train_fgsm .* exceeds the 50000"):
+        table3_plan({"dataset": "cifar10", "n_train_fgsm": 50001})
+    with pytest.raises(ValueError, match="epochs_ens"):
+        table3_plan({"dataset": "cifar10", "epochs_ens": 0})
 
 
-def test_table3_pgd_budget_changes_only_the_pgd_at_steps():
-    """n_train_pgd / epochs_pgd reach PGD-AT's training, crafting and evaluation steps and no
-    other, and leave the keys of a spec without them as they were: a store keeps every other
-    defence."""
+@pytest.mark.parametrize("defence, n_key, epochs_key, train_kind", [
+    ("PGD-AT", "n_train_pgd", "epochs_pgd", "table3.pgd_at"),
+    ("FGSM-AT", "n_train_fgsm", "epochs_fgsm", "table3.fgsm_at"),
+    ("Ens-AT", "n_train_ens", "epochs_ens", "table3.ens_at"),
+])
+def test_table3_own_budget_changes_only_that_defences_steps(defence, n_key, epochs_key,
+                                                              train_kind):
+    """A defence's own budget (n_train_<d> / epochs_<d>) reaches its training, crafting and
+    evaluation steps and no other, and leaves the keys of a spec without it as they were: a
+    store keeps every other defence."""
     def keys(params):
         return {s.key: (s.kind, s.settings.get("on"), s.settings.get("defence"))
                 for s, _ in plan_order(table3_plan(params))}
 
     base = {"dataset": "cifar10", "n_train": 300, "white_box_attacks": ["IGSM", "DF"]}
     before = keys(base)
-    assert keys({**base, "n_train_pgd": None, "epochs_pgd": None}) == before
-    after = keys({**base, "n_train_pgd": 400, "epochs_pgd": 3})
+    assert keys({**base, n_key: None, epochs_key: None}) == before
+    after = keys({**base, n_key: 400, epochs_key: 3})
     new = [v for k, v in after.items() if k not in before]
     gone = [v for k, v in before.items() if k not in after]
     assert sorted(new, key=str) == sorted(gone, key=str)
-    assert sorted(new, key=str) == sorted([("table3.pgd_at", None, None),
-                                           ("table3.craft", "PGD-AT", None),
-                                           ("table3.craft", "PGD-AT", None),
-                                           ("table3.evaluate", None, "PGD-AT")], key=str)
-    pgd = [s for s, _ in plan_order(table3_plan({**base, "n_train_pgd": 400}))
-           if s.kind == "table3.pgd_at"]
-    assert pgd[0].settings["n_train_pgd"] == 400 and "epochs_pgd" not in pgd[0].settings
+    assert sorted(new, key=str) == sorted([(train_kind, None, None),
+                                           ("table3.craft", defence, None),
+                                           ("table3.craft", defence, None),
+                                           ("table3.evaluate", None, defence)], key=str)
+    own = [s for s, _ in plan_order(table3_plan({**base, n_key: 400})) if s.kind == train_kind]
+    assert own[0].settings[n_key] == 400 and epochs_key not in own[0].settings
+
+
+def test_table3_own_budget_reaches_training(monkeypatch):
+    """The training step of each defence passes its own n and epochs to the fine-tuning (and the
+    shared ones where not given)."""
+    from advsmooth.studies import defenses as d
+
+    seen = {}
+
+    def fake(s, ctx, method, n=None, epochs=None, **kw):
+        seen[s["defence_marker"]] = (n, epochs)
+
+    monkeypatch.setattr(d, "_finetuned", fake)
+    s = {"eps": 0.03, "n_train_fgsm": 700, "epochs_fgsm": 4, "n_train_pgd": 900}
+    d._fgsm_at({**s, "defence_marker": "fgsm"}, None)
+    d._pgd_at({**s, "defence_marker": "pgd"}, None)
+    assert seen == {"fgsm": (700, 4), "pgd": (900, None)}
 
 
 def _kinds(steps):

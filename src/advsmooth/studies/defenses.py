@@ -121,13 +121,13 @@ class Table3Settings:
     (CIFAR-10): ``"train"`` cuts the training slices from the 50,000 training images and the
     evaluation images from the test split; ``"test"`` cuts both from one permutation of the
     10,000 test images (the only way before the training split was available; disjoint parts).
-    ``n_train_pgd`` / ``epochs_pgd`` (CIFAR-10 with ``train_split = "train"``): a budget of its
-    own for PGD-AT, the costliest defence to train — the first ``n_train_pgd`` images of the
-    training permutation (up to all 50,000: the other slices are then among them, which
-    matters to no evaluation, as every attacked image comes from the test split) for
-    ``epochs_pgd`` epochs; ``None``: the ``n_train`` slice for ``epochs`` epochs, like
-    FGSM-AT. The other defences' steps keep their settings, so a store that holds them
-    reuses them.
+    ``n_train_<d>`` / ``epochs_<d>`` for ``<d>`` in ``fgsm``, ``pgd``, ``ens`` (CIFAR-10 with
+    ``train_split = "train"``): a budget of its own for FGSM-AT, PGD-AT or Ens-AT — the first
+    ``n_train_<d>`` images of the training permutation (up to all 50,000: the other slices are
+    then among them, which matters to no evaluation, as every attacked image comes from the
+    test split) for ``epochs_<d>`` epochs; ``None``: the ``n_train`` slice for ``epochs``
+    epochs. Only that defence's steps see its budget, so a store that holds the other
+    defences' steps reuses them.
     """
 
     dataset: str = "mnist"
@@ -153,8 +153,12 @@ class Table3Settings:
     seed: int = 0
     models_dir: str | None = None
     train_split: str = "train"
+    n_train_fgsm: int | None = None
+    epochs_fgsm: int | None = None
     n_train_pgd: int | None = None
     epochs_pgd: int | None = None
+    n_train_ens: int | None = None
+    epochs_ens: int | None = None
 
     def __post_init__(self) -> None:
         given = {k: getattr(self, k) for k in DATASETS.get(self.dataset, {"defaults": {}})
@@ -193,28 +197,30 @@ class Table3Settings:
                              f"{'test' if shared else 'training'} images")
         if cifar and self.n_clean > DATASETS["cifar10"]["test_pool"]:
             raise ValueError(f"n_clean ({self.n_clean}) exceeds the 10000 CIFAR-10 test images")
-        self._check_pgd_budget(cifar, shared, pool)
+        self._check_budgets(cifar, shared, pool)
 
-    def _check_pgd_budget(self, cifar: bool, shared: bool, pool: int) -> None:
-        for k in _PGD_FIELDS:
+    def _check_budgets(self, cifar: bool, shared: bool, pool: int) -> None:
+        for k in (k for fields in _OWN_BUDGET.values() for k in fields):
             if getattr(self, k) is None:
                 continue
             check_int_at_least(k, getattr(self, k), 1)
             if not cifar or shared:
-                raise ValueError(f"{k} applies to CIFAR-10 with train_split = 'train' only (MNIST "
-                                 "PGD-AT is the shared mnist-lenet-pgd; with train_split = "
-                                 "'test' the training images would overlap the evaluation)")
-        if self.n_train_pgd is not None and self.n_train_pgd > pool:
-            raise ValueError(f"n_train_pgd ({self.n_train_pgd}) exceeds the {pool} training images")
+                raise ValueError(f"{k} applies to CIFAR-10 with train_split = 'train' only (with "
+                                 "train_split = 'test' the training images would overlap the "
+                                 "evaluation; MNIST trains every defence on its n_train slice)")
+            if k.startswith("n_train_") and getattr(self, k) > pool:
+                raise ValueError(f"{k} ({getattr(self, k)}) exceeds the {pool} training images")
 
 
 #: the fields that decide the data and every trained defence (not the attacks)
 _MODEL_FIELDS = ("dataset", "seed", "n_clean", "n_train", "n_train_sat", "n_train_hgd", "n_ae",
                  "n_val", "epochs", "lr", "eps", "hgd_epochs", "ae_epochs", "igsm_steps",
                  "clip_step", "fpr", "models_dir", "train_split")
-#: PGD-AT's own budget: in the settings of its steps only, and only when given (so the steps of
-#: every other defence, and of a spec without them, keep their keys)
-_PGD_FIELDS = ("n_train_pgd", "epochs_pgd")
+#: a defence's own training budget (images, epochs): in the settings of its steps only, and only
+#: when given (so the steps of every other defence, and of a spec without them, keep their keys)
+_OWN_BUDGET = {"FGSM-AT": ("n_train_fgsm", "epochs_fgsm"), "PGD-AT": ("n_train_pgd", "epochs_pgd"),
+               "Ens-AT": ("n_train_ens", "epochs_ens")}
+_BUDGET_FIELDS = tuple(k for fields in _OWN_BUDGET.values() for k in fields)
 #: the attacks' fields (besides the attack's name)
 _ATTACK_FIELDS = ("n_test", "sf_max_iter")
 #: defence -> training step kind (MNIST PGD-AT is the shared mnist-lenet-pgd: no step)
@@ -223,11 +229,16 @@ _TRAIN_KIND = {"FGSM-AT": "table3.fgsm_at", "PGD-AT": "table3.pgd_at", "Ens-AT":
 
 
 def _own(m: dict[str, Any], defence: str) -> dict[str, Any]:
-    """Model settings ``m`` as the steps of ``defence`` see them: PGD-AT's keep its own budget
-    (:data:`_PGD_FIELDS`, where given), every other defence's drop it."""
-    if defence == "PGD-AT":
-        return m
-    return {k: v for k, v in m.items() if k not in _PGD_FIELDS}
+    """Model settings ``m`` as the steps of ``defence`` see them: its own budget
+    (:data:`_OWN_BUDGET`, where given) kept, every other defence's dropped."""
+    own = _OWN_BUDGET.get(defence, ())
+    return {k: v for k, v in m.items() if k not in _BUDGET_FIELDS or k in own}
+
+
+def _budget(s: dict[str, Any], defence: str) -> dict[str, Any]:
+    """``n`` and ``epochs`` of :func:`_finetuned` for ``defence`` from its step settings ``s``."""
+    n, epochs = _OWN_BUDGET[defence]
+    return {"n": s.get(n), "epochs": s.get(epochs)}
 
 
 def _train_step(m: dict[str, Any], defence: str) -> Step | None:
@@ -256,7 +267,7 @@ def table3_plan(params: dict[str, Any], seed: int = 0) -> list[Step]:
     followed by MagNet's reformer-only row."""
     s = from_params(Table3Settings, params)
     m, a = step_settings(s, _MODEL_FIELDS), step_settings(s, _ATTACK_FIELDS)
-    m.update({k: getattr(s, k) for k in _PGD_FIELDS if getattr(s, k) is not None})
+    m.update({k: getattr(s, k) for k in _BUDGET_FIELDS if getattr(s, k) is not None})
     names = attack_names(s.dataset, s.sigmas_g)
     wb = [n for n in names if s.white_box_attacks is None or n in s.white_box_attacks] \
         if s.white_box else []
@@ -320,7 +331,7 @@ def table3_split(s: dict[str, Any], root: Any = None) -> dict[str, Tensor]:
 def training_images(s: dict[str, Any], n: int | None = None,
                     root: Any = None) -> tuple[Tensor, Tensor]:
     """The first ``n`` (default all) images of the ``n_train`` slice; ``n`` beyond the slice
-    (PGD-AT's ``n_train_pgd``, ``train_split = "train"``) reads on along the same permutation
+    (a defence's ``n_train_<d>``, ``train_split = "train"``) reads on along the same permutation
     of the training images, so the slice is their first ``n_train``."""
     if n is not None and n > s["n_train"]:
         from .. import data
@@ -343,8 +354,8 @@ def _base(s: dict[str, Any]) -> nn.Module:
 
 
 def _model_settings(s: dict[str, Any]) -> dict[str, Any]:
-    """The model fields of step settings ``s`` (PGD-AT's own budget included where present)."""
-    return {k: s[k] for k in _MODEL_FIELDS} | {k: s[k] for k in _PGD_FIELDS if k in s}
+    """The model fields of step settings ``s`` (a defence's own budget included where present)."""
+    return {k: s[k] for k in _MODEL_FIELDS} | {k: s[k] for k in _BUDGET_FIELDS if k in s}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,15 +378,15 @@ def _finetuned(s: dict[str, Any], ctx: Any, method: Any, n: int | None = None,
 @register_step("table3.fgsm_at")
 def _fgsm_at(s: dict[str, Any], ctx: Any) -> StepOutput:
     """FGSM adversarial training (ε = ``eps``, w = 0.5)."""
-    return _finetuned(s, ctx, "fgsm_at", eps=s["eps"], w=0.5)
+    return _finetuned(s, ctx, "fgsm_at", **_budget(s, "FGSM-AT"), eps=s["eps"], w=0.5)
 
 
 @register_step("table3.pgd_at")
 def _pgd_at(s: dict[str, Any], ctx: Any) -> StepOutput:
     """CIFAR-10 PGD adversarial training (Madry et al.: ε, α = ε/4, 7 steps, random start)."""
-    return _finetuned(s, ctx, "pgd", n=s.get("n_train_pgd"), epochs=s.get("epochs_pgd"),
-                      eps=s["eps"], alpha=s["eps"] * CIFAR_PGD["alpha_frac"],
-                      steps=CIFAR_PGD["steps"], w=CIFAR_PGD["w"])
+    return _finetuned(s, ctx, "pgd", **_budget(s, "PGD-AT"), eps=s["eps"],
+                      alpha=s["eps"] * CIFAR_PGD["alpha_frac"], steps=CIFAR_PGD["steps"],
+                      w=CIFAR_PGD["w"])
 
 
 @register_step("table3.sat")
@@ -417,7 +428,7 @@ def _ens_at(s: dict[str, Any], ctx: Any) -> StepOutput:
 
     meth = defenses.EnsembleAdversarialTraining(holdout=_holdouts(s, ctx), eps=s["eps"], w=0.5,
                                                 models_dir=s["models_dir"])
-    out = _finetuned(s, ctx, meth)
+    out = _finetuned(s, ctx, meth, **_budget(s, "Ens-AT"))
     out.info["sources"] = {k: meth.sources.count(k) for k in meth.source_names}
     return out
 
