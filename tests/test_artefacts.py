@@ -189,3 +189,39 @@ def _row(s, ctx):
 def _partial_plan(params, seed):
     return [Step("test.row", {"k": k, "fail_flag": params.get("fail_flag")})
             for k in range(params["n"])]
+
+
+def test_step_version_changes_only_that_kinds_key(tmp_path):
+    """A step kind's code version is part of its key from version 2 on: a store recomputes the
+    step instead of reusing what the old code made; version 1 keeps the key of a kind registered
+    without one, and other kinds' keys do not move."""
+    from advsmooth.experiments import artefacts as A
+
+    settings = {"n": 4}
+    plain = A.step_key("test.versioned", settings)
+    calls = []
+
+    def make(tag):
+        def fn(s, ctx):
+            calls.append(tag)
+            return StepOutput(rows=[{"tag": tag}])
+        return fn
+
+    try:
+        register_step("test.versioned")(make("v1"))
+        assert Step("test.versioned", settings).key == plain
+        arts = Artefacts(tmp_path)
+        assert arts.run(Step("test.versioned", settings), None).rows == [{"tag": "v1"}]
+        A._STEPS.pop("test.versioned")
+        register_step("test.versioned", version=2)(make("v2"))
+        v2 = Step("test.versioned", settings).key
+        assert v2 != plain
+        assert A.step_key("test.noise", {"n": 4}) == Step("test.noise", {"n": 4}).key
+        fresh = Artefacts(tmp_path)
+        assert fresh.run(Step("test.versioned", settings), None).rows == [{"tag": "v2"}]
+        assert calls == ["v1", "v2"]
+        with pytest.raises(ValueError, match="version"):
+            register_step("test.other", version=0)
+    finally:
+        A._STEPS.pop("test.versioned", None)
+        A._VERSIONS.pop("test.versioned", None)

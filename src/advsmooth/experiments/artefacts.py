@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._utils import atomic_path
+from .._utils import atomic_path, check_int_at_least
 from ..models import registry as model_registry
 from .store import ARTEFACTS_SCHEMA, STORE_NAME
 
@@ -65,9 +65,12 @@ def _canonical(obj: Any) -> str:
 
 
 def step_key(kind: str, settings: Mapping[str, Any]) -> str:
-    """The content hash naming the artefact of step ``kind`` with ``settings`` (32 hex digits)."""
-    text = _canonical({"kind": kind, "settings": settings})
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    """The content hash naming the artefact of step ``kind`` with ``settings`` (32 hex digits);
+    the kind's code version (:func:`register_step`) is part of it from version 2 on."""
+    payload: dict[str, Any] = {"kind": kind, "settings": settings}
+    if _VERSIONS.get(kind, 1) != 1:
+        payload["version"] = _VERSIONS[kind]
+    return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -101,15 +104,24 @@ class StepOutput:
 
 StepFn = Callable[[dict[str, Any], Any], StepOutput]
 _STEPS: dict[str, StepFn] = {}
+_VERSIONS: dict[str, int] = {}
 
 
-def register_step(kind: str) -> Callable[[StepFn], StepFn]:
-    """Decorator registering ``fn(settings, ctx) -> StepOutput`` as step ``kind``."""
+def register_step(kind: str, version: int = 1) -> Callable[[StepFn], StepFn]:
+    """Decorator registering ``fn(settings, ctx) -> StepOutput`` as step ``kind``.
+
+    ``version``: raise it when a change of the code behind the step changes its output (an
+    algorithm's result, not its speed): the step's key changes, so stores recompute it instead
+    of reusing what the old code made. A key does not include the keys of the steps it needs,
+    so raise the version of the steps that read its output too. Version 1 keeps the key of a
+    kind registered without one.
+    """
+    check_int_at_least("version", version, 1)
 
     def deco(fn: StepFn) -> StepFn:
         if kind in _STEPS and _STEPS[kind] is not fn:
             raise ValueError(f"step kind {kind!r} is already registered")
-        _STEPS[kind] = fn
+        _STEPS[kind], _VERSIONS[kind] = fn, version
         return fn
 
     return deco
