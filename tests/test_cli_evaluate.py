@@ -72,6 +72,26 @@ def test_input_shape_is_checked_before_any_work(tmp_path, capsys) -> None:
                     capsys, "takes 1x28x28 images")
 
 
+def test_class_sorted_data_gets_a_one_line_cli_warning(tmp_path, capsys) -> None:
+    """--n on class-sorted data says, in the command's words, that it took few classes and how
+    to take a random subset; with --random-subset nothing is said."""
+    from advsmooth import data
+
+    x, y = data.load("digits", split="test")
+    order = torch.argsort(y, stable=True)
+    npz = tmp_path / "sorted.npz"
+    np.savez(npz, x=x[order].numpy(), y=y[order].numpy())
+    argv = ["evaluate", "--model", "digits-fc", "--data", f"npz:{npz}", "--n", "6",
+            "--eps", "0.1", *FAST]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("advsmooth evaluate: warning: ") and "--random-subset" in err[0]
+    assert "1 of its classes" in err[0] and "UserWarning" not in err[0]
+    assert main([*argv, "--random-subset"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_bring_your_own_model_factory_and_checkpoint(tmp_path, monkeypatch, capsys) -> None:
     pkg = tmp_path / "byo_models_for_test"
     pkg.mkdir()

@@ -22,8 +22,9 @@ import pkgutil
 import re
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import NoReturn
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from .. import __version__
 from .._utils import MissingDependency
@@ -101,6 +102,15 @@ def _as_option(text: str, options: set[str]) -> str:
     return text
 
 
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: ``advsmooth CMD: warning: MSG`` on stderr
+    (no source line: the user ran a command, not a script; ``--debug`` shows the usual form)."""
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"advsmooth {command}: warning: {_one_line(Exception(str(message)))}",
+              file=sys.stderr)
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advsmooth`` command; returns the exit status."""
     parser = build_parser()
@@ -114,7 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            if not getattr(args, "debug", False):
+                warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("advsmooth: interrupted", file=sys.stderr)
         return 130

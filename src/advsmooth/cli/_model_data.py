@@ -5,6 +5,7 @@ model's input shape checked against the data before any work."""
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Any
 
 from ._common import add_common, nonnegative_int, parse_number
@@ -80,7 +81,17 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     kw: dict[str, Any] = {}
     if args.n:
         kw = {"sample": args.n, "seed": args.seed} if args.random_subset else {"n": args.n}
-    x, y = asm.data.load(args.data, split=args.split, root=args.data_root, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", asm.data.ClassSortedWarning)
+        x, y = asm.data.load(args.data, split=args.split, root=args.data_root, **kw)
+    for w in caught:  # the library's advice in the command's own words
+        if issubclass(w.category, asm.data.ClassSortedWarning):
+            warnings.warn(f"{args.data} is sorted by class: --n {args.n} takes the first "
+                          f"{args.n} samples ({int(y.unique().numel())} of its classes); add "
+                          "--random-subset for a seeded random subset (--seed)",
+                          asm.data.ClassSortedWarning, stacklevel=1)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if x.shape[0] == 0:
         raise ValueError(f"no samples in {args.data} ({args.split})")
     x, y = x.to(device), y.to(device)

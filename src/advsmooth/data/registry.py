@@ -53,7 +53,13 @@ __all__ = [
     "data_roots",
     "DIGITS_SEED",
     "DIGITS_TEST_FRACTION",
+    "ClassSortedWarning",
 ]
+
+
+class ClassSortedWarning(UserWarning):
+    """``n=`` took the first samples of data sorted by class (so only a few classes)."""
+
 
 #: seed and test fraction of the fixed stratified train/test split of the digits data
 DIGITS_SEED = 0
@@ -541,7 +547,8 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
             if bool((labels[1:] >= labels[:-1]).all()) and labels[0] != labels[-1]:
                 warn_caller(
                     f"{name} is sorted by class: n={n} takes the first {n} samples (few "
-                    f"classes); use sample={n}, seed=... for a seeded random subset")
+                    f"classes); use sample={n}, seed=... for a seeded random subset",
+                    ClassSortedWarning)
         return torch.arange(min(n, total))
     if sample is not None:
         check_int_at_least("sample", sample, 0)
