@@ -90,6 +90,13 @@ def test_class_sorted_data_gets_a_one_line_cli_warning(tmp_path, capsys) -> None
     assert "1 of its classes" in err[0] and "UserWarning" not in err[0]
     assert main([*argv, "--random-subset"]) == 0
     assert "warning" not in capsys.readouterr().err
+    check = ["check-defense", "--model", "digits-fc", "--data", f"npz:{npz}", "--n", "6",
+             "--eps", "0.1", "--steps", "2", "--no-nattack", "--no-progress"]
+    main(check)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("advsmooth check-defense: warning: "), err
+    main([*check, "--random-subset"])
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_bring_your_own_model_factory_and_checkpoint(tmp_path, monkeypatch, capsys) -> None:

@@ -57,6 +57,29 @@ def print_and_write(report: Any, out: str | None, writer: Any, title: str) -> No
         print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}")
 
 
+def load_images(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(x, y)`` of ``--data`` / ``--split``: the first ``--n`` (0: all), or with
+    ``--random-subset`` a seeded random subset (``--seed``). On class-sorted data the first
+    ``N`` are a few classes: said in one warning in the command's words."""
+    import advsmooth as asm
+
+    kw: dict[str, Any] = {}
+    if args.n:
+        kw = {"sample": args.n, "seed": args.seed} if args.random_subset else {"n": args.n}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", asm.data.ClassSortedWarning)
+        x, y = asm.data.load(args.data, split=args.split, root=args.data_root, **kw)
+    for w in caught:  # the library's advice in the command's own words
+        if issubclass(w.category, asm.data.ClassSortedWarning):
+            warnings.warn(f"{args.data} is sorted by class: --n {args.n} takes the first "
+                          f"{args.n} samples ({int(y.unique().numel())} of its classes); add "
+                          "--random-subset for a seeded random subset (--seed)",
+                          asm.data.ClassSortedWarning, stacklevel=1)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return x, y
+
+
 def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     """``(model, x, y, device)`` from the parsed arguments. The device, the output folder and
     the model's declared input shape against the data's are checked before anything is loaded;
@@ -78,20 +101,7 @@ def load_model_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     else:
         model = asm.models.load(args.model, device=device, models_dir=args.models_dir,
                                 checkpoint=args.checkpoint, verbose=False)
-    kw: dict[str, Any] = {}
-    if args.n:
-        kw = {"sample": args.n, "seed": args.seed} if args.random_subset else {"n": args.n}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", asm.data.ClassSortedWarning)
-        x, y = asm.data.load(args.data, split=args.split, root=args.data_root, **kw)
-    for w in caught:  # the library's advice in the command's own words
-        if issubclass(w.category, asm.data.ClassSortedWarning):
-            warnings.warn(f"{args.data} is sorted by class: --n {args.n} takes the first "
-                          f"{args.n} samples ({int(y.unique().numel())} of its classes); add "
-                          "--random-subset for a seeded random subset (--seed)",
-                          asm.data.ClassSortedWarning, stacklevel=1)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    x, y = load_images(args)
     if x.shape[0] == 0:
         raise ValueError(f"no samples in {args.data} ({args.split})")
     x, y = x.to(device), y.to(device)

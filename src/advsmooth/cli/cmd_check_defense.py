@@ -25,6 +25,7 @@ from ._common import (
     positive_number,
     resolve_device,
 )
+from ._model_data import load_images
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -37,7 +38,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", required=True, help="model name (e.g. digits-lenet) or path")
     p.add_argument("--data", "-d", required=True, help="dataset name (e.g. digits) or npz:PATH")
     p.add_argument("--split", default="test", help="data split (default: test)")
-    p.add_argument("--n", type=positive_int, default=64, help="samples to check (default 64)")
+    p.add_argument("--n", type=positive_int, default=64,
+                   help="samples to check: the first N in file order (default 64)")
+    p.add_argument("--random-subset", action="store_true",
+                   help="take a seeded random subset of N samples instead of the first N")
     p.add_argument("--eps", type=_radii, nargs="+", default=None, action=_Flat,
                    help="increasing Linf radii in pixel units, numbers or fractions such as "
                         "8/255, separated by spaces or commas (default 4/255 ... 64/255)")
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.surrogate:
         surrogate = asm.models.load(args.surrogate, device=device, models_dir=args.models_dir,
                                     verbose=False)
-    x, y = asm.data.load(args.data, split=args.split, root=args.data_root, n=args.n)
+    x, y = load_images(args)
     if len(x):
         check_model_input(args.model, args.data, shape, model=model, probe=x[:1].to(device))
     if args.smooth_sigma is not None:
