@@ -62,6 +62,11 @@ FACE_METHODS = ("nearest", "all")
 _TINY = 1e-12
 #: faces differentiated per later iteration with ``faces="nearest"`` (before any fallback)
 _NEAREST = 2
+#: the settle step keeps a point only where it is fooled by more than this fraction of the
+#: largest |logit| (at least 1): float32 logits of the same image differ by ~1e-6 of that scale
+#: between batch sizes, so a point nearer the boundary could be fooled in one batch and not in
+#: another
+_SETTLE_MARGIN = 1e-5
 #: safety factor of the ``faces="nearest"`` acceptance test (see DeepFool._faces)
 _MARGIN = 2.0
 #: ``faces="nearest"`` falls back to every face when a differentiated normal's norm changed by
@@ -484,32 +489,41 @@ class DeepFool(Attack):
         (docs/deepfool.md). Along ``clip(x + t·(1+η)·r_tot)``, ``t ∈ [1/(1+η), 1]`` (every
         pixel moves back towards ``x`` as ``t`` falls), the margin ``g(t)`` (the clean class's
         logit minus the best other's; targeted: the best non-target's minus the target's) is
-        ≤ 0 at ``t = 1``. First guess: the root of ``g(1) + (1 − t)·slope``, with the slope
-        ``w'_l·(1+η)·r_tot`` of the last linearisation's face; then, where that point does not
-        fool, the secant root between it and ``t = 1``. Each is tried a tenth of the way back
-        towards ``t = 1``, on the checking model (one forward), and the first one that fools is
-        kept with its logits, so ``adv_logits`` stay the logits at exactly ``x_adv``.
+        ≤ 0 at ``t = 1``. A point is kept only where it fools by more than ``s`` =
+        :data:`_SETTLE_MARGIN` × the largest |logit| (float noise between batch sizes would
+        otherwise decide whether it is adversarial), and the guesses aim at ``g = −2s``: first
+        the root of ``g(1) + (1 − t)·slope = −2s``, with the slope ``w'_l·(1+η)·r_tot`` of the
+        last linearisation's face; then, where that point is not fooled by more than ``s``, the
+        secant root between it and ``t = 1``. Each is tried a tenth of the way back towards
+        ``t = 1``, on the checking model (one forward), and the first one that qualifies is kept
+        with its logits, so ``adv_logits`` stay the logits at exactly ``x_adv``; where neither
+        does, or ``g(1) ≥ −2s`` already, ``t = 1`` stays.
         """
         floor = 1.0 / (1.0 + self.overshoot)
         for idx in rows.split(self.chunk_size or max(rows.numel(), 1)):
-            r, slope = st.r_tot[idx], st.slope[idx]
-            g_hi = _margin(st, idx, st.adv_logits[idx]).to(r.dtype)  # ≤ 0: fooled at t = 1
-            best, z_best = torch.ones_like(slope), st.adv_logits[idx].clone()
-            root = torch.where(slope > _TINY, 1.0 + g_hi / slope.clamp_min(_TINY),
+            r, slope, z_best = st.r_tot[idx], st.slope[idx], st.adv_logits[idx].clone()
+            g_hi = _margin(st, idx, z_best).to(r.dtype)  # ≤ 0: fooled at t = 1
+            safe = (_SETTLE_MARGIN * z_best.abs().amax(dim=1).clamp_min(1.0)).to(r.dtype)
+            aim = -2.0 * safe  # the margin the guesses aim at
+            best = torch.ones_like(slope)
+            root = torch.where(slope > _TINY, 1.0 + (g_hi - aim) / slope.clamp_min(_TINY),
                                torch.full_like(slope, floor))
             t = (root + 0.1 * (1.0 - root)).clamp(floor, 1.0)
-            live = torch.arange(idx.numel(), device=r.device)
+            live = (g_hi < aim).nonzero()[:, 0]  # nearer the boundary: nothing to take back
             for trial in range(2):
+                if live.numel() == 0:
+                    break
                 z = self._check_at(ex, idx[live], st.x[idx[live]], _rowwise(t[live], r) * r[live])
-                hit = _fooled(st, idx[live], z)
+                g_lo = _margin(st, idx[live], z).to(r.dtype)
+                hit = _fooled(st, idx[live], z) & (g_lo < -safe[live])
                 best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
-                g_lo, live = _margin(st, idx[live], z)[~hit].to(r.dtype), live[~hit]
+                g_lo, live = g_lo[~hit], live[~hit]
                 if trial == 1 or live.numel() == 0:
                     break
-                # the secant root between (t, g_lo ≥ 0) and (1, g_hi ≤ 0)
+                # the secant root of g = aim between (t, g_lo ≥ -safe > aim) and (1, g_hi < aim)
                 lo = t[live]
                 gap = (g_lo - g_hi[live]).clamp_min(torch.finfo(r.dtype).tiny)
-                root = lo + g_lo.clamp_min(0) * (1.0 - lo) / gap
+                root = lo + (g_lo - aim[live]).clamp_min(0) * (1.0 - lo) / gap
                 t[live] = (root + 0.1 * (1.0 - root)).clamp(max=1.0)
             st.r_tot[idx] = _rowwise(best, r) * r
             st.adv_logits[idx] = z_best

@@ -549,7 +549,7 @@ def _attack(name: str, s: dict[str, Any]) -> Any:
     return attacks.SmoothFool(sigma=sigma, clip_step=s["clip_step"], max_iter=s["sf_max_iter"])
 
 
-@register_step("table3.craft", version=2)  # 2: DeepFool clip=True settles (2026-12-07)
+@register_step("table3.craft", version=3)  # 2: DeepFool clip=True settles; 3: by a safe margin
 def _craft(s: dict[str, Any], ctx: Any) -> StepOutput:
     """Attack ``attack`` crafted on the model of defence ``on`` over the ``n_test`` attacked
     images (adversarial images clamped to [0, 1])."""
@@ -558,7 +558,7 @@ def _craft(s: dict[str, Any], ctx: Any) -> StepOutput:
     return StepOutput(tensors={"x_adv": res.x_adv.detach().clamp(0.0, 1.0)})
 
 
-@register_step("table3.evaluate", version=2)  # 2: reads version-2 crafts
+@register_step("table3.evaluate", version=3)  # 2, 3: reads version-2, -3 crafts
 def _evaluate(s: dict[str, Any], ctx: Any) -> StepOutput:
     """The rows of one defence: fooling rates of the transferred attacks (the undefended model:
     its own white-box row) and of the white-box attacks (NaN for attacks not run)."""

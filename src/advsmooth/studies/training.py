@@ -214,7 +214,7 @@ def _deepfool_set_attack(max_iter: int) -> Any:
     return attacks.DeepFool(norm=2, overshoot=0.02, max_iter=max_iter, clip=True)
 
 
-@register_step("deepfool_ft.set", version=2)  # 2: DeepFool clip=True settles
+@register_step("deepfool_ft.set", version=3)  # 2: DeepFool clip=True settles; 3: safely
 def _ft_set(s: dict[str, Any], ctx: Any) -> StepOutput:
     """The perturbation crafted once from the starting model: DeepFool's ``r̂`` on the training
     subset (batches of 500; every α run trains on ``clamp(x + α·r̂)``), or the FGSM training set
@@ -238,7 +238,7 @@ def _ft_set(s: dict[str, Any], ctx: Any) -> StepOutput:
     return StepOutput(tensors={"x": xs}, info={"eps": eps})
 
 
-@register_step("deepfool_ft.run", version=2)  # 2: reads version-2 sets
+@register_step("deepfool_ft.run", version=3)  # 2, 3: reads version-2, -3 sets
 def _ft_run(s: dict[str, Any], ctx: Any) -> StepOutput:
     """One fine-tuning run: cross-entropy on its training set (perturbed once from the starting
     model, or clean), measured after every epoch; rows and the fine-tuned weights."""
@@ -293,7 +293,7 @@ def magnified_example(model: nn.Module, df: Any, x: Tensor, y: Tensor,
     return {"index": ones[j], "label": int(y[ones[j]]), "images": images, "preds": preds}
 
 
-@register_step("deepfool_ft.example", version=2)  # 2: DeepFool clip=True settles
+@register_step("deepfool_ft.example", version=3)  # 2: DeepFool settles; 3: safely
 def _ft_example(s: dict[str, Any], ctx: Any) -> StepOutput:
     """Fig. 8 as images for the report (tensor ``images``, captions in ``info["titles"]``)."""
     d = _ft_data(s, ctx)
