@@ -225,3 +225,33 @@ def test_step_version_changes_only_that_kinds_key(tmp_path):
     finally:
         A._STEPS.pop("test.versioned", None)
         A._VERSIONS.pop("test.versioned", None)
+
+
+def test_a_finished_study_redoes_the_steps_whose_version_changed(tmp_path):
+    """Raising a step kind's version makes a re-run of a finished planned study redo that step
+    (its key changed) and the steps that need it are reused only where their keys still match;
+    the cell is finished again with the new rows, in the same store."""
+    from advsmooth.experiments import artefacts as A
+
+    spec = _spec(n=3)
+    out = tmp_path / "run"
+    CALLS.clear()
+    run_spec(spec, out, progress=False)
+    with Store(out, readonly=True) as st:
+        old = st.study_rows(st.cells()[0]["cell_id"])
+    noise_fn = A._STEPS["test.noise"]
+    total_fn = A._STEPS["test.total"]
+    try:
+        A._VERSIONS["test.total"] = 2  # a new version of the code behind the table's rows
+        CALLS.clear()
+        again = run_spec(spec, out, progress=False)
+        assert again.computed_batches == 2 and CALLS == ["total3", "total3"]
+        with Store(out, readonly=True) as st:
+            cell = st.cells()[0]
+            assert cell["status"] == "done"
+            assert st.study_rows(cell["cell_id"]) == old  # same function: same rows
+        CALLS.clear()
+        assert run_spec(spec, out, progress=False).computed_batches == 0 and CALLS == []
+    finally:
+        A._VERSIONS["test.total"] = 1
+        assert A._STEPS["test.noise"] is noise_fn and A._STEPS["test.total"] is total_fn

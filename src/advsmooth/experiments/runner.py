@@ -459,10 +459,18 @@ def _pending_work(store: Store, cells: list[Cell]) -> tuple[list[tuple[int, int]
             else:
                 skipped += 1
             continue
+        done = store.done_batches(c.cell_id)
+        if c.kind == "study" and done:
+            # a step committed with another key (its kind's code version or its settings
+            # changed since) is redone, and its cell finished again
+            known = store.artefact_keys()
+            stale = sorted(b for b in done if c.steps[b][0].key not in known)
+            if stale:
+                store.reopen_steps(c.cell_id, stale)
+                done -= set(stale)
         if c.kind == "study" and store.cell_status(c.cell_id) == "done":
             skipped += c.n_batches
             continue
-        done = store.done_batches(c.cell_id)
         skipped += len(done)
         pending.extend((ci, b) for b in range(c.n_batches) if b not in done)
     return pending, skipped

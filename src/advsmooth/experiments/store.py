@@ -367,6 +367,21 @@ class Store:
             _batch_insert(cell_id, batch, start, start + n, run_id, rank, seconds),
         ])
 
+    def artefact_keys(self) -> set[str]:
+        """The keys of every step artefact recorded in the store (none before the first)."""
+        try:
+            return {str(r[0]) for r in self.conn.execute("SELECT key FROM artefacts")}
+        except sqlite3.OperationalError:  # a store that never ran a planned study
+            return set()
+
+    def reopen_steps(self, cell_id: str, steps: Sequence[int]) -> None:
+        """Forget that the steps ``steps`` of a planned study cell were done (and the cell's rows,
+        so that it is finished again once they are redone), atomically."""
+        self._tx([("DELETE FROM batches WHERE cell_id=? AND batch=?",
+                   [(cell_id, int(b)) for b in steps], True),
+                  ("DELETE FROM study_rows WHERE cell_id=?", (cell_id,), False),
+                  ("UPDATE cells SET status='pending' WHERE cell_id=?", (cell_id,), False)])
+
     def commit_step(self, cell_id: str, step: int, *, run_id: int, rank: int,
                     seconds: float) -> None:
         """Record step ``step`` of a planned study cell as done (its output is an artefact)."""
