@@ -182,7 +182,7 @@ def test_settle_in_float32_chunks_reports_the_logits_at_x_adv(monkeypatch):
     margin = z.gather(1, k0[:, None])[:, 0] - z.scatter(1, k0[:, None], float("-inf")).amax(1)
     monkeypatch.setattr(DeepFool, "_settle", lambda self, st, ex, rows: None)
     raw = DeepFool(clip=True, chunk_size=8).run(model, x, z0)
-    moved = ~torch.isclose(run.r_tot, raw.r_tot, rtol=0, atol=0).flatten(1).all(1)
+    moved = (run.r_tot != raw.r_tot).flatten(1).any(1)
     assert moved.sum() >= 10  # the check below is not vacuous
     safe = _SETTLE_MARGIN * z.abs().amax(1).clamp_min(1.0)
     assert (margin[moved] < -safe[moved]).all()

@@ -515,10 +515,10 @@ class DeepFool(Attack):
                     break
                 z = self._check_at(ex, idx[live], st.x[idx[live]], _rowwise(t[live], r) * r[live])
                 g_lo = _margin(st, idx[live], z).to(r.dtype)
-                hit = _fooled(st, idx[live], z) & (g_lo < -safe[live])
+                hit = g_lo < -safe[live]  # a margin below −s: fooled, beyond float noise
                 best[live[hit]], z_best[live[hit]] = t[live[hit]], z[hit].to(z_best.dtype)
                 g_lo, live = g_lo[~hit], live[~hit]
-                if trial == 1 or live.numel() == 0:
+                if trial == 1:
                     break
                 # the secant root of g = aim between (t, g_lo ≥ -safe > aim) and (1, g_hi < aim)
                 lo = t[live]

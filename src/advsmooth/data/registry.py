@@ -449,10 +449,7 @@ def _raw(name: str, split: str, root: Any) -> tuple[Any, Any] | Dataset:
     """(x_raw, y_raw) numpy/torch arrays, or a lazily decoding Dataset for big data."""
     if name.startswith("npz:"):
         return _read_npz(Path(name[4:]).expanduser())
-    if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH"
-                         f"{did_you_mean(name, names())}")
-    meta = REGISTRY[name]
+    meta = info(name)
     _check_split(meta, split)
     if name == "digits":
         return _digits(split)

@@ -200,7 +200,7 @@ class Table3Settings:
         self._check_budgets(cifar, shared, pool)
 
     def _check_budgets(self, cifar: bool, shared: bool, pool: int) -> None:
-        for k in (k for fields in _OWN_BUDGET.values() for k in fields):
+        for k in _BUDGET_FIELDS:
             if getattr(self, k) is None:
                 continue
             check_int_at_least(k, getattr(self, k), 1)
