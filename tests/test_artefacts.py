@@ -62,6 +62,27 @@ def test_plan_order_puts_prerequisites_first_once():
     assert rounds == [[(0, 0)], [(0, 1), (0, 2)]]
 
 
+def test_rounds_take_a_ready_step_of_any_depth():
+    # the DeepFool fine-tuning plan: start, two training sets, five runs (the clean run needs
+    # only the start); rounds by depth alone would leave the FGSM set a round of its own
+    spec = parse_spec({"name": "ft", "studies": [{"task": "deepfool_finetuning", "params": {
+        "dataset": "digits", "model": "digits-lenet", "example_alphas": []}}]})
+    cells = expand_cells(spec)
+    steps = cells[0].steps
+    pending = [(0, j) for j in range(len(steps))]
+    rounds = _rounds(pending, cells, world=2)
+    assert sorted(i for r in rounds for i in r) == pending  # each item once
+    assert all(len(r) <= 2 for r in rounds)
+    when = {item: k for k, r in enumerate(rounds) for item in r}
+    by_key = {s.key: (0, j) for j, (s, _) in enumerate(steps)}
+    for j, (s, _) in enumerate(steps):
+        assert all(when[by_key[p.key]] < when[(0, j)] for p in s.after)
+    assert [len(r) for r in rounds] == [2, 2, 2, 2]  # 8 items on 2 ranks: no rank ever idle
+    # items committed before are not waited for
+    rest = [p for p in pending if steps[p[1]][0].kind != "deepfool_ft.start"]
+    assert len(_rounds(rest, cells, world=7)[0]) == 3  # the two sets and the clean run
+
+
 def test_planned_study_runs_resumes_and_reuses_artefacts(tmp_path):
     flag = tmp_path / "fail"
     spec = _spec(n=4, fail_flag=str(flag))

@@ -155,18 +155,44 @@ def expand_cells(spec: Spec) -> list[Cell]:
 def _rounds(pending: list[tuple[int, int]], cells: list[Cell], world: int
             ) -> list[list[tuple[int, int]]]:
     """Deal the pending work items into rounds of at most ``world`` items (one per rank); a
-    study step comes only after every step it needs, i.e. in a later round than all of them."""
+    study step comes only after every step it needs, i.e. in a later round than all of them.
+
+    List scheduling: each round takes, in order of depth then spec order, the items whose
+    pending prerequisites are all in earlier rounds, so a rank is not left idle while a step of
+    another depth is ready (a study's clean run beside its last training set)."""
     def depth(item: tuple[int, int]) -> int:
         steps = cells[item[0]].steps
         return 0 if steps is None else steps[item[1]][1]
 
-    ordered = sorted(pending, key=depth)  # stable: spec order within a depth
+    def needs(item: tuple[int, int]) -> set[tuple[int, int]]:
+        steps = cells[item[0]].steps
+        if steps is None:
+            return set()
+        wanted = {p.key for p in steps[item[1]][0].after}
+        return {(item[0], j) for j, (s, _) in enumerate(steps) if s.key in wanted}
+
+    order = sorted(pending, key=depth)  # stable: spec order within a depth
+    todo = set(pending)
+    waiting = [needs(item) & todo for item in order]
+    placed: set[tuple[int, int]] = set()
+    taken = [False] * len(order)
     rounds: list[list[tuple[int, int]]] = []
-    for item in ordered:
-        if rounds and len(rounds[-1]) < world and depth(rounds[-1][0]) == depth(item):
-            rounds[-1].append(item)
-        else:
-            rounds.append([item])
+    first = 0  # every item before it is taken
+    while first < len(order):
+        ready: list[int] = []
+        for i in range(first, len(order)):
+            if not taken[i] and waiting[i] <= placed:
+                ready.append(i)
+                if len(ready) == world:
+                    break
+        if not ready:  # unreachable for a plan from plan_order (no cycles); never loop forever
+            ready = [first]
+        for i in ready:
+            taken[i] = True
+        placed.update(order[i] for i in ready)
+        rounds.append([order[i] for i in ready])
+        while first < len(order) and taken[first]:
+            first += 1
     return rounds
 
 
