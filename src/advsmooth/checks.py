@@ -97,9 +97,15 @@ class DefenseReport:
     eps_grid: tuple[float, ...]
 
     @property
+    def inconclusive(self) -> bool:
+        """True when no check could run (every one skipped: e.g. no correctly classified
+        sample to attack)."""
+        return all(c.status == "skip" for c in self.checks)
+
+    @property
     def passed(self) -> bool:
-        """True when no check failed (warnings allowed)."""
-        return not any(c.status == "fail" for c in self.checks)
+        """True when at least one check ran and none failed (warnings allowed)."""
+        return not self.inconclusive and not any(c.status == "fail" for c in self.checks)
 
     @property
     def failed(self) -> list[Check]:
@@ -115,7 +121,11 @@ class DefenseReport:
     @property
     def verdict(self) -> str:
         """One line: the overall verdict."""
-        if not self.passed:
+        if self.inconclusive:
+            why = sorted({c.message for c in self.checks if c.message})
+            return ("INCONCLUSIVE: no check could run" + (f" ({'; '.join(why)})" if why else "")
+                    + " — evaluate more samples or a model that classifies some correctly")
+        if self.failed:
             names = ", ".join(c.name for c in self.failed)
             return f"GRADIENT MASKING LIKELY: {len(self.failed)} check(s) failed ({names})"
         warns = [c.name for c in self.checks if c.status == "warn"]
@@ -144,7 +154,7 @@ class DefenseReport:
         return {
             "n": self.n, "n_correct": self.n_correct, "clean_accuracy": self.clean_accuracy,
             "randomized": self.randomized, "eps_grid": list(self.eps_grid),
-            "passed": self.passed, "verdict": self.verdict,
+            "passed": self.passed, "inconclusive": self.inconclusive, "verdict": self.verdict,
             "checks": [{"name": c.name, "status": c.status, "evidence": c.evidence,
                         "message": c.message, "cause": c.cause, "remedy": c.remedy}
                        for c in self.checks],

@@ -41,6 +41,7 @@ from .._utils import (
     check_int_at_least,
     check_model_output,
     check_nonnegative,
+    warn_caller,
 )
 from .base import Attack, AttackContext, AttackOutput
 from .execution import LayoutHint, fold_batchnorm, in_threads, plain_torch_modules
@@ -93,6 +94,10 @@ def as_logits(z: Tensor) -> Tensor:
     if z.shape[1] == 1:
         z = torch.cat([torch.zeros_like(z), z], dim=1)
     return z
+
+
+#: the dual exponent beyond which the box-constrained ℓp step underflows (p below ≈ 1.02)
+_Q_BOX_LIMIT = 50.0
 
 
 def _parse_norm(norm: float | int | str) -> float:
@@ -335,6 +340,11 @@ class DeepFool(Attack):
                            ("fold_batchnorm", fold_batchnorm)):
             check_bool(name, flag)
         self.clip = clip
+        if clip and self.q > _Q_BOX_LIMIT:
+            warn_caller(f"DeepFool norm={norm}: with p this close to 1 a step moves almost only "
+                        "the largest-gradient pixels (their weights |w|^(q-1), q = "
+                        f"{self.q:.0f}, underflow elsewhere), so inside [0, 1] (clip=True) most "
+                        "images cannot be fooled; use p >= 1.05 or clip=False", RuntimeWarning)
         self.box = check_choice("box", box, BOX_METHODS)
         self.faces = check_choice("faces", faces, FACE_METHODS)
         self.linearize_with_overshoot = linearize_with_overshoot

@@ -29,7 +29,10 @@ def lp_norm(v: Tensor, p: float) -> Tensor:
         return v.abs().sum(dim=-1)
     if math.isinf(p):
         return v.abs().amax(dim=-1)
-    return torch.linalg.vector_norm(v, ord=p, dim=-1)
+    # scaled by the largest entry: |v|^p underflows in float32 for large p (p = 101 already
+    # gives 0 for entries of 10⁻²), and ‖v‖_p = m·‖v/m‖_p
+    m = v.abs().amax(dim=-1, keepdim=True)
+    return m[..., 0] * torch.linalg.vector_norm(v / m.clamp_min(TINY), ord=p, dim=-1)
 
 
 def holder_direction(w: Tensor, norms: Tensor, q: float) -> Tensor:

@@ -111,6 +111,11 @@ def _one_line_warning(command: str) -> Callable[..., None]:
     return show
 
 
+#: options naming a file or folder (argparse dests), where an empty string is refused
+_PATH_OPTIONS = ("out", "write_spec", "json", "results", "checkpoint", "data_root", "models_dir",
+                 "model", "data", "spec", "dir", "claims", "readme", "resume")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advsmooth`` command; returns the exit status."""
     parser = build_parser()
@@ -122,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded with a run's provenance
     if not getattr(args, "command", None):
         parser.print_help()
+        return 2
+    empty = [d for d in _PATH_OPTIONS if isinstance(getattr(args, d, None), str)
+             and not getattr(args, d).strip()]
+    if empty:  # "" would silently mean the current folder (or nothing) depending on the command
+        opt = "--" + empty[0].replace("_", "-")
+        name = opt if opt in _options(parser, args.command) else empty[0].upper()
+        print(f"advsmooth {args.command}: error: {name}: empty; give a name or a path",
+              file=sys.stderr)
         return 2
     try:
         with warnings.catch_warnings():

@@ -268,10 +268,9 @@ def expected_input_shape(model_name: str) -> tuple[int, ...] | None:
     meta = p.with_name(p.name + ".json")
     if p.suffix in (".pt", ".pth") and meta.is_file():
         try:
-            shape = json.loads(meta.read_text()).get("in_shape")
+            return tuple(models.read_description(meta)["in_shape"])
         except (OSError, ValueError):
-            return None
-        return tuple(int(v) for v in shape) if shape else None
+            return None  # loading the model says what is wrong with its description
     return None
 
 

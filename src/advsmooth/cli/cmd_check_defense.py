@@ -34,7 +34,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description="Run the evaluation checklist (unbounded attacks reach ~100%, success grows "
                     "with eps, iterative > single-step, white-box > transfer, gradient > noise, "
                     "EPGD >= single draw for randomised models, NAttack cross-check) and print "
-                    "a verdict table. Exit 1 when a check fails.")
+                    "a verdict table. Exit 1 when a check fails or none could run.")
     p.add_argument("--model", "-m", required=True, help="model name (e.g. digits-lenet) or path")
     p.add_argument("--data", "-d", required=True, help="dataset name (e.g. digits) or npz:PATH")
     p.add_argument("--split", default="test", help="data split (default: test)")

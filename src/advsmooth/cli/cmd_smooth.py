@@ -123,6 +123,8 @@ def _smooth(args: argparse.Namespace) -> int:
     from ..defenses.smoothing import VOTES
     from ..studies.smoothing import ATTACKS
 
+    if not attacks:
+        raise ValueError("--attack: give at least one attack (e.g. none,pgd)")
     # SmoothingSettings checks these too, but in spec terms: here they name the options
     for opt, names, known in (("vote", votes, VOTES), ("attack", attacks, ATTACKS)):
         for v in names:
@@ -159,6 +161,11 @@ def _smooth(args: argparse.Namespace) -> int:
 
             build_report(out)
     print(rows_to_markdown([r for r in rows if r["table"] == "main"], MAIN_COLUMNS), end="")
+    for table, title in (("sweep", "sigma x M sweep"), ("budget", "equal k x M budget")):
+        extra = [{k: v for k, v in r.items() if k != "table"} for r in rows
+                 if r["table"] == table]
+        if extra:
+            print(f"\n{title}:\n" + rows_to_markdown(extra), end="")
     if args.out:
         print(f"result store and report written to {args.out}")
     return 0

@@ -70,11 +70,16 @@ def _main(args: argparse.Namespace) -> int:
         ":", "_").replace("/", "_")
     check_out_dir(out)
     train_xy = data.load(args.data, split=args.train_split, root=args.data_root)
+    if len(train_xy[1]) == 0:
+        raise ValueError(f"{args.data} (split {args.train_split!r}) holds no images to train on")
     in_shape = tuple(train_xy[0].shape[1:])
     if args.data in data.REGISTRY and data.info(args.data).num_classes:
         num_classes = int(data.info(args.data).num_classes)  # type: ignore[arg-type]
     else:
         num_classes = int(train_xy[1].max()) + 1
+        if num_classes < 2:
+            raise ValueError(f"{args.data} (split {args.train_split!r}) has labels of one class "
+                             "only (all 0): a classifier needs at least two")
     eval_xy = None
     eval_split = args.eval_split
     if eval_split is None and args.data in data.REGISTRY:

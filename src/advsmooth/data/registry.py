@@ -523,6 +523,8 @@ def random_subset(total: int, k: int | None, seed: int, *, offset: int = 0,
     and consecutive ``offset`` ranges are disjoint (e.g. fitting and evaluation images).
     ``ValueError`` when fewer than ``offset + k`` samples exist.
     """
+    if k is not None and int(k) < 0:
+        raise ValueError(f"k must be >= 0 samples, got {k}")
     stop = total if k is None else offset + int(k)
     if stop > total or offset < 0:
         raise ValueError(f"asked for {stop - offset} samples after the first {offset} but only "

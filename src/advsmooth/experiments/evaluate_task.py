@@ -113,7 +113,7 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     for i, e in enumerate(rep.eps):
         row: dict[str, Any] = {"shard": shard, "eps": e, "n": n, "correct": correct,
                                "robust": int(rep.robust[i].sum()),
-                               "pgd_robust": round(rep.pgd_robust_accuracy[e] * n)}
+                               "pgd_robust": _count(rep.pgd_robust_accuracy[e], n)}
         for si, name in enumerate(rep.stage_list):
             row[f"fooled_{name}"] = int((rep.fooled_by[i] == si).sum())
         if "square" in rep.stage_list:  # survivors Square left after a batch that fooled nobody
@@ -125,17 +125,27 @@ def _evaluate(p: dict[str, Any], ctx: StudyContext) -> list[dict[str, Any]]:
     return rows
 
 
-def combine_rows(rows: Sequence[dict[str, Any]]) -> dict[float, dict[str, float]]:
-    """Robust accuracy (and PGD-CE's) per ε from the rows of every shard:
-    ``{eps: {"n", "clean_accuracy", "robust_accuracy", "pgd_robust_accuracy"}}``."""
-    acc: dict[float, dict[str, float]] = {}
+def _count(fraction: float | None, n: int) -> int | None:
+    """A fraction of ``n`` samples as a count (``None``: the stage did not run)."""
+    return None if fraction is None else round(fraction * n)
+
+
+def combine_rows(rows: Sequence[dict[str, Any]]) -> dict[float, dict[str, float | None]]:
+    """Robust accuracy (and PGD-CE's: ``None`` where the stages left it out) per ε from the
+    rows of every shard: ``{eps: {"n", "clean_accuracy", "robust_accuracy",
+    "pgd_robust_accuracy"}}``."""
+    acc: dict[float, dict[str, Any]] = {}
     for r in rows:
         a = acc.setdefault(float(r["eps"]), {"n": 0, "correct": 0, "robust": 0, "pgd_robust": 0})
         for k in ("n", "correct", "robust", "pgd_robust"):
-            a[k] += r[k]
-    return {e: {"n": a["n"], "clean_accuracy": a["correct"] / a["n"] if a["n"] else math.nan,
-                "robust_accuracy": a["robust"] / a["n"] if a["n"] else math.nan,
-                "pgd_robust_accuracy": a["pgd_robust"] / a["n"] if a["n"] else math.nan}
+            a[k] = None if a[k] is None or r[k] is None else a[k] + r[k]
+
+    def frac(k: int | None, n: int) -> float | None:
+        return None if k is None else k / n if n else math.nan
+
+    return {e: {"n": a["n"], "clean_accuracy": frac(a["correct"], a["n"]),
+                "robust_accuracy": frac(a["robust"], a["n"]),
+                "pgd_robust_accuracy": frac(a["pgd_robust"], a["n"])}
             for e, a in sorted(acc.items())}
 
 

@@ -195,6 +195,11 @@ class _Gridded(_Strict):
     @model_validator(mode="after")
     def _no_overlap(self) -> _Gridded:
         _check_overlap(self.params, self.grid)  # type: ignore[attr-defined]
+        for k, values in self.grid.items():  # type: ignore[attr-defined]
+            seen = [json.dumps(v, sort_keys=True) for v in values]
+            dup = sorted({v for v in seen if seen.count(v) > 1})
+            if dup:
+                raise ValueError(f"grid.{k} repeats {', '.join(dup)}: each value gives one cell")
         return self
 
     def points(self) -> list[dict[str, Any]]:
@@ -367,6 +372,26 @@ class ReportSpec(_Strict):
         return v
 
 
+def _no_repeated_cells(spec: Spec) -> None:
+    """Two [[attacks]] (or [[studies]]) entries that give the same cell would compute and store
+    it twice: refuse them, naming both."""
+    seen: dict[str, str] = {}
+    for i, a in enumerate(spec.attacks):
+        for point in a.points():
+            ident = json.dumps([a.name, point, a.models, a.batch_size], sort_keys=True)
+            if ident in seen:
+                raise ValueError(f"attacks[{i}] repeats a cell of {seen[ident]} (attack {a.name!r}"
+                                 f" with {point}): each combination is run once")
+            seen[ident] = f"attacks[{i}]"
+    for i, st in enumerate(spec.studies):
+        for point in st.points():
+            ident = json.dumps(["study", st.task, point], sort_keys=True)
+            if ident in seen:
+                raise ValueError(f"studies[{i}] repeats {seen[ident]} (task {st.task!r} with the "
+                                 "same parameters): each combination is run once")
+            seen[ident] = f"studies[{i}]"
+
+
 class Spec(_Strict):
     """A validated experiment spec (see the module docstring for the TOML layout)."""
 
@@ -393,9 +418,12 @@ class Spec(_Strict):
                             ("attacks", self.attacks), ("studies", self.studies)):
             keys = [i.key for i in items]
             dup = sorted({k for k in keys if keys.count(k) > 1})
-            if dup and what != "attacks":
+            if what == "attacks":  # unlabelled attacks of one name may differ in params
+                dup = sorted({k for k in dup if any(i.label == k for i in items)})
+            if dup:
                 raise ValueError(f"{what} labels must be unique, duplicated: {dup} "
                                  "(set label = ...)")
+        _no_repeated_cells(self)
         if self.report.tables is None:  # default: a summary of the attacks, every study's rows
             self.report.tables = ([TableSpec(kind="summary")] if self.attacks else []) + [
                 TableSpec(kind="study", source=s.key) for s in self.studies]

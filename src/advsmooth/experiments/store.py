@@ -208,10 +208,26 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         p = Path(path)
+        if p.name == STORE_NAME and p.is_dir():
+            raise ValueError(f"{p} is a folder, not a result store: remove it or choose another "
+                             "output folder")
         if p.is_dir() or p.suffix != ".sqlite":
             p = p / STORE_NAME
+        if p.is_dir():
+            raise ValueError(f"{p} is a folder, not a result store: remove it or choose another "
+                             "output folder")
         self.path = p
         self.readonly = readonly
+        try:
+            self._open(p, readonly)
+        except sqlite3.DatabaseError as exc:
+            if "not a database" not in str(exc) and "malformed" not in str(exc):
+                raise
+            raise ValueError(f"{p} is not an advsmooth result store ({exc}): remove it or choose "
+                             "another output folder") from None
+        self.conn.row_factory = sqlite3.Row
+
+    def _open(self, p: Path, readonly: bool) -> None:
         with self._errors():
             if readonly:
                 if not p.is_file():
@@ -227,7 +243,6 @@ class Store:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)
-        self.conn.row_factory = sqlite3.Row
 
     @staticmethod
     def _open_readonly(p: Path) -> sqlite3.Connection:

@@ -144,7 +144,8 @@ class RobustnessReport:
         norm: ``"inf"`` or ``"2"``; ``eps``: the radii (ascending, pixel units).
         n: samples; ``clean_accuracy``: fraction classified correctly.
         robust_accuracy: ε → fraction classified correctly and not fooled by any stage.
-        pgd_robust_accuracy: ε → the same for PGD-CE alone (over the grid).
+        pgd_robust_accuracy: ε → the same for PGD-CE alone (over the grid); ``None`` where the
+            stages did not include ``"pgd-ce"``.
         stages: one row per (ε, stage): ``eps``, ``stage``, ``attacked`` (samples it attacked),
             ``not_attacked`` (survivors the Square stage left after a group that fooled nobody,
             before it had fooled any sample),
@@ -166,7 +167,7 @@ class RobustnessReport:
     n: int
     clean_accuracy: float
     robust_accuracy: dict[float, float]
-    pgd_robust_accuracy: dict[float, float]
+    pgd_robust_accuracy: dict[float, float | None]
     stage_list: list[str]
     stages: list[dict[str, Any]]
     robust: Tensor
@@ -194,8 +195,9 @@ class RobustnessReport:
         within = self.deepfool.get("fraction_within", {})
         for e in self.eps:
             bound = (f"{self.clean_accuracy - within[e]:.1%}" if e in within else "—")
+            pgd = self.pgd_robust_accuracy[e]
             rows.append(f"| {_fmt_eps(e)} | {self.robust_accuracy[e]:.1%} | "
-                        f"{self.pgd_robust_accuracy[e]:.1%} | {bound} |")
+                        f"{'—' if pgd is None else f'{pgd:.1%}'} | {bound} |")
         return "\n".join([head, *rows])
 
     def summary(self) -> str:
@@ -468,7 +470,7 @@ class _Cascade:
         self.gradient_fooled = ~self.correct
         self.fooled_by = torch.full((n,), -2, dtype=torch.long, device=x.device)
         self.fooled_by[self.correct] = -1
-        self.pgd_acc: dict[float, float] = {}
+        self.pgd_acc: dict[float, float | None] = {}
         self.adv = x.clone() if cfg.keep_images else x
         self.snapshots: list[Tensor] = []
         self.robust_rows: list[Tensor] = []
@@ -529,7 +531,7 @@ class _Cascade:
         for si, name in enumerate(self.names):
             self._stage(e, si, name)
         if "pgd-ce" not in self.names:
-            self.pgd_acc[e] = math.nan
+            self.pgd_acc[e] = None  # not run: "—" in tables, null in JSON
         self.robust_rows.append(~self.fooled)
         self.by_rows.append(self.fooled_by.clone())
         if self.cfg.keep_images:

@@ -16,6 +16,7 @@ from .registry import (
     available,
     load,
     models_dirs,
+    read_description,
     save_model,
     spec,
     trained_model_path,
@@ -58,6 +59,7 @@ __all__ = [
     "load_checkpoint",
     "models_dirs",
     "read_state_dict",
+    "read_description",
     "save_model",
     "spec",
 ]

@@ -13,6 +13,7 @@ expects another input shape fails with one clear line instead of deep inside an 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -58,6 +59,13 @@ def load_factory(spec: str, *, checkpoint: str | os.PathLike[str] | None = None,
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"{spec!r} is not callable")
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as exc:
+        raise ValueError(f"model factory {spec!r} must be callable with no arguments: {exc}"
+                         ) from None
+    except ValueError:  # no signature to read (some builtins): try the call
+        pass
     model = obj()
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")

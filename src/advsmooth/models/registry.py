@@ -349,10 +349,51 @@ def _load_saved(path: Path) -> nn.Module:
         raise FileNotFoundError(f"{path} has no description {meta_path.name} next to it; build "
                                 f"the model with advsmooth.models.create(...) and use "
                                 f"advsmooth.models.load_checkpoint(model, {str(path)!r})")
-    desc = json.loads(meta_path.read_text())
-    model = create(desc["arch"], tuple(desc["in_shape"]), int(desc["num_classes"]),
-                   mean=desc.get("mean"), std=desc.get("std"), **desc.get("kwargs", {}))
+    desc = read_description(meta_path)
+    want = desc.get("sha256")
+    if isinstance(want, str) and file_sha256(path) != want:
+        raise ValueError(f"{path} does not match the sha256 its description {meta_path.name} "
+                         "records (the weights were replaced or damaged): save the model again "
+                         "with advsmooth.models.save_model / `advsmooth train`")
+    try:
+        model = create(desc["arch"], tuple(desc["in_shape"]), desc["num_classes"],
+                       mean=desc.get("mean"), std=desc.get("std"), **desc.get("kwargs") or {})
+    except TypeError as exc:  # kwargs the architecture does not take
+        raise ValueError(f"{meta_path}: invalid model description: {exc}") from None
     return load_checkpoint(model, path)
+
+
+def read_description(meta_path: Path) -> dict[str, Any]:
+    """The JSON description :func:`save_model` writes next to a model, checked field by field
+    (``ValueError`` naming the file and the field otherwise)."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{meta_path}: invalid model description: {why}")
+
+    try:
+        desc = json.loads(meta_path.read_text())
+    except UnicodeDecodeError:
+        raise bad("not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise bad(f"not JSON ({exc})") from None
+    if not isinstance(desc, dict):
+        raise bad(f"expected a JSON object, got {type(desc).__name__}")
+    if not isinstance(desc.get("arch"), str) or not desc["arch"]:
+        raise bad(f"'arch' must be an architecture name, got {desc.get('arch')!r}")
+    shape = desc.get("in_shape")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise bad(f"'in_shape' must be [C, H, W] of positive integers, got {shape!r}")
+    k = desc.get("num_classes")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise bad(f"'num_classes' must be an integer >= 2, got {k!r}")
+    for key in ("mean", "std"):
+        v = desc.get(key)
+        if v is not None and (not isinstance(v, list) or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)):
+            raise bad(f"{key!r} must be a list of numbers or null, got {v!r}")
+    if not isinstance(desc.get("kwargs") or {}, dict):
+        raise bad(f"'kwargs' must be a JSON object, got {desc['kwargs']!r}")
+    return desc
 
 
 # ----------------------------------------------------------------------------------------------

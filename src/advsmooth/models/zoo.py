@@ -336,6 +336,21 @@ ARCHITECTURES = ("mlp", "fc", "lenet", "lenet5", "resnet<6n+2>", "vgg-small", "v
                  "vgg16", "wrn-<depth>-<width>")
 
 
+def _check_fits(net: nn.Module, arch: str, shape: tuple[int, ...]) -> None:
+    """``ValueError`` when ``net`` cannot run on one ``shape`` image (e.g. too small for its
+    pooling layers): one forward on zeros, in eval mode, so no statistics change."""
+    was = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"architecture {arch!r} cannot take {'x'.join(map(str, shape))} inputs "
+                         f"(C×H×W): {first}") from None
+    finally:
+        net.train(was)
+
+
 def create(arch: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, *,
            mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
            **kwargs: Any) -> nn.Module:
@@ -374,6 +389,7 @@ def create(arch: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 
     else:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}"
                          f"{did_you_mean(arch, ARCHITECTURES)}")
+    _check_fits(net, arch, shape)
     if (mean is None) != (std is None):
         raise ValueError("give both mean and std, or neither")
     if mean is not None and std is not None:

@@ -113,8 +113,9 @@ def write_evaluation(report: RobustnessReport, out_dir: str | Path, *, title: st
     title = title or "Robustness evaluation"
     norm = "ℓ∞" if report.norm == "inf" else "ℓ2"
     within = report.deepfool.get("fraction_within", {})
-    curves = {"cascade": [report.robust_accuracy[e] for e in report.eps],
-              "PGD-CE alone": [report.pgd_robust_accuracy[e] for e in report.eps]}
+    curves: dict[str, list[Any]] = {"cascade": [report.robust_accuracy[e] for e in report.eps]}
+    if all(report.pgd_robust_accuracy[e] is not None for e in report.eps):
+        curves["PGD-CE alone"] = [report.pgd_robust_accuracy[e] for e in report.eps]
     if within:
         curves["DeepFool bound"] = [report.clean_accuracy - within[e] for e in report.eps]
     stage_rows = [[_fmt_eps(s["eps"]), s["stage"],

@@ -114,9 +114,14 @@ def load_claims(path: str | os.PathLike[str]) -> list[Claim]:
             doc = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: not valid TOML: {exc}") from None
-    default = doc.get("defaults", {}).get("rule", {"kind": "rel", "tol": 0.2, "partly": 0.5})
+    defaults, claims = doc.get("defaults", {}), doc.get("claims", [])
+    if not isinstance(defaults, Mapping):
+        raise ValueError(f"{path}: defaults must be a table ([defaults])")
+    if not isinstance(claims, list) or not all(isinstance(c, Mapping) for c in claims):
+        raise ValueError(f"{path}: claims must be an array of tables ([[claims]])")
+    default = defaults.get("rule", {"kind": "rel", "tol": 0.2, "partly": 0.5})
     out = []
-    for i, c in enumerate(doc.get("claims", [])):
+    for i, c in enumerate(claims):
         where = f"{path}: claims[{i}]"
         unknown = sorted(set(c) - _CLAIM_KEYS)
         if unknown:
@@ -125,16 +130,20 @@ def load_claims(path: str | os.PathLike[str]) -> list[Claim]:
             if not isinstance(c.get(key), str) or not c[key]:
                 raise ValueError(f"{where}: {key} must be a non-empty string")
         pv = c.get("paper_value")
-        if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int | float)):
-            raise ValueError(f"{where}: paper_value must be a number")
+        if pv is not None and (isinstance(pv, bool) or not isinstance(pv, int | float)
+                               or not math.isfinite(pv)):
+            raise ValueError(f"{where}: paper_value must be a finite number")
         ref = _check_ref(c, where) if "results" in c else None
         if ref is not None and pv is None:
             raise ValueError(f"{where}: a claim with results needs paper_value for its verdict")
+        rule = _check_rule(c.get("rule", default), where)
+        if rule["kind"] == "rel" and pv == 0:
+            raise ValueError(f"{where}: a 'rel' rule compares measured / paper_value and needs a "
+                             "non-zero paper_value (use a 'min' rule for a bound)")
         out.append(Claim(c["claim"], c["paper"], None if pv is None else float(pv),
                          c["paper_text"], ref, c.get("n_column"),
                          _check_ref(c["divide_by"], f"{where}.divide_by")
-                         if "divide_by" in c else None,
-                         _check_rule(c.get("rule", default), where)))
+                         if "divide_by" in c else None, rule))
     return out
 
 
@@ -154,8 +163,13 @@ def _rows(root: Path, ref: Mapping[str, Any]) -> list[dict[str, str]] | None:
     return rows
 
 
-def _number(v: str | None) -> float:
-    return float(v.removeprefix(LOWER_BOUND).strip()) if v not in (None, "") else math.nan
+def _number(v: str | None, where: str = "") -> float:
+    if v in (None, ""):
+        return math.nan
+    try:
+        return float(v.removeprefix(LOWER_BOUND).strip())  # type: ignore[union-attr]
+    except ValueError:
+        raise ValueError(f"{where}: {v!r} is not a number") from None
 
 
 def _is_bound(v: str | None) -> bool:
@@ -190,12 +204,20 @@ def score(claims: Sequence[Claim], root: str | os.PathLike[str]) -> list[Score]:
         if rows is None or (c.divide_by is not None and div is None):
             out.append(Score(c, (), (), "not run"))
             continue
-        vals = [_number(r[c.ref["column"]]) for r in rows]  # type: ignore[index]
-        bound = any(_is_bound(r[c.ref["column"]]) for r in rows)  # type: ignore[index]
+        col = c.ref["column"]  # type: ignore[index]
+        where = f"{base / c.ref['results']}, column {col!r}"  # type: ignore[index]
+        vals = [_number(r[col], where) for r in rows]
+        bound = any(_is_bound(r[col]) for r in rows)
         if div is not None:
-            d = statistics.fmean(_number(r[c.divide_by["column"]]) for r in div)  # type: ignore
+            dc = c.divide_by["column"]  # type: ignore[index]
+            dwhere = f"{base / c.divide_by['results']}, column {dc!r}"  # type: ignore[index]
+            d = statistics.fmean(_number(r[dc], dwhere) for r in div)
+            if d == 0:
+                raise ValueError(f"{dwhere}: divide_by is 0 in the rows {c.divide_by['row']} "
+                                 f"(claim {c.claim!r})")
             vals = [v / d for v in vals]
-        ns = tuple(_number(r.get(c.n_column)) for r in rows) if c.n_column else ()
+        ns = (tuple(_number(r.get(c.n_column), f"{where} n_column") for r in rows)
+              if c.n_column else ())
         m = statistics.fmean(vals)
         assert c.paper_value is not None
         out.append(Score(c, tuple(vals), ns,
