@@ -253,3 +253,29 @@ def test_random_subset_refuses_a_negative_count():
         random_subset(10, -1, 0)
     assert random_subset(10, 0, 0).numel() == 0
     assert not math.isnan(float(random_subset(10, 3, 0).sum()))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["check-defense", "-m", "digits-lenet", "-d", "digits", "--n", "4", "--eps", ""],
+     "--eps: give at least one radius"),
+    (["check-defense", "-m", "digits-lenet", "-d", "digits", "--n", "4", "--smooth-sigma", "0"],
+     "--smooth-sigma"),
+    (["attack", "uap", "-m", "digits-lenet", "-d", "digits", "--n", "4", "--fit-split", "nope"],
+     "--fit-split must be one of"),
+])
+def test_options_named_in_their_errors(argv, needle, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own type errors
+        rc = exc.code
+    assert rc == 2
+    assert needle in _one_line(capsys)
+
+
+def test_a_binary_spec_or_claims_file_is_named(tmp_path, capsys):
+    blob = tmp_path / "b.toml"
+    blob.write_bytes(b"\xff\xfe\x00binary")
+    assert main(["run", str(blob), "--out", str(tmp_path / "o")]) == 2
+    assert f"{blob}: not a UTF-8 text file" in _one_line(capsys)
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        load_claims(blob)

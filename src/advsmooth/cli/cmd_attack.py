@@ -275,10 +275,14 @@ def _run_universal(args: argparse.Namespace, params: dict[str, Any], out: Path,
                    device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run the one-cell ``universal_attack`` study into ``out``; summary and arrays come from
     its stored row and artefact."""
+    from .. import data
     from ..experiments import expand_cells, run_spec
     from ..experiments.artefacts import Artefacts, Step
     from ..experiments.attack_universal import STEP_KIND
 
+    if args.data in data.REGISTRY and args.fit_split not in data.info(args.data).splits:
+        raise ValueError(f"--fit-split must be one of {data.info(args.data).splits} for "
+                         f"{args.data!r}, got {args.fit_split!r}")
     study = {"dataset": args.data, "split": args.split, "n": args.n, "seed": args.seed,
              "fit_split": args.fit_split, "fit_n": args.fit_n, "batch_size": args.batch_size,
              "model": args.model, "attack": args.name, "attack_params": params}

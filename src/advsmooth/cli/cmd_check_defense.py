@@ -20,7 +20,6 @@ from ._common import (
     data_shape,
     hidden_alias,
     nonnegative_int,
-    nonnegative_number,
     positive_int,
     positive_number,
     resolve_device,
@@ -46,7 +45,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="increasing Linf radii in pixel units, numbers or fractions such as "
                         "8/255, separated by spaces or commas (default 4/255 ... 64/255)")
     p.add_argument("--surrogate", default=None, help="model for the transfer check")
-    p.add_argument("--smooth-sigma", type=nonnegative_number, default=None,
+    p.add_argument("--smooth-sigma", type=positive_number, default=None,
                    help="wrap the model in a SmoothedClassifier with this sigma")
     p.add_argument("--smooth-samples", type=positive_int, default=32,
                    help="noisy copies per forward of the SmoothedClassifier (default 32)")
@@ -85,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     check_out_file(args.json, "--json")
+    if args.eps is not None and not args.eps:
+        raise ValueError("--eps: give at least one radius (or leave --eps out for the default "
+                         "grid)")
     if args.eps and any(b <= a for a, b in zip(args.eps, args.eps[1:])):
         raise ValueError(f"--eps must be increasing, got {' '.join(map(str, args.eps))}")
     shape = data_shape(args.data, args.split, args.data_root)

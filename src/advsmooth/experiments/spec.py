@@ -510,6 +510,8 @@ def load_spec(path: str | os.PathLike[str], *, check: bool = True) -> Spec:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(p), [("", f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(str(p), [("", "not a UTF-8 text file (a TOML spec is text)")]) from None
     return parse_spec(data, source=str(p), check=check)
 
 

@@ -114,6 +114,8 @@ def load_claims(path: str | os.PathLike[str]) -> list[Claim]:
             doc = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a UTF-8 text file") from None
     defaults, claims = doc.get("defaults", {}), doc.get("claims", [])
     if not isinstance(defaults, Mapping):
         raise ValueError(f"{path}: defaults must be a table ([defaults])")
@@ -257,7 +259,10 @@ def sync_readme(readme: str | os.PathLike[str], table: str, *, write: bool) -> b
     """Whether ``readme`` holds ``table`` between :data:`BEGIN` and :data:`END`; with ``write``
     the block is replaced by ``table`` first (``ValueError`` if the markers are missing)."""
     path = Path(readme)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise ValueError(f"{path} must hold one {BEGIN} ... {END} block")
     head, rest = text.split(BEGIN)
