@@ -279,3 +279,18 @@ def test_a_binary_spec_or_claims_file_is_named(tmp_path, capsys):
     assert f"{blob}: not a UTF-8 text file" in _one_line(capsys)
     with pytest.raises(ValueError, match="not a UTF-8 text file"):
         load_claims(blob)
+
+
+def test_an_option_without_effect_is_warned_only_when_given():
+    import argparse
+
+    from advsmooth.cli._common import warn_unused
+
+    given = argparse.Namespace(argv=["smooth", "--C=0.3"])
+    with pytest.warns(UserWarning, match="--C has no effect without --vote weighted_c"):
+        warn_unused(given, "--C", False, "without --vote weighted_c")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unused(given, "--C", True, "without --vote weighted_c")  # it has an effect
+        warn_unused(argparse.Namespace(argv=["smooth"]), "--C", False, "x")  # not given
+        warn_unused(argparse.Namespace(argv=["--Cx"]), "--C", False, "x")  # another option

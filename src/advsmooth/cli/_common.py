@@ -20,6 +20,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,14 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def warn_unused(args: argparse.Namespace, option: str, unless: bool, reason: str) -> None:
+    """Warn (one line on the CLI) that ``option``, given on the command line, has no effect
+    because ``reason`` — unless ``unless`` holds."""
+    given = any(a == option or a.startswith(option + "=") for a in getattr(args, "argv", []))
+    if given and not unless:
+        warnings.warn(f"{option} has no effect {reason}", UserWarning, stacklevel=2)
 
 
 def hidden_alias(parser: Any, alias: str, dest: str, **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from ._common import (
     positive_int,
     positive_number,
     resolve_device,
+    warn_unused,
 )
 from ._model_data import load_images
 
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     x, y = load_images(args)
     if len(x):
         check_model_input(args.model, args.data, shape, model=model, probe=x[:1].to(device))
+    warn_unused(args, "--smooth-samples", args.smooth_sigma is not None,
+                "without --smooth-sigma")
     if args.smooth_sigma is not None:
         model = asm.defenses.SmoothedClassifier(model, sigma=args.smooth_sigma,
                                                 samples=args.smooth_samples, seed=args.seed)

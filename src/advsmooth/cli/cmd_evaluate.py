@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import positive_int, positive_number
+from ._common import positive_int, positive_number, warn_unused
 from ._model_data import add_model_data, eps_list, load_model_data, print_and_write
 
 
@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 0:
         raise ValueError(f"--n must be >= 0, got {args.n}")
     model, x, y, _ = load_model_data(args)
+    warn_unused(args, "--smooth-samples", args.smooth_sigma is not None,
+                "without --smooth-sigma")
     if args.smooth_sigma is not None:
         import advsmooth as asm
 

@@ -30,6 +30,7 @@ from ._common import (
     parse_number,
     positive_int,
     resolve_device,
+    warn_unused,
 )
 
 
@@ -131,6 +132,9 @@ def _smooth(args: argparse.Namespace) -> int:
             if v not in known:
                 raise ValueError(f"--{opt}: unknown {opt} {v!r}; expected one of "
                                  f"{', '.join(known)}")
+    warn_unused(args, "--C", "weighted_c" in votes, "without --vote weighted_c")
+    warn_unused(args, "--source", any(a.startswith("transfer") for a in attacks),
+                "without a transfer attack (--attack transfer_pgd / transfer_pgd_s)")
     if any(a.startswith("transfer") for a in attacks) and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     shape = data_shape(args.data, args.split, args.data_root)
