@@ -294,3 +294,19 @@ def test_an_option_without_effect_is_warned_only_when_given():
         warn_unused(given, "--C", True, "without --vote weighted_c")  # it has an effect
         warn_unused(argparse.Namespace(argv=["smooth"]), "--C", False, "x")  # not given
         warn_unused(argparse.Namespace(argv=["--Cx"]), "--C", False, "x")  # another option
+
+
+def test_certified_accuracy_checks_labels_and_refuses_an_empty_batch():
+    from advsmooth.defenses import SmoothedClassifier
+    from advsmooth.metrics.certification import certified_accuracy
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    sc = SmoothedClassifier(base, sigma=0.25, samples=4)
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 2\]"):
+        certified_accuracy(sc, x, [55, 56], n0=4, n=8, progress_bar=False)
+    with pytest.raises(ValueError, match="empty batch"):
+        certified_accuracy(sc, x[:0], [], n0=4, n=8, progress_bar=False)
+    rep = certified_accuracy(sc, x, [0, 1], n0=4, n=8, progress_bar=False)
+    assert len(rep.radii) >= 1

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._tensors import check_images, check_labels
-from .._utils import progress
+from .._utils import check_model_output, progress
 from ..defenses.smoothing import SmoothedClassifier
 
 __all__ = ["CertificationReport", "certified_accuracy"]
@@ -98,7 +98,11 @@ def certified_accuracy(smoothed: SmoothedClassifier, x: Tensor, y: Tensor | Sequ
     if not isinstance(smoothed, SmoothedClassifier):
         raise TypeError(f"certify needs a SmoothedClassifier, got {type(smoothed).__name__}")
     check_images(x)
-    labels = check_labels(y, x.shape[0], None, x.device)
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch: nothing to certify")
+    with torch.no_grad(), smoothed._base_mode():  # the class count, for the labels' range
+        k = check_model_output(smoothed.base(x[:1]), 1).shape[1]
+    labels = check_labels(y, x.shape[0], max(k, 2), x.device)  # one logit: binary
     t0 = time.perf_counter()
     preds, rads = [], []
     bar = progress(total=x.shape[0], desc="certify", enabled=progress_bar, unit="image")
