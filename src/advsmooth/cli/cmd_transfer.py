@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import add_models_dir, nonnegative_int
+from ._common import add_models_dir, nonnegative_int, positive_int
 
 #: ``advsmooth.studies.transfer.DIGITS_PARTS`` joined (kept literal: building the parser must not
 #: import torch; tests/test_transfer_study_figs.py checks they agree)
@@ -32,9 +32,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="which study to run (default: digits)")
     p.add_argument("--out", "-o", required=True,
                    help="output directory: result store and report (created; re-running resumes)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=positive_int, default=None,
                    help="evaluation images correct for every model (digits: 200, cifar10: 500)")
-    p.add_argument("--budget-n", type=int, default=64,
+    p.add_argument("--budget-n", type=positive_int, default=64,
                    help="cifar10: images of the equal-budget IGSM vs sg-IGSM table (default 64)")
     p.add_argument("--budget-sources", default="cifar10-resnet20",
                    help="cifar10: comma-separated source models of the equal-budget table "
@@ -52,9 +52,13 @@ def _main(args: argparse.Namespace) -> int:
     from ..experiments import SpecError, parse_spec, run_spec
     from ..experiments.studies_builtin import transfer_study_spec
     from ..report import build_report
-    from ._common import check_out_dir, models_dir_env
+    from ._common import check_out_dir, models_dir_env, warn_unused
 
     check_out_dir(args.out)
+    for opt in ("--budget-n", "--budget-sources"):
+        warn_unused(args, opt, args.preset == "cifar10", "with --preset digits")
+    warn_unused(args, "--parts", args.preset == "digits", "with --preset cifar10 (it runs every "
+                "part of its study)")
     params: dict[str, Any] = {
         "preset": args.preset, "seed": args.seed,
         "parts": [s.strip() for s in args.parts.split(",") if s.strip()],
