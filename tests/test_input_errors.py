@@ -310,3 +310,13 @@ def test_certified_accuracy_checks_labels_and_refuses_an_empty_batch():
         certified_accuracy(sc, x[:0], [], n0=4, n=8, progress_bar=False)
     rep = certified_accuracy(sc, x, [0, 1], n0=4, n=8, progress_bar=False)
     assert len(rep.radii) >= 1
+
+
+def test_normalised_roughness_of_huge_perturbations_stays_finite_and_scale_invariant():
+    from advsmooth.filters import roughness
+
+    r = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) - 0.5
+    ref = roughness(r, normalized=True)
+    huge = roughness(r * 1e30, normalized=True)
+    assert torch.isfinite(huge).all()
+    torch.testing.assert_close(huge, ref, rtol=1e-5, atol=1e-7)

@@ -351,7 +351,8 @@ def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
             ``padding`` are then ignored).
 
     Returns:
-        ``(N,)`` tensor (dtype of ``r``). ``Ω(c·r) = c²·Ω(r)``. For the default Gaussian h
+        ``(N,)`` tensor (dtype of ``r``). ``Ω(c·r) = c²·Ω(r)`` (``inf`` where that leaves the
+        dtype's range; ``Ωn`` is computed on a rescaled copy then, and stays finite). For the default Gaussian h
         (σ_h = 1, replicate padding) ``Ωn`` lies in ``[0, 1]``; for other filters ``Ωn`` can exceed
         1 slightly where the filter's frequency response is negative (truncated Gaussians with
         large σ, box kernels) — it is not clamped.
@@ -372,6 +373,12 @@ def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
     if not normalized:
         return omega
     energy = (r.flatten(1) ** 2).sum(dim=1)
+    big = ~torch.isfinite(omega) | ~torch.isfinite(energy)
+    if bool(big.any()):  # squares beyond the dtype's range: Ωn is scale-invariant, so rescale
+        rb = r[big] / r[big].flatten(1).abs().amax(dim=1).view(-1, 1, 1, 1)
+        db = (rb - h(rb)).flatten(1)
+        omega, energy = omega.clone(), energy.clone()
+        omega[big], energy[big] = (db * db).sum(dim=1), (rb.flatten(1) ** 2).sum(dim=1)
     return torch.where(energy > 0, omega / energy.clamp_min(torch.finfo(r.dtype).tiny),
                        torch.zeros_like(omega))
 
