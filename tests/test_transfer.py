@@ -349,7 +349,9 @@ def test_study_argument_errors(tmp_path):
         TransferStudySettings("digits", n=0)
     with pytest.raises(ValueError, match="budget source"):
         TransferStudySettings("cifar10", budget_sources=("digits-lenet",))
-    assert main(["transfer", "--preset", "digits", "--out", str(tmp_path), "--n", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # --n is a positive integer for argparse itself
+        main(["transfer", "--preset", "digits", "--out", str(tmp_path), "--n", "0"])
+    assert exc.value.code == 2
     assert not (tmp_path / "results.sqlite").exists()
 
 
