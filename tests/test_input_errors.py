@@ -320,3 +320,9 @@ def test_normalised_roughness_of_huge_perturbations_stays_finite_and_scale_invar
     huge = roughness(r * 1e30, normalized=True)
     assert torch.isfinite(huge).all()
     torch.testing.assert_close(huge, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_demo_n_beyond_the_digits_test_split_names_the_option(capsys, tmp_path):
+    assert main(["demo", "--n", "100000", "--out", str(tmp_path / "d")]) == 2
+    line = _one_line(capsys)
+    assert "--n 100000 exceeds the 359 digits test images" in line and "<spec>" not in line

@@ -43,7 +43,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo experiment and print where its report is."""
-    from .. import models
+    from .. import data, models
     from ..demo import run_demo as _run
     from ..demo import write_demo_spec
 
@@ -51,12 +51,16 @@ def run_demo(args: argparse.Namespace) -> int:
     if not name.startswith("digits-"):
         raise ValueError(f"--model must be a digits-* model (the demo runs on the embedded "
                          f"digits data), got {name!r}")
+    size = int(data.info("digits").sizes["test"])
+    if getattr(args, "n", DEMO_N) < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if getattr(args, "n", DEMO_N) > size:
+        raise ValueError(f"--n {args.n} exceeds the {size} digits test images; use --n {size} "
+                         "or fewer")
     if getattr(args, "write_spec", None):
         from ._common import check_out_file
 
         check_out_file(args.write_spec, "--write-spec")
-        if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
         path = write_demo_spec(args.write_spec, n=args.n, seed=args.seed, model=name)
         print(f"wrote {path} (run it with: advsmooth run {path} --out DIR --report)")
         return 0
