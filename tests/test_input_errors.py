@@ -326,3 +326,14 @@ def test_demo_n_beyond_the_digits_test_split_names_the_option(capsys, tmp_path):
     assert main(["demo", "--n", "100000", "--out", str(tmp_path / "d")]) == 2
     line = _one_line(capsys)
     assert "--n 100000 exceeds the 359 digits test images" in line and "<spec>" not in line
+
+
+def test_a_text_file_given_as_checkpoint_is_not_called_a_pickle(tmp_path):
+    from advsmooth.models.checkpoints import CheckpointError, safe_load
+
+    p = tmp_path / "bad.pt"
+    p.write_text("garbage\n")
+    with pytest.raises(CheckpointError) as err:
+        safe_load(p)
+    assert "not a PyTorch file" in str(err.value) and "pickled" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # no advice to load it unsafely

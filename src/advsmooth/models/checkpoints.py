@@ -54,6 +54,11 @@ def safe_load(path: str | os.PathLike[str], *,
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(p, "rb") as f:
+            head = f.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip nor a pickle
+            raise CheckpointError(f"cannot read checkpoint {p}: not a PyTorch file (it starts "
+                                  f"with {head!r})") from None
         raise CheckpointError(
             f"refused to load {p}: it holds pickled objects other than tensors and plain "
             f"containers, which could execute code (only weights_only=True loading is allowed; "
