@@ -337,3 +337,11 @@ def test_a_text_file_given_as_checkpoint_is_not_called_a_pickle(tmp_path):
         safe_load(p)
     assert "not a PyTorch file" in str(err.value) and "pickled" not in str(err.value)
     assert "weights_only" not in str(err.value)  # no advice to load it unsafely
+
+
+def test_a_repeated_warning_prints_once_per_command(capsys, tmp_path):
+    rc = main(["attack", "deepfool", "-m", "digits-lenet", "-d", "digits", "--n", "4",
+               "--norm", "1.001", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert err.count("p >= 1.05 or clip=False") == 1, err

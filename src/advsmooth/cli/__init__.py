@@ -105,9 +105,13 @@ def _as_option(text: str, options: set[str]) -> str:
 def _one_line_warning(command: str) -> Callable[..., None]:
     """``warnings.showwarning`` for the command line: ``advsmooth CMD: warning: MSG`` on stderr
     (no source line: the user ran a command, not a script; ``--debug`` shows the usual form)."""
+    seen: set[str] = set()
+
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        print(f"advsmooth {command}: warning: {_one_line(Exception(str(message)))}",
-              file=sys.stderr)
+        line = f"advsmooth {command}: warning: {_one_line(Exception(str(message)))}"
+        if line not in seen:  # once per command, whichever code path warned again
+            seen.add(line)
+            print(line, file=sys.stderr)
     return show
 
 
