@@ -345,3 +345,19 @@ def test_a_repeated_warning_prints_once_per_command(capsys, tmp_path):
     assert rc == 0
     err = capsys.readouterr().err
     assert err.count("p >= 1.05 or clip=False") == 1, err
+
+
+def test_transfer_subset_says_when_fewer_images_than_asked_are_correct_for_every_model():
+    from advsmooth.studies.transfer import _subset_correct
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(20, 1, 4, 4)
+    y = net(x).argmax(1)
+    y[:5] = (y[:5] + 1) % 3  # five images misclassified
+    with pytest.warns(RuntimeWarning, match="only 15 of the 20 candidate images"):
+        xs, _ = _subset_correct([net], x, y, n=100, seed=0)
+    assert xs.shape[0] == 15
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _subset_correct([net], x, y, n=10, seed=0)[0].shape[0] == 10

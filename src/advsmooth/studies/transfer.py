@@ -67,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tensors import frozen_model
-from .._utils import check_choice, check_int_at_least, make_generator
+from .._utils import check_choice, check_int_at_least, make_generator, warn_caller
 from ..attacks import FGSM, IGSM, MIFGSM, AttackObjective, PlainGradient, SmoothedGradient
 from ..attacks.base import Attack
 from ..experiments.artefacts import Step, StepOutput, register_step
@@ -282,6 +282,10 @@ def _subset_correct(models_: Sequence[nn.Module], x: Tensor, y: Tensor, n: int |
     ok = correct_by_all(list(models_), xs, ys)
     idx = torch.nonzero(ok).flatten()
     if n is not None:
+        if idx.numel() < n:
+            warn_caller(f"only {idx.numel()} of the {xs.shape[0]} candidate images are classified "
+                        f"correctly by every model: the study uses those, not n={n}",
+                        RuntimeWarning)
         idx = idx[:n]
     idx = idx.sort().values
     return xs[idx], ys[idx]
