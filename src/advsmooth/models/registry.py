@@ -370,7 +370,7 @@ def read_description(meta_path: Path) -> dict[str, Any]:
         return ValueError(f"{meta_path}: invalid model description: {why}")
 
     try:
-        desc = json.loads(meta_path.read_text())
+        desc = json.loads(meta_path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise bad("not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
