@@ -354,9 +354,8 @@ def roughness(r: Tensor, sigma_h: float = 1.0, normalized: bool = False,
         ``(N,)`` tensor (dtype of ``r``). ``Ω(c·r) = c²·Ω(r)`` (``inf`` where that leaves the
         dtype's range; ``Ωn`` is computed on a rescaled copy then, and stays finite). For the
         default Gaussian h (σ_h = 1, replicate padding) ``Ωn`` lies in ``[0, 1]``; for other
-        filters ``Ωn`` can exceed
-        1 slightly where the filter's frequency response is negative (truncated Gaussians with
-        large σ, box kernels) — it is not clamped.
+        filters ``Ωn`` can exceed 1 slightly where the filter's frequency response is negative
+        (truncated Gaussians with large σ, box kernels) — it is not clamped.
 
     The paper reports Ω×10³ and Ωn×10³.
     """

@@ -51,17 +51,17 @@ def run_demo(args: argparse.Namespace) -> int:
     if not name.startswith("digits-"):
         raise ValueError(f"--model must be a digits-* model (the demo runs on the embedded "
                          f"digits data), got {name!r}")
-    size = int(data.info("digits").sizes["test"])
-    if getattr(args, "n", DEMO_N) < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if getattr(args, "n", DEMO_N) > size:
-        raise ValueError(f"--n {args.n} exceeds the {size} digits test images; use --n {size} "
-                         "or fewer")
+    n, size = getattr(args, "n", DEMO_N), int(data.info("digits").sizes["test"])
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if n > size:
+        raise ValueError(f"--n {n} exceeds the {size} digits test images; use --n {size} or "
+                         "fewer")
     if getattr(args, "write_spec", None):
         from ._common import check_out_file
 
         check_out_file(args.write_spec, "--write-spec")
-        path = write_demo_spec(args.write_spec, n=args.n, seed=args.seed, model=name)
+        path = write_demo_spec(args.write_spec, n=n, seed=args.seed, model=name)
         print(f"wrote {path} (run it with: advsmooth run {path} --out DIR --report)")
         return 0
     from ._common import check_out_dir
@@ -69,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
     check_out_dir(getattr(args, "out", "advsmooth-demo"))
     if getattr(args, "retrain", False):
         models.load(name, retrain=True)
-    _run(getattr(args, "out", "advsmooth-demo"), n=getattr(args, "n", DEMO_N),
+    _run(getattr(args, "out", "advsmooth-demo"), n=n,
          seed=getattr(args, "seed", 0), model=name,
          progress=not getattr(args, "no_progress", False))
     return 0

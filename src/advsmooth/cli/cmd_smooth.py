@@ -132,10 +132,11 @@ def _smooth(args: argparse.Namespace) -> int:
             if v not in known:
                 raise ValueError(f"--{opt}: unknown {opt} {v!r}; expected one of "
                                  f"{', '.join(known)}")
+    transfer = any(a.startswith("transfer") for a in attacks)
     warn_unused(args, "--C", "weighted_c" in votes, "without --vote weighted_c")
-    warn_unused(args, "--source", any(a.startswith("transfer") for a in attacks),
+    warn_unused(args, "--source", transfer,
                 "without a transfer attack (--attack transfer_pgd / transfer_pgd_s)")
-    if any(a.startswith("transfer") for a in attacks) and not args.source:
+    if transfer and not args.source:
         raise ValueError("--attack transfer_pgd / transfer_pgd_s need --source MODEL")
     shape = data_shape(args.data, args.split, args.data_root)
     check_n(args.n, args.data, args.split)

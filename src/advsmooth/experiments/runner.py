@@ -164,12 +164,14 @@ def _rounds(pending: list[tuple[int, int]], cells: list[Cell], world: int
         steps = cells[item[0]].steps
         return 0 if steps is None else steps[item[1]][1]
 
+    index = {ci: {s.key: j for j, (s, _) in enumerate(cells[ci].steps or [])}
+             for ci in {ci for ci, _ in pending}}
+
     def needs(item: tuple[int, int]) -> set[tuple[int, int]]:
         steps = cells[item[0]].steps
         if steps is None:
             return set()
-        wanted = {p.key for p in steps[item[1]][0].after}
-        return {(item[0], j) for j, (s, _) in enumerate(steps) if s.key in wanted}
+        return {(item[0], index[item[0]][p.key]) for p in steps[item[1]][0].after}
 
     order = sorted(pending, key=depth)  # stable: spec order within a depth
     todo = set(pending)
@@ -478,6 +480,7 @@ def _pending_work(store: Store, cells: list[Cell]) -> tuple[list[tuple[int, int]
     many were committed before (a finished plain study counts as one)."""
     pending: list[tuple[int, int]] = []
     skipped = 0
+    known: set[str] | None = None  # the store's artefact keys, read once if a study needs them
     for ci, c in enumerate(cells):
         if c.kind == "study" and c.steps is None:
             if store.cell_status(c.cell_id) != "done":
@@ -489,7 +492,7 @@ def _pending_work(store: Store, cells: list[Cell]) -> tuple[list[tuple[int, int]
         if c.kind == "study" and done:
             # a step committed with another key (its kind's code version or its settings
             # changed since) is redone, and its cell finished again
-            known = store.artefact_keys()
+            known = store.artefact_keys() if known is None else known
             stale = sorted(b for b in done if c.steps[b][0].key not in known)
             if stale:
                 store.reopen_steps(c.cell_id, stale)

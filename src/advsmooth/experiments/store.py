@@ -208,10 +208,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         p = Path(path)
-        if p.name == STORE_NAME and p.is_dir():
-            raise ValueError(f"{p} is a folder, not a result store: remove it or choose another "
-                             "output folder")
-        if p.is_dir() or p.suffix != ".sqlite":
+        if p.name != STORE_NAME and (p.is_dir() or p.suffix != ".sqlite"):
             p = p / STORE_NAME
         if p.is_dir():
             raise ValueError(f"{p} is a folder, not a result store: remove it or choose another "
