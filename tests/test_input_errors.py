@@ -362,3 +362,19 @@ def test_transfer_subset_says_when_fewer_images_than_asked_are_correct_for_every
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _subset_correct([net], x, y, n=10, seed=0)[0].shape[0] == 10
+
+
+def test_npz_without_a_path_and_npz_info_say_what_to_do():
+    with pytest.raises(ValueError, match="needs a file path"):
+        asm.data.load("npz:")
+    with pytest.raises(ValueError, match="is a file, not a registered dataset"):
+        asm.data.info("npz:images.npz")
+
+
+def test_n_beyond_the_split_warns_and_uses_the_whole_split():
+    with pytest.warns(UserWarning, match=r"n=100000 exceeds the 359 samples"):
+        x, y = asm.data.load("digits", "test", n=100_000)
+    assert len(x) == len(y) == 359
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(asm.data.load("digits", "test", n=359)[0]) == 359

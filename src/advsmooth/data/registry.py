@@ -448,6 +448,8 @@ def _concat_parts(paths: tuple[str, ...], mtimes: tuple[float, ...], expected: i
 def _raw(name: str, split: str, root: Any) -> tuple[Any, Any] | Dataset:
     """(x_raw, y_raw) numpy/torch arrays, or a lazily decoding Dataset for big data."""
     if name.startswith("npz:"):
+        if not name[4:].strip():
+            raise ValueError("'npz:' needs a file path after the colon, e.g. npz:my_images.npz")
         return _read_npz(Path(name[4:]).expanduser())
     meta = info(name)
     _check_split(meta, split)
@@ -548,6 +550,8 @@ def _selection(total: int, n: int | None, sample: int | None, seed: int,
                     f"{name} is sorted by class: n={n} takes the first {n} samples (few "
                     f"classes); use sample={n}, seed=... for a seeded random subset",
                     ClassSortedWarning)
+        if n > total:
+            warn_caller(f"n={n} exceeds the {total} samples of {name}: using all {total}")
         return torch.arange(min(n, total))
     if sample is not None:
         check_int_at_least("sample", sample, 0)
@@ -598,7 +602,8 @@ def load(name: str, split: str = "test", root: str | os.PathLike[str] | None = N
             ``y``: integer labels; ``split`` is ignored for ``npz:``).
         split: ``"train"`` or ``"test"`` (``"val"`` for imagenet).
         root: data folder (else ``$ADVSMOOTH_DATA``, else ``./data`` then ``../shared/data``).
-        n: keep the first ``n`` samples (file order; warns on class-sorted data).
+        n: keep the first ``n`` samples (file order; warns on class-sorted data, and when ``n``
+            exceeds the split, which is then used whole).
         sample: keep a seeded random subset of this size (use this on class-sorted data such as
             the shared CIFAR-10 copy).
         seed: seed of ``sample``.
@@ -636,6 +641,10 @@ def load(name: str, split: str = "test", root: str | os.PathLike[str] | None = N
 
 def info(name: str) -> DataInfo:
     """Registry entry of a dataset (``ValueError`` for an unknown name)."""
+    if name.startswith("npz:"):
+        raise ValueError(f"{name!r} is a file, not a registered dataset: it has no registry "
+                         "entry (its shape and classes come from the file; load it with "
+                         "advsmooth.data.load)")
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}, or npz:PATH"
                          f"{did_you_mean(name, names())}")
