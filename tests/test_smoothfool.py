@@ -187,12 +187,15 @@ def test_targeted_not_supported():
 
 def test_face_memory_saves_gradients_and_changes_nothing_else(monkeypatch):
     """The inner DeepFool of each outer iteration starts from what the last one learnt about the
-    faces: the perturbations are bit for bit those of fresh inner runs, with fewer gradients."""
+    faces: the perturbations are bit for bit those of fresh inner runs, with fewer gradients
+    (on the model itself: the fast copy's channels-last convolutions round differently when a
+    fallback differentiates a sub-batch)."""
     from advsmooth import data, models
 
     model = models.load("digits-lenet", verbose=False)
     x, y = data.load("digits", "test", sample=40, seed=0)
-    attack = SmoothFool(sigma=5.0, clip_step=0.5, progress_bar=False)
+    attack = SmoothFool(sigma=5.0, clip_step=0.5, progress_bar=False,
+                        deepfool=DeepFool(fold_batchnorm=False))
     fast = attack(model, x, y)
     run = DeepFool.run
 
@@ -240,3 +243,38 @@ def test_deepfool_run_with_a_face_memory():
     assert torch.equal(mem.clock, 2 * first.iterations)
     with pytest.raises(IndexError):
         mem.rows(torch.tensor([16]))
+
+
+def test_the_inner_deepfool_differentiates_the_fast_copy_and_the_model_decides(monkeypatch):
+    """Steps 1-2 run on the execution layer's BatchNorm-folded copy (as DeepFool does); the
+    result is the plain model's up to float rounding, and success is the model's own verdict."""
+    import advsmooth.attacks.smoothfool as sf
+
+    torch.manual_seed(5)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).double()
+    with torch.no_grad():  # non-trivial running statistics
+        model[1].running_mean.uniform_(-0.3, 0.3)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = _mid(8, (3, 8, 8), seed=6)
+    copies = []
+
+    def spy(m, probe=None, **kw):
+        out = real(m, probe, **kw)
+        copies.append(out)
+        return out
+
+    real = sf.fold_batchnorm
+    monkeypatch.setattr(sf, "fold_batchnorm", spy)
+    res = SmoothFool(sigma=1.0, clip_step=0.5, progress_bar=False)(model, x)
+    assert len(copies) == 1 and copies[0] is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copies[0].modules())
+    plain = SmoothFool(sigma=1.0, clip_step=0.5, progress_bar=False,
+                       deepfool=DeepFool(fold_batchnorm=False))(model, x)
+    assert len(copies) == 1  # fold_batchnorm=False: the model itself
+    assert res.success.all() and torch.equal(res.success, plain.success)
+    assert torch.allclose(res.x_adv, plain.x_adv, atol=1e-9)
+    with torch.no_grad():
+        assert torch.equal(res.adv_pred, model(res.x_adv).argmax(1))

@@ -21,6 +21,8 @@ torch.Size([2, 1, 8, 8])
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -38,6 +40,7 @@ from .._utils import (
 from ..filters import LowPassFilter
 from .base import Attack, AttackContext, AttackOutput
 from .deepfool import DeepFool, FaceMemory, as_logits
+from .execution import LayoutHint, fold_batchnorm
 
 __all__ = ["SmoothFool", "smooth_clip"]
 
@@ -225,12 +228,13 @@ class SmoothFool(Attack):
         zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return (x + r).clamp(0.0, 1.0) - x, zeros, zeros.bool()
 
-    def _boundary_normal(self, ctx: AttackContext, act: Tensor, x_p: Tensor, k_p: Tensor,
-                         k0: Tensor) -> Tensor:
+    def _boundary_normal(self, ctx: AttackContext, fast: Callable[[Tensor], Tensor],
+                         act: Tensor, x_p: Tensor, k_p: Tensor, k0: Tensor) -> Tensor:
         """Step 2: the boundary normal ``w = ∇ₓ(f_{k_p} − f_{k_0})`` at the boundary points
-        ``x_p`` of the active samples ``act`` (one forward and one gradient each)."""
+        ``x_p`` of the active samples ``act`` (one forward and one gradient each), on ``fast``
+        (the model, or its fast copy)."""
         xg = x_p.detach().requires_grad_(True)
-        z = as_logits(check_model_output(ctx.model(xg), xg.shape[0]))
+        z = as_logits(check_model_output(fast(xg), xg.shape[0]))
         obj = z.gather(1, k_p[:, None]) - z.gather(1, k0[:, None])
         (w,) = torch.autograd.grad(obj.sum(), xg)
         check_finite_gradient(w)
@@ -253,6 +257,15 @@ class SmoothFool(Attack):
         """The paper's Algorithm 2: one pass of the loop is one outer iteration (steps 1-6)."""
         model, x = ctx.model, ctx.x
         n, dev = x.shape[0], x.device
+        # steps 1-2 differentiate the inner DeepFool's fast copy of the model (BatchNorm folded,
+        # channels-last: the execution layer); step 6's check is the caller's model's verdict
+        copy = (fold_batchnorm(model, x[:4], channels_last=True)
+                if self.deepfool.fold_batchnorm else model)
+        hint = LayoutHint(self.deepfool.channels_last)
+
+        def fast(xs: Tensor) -> Tensor:
+            return hint(copy, xs)
+
         z_cur = as_logits(ctx.clean_logits.detach()).clone()
         k0 = z_cur.argmax(dim=1)
         xi = x.clone()
@@ -280,7 +293,7 @@ class SmoothFool(Attack):
 
             # 1. DeepFool from x_i (candidates from the logits at x_i, already known)
             mem = memory.rows(act)
-            run = self.deepfool.run(model, xa, z_cur[act], count_forward=cf, count_grad=cg,
+            run = self.deepfool.run(copy, xa, z_cur[act], count_forward=cf, count_grad=cg,
                                     memory=mem)
             memory.put(act, mem)
             df_iters[act] += run.iterations
@@ -288,7 +301,7 @@ class SmoothFool(Attack):
             x_p = xa + r_p
             k_p = torch.where(run.label_adv != k0a, run.label_adv, run.face)
             # 2. boundary normal at x_p
-            w = self._boundary_normal(ctx, act, x_p, k_p, k0a)
+            w = self._boundary_normal(ctx, fast, act, x_p, k_p, k0a)
             # 3.-4. smoothed normal and projection step
             r_i, bad = self._smooth_step(w, r_p)
             # 5. keep the iterate in [0, 1]
