@@ -237,21 +237,41 @@ def test_normalized_roughness_can_exceed_one_for_other_filters():
 
 
 @pytest.mark.filterwarnings("ignore:reflect padding")
+@pytest.mark.parametrize("method", ["fft", "matrix"])
 @pytest.mark.parametrize("padding", ALL_PADDINGS)
-def test_fft_path_matches_direct(padding):
+def test_fft_and_matrix_paths_match_direct(padding, method):
     x = _x((2, 3, 20, 17), dtype=torch.float32)
     cases = [("gaussian", 14.0, {}), ("gaussian", 1.6, {"size_rule": "ref"}),  # even K = 8
-             ("uniform", 70, {}), ("linear", 9, {})]
+             ("uniform", 70, {}), ("linear", 9, {}), ("gaussian", 1e4, {})]
     for kind, p, kw in cases:
         direct = LowPassFilter(kind, p, padding=padding, method="direct", **kw)
-        fft = LowPassFilter(kind, p, padding=padding, method="fft", **kw)
-        assert (direct(x) - fft(x)).abs().max() <= 1e-5, (kind, p)
+        other = LowPassFilter(kind, p, padding=padding, method=method, **kw)
+        assert (direct(x) - other(x)).abs().max() <= 1e-5, (kind, p)
+        x64 = x.double()
+        assert (direct(x64) - other(x64)).abs().max() <= 1e-12, (kind, p)
     asym = torch.tensor([0.5, 0.3, 0.15, 0.05])  # orientation matters (cross-correlation)
     d = LowPassFilter(asym, padding=padding, method="direct")
-    f = LowPassFilter(asym, padding=padding, method="fft")
+    f = LowPassFilter(asym, padding=padding, method=method)
     assert (d(x) - f(x)).abs().max() <= 1e-5
-    big = LowPassFilter("gaussian", 30.0, padding=padding)  # auto → FFT (K = 151 > 64)
+    big = LowPassFilter("gaussian", 30.0, padding=padding)
     assert (big(x) - LowPassFilter("gaussian", 30.0, padding=padding, method="direct")(x)
             ).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_auto_uses_matrix_products_on_small_images_only(padding):
+    """``auto``: the matrix products up to 64×64 pixels (MNIST, CIFAR-10), else FFT for long
+    kernels and depthwise convolutions for short ones."""
+    for shape, sigma, expected in [((2, 3, 32, 32), 8.0, "matrix"), ((2, 1, 28, 28), 1.0, "matrix"),
+                                   ((1, 3, 70, 66), 2.0, "direct"), ((1, 3, 70, 66), 30.0, "fft")]:
+        x = _x(shape, dtype=torch.float32)
+        auto = LowPassFilter("gaussian", sigma, padding=padding)(x)
+        picked = {m: torch.equal(auto, LowPassFilter("gaussian", sigma, padding=padding,
+                                                     method=m)(x))
+                  for m in ("direct", "fft", "matrix")}
+        assert picked[expected], (shape, sigma, picked)
+    half = _x((2, 3, 16, 16), dtype=torch.float32).to(torch.bfloat16)  # half: always direct
+    assert torch.equal(LowPassFilter("gaussian", 2.0, padding=padding)(half),
+                LowPassFilter("gaussian", 2.0, padding=padding, method="direct")(half))
     with pytest.raises(ValueError, match="method"):
         LowPassFilter("gaussian", 1.0, method="dft")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._utils import (
     check_bool,
@@ -253,18 +253,22 @@ class SmoothFool(Attack):
                           self.step_scale * num / torch.where(bad, torch.ones_like(den), den))
         return _view(rho, wt) * wt, bad
 
+    def _fast_copy(self, model: nn.Module, x: Tensor
+                   ) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+        """The inner DeepFool's fast copy of ``model`` (BatchNorm folded, channels-last: see
+        :func:`~advsmooth.attacks.execution.fold_batchnorm`; ``model`` itself with
+        ``DeepFool(fold_batchnorm=False)``) and a call of it in the attack's memory layout."""
+        copy = (fold_batchnorm(model, x[:4], channels_last=True)
+                if self.deepfool.fold_batchnorm else model)
+        hint = LayoutHint(self.deepfool.channels_last)
+        return copy, lambda xs: hint(copy, xs)
+
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         """The paper's Algorithm 2: one pass of the loop is one outer iteration (steps 1-6)."""
         model, x = ctx.model, ctx.x
         n, dev = x.shape[0], x.device
-        # steps 1-2 differentiate the inner DeepFool's fast copy of the model (BatchNorm folded,
-        # channels-last: the execution layer); step 6's check is the caller's model's verdict
-        copy = (fold_batchnorm(model, x[:4], channels_last=True)
-                if self.deepfool.fold_batchnorm else model)
-        hint = LayoutHint(self.deepfool.channels_last)
-
-        def fast(xs: Tensor) -> Tensor:
-            return hint(copy, xs)
+        # steps 1-2 differentiate a fast copy; step 6's check is the caller's model's verdict
+        copy, fast = self._fast_copy(model, x)
 
         z_cur = as_logits(ctx.clean_logits.detach()).clone()
         k0 = z_cur.argmax(dim=1)
