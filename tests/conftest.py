@@ -38,6 +38,19 @@ class Affine(nn.Module):
         return x.flatten(1) @ self.weight.T + self.bias
 
 
+def conv_bn_net(num_classes: int, seed: int, spread: float = 0.5) -> nn.Sequential:
+    """An eval-mode float64 ``conv → BatchNorm → ReLU → linear`` net for 3×8×8 inputs, made of
+    plain ``torch.nn`` modules (so the attacks' BatchNorm-folded fast copy applies) with
+    non-trivial running statistics (means in ``±spread``, variances in [0.5, 2])."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, num_classes)).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-spread, spread)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
 class TinyCNN(nn.Module):
     """A small non-linear classifier for 1×8×8 or 3×8×8 inputs (BatchNorm tests hygiene)."""
 

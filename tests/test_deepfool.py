@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import Affine, TinyCNN
+from conftest import Affine, TinyCNN, conv_bn_net
 from torch import nn
 
 from advsmooth.attacks import DeepFool
@@ -427,13 +427,7 @@ def test_one_channel_conv_model_runs_on_a_channels_last_copy():
 def test_fold_batchnorm_option():
     from advsmooth.attacks.execution import fold_batchnorm
 
-    torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).double()
-    with torch.no_grad():  # non-trivial running statistics
-        model[1].running_mean.uniform_(-0.5, 0.5)
-        model[1].running_var.uniform_(0.5, 2.0)
-    model.eval()
+    model = conv_bn_net(10, seed=2)
     x = _x(6, (3, 8, 8), seed=11)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model, x[:2])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Affine, TinyCNN
+from conftest import Affine, TinyCNN, conv_bn_net
 
 from advsmooth.attacks import DeepFool, SmoothFool, smooth_clip
 from advsmooth.filters import LowPassFilter, roughness
@@ -250,14 +250,7 @@ def test_the_inner_deepfool_differentiates_the_fast_copy_and_the_model_decides(m
     result is the plain model's up to float rounding, and success is the model's own verdict."""
     import advsmooth.attacks.smoothfool as sf
 
-    torch.manual_seed(5)
-    nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).double()
-    with torch.no_grad():  # non-trivial running statistics
-        model[1].running_mean.uniform_(-0.3, 0.3)
-        model[1].running_var.uniform_(0.5, 2.0)
-    model.eval()
+    model = conv_bn_net(4, seed=5, spread=0.3)
     x = _mid(8, (3, 8, 8), seed=6)
     copies = []
 
