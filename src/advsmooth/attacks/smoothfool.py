@@ -150,7 +150,8 @@ class SmoothFool(Attack):
             (the authors' code: 1.5).
         step_scale: α_f, multiplies the projection step (the authors' code: 1.1).
         deepfool: the inner :class:`DeepFool` (default: ``DeepFool()``: ℓ2, 10 candidates,
-            η = 0.02, 50 iterations).
+            η = 0.02, 50 iterations); its ``fold_batchnorm`` / ``channels_last`` also decide the
+            fast copy of the model that steps 1-2 differentiate (the check is the model's own).
         grad_budget: gradient evaluations per image (inner DeepFool included) after which an
             image stops: it leaves after the first outer iteration that reaches the budget, with
             ``success`` from its last iterate (normally False), ``budget_exhausted=True`` and a
