@@ -248,7 +248,7 @@ def test_deepfool_run_with_a_face_memory():
 def test_the_inner_deepfool_differentiates_the_fast_copy_and_the_model_decides(monkeypatch):
     """Steps 1-2 run on the execution layer's BatchNorm-folded copy (as DeepFool does); the
     result is the plain model's up to float rounding, and success is the model's own verdict."""
-    import advsmooth.attacks.smoothfool as sf
+    import advsmooth.attacks.execution as execution
 
     model = conv_bn_net(4, seed=5, spread=0.3)
     x = _mid(8, (3, 8, 8), seed=6)
@@ -259,8 +259,8 @@ def test_the_inner_deepfool_differentiates_the_fast_copy_and_the_model_decides(m
         copies.append(out)
         return out
 
-    real = sf.fold_batchnorm
-    monkeypatch.setattr(sf, "fold_batchnorm", spy)
+    real = execution.fold_batchnorm
+    monkeypatch.setattr(execution, "fold_batchnorm", spy)
     res = SmoothFool(sigma=1.0, clip_step=0.5, progress_bar=False)(model, x)
     assert len(copies) == 1 and copies[0] is not model
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copies[0].modules())

@@ -44,7 +44,7 @@ from .._utils import (
     warn_caller,
 )
 from .base import Attack, AttackContext, AttackOutput
-from .execution import LayoutHint, fold_batchnorm, in_threads, plain_torch_modules
+from .execution import Execution, LayoutHint, in_threads, plain_torch_modules
 from .hyperplane import box_solve as _box_solve
 from .hyperplane import holder_direction as _direction
 from .hyperplane import lp_norm as _lp
@@ -380,6 +380,12 @@ class DeepFool(Attack):
             z = [hint(model, x[i:i + step]) for i in range(0, x.shape[0], step)]
         return (z[0] if len(z) == 1 else torch.cat(z)), None
 
+    @property
+    def execution(self) -> Execution:
+        """This attack's ``fold_batchnorm`` / ``channels_last`` as the execution layer's settings
+        (the fast copy it differentiates and the memory layout it runs in)."""
+        return Execution(fast_model=self.fold_batchnorm, channels_last=self.channels_last)
+
     def gradients_per_iteration(self, num_classes: int, targeted: bool = False,
                                 first: bool = True) -> int:
         """Gradient evaluations per active sample in the first (``first=True``) or a later
@@ -404,8 +410,7 @@ class DeepFool(Attack):
     def _attack(self, ctx: AttackContext) -> AttackOutput:
         z0 = as_logits(ctx.clean_logits)
         k0 = z0.argmax(dim=1)
-        model = (fold_batchnorm(ctx.model, ctx.x[:4], channels_last=True) if self.fold_batchnorm
-                 else ctx.model)
+        model = self.execution.gradient_model(ctx.model, ctx.x[:4])
         # the stopping checks run on the caller's model itself, so the last check of each sample
         # is the verification of its x_adv and the base class need not run one more forward
         run = self.run(

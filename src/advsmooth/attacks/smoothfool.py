@@ -40,7 +40,6 @@ from .._utils import (
 from ..filters import LowPassFilter
 from .base import Attack, AttackContext, AttackOutput
 from .deepfool import DeepFool, FaceMemory, as_logits
-from .execution import LayoutHint, fold_batchnorm
 
 __all__ = ["SmoothFool", "smooth_clip"]
 
@@ -256,12 +255,11 @@ class SmoothFool(Attack):
 
     def _fast_copy(self, model: nn.Module, x: Tensor
                    ) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
-        """The inner DeepFool's fast copy of ``model`` (BatchNorm folded, channels-last: see
-        :func:`~advsmooth.attacks.execution.fold_batchnorm`; ``model`` itself with
-        ``DeepFool(fold_batchnorm=False)``) and a call of it in the attack's memory layout."""
-        copy = (fold_batchnorm(model, x[:4], channels_last=True)
-                if self.deepfool.fold_batchnorm else model)
-        hint = LayoutHint(self.deepfool.channels_last)
+        """The inner DeepFool's fast copy of ``model`` (its :attr:`DeepFool.execution`:
+        BatchNorm folded, channels-last; ``model`` itself with ``DeepFool(fold_batchnorm=False)``)
+        and a call of it in the attack's memory layout."""
+        ex = self.deepfool.execution
+        copy, hint = ex.gradient_model(model, x[:4]), ex.layout()
         return copy, lambda xs: hint(copy, xs)
 
     def _attack(self, ctx: AttackContext) -> AttackOutput:
